@@ -1,0 +1,67 @@
+//! The server's shared state, built once at start from the configuration.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
+
+use crate::audit::AuditLog;
+use crate::auth::{Authenticator, RateLimiter};
+use crate::config::{Config, Loaded};
+use crate::host::cpu::CpuTimes;
+use crate::host::Roots;
+use crate::platform::Platform;
+use crate::tools::Catalogue;
+
+/// The package version, shared by every binary of the package.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Everything a request handler needs, shared by all connections.
+pub struct App {
+    pub config: Config,
+    /// Where the configuration came from, and the SHA-256 of its bytes.
+    pub config_origin: String,
+    pub config_sha256: String,
+    pub roots: Roots,
+    pub platform: Platform,
+    pub auth: Authenticator,
+    pub rate_limiter: RateLimiter,
+    pub audit: AuditLog,
+    pub catalogue: Catalogue,
+    pub started: Instant,
+    pub started_at: SystemTime,
+    /// CPU times at the previous snapshot, so a snapshot can report usage since then
+    /// without sleeping.
+    pub last_cpu: Mutex<Option<(Instant, CpuTimes)>>,
+}
+
+impl App {
+    /// Builds the state: resolves secrets, opens the audit log, picks the backend.
+    pub fn new(loaded: Loaded, secrets: &BTreeMap<String, String>) -> Result<Arc<App>, String> {
+        let config = loaded.config;
+        let auth = Authenticator::new(&config, secrets)?;
+        let max_bytes = config.logging.file.max_size_mb.saturating_mul(1024 * 1024);
+        let audit = AuditLog::open(&config.logging.audit_path, max_bytes, config.logging.file.backup_count)
+            .map_err(|e| format!("cannot open the audit log {}: {e}", config.logging.audit_path.display()))?;
+        let roots = Roots {
+            proc: config.platform.proc_root.clone(),
+            sys: config.platform.sys_root.clone(),
+            etc: config.platform.etc_root.clone(),
+            fs: config.platform.fs_root.clone(),
+        };
+        let platform = Platform::select(config.platform.backend, &roots);
+        Ok(Arc::new(App {
+            rate_limiter: RateLimiter::new(&config.security.rate_limit),
+            catalogue: Catalogue::new(),
+            config,
+            config_origin: loaded.origin,
+            config_sha256: loaded.sha256,
+            roots,
+            platform,
+            auth,
+            audit,
+            started: Instant::now(),
+            started_at: SystemTime::now(),
+            last_cpu: Mutex::new(None),
+        }))
+    }
+}

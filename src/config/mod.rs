@@ -1,0 +1,508 @@
+//! Configuration: the YAML file, environment overrides and secrets.
+//!
+//! The file is parsed straight into typed, validated structs (`deny_unknown_fields`,
+//! newtypes that check their value while deserializing) so that every mistake is reported
+//! with the key, the line and what is allowed, before the server does anything else.
+
+mod values;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+pub use values::{ListenAddr, LogLevel, Role};
+
+/// The configuration schema this build reads and writes.
+pub const CONFIG_VERSION: &str = "1.2";
+
+/// The development configuration used by `--dev` (`make run`): loopback, no auth,
+/// simulated hardware, state under a per-user directory.
+pub const DEV_CONFIG: &str = include_str!("dev.yml");
+
+/// Prefix of environment variables that override configuration keys.
+pub const ENV_PREFIX: &str = "MCP_RASPI_";
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Version of the configuration schema; migrations move a file between versions.
+    pub config_version: String,
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub security: SecurityConfig,
+    #[serde(default)]
+    pub logging: LoggingConfig,
+    #[serde(default)]
+    pub platform: PlatformConfig,
+    #[serde(default)]
+    pub paths: PathsConfig,
+    #[serde(default)]
+    pub health: HealthConfig,
+    #[serde(default)]
+    pub ops_agent: OpsAgentConfig,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub listen: ListenAddr,
+    /// Host header values accepted besides the listen address, `localhost` and loopback.
+    pub allowed_hosts: Vec<String>,
+    pub max_request_bytes: u64,
+    pub session_idle_timeout_seconds: u64,
+    pub max_sessions: usize,
+    /// Tools per `tools/list` page.
+    pub page_size: usize,
+    pub cors: CorsConfig,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: ListenAddr::default(),
+            allowed_hosts: Vec::new(),
+            max_request_bytes: 1024 * 1024,
+            session_idle_timeout_seconds: 3600,
+            max_sessions: 256,
+            page_size: 50,
+            cors: CorsConfig::default(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CorsConfig {
+    pub enabled: bool,
+    /// Browser origins (`https://host[:port]`) allowed to call the server.
+    pub allowed_origins: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMode {
+    /// Bearer tokens from secrets, each mapped to a role.
+    Token,
+    /// No authentication: development only, refused unless listening on loopback.
+    None,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecurityConfig {
+    pub auth_mode: AuthMode,
+    pub tokens: Vec<TokenConfig>,
+    /// Role of the local user of `--stdio` (the process already runs as that user).
+    pub stdio_role: Role,
+    /// Role given to every caller when `auth_mode` is `none`.
+    pub anonymous_role: Role,
+    /// Optional KEY=VALUE file read for secrets not already in the environment.
+    pub secrets_file: Option<PathBuf>,
+    pub rate_limit: RateLimitConfig,
+}
+
+impl Default for SecurityConfig {
+    fn default() -> Self {
+        SecurityConfig {
+            auth_mode: AuthMode::Token,
+            tokens: vec![TokenConfig {
+                identity: "admin".into(),
+                role: Role::Admin,
+                env: "MCP_RASPI_ADMIN_TOKEN".into(),
+            }],
+            stdio_role: Role::Operator,
+            anonymous_role: Role::Admin,
+            secrets_file: Some(PathBuf::from("/etc/mcp-raspi/secrets.env")),
+            rate_limit: RateLimitConfig::default(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// Name written to the audit log for calls made with this token.
+    pub identity: String,
+    pub role: Role,
+    /// Environment variable (or secrets file key) holding the token.
+    pub env: String,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    /// Requests per minute for one identity; 0 turns limiting off.
+    pub requests_per_minute: u32,
+    /// Requests an identity may make at once above the steady rate.
+    pub burst: u32,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        RateLimitConfig { requests_per_minute: 600, burst: 60 }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoggingConfig {
+    pub level: LogLevel,
+    pub app_path: PathBuf,
+    pub audit_path: PathBuf,
+    pub file: LogFileConfig,
+    /// Also log to journald: `auto` does when started by systemd.
+    pub journald: Tristate,
+}
+
+impl Default for LoggingConfig {
+    fn default() -> Self {
+        LoggingConfig {
+            level: LogLevel::Info,
+            app_path: PathBuf::from("/var/log/mcp-raspi/app.log"),
+            audit_path: PathBuf::from("/var/log/mcp-raspi/audit.log"),
+            file: LogFileConfig::default(),
+            journald: Tristate::Auto,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogFileConfig {
+    pub max_size_mb: u64,
+    pub backup_count: u32,
+}
+
+impl Default for LogFileConfig {
+    fn default() -> Self {
+        LogFileConfig { max_size_mb: 50, backup_count: 5 }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Tristate {
+    Auto,
+    #[serde(alias = "true")]
+    On,
+    #[serde(alias = "false")]
+    Off,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Backend {
+    /// The real backend on a Raspberry Pi, the simulated one elsewhere.
+    Auto,
+    RaspberryPi,
+    Simulated,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PlatformConfig {
+    pub backend: Backend,
+    pub proc_root: PathBuf,
+    pub sys_root: PathBuf,
+    pub etc_root: PathBuf,
+    pub fs_root: PathBuf,
+}
+
+impl Default for PlatformConfig {
+    fn default() -> Self {
+        PlatformConfig {
+            backend: Backend::Auto,
+            proc_root: PathBuf::from("/proc"),
+            sys_root: PathBuf::from("/sys"),
+            etc_root: PathBuf::from("/etc"),
+            fs_root: PathBuf::from("/"),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PathsConfig {
+    pub state_dir: PathBuf,
+    pub install_dir: PathBuf,
+}
+
+impl Default for PathsConfig {
+    fn default() -> Self {
+        PathsConfig { state_dir: PathBuf::from("/var/lib/mcp-raspi"), install_dir: PathBuf::from("/opt/mcp-raspi") }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    pub cpu_percent: Threshold,
+    pub memory_percent: Threshold,
+    pub disk_percent: Threshold,
+    pub temperature_celsius: Threshold,
+    /// systemd units whose state the health snapshot reports.
+    pub services: Vec<String>,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            cpu_percent: Threshold { warning: 80.0, critical: 95.0 },
+            memory_percent: Threshold { warning: 80.0, critical: 90.0 },
+            disk_percent: Threshold { warning: 80.0, critical: 90.0 },
+            temperature_celsius: Threshold { warning: 70.0, critical: 80.0 },
+            services: vec!["mcp-raspi-server.service".into(), "raspi-ops-agent.service".into()],
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Threshold {
+    pub warning: f64,
+    pub critical: f64,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OpsAgentConfig {
+    pub socket_path: PathBuf,
+}
+
+impl Default for OpsAgentConfig {
+    fn default() -> Self {
+        OpsAgentConfig { socket_path: PathBuf::from("/run/mcp-raspi/ops-agent.sock") }
+    }
+}
+
+/// A configuration that could not be used, with what to do about it.
+#[derive(Debug)]
+pub enum ConfigError {
+    /// The file could not be read.
+    Read { path: PathBuf, source: std::io::Error },
+    /// The YAML is malformed, has an unknown key, or a value of the wrong type or range.
+    Parse { origin: String, message: String },
+    /// An environment override names no key or holds a bad value.
+    Env { var: String, message: String },
+    /// Values that are each fine but do not work together.
+    Invalid { key: String, message: String },
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::Read { path, source } => write!(f, "cannot read configuration {}: {source}", path.display()),
+            ConfigError::Parse { origin, message } => write!(f, "invalid configuration in {origin}: {message}"),
+            ConfigError::Env { var, message } => write!(f, "invalid environment override {var}: {message}"),
+            ConfigError::Invalid { key, message } => write!(f, "invalid configuration: {key}: {message}"),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// A loaded configuration with where it came from.
+#[derive(Clone, Debug)]
+pub struct Loaded {
+    pub config: Config,
+    /// The file it was read from, or `<embedded development config>`.
+    pub origin: String,
+    /// SHA-256 of the file's bytes, to detect drift across a fleet.
+    pub sha256: String,
+}
+
+impl Config {
+    /// Parses YAML text; `origin` names the text in error messages.
+    pub fn from_yaml(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let config: Config = serde_saphyr::from_str(text)
+            .map_err(|e| ConfigError::Parse { origin: origin.to_string(), message: e.to_string() })?;
+        if config.config_version != CONFIG_VERSION {
+            return Err(ConfigError::Invalid {
+                key: "config_version".into(),
+                message: format!(
+                    "this build reads version \"{CONFIG_VERSION}\", the file says \"{}\"; run `mcp-raspi-config migrate plan --to-version {CONFIG_VERSION}`",
+                    config.config_version
+                ),
+            });
+        }
+        Ok(config)
+    }
+
+    /// Reads, overrides from the environment and validates a configuration file.
+    pub fn load(path: &Path, env: &BTreeMap<String, String>) -> Result<Loaded, ConfigError> {
+        let bytes = std::fs::read(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let text = String::from_utf8(bytes.clone()).map_err(|_| ConfigError::Parse {
+            origin: path.display().to_string(),
+            message: "the file is not UTF-8 text".into(),
+        })?;
+        let origin = path.display().to_string();
+        let config = Config::from_yaml(&text, &origin)?.with_env_overrides(env)?;
+        config.validate()?;
+        Ok(Loaded { config, origin, sha256: hex(&Sha256::digest(&bytes)) })
+    }
+
+    /// The embedded development configuration, with state under `state_home`.
+    pub fn dev(state_home: &Path, env: &BTreeMap<String, String>) -> Result<Loaded, ConfigError> {
+        let origin = "<embedded development config>";
+        let mut config = Config::from_yaml(DEV_CONFIG, origin)?;
+        config.paths.state_dir = state_home.join("state");
+        config.paths.install_dir = state_home.join("opt");
+        config.logging.app_path = state_home.join("log/app.log");
+        config.logging.audit_path = state_home.join("log/audit.log");
+        let config = config.with_env_overrides(env)?;
+        config.validate()?;
+        Ok(Loaded { config, origin: origin.into(), sha256: hex(&Sha256::digest(DEV_CONFIG.as_bytes())) })
+    }
+
+    /// Applies `MCP_RASPI_<SECTION>__<KEY>[__<KEY>...]` variables. Values are YAML scalars
+    /// or flow collections (`[a, b]`), checked exactly as the file's values are.
+    pub fn with_env_overrides(self, env: &BTreeMap<String, String>) -> Result<Config, ConfigError> {
+        let overrides: Vec<(&String, &String)> =
+            env.iter().filter(|(k, _)| k.starts_with(ENV_PREFIX) && k.contains("__")).collect();
+        if overrides.is_empty() {
+            return Ok(self);
+        }
+        let mut tree = serde_json::to_value(&self)
+            .map_err(|e| ConfigError::Invalid { key: "(all)".into(), message: e.to_string() })?;
+        for (var, raw) in overrides {
+            let path: Vec<String> = var[ENV_PREFIX.len()..].split("__").map(|s| s.to_ascii_lowercase()).collect();
+            let value: serde_json::Value = serde_saphyr::from_str(raw)
+                .map_err(|e| ConfigError::Env { var: var.clone(), message: e.to_string() })?;
+            let mut node = &mut tree;
+            for (i, key) in path.iter().enumerate() {
+                match node.as_object_mut().and_then(|o| o.get_mut(key)) {
+                    Some(child) => node = child,
+                    None => {
+                        return Err(ConfigError::Env {
+                            var: var.clone(),
+                            message: format!("`{}` is not a configuration key", path[..=i].join(".")),
+                        })
+                    }
+                }
+            }
+            *node = value;
+        }
+        let mut track = serde_path_to_error::Track::new();
+        let de = serde_path_to_error::Deserializer::new(&tree, &mut track);
+        Config::deserialize(de).map_err(|e| {
+            let key = track.path().to_string();
+            let var = format!("{ENV_PREFIX}{}", key.replace('.', "__").to_ascii_uppercase());
+            ConfigError::Env { var, message: format!("{key}: {e}") }
+        })
+    }
+
+    /// Checks rules that span several keys.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: String| Err(ConfigError::Invalid { key: key.into(), message });
+        if self.security.auth_mode == AuthMode::None && !self.server.listen.addr().ip().is_loopback() {
+            return invalid(
+                "security.auth_mode",
+                format!(
+                    "\"none\" is only allowed when server.listen is a loopback address, not {}; use auth_mode \"token\"",
+                    self.server.listen
+                ),
+            );
+        }
+        if self.security.auth_mode == AuthMode::Token && self.security.tokens.is_empty() {
+            return invalid("security.tokens", "auth_mode \"token\" needs at least one token entry".into());
+        }
+        for (i, t) in self.security.tokens.iter().enumerate() {
+            if t.identity.is_empty() || !t.identity.chars().all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c)) {
+                return invalid(
+                    &format!("security.tokens[{i}].identity"),
+                    format!("{:?} must be non-empty letters, digits, '-', '_', '.' or '@'", t.identity),
+                );
+            }
+            if !is_env_name(&t.env) {
+                return invalid(
+                    &format!("security.tokens[{i}].env"),
+                    format!("{:?} is not an environment variable name (A-Z, 0-9, _)", t.env),
+                );
+            }
+        }
+        if self.server.max_request_bytes < 1024 || self.server.max_request_bytes > 64 * 1024 * 1024 {
+            return invalid("server.max_request_bytes", "must be between 1024 and 67108864".into());
+        }
+        if self.server.max_sessions == 0 {
+            return invalid("server.max_sessions", "must be at least 1".into());
+        }
+        if !(1..=500).contains(&self.server.page_size) {
+            return invalid("server.page_size", format!("{} is outside 1 to 500", self.server.page_size));
+        }
+        if self.logging.file.max_size_mb == 0 {
+            return invalid("logging.file.max_size_mb", "must be at least 1".into());
+        }
+        for origin in &self.server.cors.allowed_origins {
+            if !(origin.starts_with("http://") || origin.starts_with("https://")) || origin.ends_with('/') {
+                return invalid(
+                    "server.cors.allowed_origins",
+                    format!("{origin:?} is not an origin; write scheme://host[:port] without a path"),
+                );
+            }
+        }
+        for (key, t) in [
+            ("health.cpu_percent", self.health.cpu_percent),
+            ("health.memory_percent", self.health.memory_percent),
+            ("health.disk_percent", self.health.disk_percent),
+            ("health.temperature_celsius", self.health.temperature_celsius),
+        ] {
+            if !(t.warning < t.critical) {
+                return invalid(key, format!("warning ({}) must be below critical ({})", t.warning, t.critical));
+            }
+        }
+        for unit in &self.health.services {
+            if !crate::platform::UnitName::is_valid(unit) {
+                return invalid("health.services", format!("{unit:?} is not a systemd unit name"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The address the HTTP server binds.
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.server.listen.addr()
+    }
+}
+
+fn is_env_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+        && !s.starts_with(|c: char| c.is_ascii_digit())
+}
+
+/// Lower-case hex of bytes.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+/// Parses a `KEY=VALUE` secrets file (systemd `EnvironmentFile=` syntax: comments, blank
+/// lines, optional quotes). Values are never logged.
+pub fn parse_env_file(text: &str) -> BTreeMap<String, String> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#') && !l.starts_with(';'))
+        .filter_map(|l| {
+            let l = l.strip_prefix("export ").unwrap_or(l);
+            let (k, v) = l.split_once('=')?;
+            let v = v.trim();
+            let v = v
+                .strip_prefix('"')
+                .and_then(|v| v.strip_suffix('"'))
+                .or_else(|| v.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')))
+                .unwrap_or(v);
+            Some((k.trim().to_string(), v.to_string()))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,91 @@
+#![allow(clippy::unwrap_used)]
+use super::*;
+
+fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+fn parse_err(yaml: &str) -> String {
+    Config::from_yaml(yaml, "config.yml").unwrap_err().to_string()
+}
+
+#[test]
+fn the_shipped_example_config_parses_and_validates() {
+    let text = include_str!("../../etc/config.example.yml");
+    let c = Config::from_yaml(text, "config.example.yml").unwrap();
+    c.validate().unwrap();
+    assert_eq!(c.security.auth_mode, AuthMode::Token);
+    assert!(c.listen_addr().ip().is_loopback());
+}
+
+#[test]
+fn the_embedded_development_config_is_loopback_without_auth_and_simulated() {
+    let dir = tempfile::tempdir().unwrap();
+    let l = Config::dev(dir.path(), &BTreeMap::new()).unwrap();
+    assert_eq!(l.config.security.auth_mode, AuthMode::None);
+    assert_eq!(l.config.platform.backend, Backend::Simulated);
+    assert!(l.config.logging.app_path.starts_with(dir.path()));
+}
+
+#[test]
+fn an_unknown_key_is_named_with_its_line() {
+    let e = parse_err("config_version: \"1.2\"\nserver:\n  listen: \"127.0.0.1:8000\"\n  lisen: 1\n");
+    assert!(e.contains("lisen"), "{e}");
+    assert!(e.contains("line 4") || e.contains(":4:") || e.contains("4:"), "{e}");
+}
+
+#[test]
+fn a_wrong_type_or_bad_value_names_the_key_and_what_is_allowed() {
+    let e = parse_err("config_version: \"1.2\"\nserver:\n  max_sessions: lots\n");
+    assert!(e.contains("max_sessions") || e.contains("line 3"), "{e}");
+    let e = parse_err("config_version: \"1.2\"\nserver:\n  listen: \"localhost\"\n");
+    assert!(e.contains("127.0.0.1:8000"), "{e}");
+    let e = parse_err("config_version: \"1.2\"\nsecurity:\n  auth_mode: magic\n");
+    assert!(e.contains("token") && e.contains("none"), "{e}");
+}
+
+#[test]
+fn an_old_config_version_points_at_the_migration() {
+    let e = parse_err("config_version: \"1.1\"\n");
+    assert!(e.contains("migrate"), "{e}");
+}
+
+#[test]
+fn no_auth_is_refused_off_loopback() {
+    let c = Config::from_yaml(
+        "config_version: \"1.2\"\nserver:\n  listen: \"0.0.0.0:8000\"\nsecurity:\n  auth_mode: none\n",
+        "t",
+    )
+    .unwrap();
+    let e = c.validate().unwrap_err().to_string();
+    assert!(e.contains("security.auth_mode") && e.contains("loopback"), "{e}");
+}
+
+#[test]
+fn environment_overrides_reach_nested_keys_and_are_checked() {
+    let c = Config::from_yaml("config_version: \"1.2\"\n", "t").unwrap();
+    let c = c
+        .with_env_overrides(&env(&[
+            ("MCP_RASPI_SERVER__LISTEN", "127.0.0.1:9000"),
+            ("MCP_RASPI_LOGGING__FILE__MAX_SIZE_MB", "7"),
+            ("MCP_RASPI_ADMIN_TOKEN", "not an override"),
+        ]))
+        .unwrap();
+    assert_eq!(c.listen_addr().port(), 9000);
+    assert_eq!(c.logging.file.max_size_mb, 7);
+
+    let c = Config::from_yaml("config_version: \"1.2\"\n", "t").unwrap();
+    let e = c.clone().with_env_overrides(&env(&[("MCP_RASPI_SERVER__NOPE", "1")])).unwrap_err().to_string();
+    assert!(e.contains("MCP_RASPI_SERVER__NOPE") && e.contains("server.nope"), "{e}");
+    let e = c.with_env_overrides(&env(&[("MCP_RASPI_SERVER__MAX_SESSIONS", "many")])).unwrap_err().to_string();
+    assert!(e.contains("MCP_RASPI_SERVER__MAX_SESSIONS"), "{e}");
+}
+
+#[test]
+fn secrets_files_are_read_like_systemd_environment_files() {
+    let m = parse_env_file("# comment\nA=1\nexport B=\"two words\"\n\nC='x=y'\nnot a pair\n");
+    assert_eq!(m.get("A").map(String::as_str), Some("1"));
+    assert_eq!(m.get("B").map(String::as_str), Some("two words"));
+    assert_eq!(m.get("C").map(String::as_str), Some("x=y"));
+    assert_eq!(m.len(), 3);
+}

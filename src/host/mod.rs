@@ -1,0 +1,148 @@
+//! Unprivileged readers of the machine: /proc, /sys and /etc.
+//!
+//! Everything here reads files below a configurable [`Roots`], so the same code reads the
+//! real machine in production and fixture trees of a Raspberry Pi 4 or 5 in tests. Nothing
+//! here needs a privilege: the server (user `mcp`, no capabilities) calls it directly.
+
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+
+pub mod board;
+pub mod cpu;
+pub mod disk;
+pub mod memory;
+pub mod net;
+pub mod os;
+pub mod process;
+pub mod thermal;
+
+/// Where the machine's pseudo file systems and configuration are found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Roots {
+    /// The procfs mount, normally `/proc`.
+    pub proc: PathBuf,
+    /// The sysfs mount, normally `/sys`.
+    pub sys: PathBuf,
+    /// The system configuration directory, normally `/etc` (for os-release and passwd).
+    pub etc: PathBuf,
+    /// Prefix joined to mount points before `statvfs`, normally `/`.
+    pub fs: PathBuf,
+}
+
+impl Roots {
+    /// The roots of the running machine.
+    pub fn system() -> Self {
+        Roots {
+            proc: PathBuf::from("/proc"),
+            sys: PathBuf::from("/sys"),
+            etc: PathBuf::from("/etc"),
+            fs: PathBuf::from("/"),
+        }
+    }
+
+    /// A fixture tree laid out as `<dir>/proc`, `<dir>/sys`, `<dir>/etc` and `<dir>/fs`.
+    pub fn under(dir: &Path) -> Self {
+        Roots {
+            proc: dir.join("proc"),
+            sys: dir.join("sys"),
+            etc: dir.join("etc"),
+            fs: dir.join("fs"),
+        }
+    }
+}
+
+/// Why reading the machine failed.
+#[derive(Debug)]
+pub enum HostError {
+    /// A file could not be read (missing, permission, I/O).
+    Read { path: PathBuf, source: io::Error },
+    /// A file was read but its content was not what the kernel writes there.
+    Parse { path: PathBuf, what: String },
+    /// The thing asked about does not exist (for example a process that has exited).
+    NotFound { what: String },
+}
+
+impl fmt::Display for HostError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HostError::Read { path, source } => {
+                write!(f, "cannot read {}: {source}", path.display())
+            }
+            HostError::Parse { path, what } => {
+                write!(f, "unexpected content in {}: {what}", path.display())
+            }
+            HostError::NotFound { what } => write!(f, "{what} not found"),
+        }
+    }
+}
+
+impl std::error::Error for HostError {}
+
+pub type Result<T> = std::result::Result<T, HostError>;
+
+/// Reads a whole text file, naming the path on failure.
+pub fn read_text(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|source| HostError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Reads a one-line sysfs/procfs attribute, trimmed; `None` when the file does not exist.
+pub fn read_attr(path: &Path) -> Result<Option<String>> {
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            let text = String::from_utf8_lossy(&bytes);
+            Ok(Some(
+                text.trim_matches(|c: char| c.is_whitespace() || c == '\0')
+                    .to_string(),
+            ))
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(HostError::Read {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// Builds a parse error for `path`.
+pub fn parse_error(path: &Path, what: impl Into<String>) -> HostError {
+    HostError::Parse {
+        path: path.to_path_buf(),
+        what: what.into(),
+    }
+}
+
+/// Reads a whole text file; `None` when it does not exist (optional files such as os-release).
+pub fn read_optional_text(path: &Path) -> Result<Option<String>> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(Some(text)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(HostError::Read {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// `part` as a percentage of `whole`, rounded to two decimals so JSON stays readable; 0 for an
+/// empty whole rather than NaN.
+pub(crate) fn percent(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        return 0.0;
+    }
+    let exact = part as f64 * 100.0 / whole as f64;
+    (exact * 100.0).round() / 100.0
+}
+
+/// The committed fixture tree of a machine, `tests/fixtures/<name>`.
+#[cfg(test)]
+pub(crate) fn fixture(name: &str) -> Roots {
+    Roots::under(
+        &Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(name),
+    )
+}

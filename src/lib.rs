@@ -1,0 +1,16 @@
+//! mcp-raspi: an MCP server that lets AI assistants and operators inspect and safely
+//! control Raspberry Pis.
+//!
+//! The binaries are thin; everything lives here so that tests can reach it. See the
+//! README's design notes for how the modules fit together.
+
+pub mod app;
+pub mod audit;
+pub mod auth;
+pub mod config;
+pub mod host;
+pub mod logs;
+pub mod mcp;
+pub mod platform;
+pub mod server;
+pub mod tools;

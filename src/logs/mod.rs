@@ -1,0 +1,89 @@
+//! The application log and reading logs back.
+//!
+//! The application log is JSON lines in `logging.app_path` (size-rotated), plus journald
+//! when started by systemd or stderr otherwise. The same files are read back, newest
+//! first, by the `logs.*` tools and resources.
+
+mod reader;
+mod rotate;
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use crate::config::{LogLevel, LoggingConfig, Tristate};
+
+pub use reader::{read_recent, LogFilter};
+pub use rotate::{backup_path, RotatingFile};
+
+/// RFC 3339 UTC time with milliseconds, as written in every log line.
+pub fn timestamp(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// Where application log records go.
+struct AppLogger {
+    file: Option<Arc<RotatingFile>>,
+    journal: Option<systemd_journal_logger::JournalLog>,
+    stderr: bool,
+    level: log::LevelFilter,
+}
+
+impl log::Log for AppLogger {
+    fn enabled(&self, metadata: &log::Metadata) -> bool {
+        metadata.level() <= self.level && !metadata.target().starts_with("hyper") && !metadata.target().starts_with("warp")
+    }
+
+    fn log(&self, record: &log::Record) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        let message = record.args().to_string();
+        let level = LogLevel::from_level(record.level()).as_str();
+        if let Some(file) = &self.file {
+            let line = serde_json::json!({
+                "time": timestamp(SystemTime::now()),
+                "level": level,
+                "target": record.target(),
+                "message": message,
+            });
+            // A log that cannot be written must not take the server down with it.
+            let _ = file.write_line(&line.to_string());
+        }
+        if let Some(journal) = &self.journal {
+            journal.log(record);
+        }
+        if self.stderr {
+            let _ = writeln!(std::io::stderr().lock(), "{level:>5} {message}");
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+/// Whether this process was started by systemd with its output connected to the journal.
+pub fn under_systemd() -> bool {
+    std::env::var_os("JOURNAL_STREAM").is_some() || std::env::var_os("INVOCATION_ID").is_some()
+}
+
+/// Installs the global logger. Returns an error naming the file when it cannot be opened.
+pub fn init(cfg: &LoggingConfig) -> Result<(), String> {
+    let max_bytes = cfg.file.max_size_mb.saturating_mul(1024 * 1024);
+    let file = RotatingFile::open(&cfg.app_path, max_bytes, cfg.file.backup_count)
+        .map_err(|e| format!("cannot open the application log {}: {e}", cfg.app_path.display()))?;
+    let journald = match cfg.journald {
+        Tristate::On => true,
+        Tristate::Off => false,
+        Tristate::Auto => under_systemd(),
+    };
+    let journal = if journald { systemd_journal_logger::JournalLog::new().ok() } else { None };
+    let logger = AppLogger {
+        file: Some(Arc::new(file)),
+        stderr: journal.is_none(),
+        journal,
+        level: cfg.level.to_filter(),
+    };
+    log::set_boxed_logger(Box::new(logger)).map_err(|e| format!("cannot install the logger: {e}"))?;
+    log::set_max_level(cfg.level.to_filter());
+    Ok(())
+}

@@ -1,0 +1,566 @@
+//! MCP over Streamable HTTP on `/mcp`, plus `/healthz` for supervisors.
+//!
+//! Order of checks on `/mcp`: Host and Origin (DNS rebinding), authentication, rate
+//! limit, body size, JSON, JSON-RPC envelope, protocol era and version, session. Each
+//! refusal is a JSON-RPC error body with the HTTP status the specification asks for.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use futures_util::{Stream, StreamExt};
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use warp::http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
+use warp::Filter;
+
+use super::{dispatch, initialize_result, response, Call, Incoming, Progress, RpcError, Session, Sessions, Version};
+use crate::app::App;
+use crate::auth::{AuthError, Identity};
+
+/// The HTTP transport's state.
+pub struct HttpServer {
+    app: Arc<App>,
+    sessions: Sessions,
+    /// Host names (lower case, no port) accepted in `Host`; empty accepts any.
+    allowed_hosts: Vec<String>,
+}
+
+type Reply = warp::reply::Response;
+
+fn json_reply(status: u16, body: &Value) -> Reply {
+    let mut r = Response::new(body.to_string().into());
+    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    r.headers_mut().insert("content-type", HeaderValue::from_static("application/json"));
+    r
+}
+
+fn error_reply(id: &Value, e: &RpcError) -> Reply {
+    json_reply(if e.http_status == 200 { 200 } else { e.http_status }, &response(id, Err(e.clone())))
+}
+
+fn empty(status: StatusCode) -> Reply {
+    let mut r = Response::new(Bytes::new().into());
+    *r.status_mut() = status;
+    r
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// The host part of a `Host` header or origin authority, lower case, without port.
+fn host_part(authority: &str) -> String {
+    let a = authority.trim().to_ascii_lowercase();
+    if let Some(rest) = a.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or("").to_string();
+    }
+    a.rsplit_once(':').filter(|(_, p)| p.chars().all(|c| c.is_ascii_digit())).map(|(h, _)| h.to_string()).unwrap_or(a)
+}
+
+fn is_loopback_name(host: &str) -> bool {
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+impl HttpServer {
+    pub fn new(app: Arc<App>) -> Arc<HttpServer> {
+        let server = &app.config.server;
+        let listen = app.config.listen_addr();
+        // Host checking defends loopback servers against DNS rebinding; a server on a LAN
+        // address checks Host only when the operator lists the names it is reached by.
+        let mut allowed_hosts: Vec<String> = server.allowed_hosts.iter().map(|h| host_part(h)).collect();
+        if listen.ip().is_loopback() || !allowed_hosts.is_empty() {
+            allowed_hosts.extend(["localhost".into(), "127.0.0.1".into(), "::1".into()]);
+            if !listen.ip().is_unspecified() {
+                allowed_hosts.push(listen.ip().to_string());
+            }
+        }
+        let sessions = Sessions::new(server.max_sessions, Duration::from_secs(server.session_idle_timeout_seconds.max(1)));
+        Arc::new(HttpServer { app, sessions, allowed_hosts })
+    }
+
+    /// Checks `Host` and `Origin`; `Err` is the 403 to send.
+    fn check_origin(&self, headers: &HeaderMap) -> Result<Option<String>, Reply> {
+        let forbidden = |m: String| Err(error_reply(&Value::Null, &RpcError::invalid_request(m).status(403)));
+        if !self.allowed_hosts.is_empty() {
+            let host = header(headers, "host").map(host_part).unwrap_or_default();
+            if !self.allowed_hosts.contains(&host) {
+                return forbidden(format!(
+                    "Forbidden: Host {host:?} is not served here; add it to server.allowed_hosts if this is intended"
+                ));
+            }
+        }
+        let Some(origin) = header(headers, "origin") else { return Ok(None) };
+        let cors = &self.app.config.server.cors;
+        if cors.enabled && cors.allowed_origins.iter().any(|o| o == origin) {
+            return Ok(Some(origin.to_string()));
+        }
+        let origin_host = origin.split_once("://").map(|(_, rest)| host_part(rest)).unwrap_or_default();
+        let local = self.app.config.listen_addr().ip().is_loopback() && is_loopback_name(&origin_host);
+        if local || (!origin_host.is_empty() && self.allowed_hosts.contains(&origin_host) && !self.allowed_hosts.is_empty())
+        {
+            Ok(None)
+        } else {
+            forbidden(format!("Forbidden: Origin {origin:?} is not allowed; list it in server.cors.allowed_origins"))
+        }
+    }
+
+    fn authenticate(&self, headers: &HeaderMap) -> Result<Identity, Reply> {
+        self.app.auth.authenticate(header(headers, "authorization")).map_err(|e| {
+            let mut r = error_reply(&Value::Null, &RpcError::new(rmcp::model::ErrorCode(-32001), e.to_string()).status(401));
+            let challenge = match e {
+                AuthError::Missing => "Bearer realm=\"mcp-raspi\"",
+                _ => "Bearer realm=\"mcp-raspi\", error=\"invalid_token\"",
+            };
+            r.headers_mut().insert("www-authenticate", HeaderValue::from_static(challenge));
+            r
+        })
+    }
+
+    async fn handle(self: Arc<Self>, method: Method, path: String, headers: HeaderMap, body: BodyStream) -> Reply {
+        match (path.as_str(), method.clone()) {
+            ("/healthz", Method::GET) => {
+                return json_reply(200, &json!({"status": "ok", "version": crate::app::VERSION}));
+            }
+            ("/mcp", _) => {}
+            _ => return json_reply(404, &json!({"error": format!("no such endpoint {path}; MCP is served at /mcp")})),
+        }
+        let cors_origin = match self.check_origin(&headers) {
+            Ok(o) => o,
+            Err(r) => return r,
+        };
+        let mut reply = match method {
+            Method::OPTIONS => self.preflight(cors_origin.is_some()),
+            Method::POST => self.post(headers, body).await,
+            Method::DELETE => self.delete(&headers),
+            _ => {
+                let mut r = error_reply(
+                    &Value::Null,
+                    &RpcError::invalid_request("Method not allowed: this server offers no standalone SSE stream; POST requests to /mcp").status(405),
+                );
+                r.headers_mut().insert("allow", HeaderValue::from_static("POST, DELETE"));
+                r
+            }
+        };
+        if let Some(origin) = cors_origin {
+            let h = reply.headers_mut();
+            if let Ok(v) = HeaderValue::from_str(&origin) {
+                h.insert("access-control-allow-origin", v);
+            }
+            h.insert("vary", HeaderValue::from_static("Origin"));
+            h.insert("access-control-expose-headers", HeaderValue::from_static("Mcp-Session-Id, MCP-Protocol-Version, WWW-Authenticate"));
+        }
+        reply
+    }
+
+    fn preflight(&self, allowed: bool) -> Reply {
+        if !allowed {
+            return empty(StatusCode::FORBIDDEN);
+        }
+        let mut r = empty(StatusCode::NO_CONTENT);
+        let h = r.headers_mut();
+        h.insert("access-control-allow-methods", HeaderValue::from_static("POST, DELETE, OPTIONS"));
+        h.insert(
+            "access-control-allow-headers",
+            HeaderValue::from_static("authorization, content-type, accept, mcp-session-id, mcp-protocol-version, mcp-method, mcp-name, last-event-id"),
+        );
+        h.insert("access-control-max-age", HeaderValue::from_static("600"));
+        r
+    }
+
+    fn delete(&self, headers: &HeaderMap) -> Reply {
+        let identity = match self.authenticate(headers) {
+            Ok(i) => i,
+            Err(r) => return r,
+        };
+        match header(headers, "mcp-session-id") {
+            None => error_reply(&Value::Null, &RpcError::invalid_request("Bad request: DELETE needs the Mcp-Session-Id header").status(400)),
+            Some(id) if self.sessions.remove(id, &identity.name) => empty(StatusCode::OK),
+            Some(_) => error_reply(&Value::Null, &RpcError::invalid_request("Session not found: it expired or was closed").status(404)),
+        }
+    }
+
+    async fn post(self: Arc<Self>, headers: HeaderMap, body: BodyStream) -> Reply {
+        let identity = match self.authenticate(&headers) {
+            Ok(i) => i,
+            Err(r) => return r,
+        };
+        if let Err(wait) = self.app.rate_limiter.check(&identity.name) {
+            let secs = wait.ceil().max(1.0) as u64;
+            let e = RpcError::new(rmcp::model::ErrorCode(-32029), format!("Rate limit exceeded: retry in {secs} s"))
+                .data(json!({"retry_after_seconds": secs}))
+                .status(429);
+            let mut r = error_reply(&Value::Null, &e);
+            r.headers_mut().insert("retry-after", HeaderValue::from(secs));
+            return r;
+        }
+        if let Some(ct) = header(&headers, "content-type") {
+            if !ct.to_ascii_lowercase().starts_with("application/json") {
+                let e = RpcError::invalid_request(format!("Unsupported media type {ct:?}: send application/json")).status(415);
+                return error_reply(&Value::Null, &e);
+            }
+        }
+        let limit = self.app.config.server.max_request_bytes as usize;
+        let bytes = match read_limited(body, limit).await {
+            Ok(b) => b,
+            Err(ReadError::TooLarge) => {
+                let e = RpcError::invalid_request(format!("Request too large: the limit is {limit} bytes (server.max_request_bytes)")).status(413);
+                return error_reply(&Value::Null, &e);
+            }
+            Err(ReadError::Broken(m)) => return error_reply(&Value::Null, &RpcError::invalid_request(format!("cannot read the body: {m}")).status(400)),
+        };
+        let value: Value = match serde_json::from_slice(&bytes) {
+            Ok(v) => v,
+            Err(e) => return error_reply(&Value::Null, &RpcError::parse_error(e)),
+        };
+        let accepts_sse = header(&headers, "accept").is_some_and(|a| a.contains("text/event-stream"));
+        match value {
+            Value::Array(items) => self.batch(identity, &headers, items).await,
+            single => match Incoming::parse(single) {
+                Err((id, e)) => error_reply(&id, &e),
+                Ok(msg) => self.single(identity, &headers, msg, accepts_sse).await,
+            },
+        }
+    }
+
+    /// Finds the session named by the headers, checking the protocol version header.
+    fn legacy_session(&self, headers: &HeaderMap, identity: &Identity) -> Result<Arc<Session>, RpcError> {
+        let Some(sid) = header(headers, "mcp-session-id") else {
+            return Err(RpcError::invalid_request(
+                "Bad request: missing Mcp-Session-Id header; send initialize first, or use protocol 2026-07-28 with _meta",
+            )
+            .status(400));
+        };
+        let session = self
+            .sessions
+            .get(sid, &identity.name)
+            .ok_or_else(|| RpcError::invalid_request("Session not found: it expired or was closed; initialize again").status(404))?;
+        if let Some(hv) = header(headers, "mcp-protocol-version") {
+            let v = Version::parse(hv).ok_or_else(|| RpcError::unsupported_version(hv))?;
+            if v != session.version {
+                return Err(RpcError::header_mismatch(format!(
+                    "MCP-Protocol-Version {hv} differs from the session's negotiated version {}",
+                    session.version.as_str()
+                )));
+            }
+        }
+        Ok(session)
+    }
+
+    async fn single(self: Arc<Self>, identity: Identity, headers: &HeaderMap, msg: Incoming, accepts_sse: bool) -> Reply {
+        let header_version = header(headers, "mcp-protocol-version");
+        let (id, method, params) = match msg {
+            Incoming::Response => return empty(StatusCode::ACCEPTED),
+            Incoming::Notification { method, params } => {
+                // Notifications of a legacy session: cancellation is the one that matters.
+                if let Ok(session) = self.legacy_session(headers, &identity) {
+                    if method == "notifications/cancelled" {
+                        if let Some(rid) = params.as_ref().and_then(|p| p.get("requestId")) {
+                            session.cancel(&rid.to_string());
+                        }
+                    }
+                }
+                return empty(StatusCode::ACCEPTED);
+            }
+            Incoming::Request { id, method, params } => (id, method, params),
+        };
+        let meta_version = params.as_ref().and_then(|p| p.get("_meta")).and_then(|m| m.get(super::meta::PROTOCOL_VERSION));
+        let stateless = header_version == Some("2026-07-28") || meta_version.is_some();
+
+        if method == "initialize" && !stateless {
+            if let Some(hv) = header_version {
+                if Version::parse(hv).is_none() {
+                    return error_reply(&id, &RpcError::unsupported_version(hv));
+                }
+            }
+            let requested = params.as_ref().and_then(|p| p.get("protocolVersion")).and_then(Value::as_str);
+            let version = Version::negotiate(requested);
+            let session = match self.sessions.create(version, &identity.name) {
+                Ok(s) => s,
+                Err(e) => return error_reply(&id, &RpcError::internal(e)),
+            };
+            log::info!("session {} opened by {} at protocol {}", &session.id[..8], identity.name, version.as_str());
+            let mut r = json_reply(200, &response(&id, Ok(initialize_result(version))));
+            if let Ok(v) = HeaderValue::from_str(&session.id) {
+                r.headers_mut().insert("mcp-session-id", v);
+            }
+            return r;
+        }
+
+        let (version, session) = if stateless {
+            match self.check_stateless(headers, &method, params.as_ref()) {
+                Ok(v) => (v, None),
+                Err(e) => return error_reply(&id, &e),
+            }
+        } else {
+            match self.legacy_session(headers, &identity) {
+                Ok(s) => (s.version, Some(s)),
+                Err(e) => return error_reply(&id, &e),
+            }
+        };
+        let log_level = if version.is_stateless() {
+            super::requested_log_level(params.as_ref())
+        } else {
+            session.as_ref().and_then(|s| s.log_level())
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        let progress = Progress::new(tx.clone(), super::progress_token(params.as_ref()), log_level);
+        let stream = accepts_sse && progress.wants_stream();
+        let call = Call { identity, version, session: session.clone(), progress, transport: "http", request_id: id.clone() };
+        let app = self.app.clone();
+        let task_id = id.clone();
+        let task = tokio::spawn(async move {
+            let result = dispatch(&app, &call, &method, params).await;
+            let status = result.as_ref().err().map(|e| e.http_status).unwrap_or(200);
+            let _ = tx.send(response(&task_id, result));
+            status
+        });
+        let guard = AbortOnDrop(task.abort_handle());
+        let key = id.to_string();
+        if let Some(s) = &session {
+            s.track(key.clone(), task.abort_handle());
+        }
+        if stream {
+            let untrack = session.map(|s| (s, key));
+            sse_reply(rx, guard, untrack)
+        } else {
+            let outcome = task.await;
+            drop(guard);
+            if let Some(s) = &session {
+                s.untrack(&key);
+            }
+            let mut rx = rx;
+            match outcome {
+                Ok(status) => {
+                    // The response is the last message sent; notifications before it are
+                    // dropped when the client did not ask for a stream.
+                    let mut last = Value::Null;
+                    while let Ok(m) = rx.try_recv() {
+                        last = m;
+                    }
+                    json_reply(if status == 200 { 200 } else { status }, &last)
+                }
+                Err(_) => error_reply(&id, &RpcError::new(rmcp::model::ErrorCode(-32800), "Request cancelled")),
+            }
+        }
+    }
+
+    /// Checks the headers of a stateless request against its body.
+    fn check_stateless(&self, headers: &HeaderMap, method: &str, params: Option<&Value>) -> Result<Version, RpcError> {
+        let version = super::stateless_version(params)?;
+        match header(headers, "mcp-protocol-version") {
+            Some(hv) if hv == version.as_str() => {}
+            Some(hv) => {
+                return Err(RpcError::header_mismatch(format!(
+                    "MCP-Protocol-Version header {hv:?} differs from _meta protocolVersion {:?}",
+                    version.as_str()
+                )))
+            }
+            None => return Err(RpcError::header_mismatch("MCP-Protocol-Version header is required")),
+        }
+        if let Some(hm) = header(headers, "mcp-method") {
+            if hm != method {
+                return Err(RpcError::header_mismatch(format!("Mcp-Method header {hm:?} differs from the body's method {method:?}")));
+            }
+        }
+        if matches!(method, "tools/call" | "resources/read" | "prompts/get") {
+            let body_name = params.and_then(|p| p.get("name").or_else(|| p.get("uri"))).and_then(Value::as_str);
+            if let (Some(hn), Some(bn)) = (header(headers, "mcp-name"), body_name) {
+                if decode_header_value(hn).as_deref() != Some(bn) {
+                    return Err(RpcError::header_mismatch(format!("Mcp-Name header {hn:?} differs from the body's {bn:?}")));
+                }
+            }
+        }
+        Ok(version)
+    }
+
+    async fn batch(self: Arc<Self>, identity: Identity, headers: &HeaderMap, items: Vec<Value>) -> Reply {
+        if items.is_empty() {
+            return error_reply(&Value::Null, &RpcError::invalid_request("Invalid request: an empty batch"));
+        }
+        let session = match self.legacy_session(headers, &identity) {
+            Ok(s) => s,
+            Err(e) => {
+                let e = if header(headers, "mcp-session-id").is_none() {
+                    RpcError::invalid_request("Invalid request: batches are only allowed within a 2025-03-26 session; send initialize alone first").status(400)
+                } else {
+                    e
+                };
+                return error_reply(&Value::Null, &e);
+            }
+        };
+        if !session.version.allows_batches() {
+            let e = RpcError::invalid_request(format!(
+                "Invalid request: JSON-RPC batches are not allowed in protocol version {}; send one message per request",
+                session.version.as_str()
+            ));
+            return error_reply(&Value::Null, &e);
+        }
+        let mut replies = Vec::new();
+        let calls = items.into_iter().map(|item| {
+            let app = self.app.clone();
+            let session = session.clone();
+            let identity = identity.clone();
+            async move {
+                match Incoming::parse(item) {
+                    Err((id, e)) => Some(response(&id, Err(e))),
+                    Ok(Incoming::Request { id, method, .. }) if method == "initialize" => Some(response(
+                        &id,
+                        Err(RpcError::invalid_request("Invalid request: initialize must not be part of a batch")),
+                    )),
+                    Ok(Incoming::Request { id, method, params }) => {
+                        let call = Call {
+                            identity,
+                            version: session.version,
+                            session: Some(session),
+                            progress: Progress::none(),
+                            transport: "http",
+                            request_id: id.clone(),
+                        };
+                        Some(response(&id, dispatch(&app, &call, &method, params).await))
+                    }
+                    Ok(Incoming::Notification { method, params }) => {
+                        if method == "notifications/cancelled" {
+                            if let Some(rid) = params.as_ref().and_then(|p| p.get("requestId")) {
+                                session.cancel(&rid.to_string());
+                            }
+                        }
+                        None
+                    }
+                    Ok(Incoming::Response) => None,
+                }
+            }
+        });
+        for r in futures_util::future::join_all(calls).await.into_iter().flatten() {
+            replies.push(r);
+        }
+        if replies.is_empty() {
+            empty(StatusCode::ACCEPTED)
+        } else {
+            json_reply(200, &Value::Array(replies))
+        }
+    }
+}
+
+/// Header values that are not plain ASCII arrive as `=?base64?...?=`.
+fn decode_header_value(v: &str) -> Option<String> {
+    match v.strip_prefix("=?base64?").and_then(|r| r.strip_suffix("?=")) {
+        Some(b64) => {
+            use base64::Engine;
+            let bytes = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
+            String::from_utf8(bytes).ok()
+        }
+        None => Some(v.to_string()),
+    }
+}
+
+/// Aborts a request's task when the client goes away before it finishes.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Streams a request's notifications and then its response as server-sent events.
+fn sse_reply(rx: mpsc::UnboundedReceiver<Value>, guard: AbortOnDrop, untrack: Option<(Arc<Session>, String)>) -> Reply {
+    struct Done {
+        _guard: AbortOnDrop,
+        untrack: Option<(Arc<Session>, String)>,
+    }
+    impl Drop for Done {
+        fn drop(&mut self) {
+            if let Some((s, k)) = &self.untrack {
+                s.untrack(k);
+            }
+        }
+    }
+    let done = Done { _guard: guard, untrack };
+    let events = futures_util::stream::unfold((rx, Some(done)), |(mut rx, done)| async move {
+        done.as_ref()?;
+        let msg = rx.recv().await?;
+        // The response (it has an id) is the last event: end the stream after it.
+        let last = msg.get("id").is_some();
+        let event = warp::sse::Event::default().event("message").data(msg.to_string());
+        Some((Ok::<_, Infallible>(event), (rx, if last { None } else { done })))
+    });
+    let mut r = warp::reply::Reply::into_response(warp::sse::reply(events));
+    r.headers_mut().insert("x-accel-buffering", HeaderValue::from_static("no"));
+    r
+}
+
+type BodyStream = std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, warp::Error>> + Send>>;
+
+enum ReadError {
+    TooLarge,
+    Broken(String),
+}
+
+async fn read_limited(mut body: BodyStream, limit: usize) -> Result<Bytes, ReadError> {
+    let mut buf = BytesMut::new();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| ReadError::Broken(e.to_string()))?;
+        if buf.len() + chunk.remaining() > limit {
+            return Err(ReadError::TooLarge);
+        }
+        buf.extend_from_slice(chunk.chunk());
+    }
+    Ok(buf.freeze())
+}
+
+/// Serves HTTP on `listener` until `shutdown` completes.
+pub async fn serve(app: Arc<App>, listener: tokio::net::TcpListener, shutdown: impl std::future::Future<Output = ()> + Send + 'static) {
+    let server = HttpServer::new(app);
+    let limit = server.app.config.server.max_request_bytes;
+    let routes = warp::any()
+        .and(warp::method())
+        .and(warp::path::full())
+        .and(warp::header::headers_cloned())
+        .and(warp::header::optional::<u64>("content-length"))
+        .and(warp::body::stream())
+        .then(move |method: Method, path: warp::path::FullPath, headers: HeaderMap, length: Option<u64>, body| {
+            let server = server.clone();
+            async move {
+                if length.is_some_and(|l| l > limit) {
+                    let e = RpcError::invalid_request(format!("Request too large: the limit is {limit} bytes (server.max_request_bytes)")).status(413);
+                    return error_reply(&Value::Null, &e);
+                }
+                let body: BodyStream = Box::pin(
+                    futures_util::stream::StreamExt::map(body, |r: Result<_, warp::Error>| r.map(|mut b: _| {
+                        let len = Buf::remaining(&b);
+                        Buf::copy_to_bytes(&mut b, len)
+                    })),
+                );
+                server.handle(method, path.as_str().to_string(), headers, body).await
+            }
+        });
+    warp::serve(routes).incoming(listener).graceful(shutdown).run().await;
+}
+
+/// Binds the listen address, naming it in the error.
+pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, String> {
+    tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_parts_drop_ports_and_brackets() {
+        assert_eq!(host_part("LocalHost:8000"), "localhost");
+        assert_eq!(host_part("[::1]:8000"), "::1");
+        assert_eq!(host_part("evil.example"), "evil.example");
+        assert!(is_loopback_name("127.0.0.2"));
+        assert!(!is_loopback_name("evil.example"));
+    }
+
+    #[test]
+    fn encoded_header_values_are_decoded() {
+        assert_eq!(decode_header_value("=?base64?w6lsw6k=?=").as_deref(), Some("élé"));
+        assert_eq!(decode_header_value("plain").as_deref(), Some("plain"));
+    }
+}

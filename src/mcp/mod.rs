@@ -1,0 +1,518 @@
+//! The Model Context Protocol, independent of transport.
+//!
+//! Two eras are served on one endpoint: the handshake era (2025-03-26, 2025-06-18,
+//! 2025-11-25: `initialize`, then a session) and the stateless 2026-07-28 revision, where
+//! every request carries its protocol version and client capabilities in `_meta` and
+//! `server/discover` replaces the handshake. [`dispatch`] answers one request for a given
+//! version; the HTTP and stdio transports decide the version and the session.
+
+mod catalog;
+pub mod http;
+mod session;
+pub mod stdio;
+
+use std::sync::Arc;
+
+use rmcp::model::{
+    ErrorCode, Implementation, InitializeResult, PromptsCapability, ProtocolVersion, ResourcesCapability,
+    ServerCapabilities, ToolsCapability,
+};
+use serde_json::{json, Map, Value};
+use tokio::sync::mpsc;
+
+use crate::app::App;
+use crate::auth::Identity;
+use crate::config::LogLevel;
+use crate::tools::Cx;
+
+pub use session::{Session, Sessions};
+
+/// Protocol versions this server speaks, newest first.
+pub const SUPPORTED_VERSIONS: [&str; 4] = ["2026-07-28", "2025-11-25", "2025-06-18", "2025-03-26"];
+
+/// A protocol version this server speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Version {
+    V2025_03_26,
+    V2025_06_18,
+    V2025_11_25,
+    V2026_07_28,
+}
+
+impl Version {
+    /// The newest version negotiated through `initialize`.
+    pub const LATEST_HANDSHAKE: Version = Version::V2025_11_25;
+
+    pub fn parse(s: &str) -> Option<Version> {
+        Some(match s {
+            "2025-03-26" => Version::V2025_03_26,
+            "2025-06-18" => Version::V2025_06_18,
+            "2025-11-25" => Version::V2025_11_25,
+            "2026-07-28" => Version::V2026_07_28,
+            _ => return None,
+        })
+    }
+
+    pub fn protocol(self) -> ProtocolVersion {
+        match self {
+            Version::V2025_03_26 => ProtocolVersion::V_2025_03_26,
+            Version::V2025_06_18 => ProtocolVersion::V_2025_06_18,
+            Version::V2025_11_25 => ProtocolVersion::V_2025_11_25,
+            Version::V2026_07_28 => ProtocolVersion::V_2026_07_28,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Version::V2025_03_26 => "2025-03-26",
+            Version::V2025_06_18 => "2025-06-18",
+            Version::V2025_11_25 => "2025-11-25",
+            Version::V2026_07_28 => "2026-07-28",
+        }
+    }
+
+    /// No handshake and no sessions: every request stands alone.
+    pub fn is_stateless(self) -> bool {
+        self == Version::V2026_07_28
+    }
+
+    /// Only 2025-03-26 allowed JSON-RPC batches.
+    pub fn allows_batches(self) -> bool {
+        self == Version::V2025_03_26
+    }
+
+    /// The version `initialize` settles on: the client's when supported, else our newest.
+    pub fn negotiate(requested: Option<&str>) -> Version {
+        match requested.and_then(Version::parse) {
+            Some(v) if !v.is_stateless() => v,
+            _ => Version::LATEST_HANDSHAKE,
+        }
+    }
+}
+
+/// `_meta` keys of the stateless revision.
+pub mod meta {
+    pub const PROTOCOL_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
+    pub const CLIENT_CAPABILITIES: &str = "io.modelcontextprotocol/clientCapabilities";
+    pub const CLIENT_INFO: &str = "io.modelcontextprotocol/clientInfo";
+    pub const LOG_LEVEL: &str = "io.modelcontextprotocol/logLevel";
+    pub const SERVER_INFO: &str = "io.modelcontextprotocol/serverInfo";
+}
+
+/// A JSON-RPC error, with the HTTP status the Streamable HTTP transport answers with.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RpcError {
+    pub code: i32,
+    pub message: String,
+    pub data: Option<Value>,
+    pub http_status: u16,
+}
+
+impl RpcError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        RpcError { code: code.0, message: message.into(), data: None, http_status: 200 }
+    }
+    pub fn status(mut self, status: u16) -> Self {
+        self.http_status = status;
+        self
+    }
+    pub fn data(mut self, data: Value) -> Self {
+        self.data = Some(data);
+        self
+    }
+    pub fn parse_error(detail: impl std::fmt::Display) -> Self {
+        Self::new(ErrorCode::PARSE_ERROR, format!("Parse error: the body is not valid JSON ({detail})")).status(400)
+    }
+    pub fn invalid_request(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::INVALID_REQUEST, message).status(400)
+    }
+    pub fn method_not_found(method: &str, version: Version) -> Self {
+        let e = Self::new(
+            ErrorCode::METHOD_NOT_FOUND,
+            format!("Method not found: {method} is not a method of protocol version {}", version.as_str()),
+        );
+        if version.is_stateless() {
+            e.status(404)
+        } else {
+            e
+        }
+    }
+    pub fn invalid_params(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::INVALID_PARAMS, message)
+    }
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::INTERNAL_ERROR, message)
+    }
+    pub fn unsupported_version(requested: &str) -> Self {
+        Self::new(
+            ErrorCode::UNSUPPORTED_PROTOCOL_VERSION,
+            format!("Unsupported protocol version {requested:?}; this server supports {}", SUPPORTED_VERSIONS.join(", ")),
+        )
+        .data(json!({"supported": SUPPORTED_VERSIONS, "requested": requested}))
+        .status(400)
+    }
+    pub fn header_mismatch(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::HEADER_MISMATCH, message).status(400)
+    }
+
+    /// The JSON-RPC error object.
+    pub fn to_value(&self) -> Value {
+        let mut e = json!({"code": self.code, "message": self.message});
+        if let Some(d) = &self.data {
+            e["data"] = d.clone();
+        }
+        e
+    }
+}
+
+/// A JSON-RPC response to `id`.
+pub fn response(id: &Value, result: Result<Value, RpcError>) -> Value {
+    match result {
+        Ok(result) => json!({"jsonrpc": "2.0", "id": id, "result": result}),
+        Err(e) => json!({"jsonrpc": "2.0", "id": id, "error": e.to_value()}),
+    }
+}
+
+/// One parsed JSON-RPC message from a client.
+#[derive(Debug, Clone)]
+pub enum Incoming {
+    Request { id: Value, method: String, params: Option<Value> },
+    Notification { method: String, params: Option<Value> },
+    /// A response to a server request; this server sends none, so these are dropped.
+    Response,
+}
+
+impl Incoming {
+    /// Checks the JSON-RPC 2.0 envelope.
+    pub fn parse(v: Value) -> Result<Incoming, (Value, RpcError)> {
+        let Value::Object(mut obj) = v else {
+            return Err((Value::Null, RpcError::invalid_request("Invalid request: a JSON-RPC message must be an object")));
+        };
+        let id = obj.remove("id");
+        let id_for_error = id.clone().unwrap_or(Value::Null);
+        let bad = |m: &str| Err((id_for_error.clone(), RpcError::invalid_request(format!("Invalid request: {m}"))));
+        if obj.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
+            return bad("\"jsonrpc\" must be \"2.0\"");
+        }
+        if let Some(id) = &id {
+            if !(id.is_string() || id.is_i64() || id.is_u64()) {
+                return bad("\"id\" must be a string or an integer");
+            }
+        }
+        let params = obj.remove("params");
+        if let Some(p) = &params {
+            if !(p.is_object() || p.is_array()) {
+                return bad("\"params\" must be an object");
+            }
+        }
+        match (obj.remove("method"), id) {
+            (Some(Value::String(method)), Some(id)) => Ok(Incoming::Request { id, method, params }),
+            (Some(Value::String(method)), None) => Ok(Incoming::Notification { method, params }),
+            (Some(_), _) => bad("\"method\" must be a string"),
+            (None, Some(_)) if obj.contains_key("result") || obj.contains_key("error") => Ok(Incoming::Response),
+            (None, _) => bad("a request needs a \"method\""),
+        }
+    }
+}
+
+/// Where a request's notifications go: progress (when the client sent a token) and log
+/// messages (when the client asked for them).
+#[derive(Clone, Default)]
+pub struct Progress {
+    sink: Option<mpsc::UnboundedSender<Value>>,
+    token: Option<Value>,
+    log_level: Option<LogLevel>,
+}
+
+impl Progress {
+    /// A sink that drops everything.
+    pub fn none() -> Progress {
+        Progress::default()
+    }
+
+    pub fn new(sink: mpsc::UnboundedSender<Value>, token: Option<Value>, log_level: Option<LogLevel>) -> Progress {
+        Progress { sink: Some(sink), token, log_level }
+    }
+
+    /// Whether anything would be sent: transports stream their answer only then.
+    pub fn wants_stream(&self) -> bool {
+        self.sink.is_some() && (self.token.is_some() || self.log_level.is_some())
+    }
+
+    /// Sends `notifications/progress` when the client asked for progress.
+    pub fn report(&self, progress: f64, total: Option<f64>, message: &str) {
+        if let (Some(sink), Some(token)) = (&self.sink, &self.token) {
+            let mut params = json!({"progressToken": token, "progress": progress, "message": message});
+            if let Some(total) = total {
+                params["total"] = json!(total);
+            }
+            let _ = sink.send(json!({"jsonrpc": "2.0", "method": "notifications/progress", "params": params}));
+        }
+    }
+
+    /// Sends `notifications/message` when the client asked for messages at this level.
+    pub fn log(&self, level: LogLevel, data: Value) {
+        if let (Some(sink), Some(min)) = (&self.sink, self.log_level) {
+            if level >= min {
+                let level = match level {
+                    LogLevel::Warn => "warning",
+                    other => other.as_str(),
+                };
+                let _ = sink.send(json!({
+                    "jsonrpc": "2.0",
+                    "method": "notifications/message",
+                    "params": {"level": level, "logger": "mcp-raspi", "data": data},
+                }));
+            }
+        }
+    }
+}
+
+/// What a request is answered in the context of.
+pub struct Call {
+    pub identity: Identity,
+    pub version: Version,
+    pub session: Option<Arc<Session>>,
+    pub progress: Progress,
+    /// `http` or `stdio`, for the audit log.
+    pub transport: &'static str,
+    pub request_id: Value,
+}
+
+fn server_info() -> Implementation {
+    Implementation::new("mcp-raspi", crate::app::VERSION)
+        .with_title("mcp-raspi: Raspberry Pi inspection and control")
+}
+
+fn capabilities(version: Version) -> ServerCapabilities {
+    let mut caps = ServerCapabilities::default();
+    caps.tools = Some(ToolsCapability::default());
+    caps.resources = Some(ResourcesCapability::default());
+    caps.prompts = Some(PromptsCapability::default());
+    if !version.is_stateless() {
+        caps.logging = Some(Map::new());
+    }
+    caps
+}
+
+const INSTRUCTIONS: &str = "mcp-raspi inspects and controls this Raspberry Pi. Start with system.get_info and \
+system.get_health_snapshot; the prompts daily_health_check and troubleshoot_service walk through common procedures.";
+
+/// The result of `initialize` for the version negotiated from `requested`.
+pub fn initialize_result(version: Version) -> Value {
+    let result = InitializeResult::new(capabilities(version))
+        .with_protocol_version(version.protocol())
+        .with_server_info(server_info())
+        .with_instructions(INSTRUCTIONS);
+    serde_json::to_value(result).unwrap_or(Value::Null)
+}
+
+fn discover_result() -> Value {
+    json!({
+        "supportedVersions": SUPPORTED_VERSIONS,
+        "capabilities": capabilities(Version::V2026_07_28),
+        "instructions": INSTRUCTIONS,
+    })
+}
+
+/// Methods whose results the stateless revision marks cacheable.
+fn cacheable(method: &str) -> bool {
+    matches!(
+        method,
+        "server/discover" | "tools/list" | "prompts/list" | "resources/list" | "resources/templates/list" | "resources/read"
+    )
+}
+
+/// Adapts a result to the version: the stateless revision wants `resultType`, server info
+/// and caching hints; older versions have no `resultType`.
+fn finish(version: Version, method: &str, mut result: Value) -> Value {
+    let Some(obj) = result.as_object_mut() else { return result };
+    if version.is_stateless() {
+        obj.insert("resultType".into(), json!("complete"));
+        let meta = obj.entry("_meta").or_insert_with(|| json!({}));
+        if let Some(meta) = meta.as_object_mut() {
+            meta.insert(meta::SERVER_INFO.into(), serde_json::to_value(server_info()).unwrap_or(Value::Null));
+        }
+        if cacheable(method) {
+            // Listings depend on the caller's role, so they are private to the caller.
+            let ttl = if method == "resources/read" { 0 } else { 60_000 };
+            obj.insert("ttlMs".into(), json!(ttl));
+            obj.insert("cacheScope".into(), json!("private"));
+        }
+    } else {
+        obj.remove("resultType");
+    }
+    result
+}
+
+/// Answers one request (not `initialize`, which the transports handle because it creates
+/// a session).
+pub async fn dispatch(app: &Arc<App>, call: &Call, method: &str, params: Option<Value>) -> Result<Value, RpcError> {
+    let version = call.version;
+    let params = params.unwrap_or_else(|| json!({}));
+    let result = match method {
+        "ping" if !version.is_stateless() => Ok(json!({})),
+        "server/discover" => Ok(discover_result()),
+        "logging/setLevel" if !version.is_stateless() => set_level(call, &params),
+        "tools/list" => catalog::list_tools(app, &params),
+        "tools/call" => {
+            let name = params.get("name").and_then(Value::as_str).ok_or_else(|| {
+                RpcError::invalid_params("Invalid params: tools/call needs \"name\", the tool to call")
+            })?;
+            let arguments = params.get("arguments").cloned().unwrap_or(Value::Null);
+            call_tool(app, call, name, arguments).await
+        }
+        "resources/list" => catalog::list_resources(call),
+        "resources/templates/list" => catalog::list_resource_templates(),
+        "resources/read" => catalog::read_resource(app, call, &params).await,
+        "prompts/list" => catalog::list_prompts(),
+        "prompts/get" => catalog::get_prompt(&params),
+        other if app.catalogue.get(other).is_some() => {
+            // The spec's examples call tools as methods; their params are the arguments.
+            let mut arguments = params.clone();
+            if let Some(o) = arguments.as_object_mut() {
+                o.remove("_meta");
+            }
+            call_tool(app, call, other, arguments).await
+        }
+        other => Err(RpcError::method_not_found(other, version)),
+    }?;
+    Ok(finish(version, method, result))
+}
+
+async fn call_tool(app: &Arc<App>, call: &Call, name: &str, arguments: Value) -> Result<Value, RpcError> {
+    let cx = Cx { app: app.clone(), identity: call.identity.clone(), progress: call.progress.clone() };
+    let request_id = match &call.request_id {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let result = app
+        .catalogue
+        .call(cx, &request_id, call.transport, name, arguments)
+        .await
+        .ok_or_else(|| RpcError::invalid_params(format!("Unknown tool: {name}. Call tools/list to see the tools.")))?;
+    serde_json::to_value(result).map_err(|e| RpcError::internal(format!("cannot encode the result: {e}")))
+}
+
+fn set_level(call: &Call, params: &Value) -> Result<Value, RpcError> {
+    let level = params.get("level").and_then(Value::as_str).unwrap_or("");
+    let level = match level {
+        "debug" => LogLevel::Debug,
+        "info" | "notice" => LogLevel::Info,
+        "warning" => LogLevel::Warn,
+        "error" | "critical" | "alert" | "emergency" => LogLevel::Error,
+        other => {
+            return Err(RpcError::invalid_params(format!(
+                "Invalid params: level {other:?} is not one of debug, info, notice, warning, error, critical, alert, emergency"
+            )))
+        }
+    };
+    if let Some(session) = &call.session {
+        session.set_log_level(level);
+    }
+    Ok(json!({}))
+}
+
+/// Checks the `_meta` of a stateless request and returns its version.
+pub fn stateless_version(params: Option<&Value>) -> Result<Version, RpcError> {
+    let meta = params.and_then(|p| p.get("_meta"));
+    let requested = meta.and_then(|m| m.get(meta::PROTOCOL_VERSION)).and_then(Value::as_str);
+    let Some(requested) = requested else {
+        return Err(RpcError::invalid_params(format!(
+            "Invalid params: _meta[\"{}\"] is required (or send initialize first for a session)",
+            meta::PROTOCOL_VERSION
+        ))
+        .status(400));
+    };
+    let version = Version::parse(requested).ok_or_else(|| RpcError::unsupported_version(requested))?;
+    if !version.is_stateless() {
+        return Err(RpcError::unsupported_version(requested));
+    }
+    if meta.and_then(|m| m.get(meta::CLIENT_CAPABILITIES)).is_none_or(|c| !c.is_object()) {
+        return Err(RpcError::invalid_params(format!(
+            "Invalid params: _meta[\"{}\"] is required (an object; {{}} when the client has none)",
+            meta::CLIENT_CAPABILITIES
+        ))
+        .status(400));
+    }
+    Ok(version)
+}
+
+/// The log level a stateless request asked for in `_meta`.
+pub fn requested_log_level(params: Option<&Value>) -> Option<LogLevel> {
+    let level = params?.get("_meta")?.get(meta::LOG_LEVEL)?.as_str()?;
+    Some(match level {
+        "debug" => LogLevel::Debug,
+        "info" | "notice" => LogLevel::Info,
+        "warning" => LogLevel::Warn,
+        _ => LogLevel::Error,
+    })
+}
+
+/// The progress token of a request, if it asked for progress.
+pub fn progress_token(params: Option<&Value>) -> Option<Value> {
+    params?.get("_meta")?.get("progressToken").filter(|t| t.is_string() || t.is_number()).cloned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn initialize_echoes_a_supported_handshake_version_and_otherwise_offers_the_newest() {
+        assert_eq!(Version::negotiate(Some("2025-03-26")), Version::V2025_03_26);
+        assert_eq!(Version::negotiate(Some("2025-06-18")), Version::V2025_06_18);
+        assert_eq!(Version::negotiate(Some("2025-11-25")), Version::V2025_11_25);
+        assert_eq!(Version::negotiate(Some("2024-11-05")), Version::V2025_11_25);
+        assert_eq!(Version::negotiate(Some("2026-07-28")), Version::V2025_11_25);
+        assert_eq!(Version::negotiate(None), Version::V2025_11_25);
+    }
+
+    #[test]
+    fn every_supported_version_round_trips_through_its_name_and_rmcp_constant() {
+        for name in SUPPORTED_VERSIONS {
+            let v = Version::parse(name).unwrap_or_else(|| unreachable!("{name}"));
+            assert_eq!(v.as_str(), name);
+            assert_eq!(v.protocol().to_string(), name);
+        }
+    }
+
+    #[test]
+    fn the_envelope_is_checked_before_anything_else() {
+        assert!(matches!(
+            Incoming::parse(json!({"jsonrpc": "2.0", "id": 1, "method": "ping"})),
+            Ok(Incoming::Request { .. })
+        ));
+        assert!(matches!(Incoming::parse(json!({"jsonrpc": "2.0", "method": "x"})), Ok(Incoming::Notification { .. })));
+        for bad in [
+            json!([]),
+            json!({"id": 1, "method": "ping"}),
+            json!({"jsonrpc": "2.0", "id": {"a": 1}, "method": "ping"}),
+            json!({"jsonrpc": "2.0", "id": 1, "method": 3}),
+            json!({"jsonrpc": "2.0", "id": 1, "method": "ping", "params": 3}),
+        ] {
+            let Err((_, e)) = Incoming::parse(bad.clone()) else { unreachable!("{bad} parsed") };
+            assert_eq!(e.code, -32600, "{bad}");
+        }
+    }
+
+    #[test]
+    fn stateless_requests_need_their_version_and_capabilities_in_meta() {
+        let ok = json!({"_meta": {meta::PROTOCOL_VERSION: "2026-07-28", meta::CLIENT_CAPABILITIES: {}}});
+        assert_eq!(stateless_version(Some(&ok)), Ok(Version::V2026_07_28));
+        let missing_caps = json!({"_meta": {meta::PROTOCOL_VERSION: "2026-07-28"}});
+        assert_eq!(stateless_version(Some(&missing_caps)).map_err(|e| e.code), Err(-32602));
+        let future = json!({"_meta": {meta::PROTOCOL_VERSION: "2099-01-01", meta::CLIENT_CAPABILITIES: {}}});
+        assert_eq!(stateless_version(Some(&future)).map_err(|e| e.code), Err(-32022));
+    }
+
+    #[test]
+    fn stateless_results_carry_result_type_and_cache_hints_and_older_ones_do_not() {
+        let r = finish(Version::V2026_07_28, "tools/list", json!({"tools": [], "resultType": "complete"}));
+        assert_eq!(r["resultType"], "complete");
+        assert_eq!(r["cacheScope"], "private");
+        assert!(r["_meta"][meta::SERVER_INFO]["name"].is_string());
+        let r = finish(Version::V2025_06_18, "tools/call", json!({"content": [], "resultType": "complete"}));
+        assert!(r.get("resultType").is_none());
+    }
+}

@@ -1,0 +1,149 @@
+//! `mcp-raspi-server`: start-up, configuration, and the choice of transport.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::app::{App, VERSION};
+use crate::config::{parse_env_file, AuthMode, Config, ListenAddr};
+
+/// MCP server for inspecting and safely controlling a Raspberry Pi.
+#[derive(Debug, Parser)]
+#[command(name = "mcp-raspi-server", version = VERSION, about)]
+pub struct Args {
+    /// Configuration file.
+    #[arg(long, value_name = "FILE", default_value = "/etc/mcp-raspi/config.yml")]
+    pub config: PathBuf,
+    /// Use the embedded development configuration: loopback, no authentication,
+    /// simulated hardware, state under the user's state directory.
+    #[arg(long, conflicts_with = "config")]
+    pub dev: bool,
+    /// Listen on this address instead of server.listen (e.g. 127.0.0.1:8000).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Speak MCP on stdin/stdout instead of HTTP.
+    #[arg(long)]
+    pub stdio: bool,
+    /// Check the configuration and exit.
+    #[arg(long)]
+    pub check_config: bool,
+}
+
+/// Per-user state directory of the development configuration.
+fn dev_home() -> PathBuf {
+    let home = std::env::var_os("XDG_STATE_HOME").map(PathBuf::from).or_else(|| {
+        std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state"))
+    });
+    match home {
+        Some(h) => h.join("mcp-raspi"),
+        None => std::env::temp_dir().join(format!("mcp-raspi-{}", nix::unistd::getuid())),
+    }
+}
+
+fn fail(message: impl std::fmt::Display) -> ExitCode {
+    let _ = writeln!(std::io::stderr(), "mcp-raspi-server: {message}");
+    ExitCode::from(2)
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let args = Args::parse();
+    if nix::unistd::geteuid().is_root() {
+        return fail(
+            "refusing to run as root: the server needs no privilege (privileged work is the ops agent's). \
+             Run it as an unprivileged user, e.g. the package's `mcp` user.",
+        );
+    }
+    let env: BTreeMap<String, String> = std::env::vars().collect();
+    let loaded = if args.dev { Config::dev(&dev_home(), &env) } else { Config::load(&args.config, &env) };
+    let mut loaded = match loaded {
+        Ok(l) => l,
+        Err(e) => return fail(e),
+    };
+    if let Some(listen) = &args.listen {
+        match listen.parse::<ListenAddr>() {
+            Ok(addr) => loaded.config.server.listen = addr,
+            Err(e) => return fail(format!("--listen: {e}")),
+        }
+        if let Err(e) = loaded.config.validate() {
+            return fail(e);
+        }
+    }
+    let mut secrets = env.clone();
+    if let Some(file) = &loaded.config.security.secrets_file {
+        if let Ok(text) = std::fs::read_to_string(file) {
+            for (k, v) in parse_env_file(&text) {
+                secrets.entry(k).or_insert(v);
+            }
+        }
+    }
+    if args.check_config {
+        if let Err(e) = crate::auth::Authenticator::new(&loaded.config, &secrets) {
+            return fail(e);
+        }
+        println!("configuration OK: {} (sha256 {})", loaded.origin, loaded.sha256);
+        return ExitCode::SUCCESS;
+    }
+    if let Err(e) = crate::logs::init(&loaded.config.logging) {
+        return fail(e);
+    }
+    let app = match App::new(loaded, &secrets) {
+        Ok(app) => app,
+        Err(e) => {
+            log::error!("{e}");
+            return fail(e);
+        }
+    };
+    drop(secrets);
+    if app.config.security.auth_mode == AuthMode::None {
+        log::warn!(
+            "AUTHENTICATION IS OFF (security.auth_mode: none): every local caller is {}. Development only.",
+            app.config.security.anonymous_role
+        );
+    }
+    log::info!(
+        "mcp-raspi-server {VERSION} starting: config {}, backend {} ({})",
+        app.config_origin,
+        app.platform.backend,
+        app.platform.reason
+    );
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => return fail(format!("cannot start the runtime: {e}")),
+    };
+    let result = runtime.block_on(async move {
+        if args.stdio {
+            return crate::mcp::stdio::serve(app).await.map_err(|e| format!("stdio: {e}"));
+        }
+        let listener = crate::mcp::http::bind(app.config.listen_addr()).await?;
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        log::info!("listening on http://{addr}/mcp");
+        // Supervisors and tests read the bound address (the port may have been 0) here.
+        println!("listening on http://{addr}/mcp");
+        let _ = std::io::stdout().flush();
+        crate::mcp::http::serve(app, listener, shutdown_signal()).await;
+        log::info!("stopped");
+        Ok(())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("{e}");
+            fail(e)
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => log::info!("SIGTERM: shutting down"),
+        _ = int.recv() => log::info!("SIGINT: shutting down"),
+    }
+}

@@ -1,0 +1,50 @@
+//! `docs/TOOLS.md`, generated from the catalogue so the reference never drifts from the code.
+
+use std::fmt::Write;
+
+use super::{Catalogue, Maturity};
+
+/// The Markdown reference of every tool.
+pub fn tools_markdown(catalogue: &Catalogue) -> String {
+    let mut out = String::from(
+        "# mcp-raspi tools\n\nGenerated from the tool declarations by `make docs`; do not edit by hand.\n\n\
+         Roles: viewer < operator < admin. Experimental tools are hidden from `tools/list` until enabled.\n\n\
+         | tool | role | maturity | read-only | destructive | summary |\n|---|---|---|---|---|---|\n",
+    );
+    for e in catalogue.entries() {
+        let s = e.tool.spec();
+        let maturity = match s.maturity {
+            Maturity::Stable => "stable",
+            Maturity::Beta => "beta",
+            Maturity::Experimental => "experimental",
+        };
+        let _ = writeln!(
+            out,
+            "| `{}` | {} | {}{} | {} | {} | {} |",
+            s.name,
+            s.min_role,
+            maturity,
+            if s.deprecation.is_some() { ", deprecated" } else { "" },
+            if s.read_only { "yes" } else { "no" },
+            if s.destructive { "yes" } else { "no" },
+            s.title
+        );
+    }
+    for e in catalogue.entries() {
+        let s = e.tool.spec();
+        let _ = write!(out, "\n## `{}`\n\n{}\n\n", s.name, s.description);
+        if let Some(d) = s.deprecation {
+            let _ = writeln!(out, "Deprecated since {}: use `{}` (removal in {}).\n", d.since, d.replacement, d.removal);
+        }
+        let pretty = |v: &serde_json::Value| serde_json::to_string_pretty(v).unwrap_or_default();
+        let _ = write!(
+            out,
+            "Interface version {}; minimum role `{}`.\n\nInput schema:\n\n```json\n{}\n```\n\nOutput schema:\n\n```json\n{}\n```\n",
+            s.version,
+            s.min_role,
+            pretty(&e.tool.input_schema()),
+            pretty(&e.tool.output_schema())
+        );
+    }
+    out
+}

@@ -1,0 +1,329 @@
+//! The tool catalogue: every tool is declared once, as one `impl Tool`, and everything
+//! else — `tools/list`, argument checking, role checks, audit, the capability report and
+//! `docs/TOOLS.md` — derives from that declaration.
+
+mod docs;
+mod logs;
+mod manage;
+mod metrics;
+mod process;
+mod system;
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use rmcp::model::{CallToolResult, ContentBlock, JsonObject, ToolAnnotations};
+use schemars::JsonSchema;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::app::App;
+use crate::audit::{self, Outcome, Record};
+use crate::auth::Identity;
+use crate::config::Role;
+use crate::mcp::Progress;
+
+pub use docs::tools_markdown;
+pub use logs::{app_entries, audit_entries};
+pub use metrics::snapshot as metrics_snapshot;
+pub use process::detail as process_detail;
+pub use system::{system_info, SampleArguments};
+
+/// How settled a tool's interface is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Maturity {
+    /// Covered by the compatibility promise.
+    Stable,
+    /// Complete, may still change in a minor release.
+    Beta,
+    /// Hidden from tools/list until enabled under `experimental_features`.
+    Experimental,
+}
+
+/// A tool kept for old clients, and what to use instead.
+#[derive(Clone, Copy, Debug, Serialize, JsonSchema)]
+pub struct Deprecation {
+    /// The tool to call instead.
+    pub replacement: &'static str,
+    /// The version that deprecated it.
+    pub since: &'static str,
+    /// The version that will remove it.
+    pub removal: &'static str,
+}
+
+/// Everything about a tool except its types and code.
+#[derive(Debug)]
+pub struct ToolSpec {
+    pub name: &'static str,
+    pub title: &'static str,
+    pub description: &'static str,
+    /// Version of the tool's interface, bumped when its schemas change.
+    pub version: &'static str,
+    pub min_role: Role,
+    pub maturity: Maturity,
+    pub deprecation: Option<Deprecation>,
+    pub read_only: bool,
+    pub destructive: bool,
+    pub idempotent: bool,
+    /// True when the tool reaches beyond this machine.
+    pub open_world: bool,
+}
+
+/// A tool failure a model can act on: a short code and a sentence saying what to do.
+#[derive(Debug, Clone)]
+pub struct ToolError {
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ToolError {
+    pub fn invalid_argument(message: impl Into<String>) -> Self {
+        ToolError { code: "invalid_argument", message: message.into() }
+    }
+    pub fn not_found(message: impl Into<String>) -> Self {
+        ToolError { code: "not_found", message: message.into() }
+    }
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        ToolError { code: "unavailable", message: message.into() }
+    }
+    pub fn internal(message: impl Into<String>) -> Self {
+        ToolError { code: "internal", message: message.into() }
+    }
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        ToolError { code: "permission_denied", message: message.into() }
+    }
+}
+
+impl fmt::Display for ToolError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
+impl From<crate::host::HostError> for ToolError {
+    fn from(e: crate::host::HostError) -> Self {
+        match e {
+            crate::host::HostError::NotFound { .. } => ToolError::not_found(e.to_string()),
+            _ => ToolError::unavailable(e.to_string()),
+        }
+    }
+}
+
+/// What a tool handler receives besides its arguments.
+#[derive(Clone)]
+pub struct Cx {
+    pub app: Arc<App>,
+    pub identity: Identity,
+    pub progress: Progress,
+}
+
+/// One tool: its declaration, argument and result types, and handler.
+pub trait Tool: Send + Sync + 'static {
+    type Input: DeserializeOwned + JsonSchema + Send;
+    type Output: Serialize + JsonSchema;
+    const SPEC: ToolSpec;
+    fn call(cx: Cx, input: Self::Input) -> impl Future<Output = Result<Self::Output, ToolError>> + Send + 'static;
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// The object-safe face of [`Tool`], so tools of different types share one list.
+pub trait DynTool: Send + Sync {
+    fn spec(&self) -> &'static ToolSpec;
+    fn input_schema(&self) -> Value;
+    fn output_schema(&self) -> Value;
+    fn invoke(&self, cx: Cx, arguments: Value) -> BoxFuture<Result<Value, ToolError>>;
+}
+
+impl<T: Tool> DynTool for T {
+    fn spec(&self) -> &'static ToolSpec {
+        &T::SPEC
+    }
+    fn input_schema(&self) -> Value {
+        schema_for::<T::Input>()
+    }
+    fn output_schema(&self) -> Value {
+        schema_for::<T::Output>()
+    }
+    fn invoke(&self, cx: Cx, arguments: Value) -> BoxFuture<Result<Value, ToolError>> {
+        let input = parse_arguments::<T::Input>(arguments);
+        Box::pin(async move {
+            let output = T::call(cx, input?).await?;
+            serde_json::to_value(output).map_err(|e| ToolError::internal(format!("cannot encode the result: {e}")))
+        })
+    }
+}
+
+/// Every tool this build has, in catalogue order.
+static TOOLS: &[&dyn DynTool] = &[
+    &system::GetInfo,
+    &system::GetHealthSnapshot,
+    &system::GetCapabilities,
+    &system::GetNetworkInfo,
+    &metrics::GetSnapshot,
+    &process::List,
+    &process::GetInfo,
+    &logs::RecentAppLogs,
+    &logs::RecentAuditLogs,
+    &manage::GetServerStatus,
+];
+
+/// JSON Schema (2020-12) of a Rust type, as MCP wants it: an object schema without the
+/// `$schema` and `title` noise.
+pub fn schema_for<T: JsonSchema>() -> Value {
+    let generator = schemars::generate::SchemaSettings::draft2020_12().into_generator();
+    let mut schema = generator.into_root_schema_for::<T>().to_value();
+    if let Some(obj) = schema.as_object_mut() {
+        obj.remove("$schema");
+        obj.remove("title");
+    }
+    schema
+}
+
+/// Deserializes tool arguments, naming the argument at fault.
+fn parse_arguments<T: DeserializeOwned>(arguments: Value) -> Result<T, ToolError> {
+    let arguments = if arguments.is_null() { Value::Object(Default::default()) } else { arguments };
+    if !arguments.is_object() {
+        return Err(ToolError::invalid_argument("arguments must be a JSON object"));
+    }
+    serde_path_to_error::deserialize(arguments).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        if path == "." || path.is_empty() {
+            ToolError::invalid_argument(format!("invalid arguments: {inner}"))
+        } else {
+            ToolError::invalid_argument(format!("argument `{path}`: {inner}"))
+        }
+    })
+}
+
+/// A tool with its schemas and MCP listing computed once.
+pub struct Entry {
+    pub tool: &'static dyn DynTool,
+    pub listed: rmcp::model::Tool,
+}
+
+/// The catalogue of tools, with listings computed once at start.
+pub struct Catalogue {
+    entries: Vec<Entry>,
+}
+
+fn as_object(v: Value) -> Arc<JsonObject> {
+    Arc::new(match v {
+        Value::Object(o) => o,
+        _ => JsonObject::new(),
+    })
+}
+
+impl Catalogue {
+    pub fn new() -> Catalogue {
+        let entries = TOOLS
+            .iter()
+            .map(|tool| {
+                let spec = tool.spec();
+                let annotations = ToolAnnotations::with_title(spec.title)
+                    .read_only(spec.read_only)
+                    .destructive(spec.destructive)
+                    .idempotent(spec.idempotent)
+                    .open_world(spec.open_world);
+                let mut description = spec.description.to_string();
+                if let Some(d) = spec.deprecation {
+                    description = format!(
+                        "DEPRECATED since {}: use {} instead (removal in {}). {description}",
+                        d.since, d.replacement, d.removal
+                    );
+                }
+                let listed = rmcp::model::Tool::new(spec.name, description, as_object(tool.input_schema()))
+                    .with_title(spec.title)
+                    .with_raw_output_schema(as_object(tool.output_schema()))
+                    .with_annotations(annotations);
+                Entry { tool: *tool, listed }
+            })
+            .collect();
+        Catalogue { entries }
+    }
+
+    pub fn entries(&self) -> &[Entry] {
+        &self.entries
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Entry> {
+        self.entries.iter().find(|e| e.tool.spec().name == name)
+    }
+
+    /// Calls a tool for `cx.identity`: checks the role, parses the arguments, runs the
+    /// handler and writes the audit record. `None` when there is no such tool.
+    pub async fn call(
+        &self,
+        cx: Cx,
+        request_id: &str,
+        transport: &str,
+        name: &str,
+        arguments: Value,
+    ) -> Option<CallToolResult> {
+        let entry = self.get(name)?;
+        let spec = entry.tool.spec();
+        let started = Instant::now();
+        let audited_args = audit::redact(&arguments);
+        let identity = cx.identity.clone();
+        let app = cx.app.clone();
+        let result = if identity.role < spec.min_role {
+            Err(ToolError::forbidden(format!(
+                "{name} needs the {} role; you are {} with role {}. Ask an administrator for a token with that role.",
+                spec.min_role, identity.name, identity.role
+            )))
+        } else {
+            entry.tool.invoke(cx, arguments).await
+        };
+        let (outcome, error) = match &result {
+            Ok(_) => (Outcome::Ok, None),
+            Err(e) if e.code == "permission_denied" => (Outcome::Denied, Some(e)),
+            Err(e) => (Outcome::Error, Some(e)),
+        };
+        app.audit.write(&Record {
+            time: audit::now(),
+            request_id,
+            identity: &identity.name,
+            role: Some(identity.role),
+            transport,
+            tool: name,
+            arguments: audited_args,
+            outcome,
+            error_code: error.map(|e| e.code),
+            error: error.map(|e| e.message.as_str()),
+            duration_ms: audit::millis(started.elapsed()),
+            deprecated: spec.deprecation.is_some(),
+        });
+        Some(match result {
+            Ok(value) => {
+                let mut text = serde_json::to_string_pretty(&value).unwrap_or_default();
+                if let Some(d) = spec.deprecation {
+                    text = format!(
+                        "Warning: {name} is deprecated since {} and will be removed in {}; use {} instead.\n{text}",
+                        d.since, d.removal, d.replacement
+                    );
+                }
+                let mut r = CallToolResult::success(vec![ContentBlock::text(text)]);
+                r.structured_content = Some(value);
+                r
+            }
+            Err(e) => CallToolResult::error(vec![ContentBlock::text(format!("Error ({}): {}", e.code, e.message))]),
+        })
+    }
+}
+
+impl Default for Catalogue {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Arguments of a tool that takes none.
+#[derive(Debug, Default, serde::Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NoArguments {}
