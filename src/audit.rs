@@ -104,7 +104,8 @@ mod tests {
 
     #[test]
     fn secrets_are_redacted_at_any_depth_and_other_arguments_are_kept() {
-        let got = redact(&json!({"pin": 17, "api_token": "abc", "nested": {"Password": "x", "list": [{"secret_key": 1}]}}));
+        let got =
+            redact(&json!({"pin": 17, "api_token": "abc", "nested": {"Password": "x", "list": [{"secret_key": 1}]}}));
         assert_eq!(
             got,
             json!({"pin": 17, "api_token": "[redacted]", "nested": {"Password": "[redacted]", "list": [{"secret_key": "[redacted]"}]}})

@@ -34,9 +34,9 @@ pub struct Args {
 
 /// Per-user state directory of the development configuration.
 fn dev_home() -> PathBuf {
-    let home = std::env::var_os("XDG_STATE_HOME").map(PathBuf::from).or_else(|| {
-        std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state"))
-    });
+    let home = std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")));
     match home {
         Some(h) => h.join("mcp-raspi"),
         None => std::env::temp_dir().join(format!("mcp-raspi-{}", nix::unistd::getuid())),

@@ -451,7 +451,7 @@ impl Config {
             ("health.disk_percent", self.health.disk_percent),
             ("health.temperature_celsius", self.health.temperature_celsius),
         ] {
-            if !(t.warning < t.critical) {
+            if t.warning.partial_cmp(&t.critical) != Some(std::cmp::Ordering::Less) {
                 return invalid(key, format!("warning ({}) must be below critical ({})", t.warning, t.critical));
             }
         }

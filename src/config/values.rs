@@ -26,9 +26,9 @@ impl Default for ListenAddr {
 impl FromStr for ListenAddr {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        s.parse::<SocketAddr>()
-            .map(ListenAddr)
-            .map_err(|_| format!("{s:?} is not an address and port; write for example \"127.0.0.1:8000\" or \"[::1]:8000\""))
+        s.parse::<SocketAddr>().map(ListenAddr).map_err(|_| {
+            format!("{s:?} is not an address and port; write for example \"127.0.0.1:8000\" or \"[::1]:8000\"")
+        })
     }
 }
 

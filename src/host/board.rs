@@ -56,9 +56,7 @@ pub fn read_board(roots: &Roots) -> Result<Board> {
         },
         None => Revision::default(),
     };
-    let is_raspberry_pi = model
-        .as_deref()
-        .is_some_and(|m| m.starts_with("Raspberry Pi"));
+    let is_raspberry_pi = model.as_deref().is_some_and(|m| m.starts_with("Raspberry Pi"));
     Ok(Board {
         model,
         revision,
@@ -75,10 +73,8 @@ pub fn read_board(roots: &Roots) -> Result<Board> {
 /// A NUL-terminated string property of the device-tree root node. `/proc/device-tree` is a
 /// symlink that some kernels or containers lack, hence the sysfs fallback.
 fn device_tree_string(roots: &Roots, property: &str) -> Result<Option<String>> {
-    let candidates = [
-        roots.proc.join("device-tree").join(property),
-        roots.sys.join("firmware/devicetree/base").join(property),
-    ];
+    let candidates =
+        [roots.proc.join("device-tree").join(property), roots.sys.join("firmware/devicetree/base").join(property)];
     for path in candidates {
         if let Some(value) = read_dt_attr(&path)? {
             if !value.is_empty() {
@@ -94,9 +90,7 @@ fn device_tree_string(roots: &Roots, property: &str) -> Result<Option<String>> {
 fn device_tree_revision(roots: &Roots) -> Result<Option<String>> {
     let candidates = [
         roots.proc.join("device-tree/system/linux,revision"),
-        roots
-            .sys
-            .join("firmware/devicetree/base/system/linux,revision"),
+        roots.sys.join("firmware/devicetree/base/system/linux,revision"),
     ];
     for path in candidates {
         match std::fs::read(&path) {
@@ -199,13 +193,7 @@ pub fn decode_revision(code: u32) -> Revision {
         0x1a => Some("CM5 Lite"),
         _ => None,
     };
-    Revision {
-        memory_mb,
-        manufacturer,
-        soc,
-        board_type,
-        board_revision: Some(format!("1.{}", code & 0xf)),
-    }
+    Revision { memory_mb, manufacturer, soc, board_type, board_revision: Some(format!("1.{}", code & 0xf)) }
 }
 
 /// The first boards (all BCM2835) got sequential codes 0002 to 0015, listed one by one in
@@ -249,10 +237,7 @@ mod tests {
     #[test]
     fn reads_the_model_of_a_pi4() {
         let board = read_board(&fixture("pi4")).unwrap();
-        assert_eq!(
-            board.model.as_deref(),
-            Some("Raspberry Pi 4 Model B Rev 1.4")
-        );
+        assert_eq!(board.model.as_deref(), Some("Raspberry Pi 4 Model B Rev 1.4"));
         assert_eq!(board.revision.as_deref(), Some("c03114"));
         assert_eq!(board.serial.as_deref(), Some("100000003a5f9c1e"));
         assert_eq!(board.soc.as_deref(), Some("BCM2711"));
@@ -266,10 +251,7 @@ mod tests {
     #[test]
     fn reads_the_model_of_a_pi5() {
         let board = read_board(&fixture("pi5")).unwrap();
-        assert_eq!(
-            board.model.as_deref(),
-            Some("Raspberry Pi 5 Model B Rev 1.0")
-        );
+        assert_eq!(board.model.as_deref(), Some("Raspberry Pi 5 Model B Rev 1.0"));
         assert_eq!(board.revision.as_deref(), Some("d04170"));
         assert_eq!(board.serial.as_deref(), Some("6f2a9c41d7e3b850"));
         assert_eq!(board.soc.as_deref(), Some("BCM2712"));
@@ -285,16 +267,9 @@ mod tests {
         let base = dir.path().join("sys/firmware/devicetree/base");
         std::fs::create_dir_all(base.join("system")).unwrap();
         std::fs::write(base.join("model"), b"Raspberry Pi Zero 2 W Rev 1.0\0").unwrap();
-        std::fs::write(
-            base.join("system/linux,revision"),
-            0x902120u32.to_be_bytes(),
-        )
-        .unwrap();
+        std::fs::write(base.join("system/linux,revision"), 0x902120u32.to_be_bytes()).unwrap();
         let board = read_board(&Roots::under(dir.path())).unwrap();
-        assert_eq!(
-            board.model.as_deref(),
-            Some("Raspberry Pi Zero 2 W Rev 1.0")
-        );
+        assert_eq!(board.model.as_deref(), Some("Raspberry Pi Zero 2 W Rev 1.0"));
         assert_eq!(board.revision.as_deref(), Some("902120"));
         assert_eq!(board.soc.as_deref(), Some("BCM2837"));
         assert_eq!(board.memory_mb, Some(512));
@@ -325,11 +300,7 @@ mod tests {
     fn reports_an_unknown_board_without_failing() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("proc")).unwrap();
-        std::fs::write(
-            dir.path().join("proc/cpuinfo"),
-            "processor : 0\nRevision : zz\n",
-        )
-        .unwrap();
+        std::fs::write(dir.path().join("proc/cpuinfo"), "processor : 0\nRevision : zz\n").unwrap();
         let board = read_board(&Roots::under(dir.path())).unwrap();
         assert_eq!(board.revision.as_deref(), Some("zz"));
         assert_eq!(board.soc, None);
@@ -339,15 +310,9 @@ mod tests {
     #[test]
     fn decodes_documented_revision_codes() {
         let cm4 = decode_revision(0xb03141);
-        assert_eq!(
-            (cm4.board_type, cm4.soc, cm4.memory_mb),
-            (Some("CM4"), Some("BCM2711"), Some(2048))
-        );
+        assert_eq!((cm4.board_type, cm4.soc, cm4.memory_mb), (Some("CM4"), Some("BCM2711"), Some(2048)));
         let pi3 = decode_revision(0xa22082);
-        assert_eq!(
-            (pi3.board_type, pi3.manufacturer),
-            (Some("3B"), Some("Embest"))
-        );
+        assert_eq!((pi3.board_type, pi3.manufacturer), (Some("3B"), Some("Embest")));
         assert_eq!(pi3.board_revision.as_deref(), Some("1.2"));
         let pi5_16gb = decode_revision(0xe04171);
         assert_eq!(pi5_16gb.memory_mb, Some(16384));
@@ -358,13 +323,6 @@ mod tests {
     #[test]
     fn reads_the_board_of_this_machine() {
         let board = read_board(&Roots::system()).unwrap();
-        assert_eq!(
-            board.is_raspberry_pi,
-            board
-                .model
-                .as_deref()
-                .unwrap_or("")
-                .starts_with("Raspberry Pi")
-        );
+        assert_eq!(board.is_raspberry_pi, board.model.as_deref().unwrap_or("").starts_with("Raspberry Pi"));
     }
 }

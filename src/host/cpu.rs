@@ -57,17 +57,12 @@ fn parse_stat(text: &str, path: &Path) -> Result<CpuTimes> {
             .map_err(|_| parse_error(path, format!("non-numeric counter on line {line:?}")))?;
         // Kernels before 2.6 had only user, nice, system and idle; later columns default to 0.
         if numbers.len() < 4 {
-            return Err(parse_error(
-                path,
-                format!("too few counters on line {line:?}"),
-            ));
+            return Err(parse_error(path, format!("too few counters on line {line:?}")));
         }
         let column = |i: usize| numbers.get(i).copied().unwrap_or(0);
         // guest and guest_nice (columns 8 and 9) are already included in user and nice.
         let times = CoreTimes {
-            busy: [0, 1, 2, 5, 6, 7]
-                .iter()
-                .fold(0u64, |sum, &i| sum.saturating_add(column(i))),
+            busy: [0, 1, 2, 5, 6, 7].iter().fold(0u64, |sum, &i| sum.saturating_add(column(i))),
             idle: column(3).saturating_add(column(4)),
         };
         if suffix.is_empty() {
@@ -128,14 +123,7 @@ pub(crate) fn read_cpuinfo_if_present(roots: &Roots) -> Result<CpuInfo> {
 }
 
 fn parse_cpuinfo(text: &str) -> CpuInfo {
-    let mut info = CpuInfo {
-        model_name: None,
-        cores: 0,
-        hardware: None,
-        revision: None,
-        serial: None,
-        model: None,
-    };
+    let mut info = CpuInfo { model_name: None, cores: 0, hardware: None, revision: None, serial: None, model: None };
     let mut arm_implementer = None;
     let mut arm_part = None;
     // The format is free-form and differs by architecture, so lines without a colon are not
@@ -207,18 +195,12 @@ fn arm_core_name(implementer: Option<&str>, part: Option<&str>) -> Option<String
 
 /// The current clock of CPU 0 in MHz; `None` when the kernel has no cpufreq driver (VMs).
 pub fn read_cpu_freq_mhz(roots: &Roots) -> Result<Option<f64>> {
-    let path = roots
-        .sys
-        .join("devices/system/cpu/cpu0/cpufreq/scaling_cur_freq");
+    let path = roots.sys.join("devices/system/cpu/cpu0/cpufreq/scaling_cur_freq");
     let Some(text) = read_attr(&path)? else {
         return Ok(None);
     };
-    let khz = text.parse::<u64>().map_err(|_| {
-        parse_error(
-            &path,
-            format!("expected a frequency in kHz, found {text:?}"),
-        )
-    })?;
+    let khz =
+        text.parse::<u64>().map_err(|_| parse_error(&path, format!("expected a frequency in kHz, found {text:?}")))?;
     Ok(Some(khz as f64 / 1000.0))
 }
 
@@ -232,35 +214,17 @@ mod tests {
     fn sums_the_counters_of_a_pi4_into_busy_and_idle() {
         let times = read_cpu_times(&fixture("pi4")).unwrap();
         assert_eq!(times.cores.len(), 4);
-        assert_eq!(
-            times.cores[0],
-            CoreTimes {
-                busy: 30120 + 150 + 11230 + 2301,
-                idle: 2401234 + 1520
-            }
-        );
+        assert_eq!(times.cores[0], CoreTimes { busy: 30120 + 150 + 11230 + 2301, idle: 2401234 + 1520 });
         let busy_sum: u64 = times.cores.iter().map(|c| c.busy).sum();
         let idle_sum: u64 = times.cores.iter().map(|c| c.idle).sum();
-        assert_eq!(
-            times.total,
-            CoreTimes {
-                busy: busy_sum,
-                idle: idle_sum
-            }
-        );
+        assert_eq!(times.total, CoreTimes { busy: busy_sum, idle: idle_sum });
     }
 
     #[test]
     fn reads_four_cores_on_a_pi5() {
         let times = read_cpu_times(&fixture("pi5")).unwrap();
         assert_eq!(times.cores.len(), 4);
-        assert_eq!(
-            times.cores[3],
-            CoreTimes {
-                busy: 16987 + 28 + 6890 + 412,
-                idle: 1526789 + 533
-            }
-        );
+        assert_eq!(times.cores[3], CoreTimes { busy: 16987 + 28 + 6890 + 412, idle: 1526789 + 533 });
     }
 
     #[test]
@@ -285,14 +249,8 @@ mod tests {
 
     #[test]
     fn computes_the_busy_share_between_two_samples() {
-        let prev = CoreTimes {
-            busy: 100,
-            idle: 900,
-        };
-        let now = CoreTimes {
-            busy: 125,
-            idle: 975,
-        };
+        let prev = CoreTimes { busy: 100, idle: 900 };
+        let now = CoreTimes { busy: 125, idle: 975 };
         assert_eq!(cpu_percent(&prev, &now), 25.0);
     }
 
@@ -312,10 +270,7 @@ mod tests {
         assert_eq!(info.hardware.as_deref(), Some("BCM2835"));
         assert_eq!(info.revision.as_deref(), Some("c03114"));
         assert_eq!(info.serial.as_deref(), Some("100000003a5f9c1e"));
-        assert_eq!(
-            info.model.as_deref(),
-            Some("Raspberry Pi 4 Model B Rev 1.4")
-        );
+        assert_eq!(info.model.as_deref(), Some("Raspberry Pi 4 Model B Rev 1.4"));
     }
 
     #[test]
@@ -326,16 +281,12 @@ mod tests {
         assert_eq!(info.hardware, None);
         assert_eq!(info.revision.as_deref(), Some("d04170"));
         assert_eq!(info.serial.as_deref(), Some("6f2a9c41d7e3b850"));
-        assert_eq!(
-            info.model.as_deref(),
-            Some("Raspberry Pi 5 Model B Rev 1.0")
-        );
+        assert_eq!(info.model.as_deref(), Some("Raspberry Pi 5 Model B Rev 1.0"));
     }
 
     #[test]
     fn reads_the_model_name_of_an_x86_cpuinfo() {
-        let text =
-            "processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Core(TM) i7\n\n\
+        let text = "processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Core(TM) i7\n\n\
                     processor\t: 1\nmodel name\t: Intel(R) Core(TM) i7\nflags\t\t: fpu vme\n";
         let info = parse_cpuinfo(text);
         assert_eq!(info.cores, 2);
@@ -345,8 +296,7 @@ mod tests {
 
     #[test]
     fn leaves_unknown_arm_parts_unnamed() {
-        let info =
-            parse_cpuinfo("processor : 0\nCPU implementer : 0x51\nCPU part : 0x801\nnonsense\n");
+        let info = parse_cpuinfo("processor : 0\nCPU implementer : 0x51\nCPU part : 0x801\nnonsense\n");
         assert_eq!(info.model_name, None);
         assert_eq!(info.cores, 1);
     }

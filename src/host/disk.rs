@@ -91,8 +91,8 @@ fn under_root(root: &Path, mount_point: &str) -> PathBuf {
 
 /// File systems that store data on a device.
 const STORAGE_TYPES: &[&str] = &[
-    "ext2", "ext3", "ext4", "vfat", "msdos", "exfat", "btrfs", "xfs", "f2fs", "ntfs", "ntfs3",
-    "fuseblk", "zfs", "jfs", "reiserfs", "nilfs2", "hfsplus",
+    "ext2", "ext3", "ext4", "vfat", "msdos", "exfat", "btrfs", "xfs", "f2fs", "ntfs", "ntfs3", "fuseblk", "zfs", "jfs",
+    "reiserfs", "nilfs2", "hfsplus",
 ];
 
 /// File systems counted only when they hold the root: an overlay root is how Raspberry Pi
@@ -115,10 +115,7 @@ fn parse_mounts(text: &str, path: &Path) -> Result<Vec<MountEntry>> {
         }
         let fields: Vec<&str> = line.split_whitespace().collect();
         let [device, mount_point, fs_type, options, ..] = fields.as_slice() else {
-            return Err(parse_error(
-                path,
-                format!("expected at least 4 fields on line {line:?}"),
-            ));
+            return Err(parse_error(path, format!("expected at least 4 fields on line {line:?}")));
         };
         let mount_point = unescape(mount_point);
         if !is_storage(fs_type, &mount_point) {
@@ -174,17 +171,7 @@ mod tests {
     use crate::host::{fixture, HostError};
 
     fn summary(mounts: &[Mount]) -> Vec<(&str, &str, &str, bool)> {
-        mounts
-            .iter()
-            .map(|m| {
-                (
-                    m.device.as_str(),
-                    m.mount_point.as_str(),
-                    m.fs_type.as_str(),
-                    m.read_only,
-                )
-            })
-            .collect()
+        mounts.iter().map(|m| (m.device.as_str(), m.mount_point.as_str(), m.fs_type.as_str(), m.read_only)).collect()
     }
 
     #[test]
@@ -241,12 +228,8 @@ mod tests {
 
     #[test]
     fn computes_used_percent_as_df_does() {
-        let entry = MountEntry {
-            device: "/dev/x".into(),
-            mount_point: "/".into(),
-            fs_type: "ext4".into(),
-            read_only: false,
-        };
+        let entry =
+            MountEntry { device: "/dev/x".into(), mount_point: "/".into(), fs_type: "ext4".into(), read_only: false };
         let stats = nix::sys::statvfs::statvfs(Path::new("/")).unwrap();
         let mount = measure(entry, &stats);
         let expected = percent(mount.used_bytes, mount.used_bytes + mount.available_bytes);

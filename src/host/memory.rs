@@ -46,9 +46,8 @@ fn parse_meminfo(text: &str, path: &Path) -> Result<Memory> {
         if line.trim().is_empty() {
             continue;
         }
-        let (key, rest) = line
-            .split_once(':')
-            .ok_or_else(|| parse_error(path, format!("line without a colon: {line:?}")))?;
+        let (key, rest) =
+            line.split_once(':').ok_or_else(|| parse_error(path, format!("line without a colon: {line:?}")))?;
         let mut words = rest.split_whitespace();
         let number = words
             .next()
@@ -58,12 +57,7 @@ fn parse_meminfo(text: &str, path: &Path) -> Result<Memory> {
         let value = match words.next() {
             Some("kB") => number.saturating_mul(1024),
             None => number,
-            Some(unit) => {
-                return Err(parse_error(
-                    path,
-                    format!("unknown unit {unit:?} on line {line:?}"),
-                ))
-            }
+            Some(unit) => return Err(parse_error(path, format!("unknown unit {unit:?} on line {line:?}"))),
         };
         fields.insert(key.trim(), value);
     }
@@ -76,11 +70,7 @@ fn parse_meminfo(text: &str, path: &Path) -> Result<Memory> {
     // MemAvailable exists since Linux 3.14; before it, free + buffers + cache was the
     // customary approximation.
     let available_bytes = get("MemAvailable")
-        .unwrap_or_else(|| {
-            free_bytes
-                .saturating_add(buffers_bytes)
-                .saturating_add(cached_bytes)
-        })
+        .unwrap_or_else(|| free_bytes.saturating_add(buffers_bytes).saturating_add(cached_bytes))
         .min(total_bytes);
     let used_bytes = total_bytes.saturating_sub(available_bytes);
     Ok(Memory {
@@ -138,17 +128,9 @@ mod tests {
 
     #[test]
     fn rejects_malformed_meminfo_naming_the_file() {
-        for text in [
-            "MemTotal 1000 kB\n",
-            "MemTotal: lots kB\n",
-            "MemTotal: 5 MB\n",
-            "MemFree: 5 kB\n",
-        ] {
+        for text in ["MemTotal 1000 kB\n", "MemTotal: lots kB\n", "MemTotal: 5 MB\n", "MemFree: 5 kB\n"] {
             let err = parse_meminfo(text, Path::new("/p/meminfo")).unwrap_err();
-            assert!(
-                matches!(err, HostError::Parse { ref path, .. } if path == Path::new("/p/meminfo")),
-                "{text}"
-            );
+            assert!(matches!(err, HostError::Parse { ref path, .. } if path == Path::new("/p/meminfo")), "{text}");
         }
     }
 

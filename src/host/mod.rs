@@ -43,12 +43,7 @@ impl Roots {
 
     /// A fixture tree laid out as `<dir>/proc`, `<dir>/sys`, `<dir>/etc` and `<dir>/fs`.
     pub fn under(dir: &Path) -> Self {
-        Roots {
-            proc: dir.join("proc"),
-            sys: dir.join("sys"),
-            etc: dir.join("etc"),
-            fs: dir.join("fs"),
-        }
+        Roots { proc: dir.join("proc"), sys: dir.join("sys"), etc: dir.join("etc"), fs: dir.join("fs") }
     }
 }
 
@@ -83,10 +78,7 @@ pub type Result<T> = std::result::Result<T, HostError>;
 
 /// Reads a whole text file, naming the path on failure.
 pub fn read_text(path: &Path) -> Result<String> {
-    std::fs::read_to_string(path).map_err(|source| HostError::Read {
-        path: path.to_path_buf(),
-        source,
-    })
+    std::fs::read_to_string(path).map_err(|source| HostError::Read { path: path.to_path_buf(), source })
 }
 
 /// Reads a one-line sysfs/procfs attribute, trimmed; `None` when the file does not exist.
@@ -94,25 +86,16 @@ pub fn read_attr(path: &Path) -> Result<Option<String>> {
     match std::fs::read(path) {
         Ok(bytes) => {
             let text = String::from_utf8_lossy(&bytes);
-            Ok(Some(
-                text.trim_matches(|c: char| c.is_whitespace() || c == '\0')
-                    .to_string(),
-            ))
+            Ok(Some(text.trim_matches(|c: char| c.is_whitespace() || c == '\0').to_string()))
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(HostError::Read {
-            path: path.to_path_buf(),
-            source,
-        }),
+        Err(source) => Err(HostError::Read { path: path.to_path_buf(), source }),
     }
 }
 
 /// Builds a parse error for `path`.
 pub fn parse_error(path: &Path, what: impl Into<String>) -> HostError {
-    HostError::Parse {
-        path: path.to_path_buf(),
-        what: what.into(),
-    }
+    HostError::Parse { path: path.to_path_buf(), what: what.into() }
 }
 
 /// Reads a whole text file; `None` when it does not exist (optional files such as os-release).
@@ -120,10 +103,7 @@ pub fn read_optional_text(path: &Path) -> Result<Option<String>> {
     match std::fs::read_to_string(path) {
         Ok(text) => Ok(Some(text)),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(HostError::Read {
-            path: path.to_path_buf(),
-            source,
-        }),
+        Err(source) => Err(HostError::Read { path: path.to_path_buf(), source }),
     }
 }
 
@@ -140,9 +120,5 @@ pub(crate) fn percent(part: u64, whole: u64) -> f64 {
 /// The committed fixture tree of a machine, `tests/fixtures/<name>`.
 #[cfg(test)]
 pub(crate) fn fixture(name: &str) -> Roots {
-    Roots::under(
-        &Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures")
-            .join(name),
-    )
+    Roots::under(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name))
 }

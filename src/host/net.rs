@@ -92,8 +92,7 @@ pub fn read_interfaces(roots: &Roots) -> Result<Vec<Interface>> {
         .into_iter()
         .map(|c| {
             let sys = roots.sys.join("class/net").join(&c.name);
-            let operstate =
-                sys_attr(&sys.join("operstate")).unwrap_or_else(|| "unknown".to_string());
+            let operstate = sys_attr(&sys.join("operstate")).unwrap_or_else(|| "unknown".to_string());
             let admin_up = sys_attr(&sys.join("flags"))
                 .and_then(|f| u32::from_str_radix(f.trim_start_matches("0x"), 16).ok())
                 .map(|flags| flags & IFF_UP != 0);
@@ -174,19 +173,15 @@ fn parse_net_dev(text: &str, path: &Path) -> Result<Vec<DevCounters>> {
             continue;
         }
         // Interface names cannot contain ':', and old kernels glued large counters to it.
-        let (name, rest) = line
-            .split_once(':')
-            .ok_or_else(|| parse_error(path, format!("no interface name on line {line:?}")))?;
+        let (name, rest) =
+            line.split_once(':').ok_or_else(|| parse_error(path, format!("no interface name on line {line:?}")))?;
         let numbers = rest
             .split_whitespace()
             .map(|n| n.parse::<u64>())
             .collect::<std::result::Result<Vec<u64>, _>>()
             .map_err(|_| parse_error(path, format!("non-numeric counter on line {line:?}")))?;
         if numbers.len() < 16 {
-            return Err(parse_error(
-                path,
-                format!("expected 16 counters on line {line:?}"),
-            ));
+            return Err(parse_error(path, format!("expected 16 counters on line {line:?}")));
         }
         interfaces.push(DevCounters {
             name: name.trim().to_string(),
@@ -242,15 +237,9 @@ fn parse_if_inet6(text: &str, path: &Path) -> Result<HashMap<String, Vec<String>
         let [hex, _index, prefix, _scope, _flags, name] = fields.as_slice() else {
             return Err(bad());
         };
-        let address = u128::from_str_radix(hex, 16)
-            .ok()
-            .filter(|_| hex.len() == 32)
-            .ok_or_else(bad)?;
+        let address = u128::from_str_radix(hex, 16).ok().filter(|_| hex.len() == 32).ok_or_else(bad)?;
         let prefix = u8::from_str_radix(prefix, 16).map_err(|_| bad())?;
-        addresses
-            .entry(name.to_string())
-            .or_default()
-            .push(format!("{}/{prefix}", Ipv6Addr::from(address)));
+        addresses.entry(name.to_string()).or_default().push(format!("{}/{prefix}", Ipv6Addr::from(address)));
     }
     Ok(addresses)
 }
@@ -320,9 +309,7 @@ fn parse_routes(text: &str, path: &Path) -> Result<Vec<Route>> {
         }
         let bad = || parse_error(path, format!("unexpected line {line:?}"));
         let fields: Vec<&str> = line.split_whitespace().collect();
-        let [interface, destination, _gateway, flags, _refcnt, _use, metric, mask, ..] =
-            fields.as_slice()
-        else {
+        let [interface, destination, _gateway, flags, _refcnt, _use, metric, mask, ..] = fields.as_slice() else {
             return Err(bad());
         };
         let hex = |s: &str| u32::from_str_radix(s, 16).map_err(|_| bad());
@@ -357,10 +344,7 @@ fn attribute_addresses(locals: &[Ipv4Addr], routes: &[Route]) -> HashMap<String,
     let mut by_interface: HashMap<String, Vec<String>> = HashMap::new();
     for &address in locals {
         if address.is_loopback() {
-            by_interface
-                .entry("lo".to_string())
-                .or_default()
-                .push(format!("{address}/8"));
+            by_interface.entry("lo".to_string()).or_default().push(format!("{address}/8"));
             continue;
         }
         let value = u32::from(address);
@@ -403,21 +387,9 @@ mod tests {
         assert_eq!(eth0.mtu, Some(1500));
         assert_eq!(eth0.speed_mbps, Some(1000));
         assert_eq!(eth0.ipv4, vec!["192.168.1.23/24"]);
-        assert_eq!(
-            eth0.ipv6,
-            vec![
-                "2001:db8:1:0:dea6:32ff:fe3a:7b01/64",
-                "fe80::dea6:32ff:fe3a:7b01/64"
-            ]
-        );
-        assert_eq!(
-            (eth0.rx_bytes, eth0.rx_packets, eth0.rx_dropped),
-            (918273645, 812345, 12)
-        );
-        assert_eq!(
-            (eth0.tx_bytes, eth0.tx_packets, eth0.tx_errors),
-            (123456789, 456789, 0)
-        );
+        assert_eq!(eth0.ipv6, vec!["2001:db8:1:0:dea6:32ff:fe3a:7b01/64", "fe80::dea6:32ff:fe3a:7b01/64"]);
+        assert_eq!((eth0.rx_bytes, eth0.rx_packets, eth0.rx_dropped), (918273645, 812345, 12));
+        assert_eq!((eth0.tx_bytes, eth0.tx_packets, eth0.tx_errors), (123456789, 456789, 0));
         assert_eq!(eth0.wireless, None);
 
         let wlan0 = by_name(&interfaces, "wlan0");
@@ -425,14 +397,7 @@ mod tests {
         assert_eq!(wlan0.ipv6, vec!["fe80::dea6:32ff:fe3a:7b02/64"]);
         assert_eq!(wlan0.speed_mbps, None);
         assert_eq!(wlan0.tx_errors, 1);
-        assert_eq!(
-            wlan0.wireless,
-            Some(Wireless {
-                link_quality: 62.0,
-                signal_dbm: -48.0,
-                noise_dbm: None
-            })
-        );
+        assert_eq!(wlan0.wireless, Some(Wireless { link_quality: 62.0, signal_dbm: -48.0, noise_dbm: None }));
 
         let lo = by_name(&interfaces, "lo");
         assert_eq!(lo.mac, None);
@@ -457,13 +422,7 @@ mod tests {
         let wlan0 = by_name(&interfaces, "wlan0");
         assert!(wlan0.up);
         assert_eq!(wlan0.ipv4, vec!["192.168.1.42/24"]);
-        assert_eq!(
-            wlan0.ipv6,
-            vec![
-                "2001:db8:42:0:2ecf:67ff:fe12:3457/64",
-                "fe80::2ecf:67ff:fe12:3457/64"
-            ]
-        );
+        assert_eq!(wlan0.ipv6, vec!["2001:db8:42:0:2ecf:67ff:fe12:3457/64", "fe80::2ecf:67ff:fe12:3457/64"]);
         assert_eq!(wlan0.rx_bytes, 734003200);
         let wireless = wlan0.wireless.clone().unwrap();
         assert_eq!((wireless.link_quality, wireless.signal_dbm), (55.0, -55.0));
@@ -471,8 +430,7 @@ mod tests {
 
     #[test]
     fn reports_noise_when_the_driver_measures_it() {
-        let text =
-            "h1\nh2\n  wlp2s0: 0000   70.  -40.  -95.       0      0      0      0      0    0\n";
+        let text = "h1\nh2\n  wlp2s0: 0000   70.  -40.  -95.       0      0      0      0      0    0\n";
         let wireless = parse_wireless(text, Path::new("wireless")).unwrap();
         assert_eq!(wireless["wlp2s0"].noise_dbm, Some(-95.0));
     }
@@ -491,34 +449,17 @@ mod tests {
         type Fails = fn(&str, &Path) -> bool;
         let cases: [(Fails, &str); 6] = [
             (|t, p| parse_net_dev(t, p).is_err(), "h1\nh2\n eth0 1 2 3\n"),
-            (
-                |t, p| parse_net_dev(t, p).is_err(),
-                "h1\nh2\n eth0: 1 2 3\n",
-            ),
-            (
-                |t, p| parse_wireless(t, p).is_err(),
-                "h1\nh2\n wlan0: 0000 x. -40. -256\n",
-            ),
-            (
-                |t, p| parse_if_inet6(t, p).is_err(),
-                "fe80 02 40 20 80 eth0\n",
-            ),
-            (
-                |t, p| parse_routes(t, p).is_err(),
-                "Iface\n eth0 zz 0 0001 0 0 0 00FFFFFF 0 0 0\n",
-            ),
-            (
-                |t, p| parse_fib_trie_locals(t, p).is_err(),
-                "Main:\n  |-- 300.1.2.3\n     /32 host LOCAL\n",
-            ),
+            (|t, p| parse_net_dev(t, p).is_err(), "h1\nh2\n eth0: 1 2 3\n"),
+            (|t, p| parse_wireless(t, p).is_err(), "h1\nh2\n wlan0: 0000 x. -40. -256\n"),
+            (|t, p| parse_if_inet6(t, p).is_err(), "fe80 02 40 20 80 eth0\n"),
+            (|t, p| parse_routes(t, p).is_err(), "Iface\n eth0 zz 0 0001 0 0 0 00FFFFFF 0 0 0\n"),
+            (|t, p| parse_fib_trie_locals(t, p).is_err(), "Main:\n  |-- 300.1.2.3\n     /32 host LOCAL\n"),
         ];
         for (fails, text) in cases {
             assert!(fails(text, Path::new("/p/net/x")), "{text:?}");
         }
         let err = parse_routes("Iface\neth0 0\n", Path::new("/p/net/route")).unwrap_err();
-        assert!(
-            matches!(err, HostError::Parse { ref path, .. } if path == Path::new("/p/net/route"))
-        );
+        assert!(matches!(err, HostError::Parse { ref path, .. } if path == Path::new("/p/net/route")));
     }
 
     #[test]
@@ -531,24 +472,12 @@ mod tests {
             Path::new("route"),
         )
         .unwrap();
-        assert_eq!(
-            routes.len(),
-            2,
-            "the gateway route is not a connected subnet"
-        );
-        let locals = [
-            Ipv4Addr::new(10, 1, 0, 5),
-            Ipv4Addr::new(10, 2, 0, 5),
-            Ipv4Addr::new(172, 16, 0, 1),
-        ];
+        assert_eq!(routes.len(), 2, "the gateway route is not a connected subnet");
+        let locals = [Ipv4Addr::new(10, 1, 0, 5), Ipv4Addr::new(10, 2, 0, 5), Ipv4Addr::new(172, 16, 0, 1)];
         let attributed = attribute_addresses(&locals, &routes);
         assert_eq!(attributed["wg0"], vec!["10.1.0.5/24"]);
         assert_eq!(attributed["eth0"], vec!["10.2.0.5/8"]);
-        assert_eq!(
-            attributed.len(),
-            2,
-            "an address without a route is left out"
-        );
+        assert_eq!(attributed.len(), 2, "an address without a route is left out");
     }
 
     #[test]

@@ -76,10 +76,7 @@ fn unquote(raw: &str) -> String {
     if let Some(inner) = raw.strip_prefix('\'').and_then(|r| r.strip_suffix('\'')) {
         return inner.to_string();
     }
-    let inner = raw
-        .strip_prefix('"')
-        .and_then(|r| r.strip_suffix('"'))
-        .unwrap_or(raw);
+    let inner = raw.strip_prefix('"').and_then(|r| r.strip_suffix('"')).unwrap_or(raw);
     let mut out = String::with_capacity(inner.len());
     let mut chars = inner.chars();
     while let Some(c) = chars.next() {
@@ -131,22 +128,12 @@ pub fn read_loadavg(roots: &Roots) -> Result<LoadAvg> {
 }
 
 fn parse_loadavg(text: &str, path: &Path) -> Result<LoadAvg> {
-    let bad = || {
-        parse_error(
-            path,
-            format!("expected \"1m 5m 15m running/total last-pid\", found {text:?}"),
-        )
-    };
+    let bad = || parse_error(path, format!("expected \"1m 5m 15m running/total last-pid\", found {text:?}"));
     let fields: Vec<&str> = text.split_whitespace().collect();
     let [one, five, fifteen, tasks, ..] = fields.as_slice() else {
         return Err(bad());
     };
-    let average = |s: &str| {
-        s.parse::<f64>()
-            .ok()
-            .filter(|v| v.is_finite() && *v >= 0.0)
-            .ok_or_else(bad)
-    };
+    let average = |s: &str| s.parse::<f64>().ok().filter(|v| v.is_finite() && *v >= 0.0).ok_or_else(bad);
     let (running, total) = tasks.split_once('/').ok_or_else(bad)?;
     Ok(LoadAvg {
         one: average(one)?,
@@ -166,18 +153,12 @@ mod tests {
     #[test]
     fn reads_raspberry_pi_os_bookworm_on_a_pi4() {
         let os = read_os(&fixture("pi4")).unwrap();
-        assert_eq!(
-            os.pretty_name.as_deref(),
-            Some("Debian GNU/Linux 12 (bookworm)")
-        );
+        assert_eq!(os.pretty_name.as_deref(), Some("Debian GNU/Linux 12 (bookworm)"));
         assert_eq!(os.id.as_deref(), Some("debian"));
         assert_eq!(os.version_id.as_deref(), Some("12"));
         assert_eq!(os.codename.as_deref(), Some("bookworm"));
         assert_eq!(os.kernel_release, "6.6.31-v8+");
-        assert_eq!(
-            os.kernel_version.as_deref(),
-            Some("#1774 SMP PREEMPT Mon Jun 10 13:42:25 BST 2024")
-        );
+        assert_eq!(os.kernel_version.as_deref(), Some("#1774 SMP PREEMPT Mon Jun 10 13:42:25 BST 2024"));
         assert_eq!(os.hostname, "raspi4");
         assert_eq!(os.architecture, std::env::consts::ARCH);
     }
@@ -197,10 +178,7 @@ mod tests {
         std::fs::write(kernel.join("osrelease"), "6.1.0\n").unwrap();
         std::fs::write(kernel.join("hostname"), "box\n").unwrap();
         let os = read_os(&Roots::under(dir.path())).unwrap();
-        assert_eq!(
-            (os.pretty_name, os.id, os.kernel_version),
-            (None, None, None)
-        );
+        assert_eq!((os.pretty_name, os.id, os.kernel_version), (None, None, None));
         assert_eq!(os.kernel_release, "6.1.0");
     }
 
@@ -228,30 +206,14 @@ mod tests {
     #[test]
     fn reads_the_load_average_of_pi4_and_pi5() {
         let load = read_loadavg(&fixture("pi4")).unwrap();
-        assert_eq!(
-            load,
-            LoadAvg {
-                one: 0.08,
-                five: 0.12,
-                fifteen: 0.10,
-                running: 1,
-                total: 213
-            }
-        );
+        assert_eq!(load, LoadAvg { one: 0.08, five: 0.12, fifteen: 0.10, running: 1, total: 213 });
         let load = read_loadavg(&fixture("pi5")).unwrap();
         assert_eq!((load.one, load.running, load.total), (1.25, 3, 287));
     }
 
     #[test]
     fn rejects_malformed_load_averages_naming_the_file() {
-        for text in [
-            "",
-            "0.1 0.2",
-            "0.1 0.2 0.3 4",
-            "a 0.2 0.3 1/2 3",
-            "0.1 0.2 0.3 x/2 3",
-            "0.1 0.2 0.3 1/y 3",
-        ] {
+        for text in ["", "0.1 0.2", "0.1 0.2 0.3 4", "a 0.2 0.3 1/2 3", "0.1 0.2 0.3 x/2 3", "0.1 0.2 0.3 1/y 3"] {
             let err = parse_loadavg(text, Path::new("/p/loadavg")).unwrap_err();
             assert!(err.to_string().contains("/p/loadavg"), "{text}: {err}");
         }

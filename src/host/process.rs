@@ -50,18 +50,11 @@ pub struct ProcSample {
 /// or whose files this user may not read, are left out.
 pub fn list_processes(roots: &Roots) -> Result<Vec<ProcSample>> {
     let users = read_users(roots)?;
-    let entries = fs::read_dir(&roots.proc).map_err(|source| HostError::Read {
-        path: roots.proc.clone(),
-        source,
-    })?;
+    let entries = fs::read_dir(&roots.proc).map_err(|source| HostError::Read { path: roots.proc.clone(), source })?;
     let mut samples = Vec::new();
     for entry in entries {
         let Ok(entry) = entry else { continue };
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
             continue;
         };
         match read_sample(&entry.path(), &users) {
@@ -77,9 +70,7 @@ pub fn list_processes(roots: &Roots) -> Result<Vec<ProcSample>> {
 pub fn read_process(roots: &Roots, pid: u32) -> Result<ProcSample> {
     let users = read_users(roots)?;
     read_sample(&roots.proc.join(pid.to_string()), &users).map_err(|e| match e {
-        HostError::Read { ref source, .. } if is_gone(source) => HostError::NotFound {
-            what: format!("process {pid}"),
-        },
+        HostError::Read { ref source, .. } if is_gone(source) => HostError::NotFound { what: format!("process {pid}") },
         other => other,
     })
 }
@@ -95,9 +86,7 @@ fn read_sample(dir: &Path, users: &HashMap<u32, String>) -> Result<ProcSample> {
     let status_path = dir.join("status");
     let status = parse_pid_status(&read_bytes_lossy(&status_path)?, &status_path)?;
     let cmdline = parse_cmdline(&read_bytes(&dir.join("cmdline"))?);
-    let rss_bytes = status
-        .vm_rss_bytes
-        .unwrap_or_else(|| stat.rss_pages.saturating_mul(page_size()));
+    let rss_bytes = status.vm_rss_bytes.unwrap_or_else(|| stat.rss_pages.saturating_mul(page_size()));
     Ok(ProcSample {
         pid: stat.pid,
         ppid: stat.ppid,
@@ -115,10 +104,7 @@ fn read_sample(dir: &Path, users: &HashMap<u32, String>) -> Result<ProcSample> {
 }
 
 fn read_bytes(path: &Path) -> Result<Vec<u8>> {
-    fs::read(path).map_err(|source| HostError::Read {
-        path: path.to_path_buf(),
-        source,
-    })
+    fs::read(path).map_err(|source| HostError::Read { path: path.to_path_buf(), source })
 }
 
 /// A command name may hold any bytes, not only UTF-8.
@@ -143,33 +129,15 @@ struct PidStat {
 
 fn parse_pid_stat(text: &str, path: &Path) -> Result<PidStat> {
     let bad = |what: &str| parse_error(path, format!("{what} in {:?}", text.trim_end()));
-    let open = text
-        .find('(')
-        .ok_or_else(|| bad("no '(' before the command name"))?;
-    let close = text
-        .rfind(')')
-        .filter(|&c| c > open)
-        .ok_or_else(|| bad("no ')' after the command name"))?;
-    let pid = text[..open]
-        .trim()
-        .parse::<u32>()
-        .map_err(|_| bad("bad pid"))?;
+    let open = text.find('(').ok_or_else(|| bad("no '(' before the command name"))?;
+    let close = text.rfind(')').filter(|&c| c > open).ok_or_else(|| bad("no ')' after the command name"))?;
+    let pid = text[..open].trim().parse::<u32>().map_err(|_| bad("bad pid"))?;
     let comm = text[open + 1..close].to_string();
     // Fields after the command name, numbered from 3 as in proc(5).
     let rest: Vec<&str> = text[close + 1..].split_whitespace().collect();
-    let field = |n: usize| {
-        rest.get(n - 3)
-            .copied()
-            .ok_or_else(|| bad(&format!("no field {n}")))
-    };
-    let number = |n: usize| {
-        field(n)?
-            .parse::<u64>()
-            .map_err(|_| bad(&format!("field {n} is not a number")))
-    };
-    let small = |n: usize| {
-        u32::try_from(number(n)?).map_err(|_| bad(&format!("field {n} is out of range")))
-    };
+    let field = |n: usize| rest.get(n - 3).copied().ok_or_else(|| bad(&format!("no field {n}")));
+    let number = |n: usize| field(n)?.parse::<u64>().map_err(|_| bad(&format!("field {n} is not a number")));
+    let small = |n: usize| u32::try_from(number(n)?).map_err(|_| bad(&format!("field {n} is out of range")));
     Ok(PidStat {
         pid,
         comm,
@@ -202,15 +170,11 @@ fn parse_pid_status(text: &str, path: &Path) -> Result<PidStatus> {
         let first = || value.split_whitespace().next().unwrap_or("");
         match key {
             "Uid" => {
-                let uid = first()
-                    .parse::<u32>()
-                    .map_err(|_| parse_error(path, format!("bad Uid line {line:?}")))?;
+                let uid = first().parse::<u32>().map_err(|_| parse_error(path, format!("bad Uid line {line:?}")))?;
                 status.uid = Some(uid);
             }
             "VmRSS" => {
-                let kb = first()
-                    .parse::<u64>()
-                    .map_err(|_| parse_error(path, format!("bad VmRSS line {line:?}")))?;
+                let kb = first().parse::<u64>().map_err(|_| parse_error(path, format!("bad VmRSS line {line:?}")))?;
                 status.vm_rss_bytes = Some(kb.saturating_mul(1024));
             }
             _ => {}
@@ -226,10 +190,7 @@ fn parse_cmdline(bytes: &[u8]) -> Vec<String> {
     if bytes.is_empty() {
         return Vec::new();
     }
-    bytes
-        .split(|&b| b == 0)
-        .map(|arg| String::from_utf8_lossy(arg).into_owned())
-        .collect()
+    bytes.split(|&b| b == 0).map(|arg| String::from_utf8_lossy(arg).into_owned()).collect()
 }
 
 /// User names by uid from `<etc>/passwd`; empty when the file is absent. Malformed lines
@@ -243,9 +204,7 @@ fn parse_passwd(text: &str) -> HashMap<u32, String> {
     let mut users = HashMap::new();
     for line in text.lines() {
         let mut fields = line.split(':');
-        let (Some(name), Some(_password), Some(uid)) =
-            (fields.next(), fields.next(), fields.next())
-        else {
+        let (Some(name), Some(_password), Some(uid)) = (fields.next(), fields.next(), fields.next()) else {
             continue;
         };
         if let Ok(uid) = uid.parse::<u32>() {
@@ -286,10 +245,7 @@ mod tests {
         assert_eq!(pids, vec![1, 2, 812]);
 
         let init = &processes[0];
-        assert_eq!(
-            (init.name.as_str(), init.state.as_str(), init.ppid),
-            ("systemd", "S", 0)
-        );
+        assert_eq!((init.name.as_str(), init.state.as_str(), init.ppid), ("systemd", "S", 0));
         assert_eq!((init.uid, init.user.as_deref()), (Some(0), Some("root")));
         assert_eq!(init.cmdline, vec!["/sbin/init", "splash"]);
         assert_eq!(init.cpu_ticks, 236 + 418);
@@ -307,18 +263,8 @@ mod tests {
         assert_eq!(server.name, "mcp-raspi (srv)");
         assert_eq!(server.state, "S");
         assert_eq!(server.ppid, 1);
-        assert_eq!(
-            (server.uid, server.user.as_deref()),
-            (Some(996), Some("mcp"))
-        );
-        assert_eq!(
-            server.cmdline,
-            vec![
-                "/usr/bin/mcp-raspi-server",
-                "--config",
-                "/etc/mcp-raspi/config.yaml"
-            ]
-        );
+        assert_eq!((server.uid, server.user.as_deref()), (Some(996), Some("mcp")));
+        assert_eq!(server.cmdline, vec!["/usr/bin/mcp-raspi-server", "--config", "/etc/mcp-raspi/config.yaml"]);
         assert_eq!(server.cpu_ticks, 5230 + 1875);
         assert_eq!(server.rss_bytes, 18432 * 1024);
         assert_eq!(server.vsz_bytes, 312475648);
@@ -339,27 +285,15 @@ mod tests {
     #[test]
     fn reports_a_missing_process_as_not_found() {
         let err = read_process(&fixture("pi5"), 4242).unwrap_err();
-        assert!(
-            matches!(err, HostError::NotFound { ref what } if what == "process 4242"),
-            "{err}"
-        );
+        assert!(matches!(err, HostError::NotFound { ref what } if what == "process 4242"), "{err}");
     }
 
     #[test]
     fn rejects_malformed_stat_lines_naming_the_file() {
         let path = Path::new("/p/7/stat");
-        for text in [
-            "",
-            "7 comm S 1",
-            "x (a) S 1",
-            "7 (a) S",
-            "7 (a) S 1 2 3 4 5 6 7 8 9 10 x 12",
-        ] {
+        for text in ["", "7 comm S 1", "x (a) S 1", "7 (a) S", "7 (a) S 1 2 3 4 5 6 7 8 9 10 x 12"] {
             let err = parse_pid_stat(text, path).unwrap_err();
-            assert!(
-                matches!(err, HostError::Parse { path: ref p, .. } if p == path),
-                "{text:?}"
-            );
+            assert!(matches!(err, HostError::Parse { path: ref p, .. } if p == path), "{text:?}");
         }
         assert!(parse_pid_status("Uid:\tnobody\n", path).is_err());
         assert!(parse_pid_status("VmRSS:\t lots kB\n", path).is_err());
@@ -368,17 +302,13 @@ mod tests {
     #[test]
     fn splits_command_lines_at_nul() {
         assert_eq!(parse_cmdline(b"a\0b c\0\0d\0"), vec!["a", "b c", "", "d"]);
-        assert_eq!(
-            parse_cmdline(b"nginx: worker process"),
-            vec!["nginx: worker process"]
-        );
+        assert_eq!(parse_cmdline(b"nginx: worker process"), vec!["nginx: worker process"]);
         assert!(parse_cmdline(b"").is_empty());
     }
 
     #[test]
     fn skips_passwd_lines_without_a_uid() {
-        let users =
-            parse_passwd("+::::::\nroot:x:0:0::/root:/bin/sh\ntoor:x:0:0::/:/bin/sh\nbroken\n");
+        let users = parse_passwd("+::::::\nroot:x:0:0::/root:/bin/sh\ntoor:x:0:0::/:/bin/sh\nbroken\n");
         assert_eq!(users.len(), 1);
         assert_eq!(users[&0], "root");
     }

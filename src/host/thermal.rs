@@ -36,15 +36,9 @@ pub fn read_temperatures(roots: &Roots) -> Result<Vec<Temperature>> {
     };
     let mut zones = Vec::new();
     for entry in entries {
-        let entry = entry.map_err(|source| HostError::Read {
-            path: dir.clone(),
-            source,
-        })?;
+        let entry = entry.map_err(|source| HostError::Read { path: dir.clone(), source })?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(number) = name
-            .strip_prefix("thermal_zone")
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
+        let Some(number) = name.strip_prefix("thermal_zone").and_then(|n| n.parse::<u32>().ok()) else {
             continue;
         };
         match read_zone(&entry.path(), &name) {
@@ -56,10 +50,7 @@ pub fn read_temperatures(roots: &Roots) -> Result<Vec<Temperature>> {
         }
     }
     zones.sort_by_key(|(number, _)| *number);
-    Ok(zones
-        .into_iter()
-        .map(|(_, temperature)| temperature)
-        .collect())
+    Ok(zones.into_iter().map(|(_, temperature)| temperature).collect())
 }
 
 fn read_zone(dir: &Path, zone: &str) -> Result<Option<Temperature>> {
@@ -67,18 +58,11 @@ fn read_zone(dir: &Path, zone: &str) -> Result<Option<Temperature>> {
     let Some(millidegrees) = read_attr(&temp_path)? else {
         return Ok(None);
     };
-    let millidegrees = millidegrees.parse::<i64>().map_err(|_| {
-        parse_error(
-            &temp_path,
-            format!("expected millidegrees, found {millidegrees:?}"),
-        )
-    })?;
+    let millidegrees = millidegrees
+        .parse::<i64>()
+        .map_err(|_| parse_error(&temp_path, format!("expected millidegrees, found {millidegrees:?}")))?;
     let kind = read_attr(&dir.join("type"))?.unwrap_or_default();
-    Ok(Some(Temperature {
-        zone: zone.to_string(),
-        kind,
-        celsius: millidegrees as f64 / 1000.0,
-    }))
+    Ok(Some(Temperature { zone: zone.to_string(), kind, celsius: millidegrees as f64 / 1000.0 }))
 }
 
 /// The firmware's under-voltage and throttling flags, now and since boot.
@@ -133,20 +117,13 @@ pub fn read_throttling(roots: &Roots) -> Result<Option<Throttling>> {
     let Some(text) = read_attr(&path)? else {
         return Ok(None);
     };
-    Ok(Some(decode_throttled(
-        parse_throttled(&text, &path)?,
-        &path.to_string_lossy(),
-    )))
+    Ok(Some(decode_throttled(parse_throttled(&text, &path)?, &path.to_string_lossy())))
 }
 
 fn parse_throttled(text: &str, path: &Path) -> Result<u32> {
     let digits = text.trim_start_matches("0x").trim_start_matches("0X");
-    u32::from_str_radix(digits, 16).map_err(|_| {
-        parse_error(
-            path,
-            format!("expected a hexadecimal flag word, found {text:?}"),
-        )
-    })
+    u32::from_str_radix(digits, 16)
+        .map_err(|_| parse_error(path, format!("expected a hexadecimal flag word, found {text:?}")))
 }
 
 /// How deep below `devices/platform` the firmware device may sit: Pi 4 has
@@ -159,11 +136,7 @@ const SEARCH_DEPTH: usize = 3;
 fn find_get_throttled(platform: &Path) -> Option<PathBuf> {
     const FILE: &str = "get_throttled";
     let known = ["soc/soc:firmware", "soc@107c000000/soc@107c000000:firmware"];
-    if let Some(found) = known
-        .iter()
-        .map(|dir| platform.join(dir).join(FILE))
-        .find(|p| p.is_file())
-    {
+    if let Some(found) = known.iter().map(|dir| platform.join(dir).join(FILE)).find(|p| p.is_file()) {
         return Some(found);
     }
     let mut level = vec![platform.to_path_buf()];
@@ -203,11 +176,7 @@ mod tests {
         let temperatures = read_temperatures(&fixture("pi4")).unwrap();
         assert_eq!(
             temperatures,
-            vec![Temperature {
-                zone: "thermal_zone0".into(),
-                kind: "cpu-thermal".into(),
-                celsius: 48.686
-            }]
+            vec![Temperature { zone: "thermal_zone0".into(), kind: "cpu-thermal".into(), celsius: 48.686 }]
         );
     }
 
@@ -222,29 +191,20 @@ mod tests {
     fn sorts_zones_numerically_and_skips_unreadable_ones() {
         let dir = tempfile::tempdir().unwrap();
         let thermal = dir.path().join("sys/class/thermal");
-        for (zone, temp) in [
-            ("thermal_zone10", "-5000"),
-            ("thermal_zone2", "30500"),
-            ("thermal_zone3", "n/a"),
-        ] {
+        for (zone, temp) in [("thermal_zone10", "-5000"), ("thermal_zone2", "30500"), ("thermal_zone3", "n/a")] {
             std::fs::create_dir_all(thermal.join(zone)).unwrap();
             std::fs::write(thermal.join(zone).join("temp"), temp).unwrap();
         }
         let zones = read_temperatures(&Roots::under(dir.path())).unwrap();
         let names: Vec<_> = zones.iter().map(|t| (t.zone.as_str(), t.celsius)).collect();
-        assert_eq!(
-            names,
-            vec![("thermal_zone2", 30.5), ("thermal_zone10", -5.0)]
-        );
+        assert_eq!(names, vec![("thermal_zone2", 30.5), ("thermal_zone10", -5.0)]);
         assert_eq!(zones[0].kind, "");
     }
 
     #[test]
     fn finds_no_temperatures_without_a_thermal_class() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(read_temperatures(&Roots::under(dir.path()))
-            .unwrap()
-            .is_empty());
+        assert!(read_temperatures(&Roots::under(dir.path())).unwrap().is_empty());
         assert_eq!(read_throttling(&Roots::under(dir.path())).unwrap(), None);
     }
 
@@ -260,9 +220,7 @@ mod tests {
         assert!(!throttling.arm_frequency_capped_occurred);
         assert!(throttling.throttled_occurred);
         assert!(!throttling.soft_temperature_limit_occurred);
-        assert!(throttling
-            .source
-            .ends_with("sys/devices/platform/soc/soc:firmware/get_throttled"));
+        assert!(throttling.source.ends_with("sys/devices/platform/soc/soc:firmware/get_throttled"));
     }
 
     #[test]
@@ -270,9 +228,7 @@ mod tests {
         let throttling = read_throttling(&fixture("pi5")).unwrap().unwrap();
         assert_eq!(throttling, decode_throttled(0, &throttling.source));
         assert_eq!(throttling.raw, "0x0");
-        assert!(throttling
-            .source
-            .ends_with("soc@107c000000:firmware/get_throttled"));
+        assert!(throttling.source.ends_with("soc@107c000000:firmware/get_throttled"));
     }
 
     #[test]
@@ -285,9 +241,7 @@ mod tests {
         // A link back up the tree, as sysfs has everywhere.
         std::os::unix::fs::symlink(&platform, platform.join("axi/loop")).unwrap();
         let throttling = read_throttling(&Roots::under(dir.path())).unwrap().unwrap();
-        assert!(
-            throttling.soft_temperature_limit_now && throttling.soft_temperature_limit_occurred
-        );
+        assert!(throttling.soft_temperature_limit_now && throttling.soft_temperature_limit_occurred);
         assert!(!throttling.under_voltage_now);
     }
 
@@ -312,10 +266,7 @@ mod tests {
     fn reads_the_thermal_state_of_this_machine() {
         let roots = Roots::system();
         for temperature in read_temperatures(&roots).unwrap() {
-            assert!(
-                (-60.0..=150.0).contains(&temperature.celsius),
-                "{temperature:?}"
-            );
+            assert!((-60.0..=150.0).contains(&temperature.celsius), "{temperature:?}");
         }
         let _ = read_throttling(&roots).unwrap();
     }

@@ -31,7 +31,9 @@ struct AppLogger {
 
 impl log::Log for AppLogger {
     fn enabled(&self, metadata: &log::Metadata) -> bool {
-        metadata.level() <= self.level && !metadata.target().starts_with("hyper") && !metadata.target().starts_with("warp")
+        metadata.level() <= self.level
+            && !metadata.target().starts_with("hyper")
+            && !metadata.target().starts_with("warp")
     }
 
     fn log(&self, record: &log::Record) {
@@ -77,12 +79,8 @@ pub fn init(cfg: &LoggingConfig) -> Result<(), String> {
         Tristate::Auto => under_systemd(),
     };
     let journal = if journald { systemd_journal_logger::JournalLog::new().ok() } else { None };
-    let logger = AppLogger {
-        file: Some(Arc::new(file)),
-        stderr: journal.is_none(),
-        journal,
-        level: cfg.level.to_filter(),
-    };
+    let logger =
+        AppLogger { file: Some(Arc::new(file)), stderr: journal.is_none(), journal, level: cfg.level.to_filter() };
     log::set_boxed_logger(Box::new(logger)).map_err(|e| format!("cannot install the logger: {e}"))?;
     log::set_max_level(cfg.level.to_filter());
     Ok(())

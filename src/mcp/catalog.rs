@@ -14,10 +14,9 @@ use crate::tools::{Cx, Maturity};
 fn parse_cursor(params: &Value) -> Result<usize, RpcError> {
     match params.get("cursor") {
         None | Some(Value::Null) => Ok(0),
-        Some(Value::String(c)) => c
-            .strip_prefix("offset:")
-            .and_then(|n| n.parse().ok())
-            .ok_or_else(|| RpcError::invalid_params(format!("Invalid params: cursor {c:?} was not issued by this server"))),
+        Some(Value::String(c)) => c.strip_prefix("offset:").and_then(|n| n.parse().ok()).ok_or_else(|| {
+            RpcError::invalid_params(format!("Invalid params: cursor {c:?} was not issued by this server"))
+        }),
         Some(_) => Err(RpcError::invalid_params("Invalid params: cursor must be a string")),
     }
 }
@@ -104,7 +103,8 @@ pub fn list_resource_templates() -> Result<Value, RpcError> {
 }
 
 fn not_found(uri: &str, version: Version) -> RpcError {
-    let message = format!("Resource not found: {uri}. Call resources/list and resources/templates/list for what exists.");
+    let message =
+        format!("Resource not found: {uri}. Call resources/list and resources/templates/list for what exists.");
     if version.is_stateless() {
         RpcError::invalid_params(message).data(json!({"uri": uri}))
     } else {
@@ -210,11 +210,8 @@ pub fn list_prompts() -> Result<Value, RpcError> {
     let prompts: Vec<Value> = PROMPTS
         .iter()
         .map(|p| {
-            let args: Vec<Value> = p
-                .arguments
-                .iter()
-                .map(|(n, d, r)| json!({"name": n, "description": d, "required": r}))
-                .collect();
+            let args: Vec<Value> =
+                p.arguments.iter().map(|(n, d, r)| json!({"name": n, "description": d, "required": r})).collect();
             json!({"name": p.name, "title": p.title, "description": p.description, "arguments": args})
         })
         .collect();

@@ -77,13 +77,15 @@ impl HttpServer {
                 allowed_hosts.push(listen.ip().to_string());
             }
         }
-        let sessions = Sessions::new(server.max_sessions, Duration::from_secs(server.session_idle_timeout_seconds.max(1)));
+        let sessions =
+            Sessions::new(server.max_sessions, Duration::from_secs(server.session_idle_timeout_seconds.max(1)));
         Arc::new(HttpServer { app, sessions, allowed_hosts })
     }
 
-    /// Checks `Host` and `Origin`; `Err` is the 403 to send.
-    fn check_origin(&self, headers: &HeaderMap) -> Result<Option<String>, Reply> {
-        let forbidden = |m: String| Err(error_reply(&Value::Null, &RpcError::invalid_request(m).status(403)));
+    /// Checks `Host` and `Origin`; `Ok` holds the origin to answer CORS for, `Err` why the
+    /// request is forbidden.
+    fn check_origin(&self, headers: &HeaderMap) -> Result<Option<String>, String> {
+        let forbidden = |m: String| Err(m);
         if !self.allowed_hosts.is_empty() {
             let host = header(headers, "host").map(host_part).unwrap_or_default();
             if !self.allowed_hosts.contains(&host) {
@@ -99,7 +101,8 @@ impl HttpServer {
         }
         let origin_host = origin.split_once("://").map(|(_, rest)| host_part(rest)).unwrap_or_default();
         let local = self.app.config.listen_addr().ip().is_loopback() && is_loopback_name(&origin_host);
-        if local || (!origin_host.is_empty() && self.allowed_hosts.contains(&origin_host) && !self.allowed_hosts.is_empty())
+        if local
+            || (!origin_host.is_empty() && self.allowed_hosts.contains(&origin_host) && !self.allowed_hosts.is_empty())
         {
             Ok(None)
         } else {
@@ -107,16 +110,21 @@ impl HttpServer {
         }
     }
 
-    fn authenticate(&self, headers: &HeaderMap) -> Result<Identity, Reply> {
-        self.app.auth.authenticate(header(headers, "authorization")).map_err(|e| {
-            let mut r = error_reply(&Value::Null, &RpcError::new(rmcp::model::ErrorCode(-32001), e.to_string()).status(401));
+    fn authenticate(&self, headers: &HeaderMap) -> Result<Identity, AuthError> {
+        self.app.auth.authenticate(header(headers, "authorization"))
+    }
+
+    fn unauthorized(e: AuthError) -> Reply {
+        {
+            let mut r =
+                error_reply(&Value::Null, &RpcError::new(rmcp::model::ErrorCode(-32001), e.to_string()).status(401));
             let challenge = match e {
                 AuthError::Missing => "Bearer realm=\"mcp-raspi\"",
                 _ => "Bearer realm=\"mcp-raspi\", error=\"invalid_token\"",
             };
             r.headers_mut().insert("www-authenticate", HeaderValue::from_static(challenge));
             r
-        })
+        }
     }
 
     async fn handle(self: Arc<Self>, method: Method, path: String, headers: HeaderMap, body: BodyStream) -> Reply {
@@ -129,7 +137,7 @@ impl HttpServer {
         }
         let cors_origin = match self.check_origin(&headers) {
             Ok(o) => o,
-            Err(r) => return r,
+            Err(m) => return error_reply(&Value::Null, &RpcError::invalid_request(m).status(403)),
         };
         let mut reply = match method {
             Method::OPTIONS => self.preflight(cors_origin.is_some()),
@@ -138,7 +146,10 @@ impl HttpServer {
             _ => {
                 let mut r = error_reply(
                     &Value::Null,
-                    &RpcError::invalid_request("Method not allowed: this server offers no standalone SSE stream; POST requests to /mcp").status(405),
+                    &RpcError::invalid_request(
+                        "Method not allowed: this server offers no standalone SSE stream; POST requests to /mcp",
+                    )
+                    .status(405),
                 );
                 r.headers_mut().insert("allow", HeaderValue::from_static("POST, DELETE"));
                 r
@@ -150,7 +161,10 @@ impl HttpServer {
                 h.insert("access-control-allow-origin", v);
             }
             h.insert("vary", HeaderValue::from_static("Origin"));
-            h.insert("access-control-expose-headers", HeaderValue::from_static("Mcp-Session-Id, MCP-Protocol-Version, WWW-Authenticate"));
+            h.insert(
+                "access-control-expose-headers",
+                HeaderValue::from_static("Mcp-Session-Id, MCP-Protocol-Version, WWW-Authenticate"),
+            );
         }
         reply
     }
@@ -173,19 +187,25 @@ impl HttpServer {
     fn delete(&self, headers: &HeaderMap) -> Reply {
         let identity = match self.authenticate(headers) {
             Ok(i) => i,
-            Err(r) => return r,
+            Err(e) => return Self::unauthorized(e),
         };
         match header(headers, "mcp-session-id") {
-            None => error_reply(&Value::Null, &RpcError::invalid_request("Bad request: DELETE needs the Mcp-Session-Id header").status(400)),
+            None => error_reply(
+                &Value::Null,
+                &RpcError::invalid_request("Bad request: DELETE needs the Mcp-Session-Id header").status(400),
+            ),
             Some(id) if self.sessions.remove(id, &identity.name) => empty(StatusCode::OK),
-            Some(_) => error_reply(&Value::Null, &RpcError::invalid_request("Session not found: it expired or was closed").status(404)),
+            Some(_) => error_reply(
+                &Value::Null,
+                &RpcError::invalid_request("Session not found: it expired or was closed").status(404),
+            ),
         }
     }
 
     async fn post(self: Arc<Self>, headers: HeaderMap, body: BodyStream) -> Reply {
         let identity = match self.authenticate(&headers) {
             Ok(i) => i,
-            Err(r) => return r,
+            Err(e) => return Self::unauthorized(e),
         };
         if let Err(wait) = self.app.rate_limiter.check(&identity.name) {
             let secs = wait.ceil().max(1.0) as u64;
@@ -198,7 +218,8 @@ impl HttpServer {
         }
         if let Some(ct) = header(&headers, "content-type") {
             if !ct.to_ascii_lowercase().starts_with("application/json") {
-                let e = RpcError::invalid_request(format!("Unsupported media type {ct:?}: send application/json")).status(415);
+                let e = RpcError::invalid_request(format!("Unsupported media type {ct:?}: send application/json"))
+                    .status(415);
                 return error_reply(&Value::Null, &e);
             }
         }
@@ -206,10 +227,18 @@ impl HttpServer {
         let bytes = match read_limited(body, limit).await {
             Ok(b) => b,
             Err(ReadError::TooLarge) => {
-                let e = RpcError::invalid_request(format!("Request too large: the limit is {limit} bytes (server.max_request_bytes)")).status(413);
+                let e = RpcError::invalid_request(format!(
+                    "Request too large: the limit is {limit} bytes (server.max_request_bytes)"
+                ))
+                .status(413);
                 return error_reply(&Value::Null, &e);
             }
-            Err(ReadError::Broken(m)) => return error_reply(&Value::Null, &RpcError::invalid_request(format!("cannot read the body: {m}")).status(400)),
+            Err(ReadError::Broken(m)) => {
+                return error_reply(
+                    &Value::Null,
+                    &RpcError::invalid_request(format!("cannot read the body: {m}")).status(400),
+                )
+            }
         };
         let value: Value = match serde_json::from_slice(&bytes) {
             Ok(v) => v,
@@ -233,10 +262,9 @@ impl HttpServer {
             )
             .status(400));
         };
-        let session = self
-            .sessions
-            .get(sid, &identity.name)
-            .ok_or_else(|| RpcError::invalid_request("Session not found: it expired or was closed; initialize again").status(404))?;
+        let session = self.sessions.get(sid, &identity.name).ok_or_else(|| {
+            RpcError::invalid_request("Session not found: it expired or was closed; initialize again").status(404)
+        })?;
         if let Some(hv) = header(headers, "mcp-protocol-version") {
             let v = Version::parse(hv).ok_or_else(|| RpcError::unsupported_version(hv))?;
             if v != session.version {
@@ -249,7 +277,13 @@ impl HttpServer {
         Ok(session)
     }
 
-    async fn single(self: Arc<Self>, identity: Identity, headers: &HeaderMap, msg: Incoming, accepts_sse: bool) -> Reply {
+    async fn single(
+        self: Arc<Self>,
+        identity: Identity,
+        headers: &HeaderMap,
+        msg: Incoming,
+        accepts_sse: bool,
+    ) -> Reply {
         let header_version = header(headers, "mcp-protocol-version");
         let (id, method, params) = match msg {
             Incoming::Response => return empty(StatusCode::ACCEPTED),
@@ -266,7 +300,8 @@ impl HttpServer {
             }
             Incoming::Request { id, method, params } => (id, method, params),
         };
-        let meta_version = params.as_ref().and_then(|p| p.get("_meta")).and_then(|m| m.get(super::meta::PROTOCOL_VERSION));
+        let meta_version =
+            params.as_ref().and_then(|p| p.get("_meta")).and_then(|m| m.get(super::meta::PROTOCOL_VERSION));
         let stateless = header_version == Some("2026-07-28") || meta_version.is_some();
 
         if method == "initialize" && !stateless {
@@ -308,7 +343,8 @@ impl HttpServer {
         let (tx, rx) = mpsc::unbounded_channel();
         let progress = Progress::new(tx.clone(), super::progress_token(params.as_ref()), log_level);
         let stream = accepts_sse && progress.wants_stream();
-        let call = Call { identity, version, session: session.clone(), progress, transport: "http", request_id: id.clone() };
+        let call =
+            Call { identity, version, session: session.clone(), progress, transport: "http", request_id: id.clone() };
         let app = self.app.clone();
         let task_id = id.clone();
         let task = tokio::spawn(async move {
@@ -362,14 +398,18 @@ impl HttpServer {
         }
         if let Some(hm) = header(headers, "mcp-method") {
             if hm != method {
-                return Err(RpcError::header_mismatch(format!("Mcp-Method header {hm:?} differs from the body's method {method:?}")));
+                return Err(RpcError::header_mismatch(format!(
+                    "Mcp-Method header {hm:?} differs from the body's method {method:?}"
+                )));
             }
         }
         if matches!(method, "tools/call" | "resources/read" | "prompts/get") {
             let body_name = params.and_then(|p| p.get("name").or_else(|| p.get("uri"))).and_then(Value::as_str);
             if let (Some(hn), Some(bn)) = (header(headers, "mcp-name"), body_name) {
                 if decode_header_value(hn).as_deref() != Some(bn) {
-                    return Err(RpcError::header_mismatch(format!("Mcp-Name header {hn:?} differs from the body's {bn:?}")));
+                    return Err(RpcError::header_mismatch(format!(
+                        "Mcp-Name header {hn:?} differs from the body's {bn:?}"
+                    )));
                 }
             }
         }
@@ -512,7 +552,11 @@ async fn read_limited(mut body: BodyStream, limit: usize) -> Result<Bytes, ReadE
 }
 
 /// Serves HTTP on `listener` until `shutdown` completes.
-pub async fn serve(app: Arc<App>, listener: tokio::net::TcpListener, shutdown: impl std::future::Future<Output = ()> + Send + 'static) {
+pub async fn serve(
+    app: Arc<App>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) {
     let server = HttpServer::new(app);
     let limit = server.app.config.server.max_request_bytes;
     let routes = warp::any()
@@ -525,15 +569,19 @@ pub async fn serve(app: Arc<App>, listener: tokio::net::TcpListener, shutdown: i
             let server = server.clone();
             async move {
                 if length.is_some_and(|l| l > limit) {
-                    let e = RpcError::invalid_request(format!("Request too large: the limit is {limit} bytes (server.max_request_bytes)")).status(413);
+                    let e = RpcError::invalid_request(format!(
+                        "Request too large: the limit is {limit} bytes (server.max_request_bytes)"
+                    ))
+                    .status(413);
                     return error_reply(&Value::Null, &e);
                 }
-                let body: BodyStream = Box::pin(
-                    futures_util::stream::StreamExt::map(body, |r: Result<_, warp::Error>| r.map(|mut b: _| {
-                        let len = Buf::remaining(&b);
-                        Buf::copy_to_bytes(&mut b, len)
-                    })),
-                );
+                let body: BodyStream =
+                    Box::pin(futures_util::stream::StreamExt::map(body, |r: Result<_, warp::Error>| {
+                        r.map(|mut b: _| {
+                            let len = Buf::remaining(&b);
+                            Buf::copy_to_bytes(&mut b, len)
+                        })
+                    }));
                 server.handle(method, path.as_str().to_string(), headers, body).await
             }
         });

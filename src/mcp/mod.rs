@@ -146,7 +146,10 @@ impl RpcError {
     pub fn unsupported_version(requested: &str) -> Self {
         Self::new(
             ErrorCode::UNSUPPORTED_PROTOCOL_VERSION,
-            format!("Unsupported protocol version {requested:?}; this server supports {}", SUPPORTED_VERSIONS.join(", ")),
+            format!(
+                "Unsupported protocol version {requested:?}; this server supports {}",
+                SUPPORTED_VERSIONS.join(", ")
+            ),
         )
         .data(json!({"supported": SUPPORTED_VERSIONS, "requested": requested}))
         .status(400)
@@ -176,8 +179,15 @@ pub fn response(id: &Value, result: Result<Value, RpcError>) -> Value {
 /// One parsed JSON-RPC message from a client.
 #[derive(Debug, Clone)]
 pub enum Incoming {
-    Request { id: Value, method: String, params: Option<Value> },
-    Notification { method: String, params: Option<Value> },
+    Request {
+        id: Value,
+        method: String,
+        params: Option<Value>,
+    },
+    Notification {
+        method: String,
+        params: Option<Value>,
+    },
     /// A response to a server request; this server sends none, so these are dropped.
     Response,
 }
@@ -186,7 +196,10 @@ impl Incoming {
     /// Checks the JSON-RPC 2.0 envelope.
     pub fn parse(v: Value) -> Result<Incoming, (Value, RpcError)> {
         let Value::Object(mut obj) = v else {
-            return Err((Value::Null, RpcError::invalid_request("Invalid request: a JSON-RPC message must be an object")));
+            return Err((
+                Value::Null,
+                RpcError::invalid_request("Invalid request: a JSON-RPC message must be an object"),
+            ));
         };
         let id = obj.remove("id");
         let id_for_error = id.clone().unwrap_or(Value::Null);
@@ -280,8 +293,7 @@ pub struct Call {
 }
 
 fn server_info() -> Implementation {
-    Implementation::new("mcp-raspi", crate::app::VERSION)
-        .with_title("mcp-raspi: Raspberry Pi inspection and control")
+    Implementation::new("mcp-raspi", crate::app::VERSION).with_title("mcp-raspi: Raspberry Pi inspection and control")
 }
 
 fn capabilities(version: Version) -> ServerCapabilities {
@@ -319,7 +331,12 @@ fn discover_result() -> Value {
 fn cacheable(method: &str) -> bool {
     matches!(
         method,
-        "server/discover" | "tools/list" | "prompts/list" | "resources/list" | "resources/templates/list" | "resources/read"
+        "server/discover"
+            | "tools/list"
+            | "prompts/list"
+            | "resources/list"
+            | "resources/templates/list"
+            | "resources/read"
     )
 }
 
@@ -386,11 +403,10 @@ async fn call_tool(app: &Arc<App>, call: &Call, name: &str, arguments: Value) ->
         Value::String(s) => s.clone(),
         other => other.to_string(),
     };
-    let result = app
-        .catalogue
-        .call(cx, &request_id, call.transport, name, arguments)
-        .await
-        .ok_or_else(|| RpcError::invalid_params(format!("Unknown tool: {name}. Call tools/list to see the tools.")))?;
+    let result =
+        app.catalogue.call(cx, &request_id, call.transport, name, arguments).await.ok_or_else(|| {
+            RpcError::invalid_params(format!("Unknown tool: {name}. Call tools/list to see the tools."))
+        })?;
     serde_json::to_value(result).map_err(|e| RpcError::internal(format!("cannot encode the result: {e}")))
 }
 

@@ -80,10 +80,8 @@ impl Sessions {
         let now = Instant::now();
         map.retain(|_, s| s.last_seen.lock().map(|t| now.duration_since(*t) < self.idle).unwrap_or(false));
         if map.len() >= self.max {
-            let oldest = map
-                .iter()
-                .min_by_key(|(_, s)| s.last_seen.lock().map(|t| *t).unwrap_or(now))
-                .map(|(k, _)| k.clone());
+            let oldest =
+                map.iter().min_by_key(|(_, s)| s.last_seen.lock().map(|t| *t).unwrap_or(now)).map(|(k, _)| k.clone());
             if let Some(k) = oldest {
                 map.remove(&k);
             }

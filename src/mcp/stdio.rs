@@ -18,7 +18,9 @@ use crate::auth::Identity;
 fn too_long(limit: usize) -> Value {
     response(
         &Value::Null,
-        Err(RpcError::invalid_request(format!("Request too large: the limit is {limit} bytes (server.max_request_bytes)"))),
+        Err(RpcError::invalid_request(format!(
+            "Request too large: the limit is {limit} bytes (server.max_request_bytes)"
+        ))),
     )
 }
 
@@ -36,7 +38,10 @@ pub async fn serve(app: Arc<App>) -> std::io::Result<()> {
         }
     });
     let user = nix::unistd::User::from_uid(nix::unistd::getuid()).ok().flatten().map(|u| u.name);
-    let identity = Identity { name: format!("local:{}", user.unwrap_or_else(|| "unknown".into())), role: app.config.security.stdio_role };
+    let identity = Identity {
+        name: format!("local:{}", user.unwrap_or_else(|| "unknown".into())),
+        role: app.config.security.stdio_role,
+    };
     let negotiated: Arc<Mutex<Option<Version>>> = Arc::new(Mutex::new(None));
     let inflight: Arc<Mutex<HashMap<String, AbortHandle>>> = Arc::new(Mutex::new(HashMap::new()));
     let limit = app.config.server.max_request_bytes as usize;
@@ -62,7 +67,9 @@ pub async fn serve(app: Arc<App>) -> std::io::Result<()> {
                 if !version.is_some_and(Version::allows_batches) {
                     let _ = out_tx.send(response(
                         &Value::Null,
-                        Err(RpcError::invalid_request("Invalid request: batches are only allowed in protocol version 2025-03-26")),
+                        Err(RpcError::invalid_request(
+                            "Invalid request: batches are only allowed in protocol version 2025-03-26",
+                        )),
                     ));
                     continue;
                 }
@@ -88,8 +95,11 @@ pub async fn serve(app: Arc<App>) -> std::io::Result<()> {
                 }
                 Ok(Incoming::Request { id, method, params }) => (id, method, params),
             };
-            let has_meta_version =
-                params.as_ref().and_then(|p| p.get("_meta")).and_then(|m| m.get(super::meta::PROTOCOL_VERSION)).is_some();
+            let has_meta_version = params
+                .as_ref()
+                .and_then(|p| p.get("_meta"))
+                .and_then(|m| m.get(super::meta::PROTOCOL_VERSION))
+                .is_some();
             if method == "initialize" && !has_meta_version {
                 let requested = params.as_ref().and_then(|p| p.get("protocolVersion")).and_then(Value::as_str);
                 let version = Version::negotiate(requested);
@@ -103,7 +113,9 @@ pub async fn serve(app: Arc<App>) -> std::io::Result<()> {
                 super::stateless_version(params.as_ref())
             } else {
                 negotiated.lock().ok().and_then(|v| *v).ok_or_else(|| {
-                    RpcError::invalid_request("Invalid request: send initialize first, or use protocol 2026-07-28 with _meta")
+                    RpcError::invalid_request(
+                        "Invalid request: send initialize first, or use protocol 2026-07-28 with _meta",
+                    )
                 })
             };
             let version = match version {
@@ -115,7 +127,14 @@ pub async fn serve(app: Arc<App>) -> std::io::Result<()> {
             };
             let log_level = if version.is_stateless() { super::requested_log_level(params.as_ref()) } else { None };
             let progress = Progress::new(out_tx.clone(), super::progress_token(params.as_ref()), log_level);
-            let call = Call { identity: identity.clone(), version, session: None, progress, transport: "stdio", request_id: id.clone() };
+            let call = Call {
+                identity: identity.clone(),
+                version,
+                session: None,
+                progress,
+                transport: "stdio",
+                request_id: id.clone(),
+            };
             let app = app.clone();
             let tx = out_tx.clone();
             let key = id.to_string();

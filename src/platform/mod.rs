@@ -125,7 +125,8 @@ impl Platform {
     /// Chooses the backend: `auto` picks the real one only when the device tree names a
     /// Raspberry Pi.
     pub fn select(backend: Backend, roots: &Roots) -> Platform {
-        let model = crate::host::board::read_board(roots).ok().and_then(|b| if b.is_raspberry_pi { b.model } else { None });
+        let model =
+            crate::host::board::read_board(roots).ok().and_then(|b| if b.is_raspberry_pi { b.model } else { None });
         let (real, reason) = match (backend, model) {
             (Backend::Simulated, _) => (false, "platform.backend is \"simulated\"".to_string()),
             (Backend::RaspberryPi, _) => (true, "platform.backend is \"raspberry_pi\"".to_string()),

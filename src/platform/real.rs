@@ -70,7 +70,10 @@ mod tests {
     fn systemctl_show_output_becomes_a_unit_state() {
         let unit = UnitName::parse("ssh").unwrap_or_else(|e| unreachable!("{e}"));
         let s = parse_show(&unit, "LoadState=loaded\nActiveState=active\nSubState=running\nDescription=OpenSSH\n");
-        assert_eq!((s.load_state.as_str(), s.active_state.as_str(), s.sub_state.as_str()), ("loaded", "active", "running"));
+        assert_eq!(
+            (s.load_state.as_str(), s.active_state.as_str(), s.sub_state.as_str()),
+            ("loaded", "active", "running")
+        );
         assert_eq!(s.description.as_deref(), Some("OpenSSH"));
     }
 }

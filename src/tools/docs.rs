@@ -34,7 +34,8 @@ pub fn tools_markdown(catalogue: &Catalogue) -> String {
         let s = e.tool.spec();
         let _ = write!(out, "\n## `{}`\n\n{}\n\n", s.name, s.description);
         if let Some(d) = s.deprecation {
-            let _ = writeln!(out, "Deprecated since {}: use `{}` (removal in {}).\n", d.since, d.replacement, d.removal);
+            let _ =
+                writeln!(out, "Deprecated since {}: use `{}` (removal in {}).\n", d.since, d.replacement, d.removal);
         }
         let pretty = |v: &serde_json::Value| serde_json::to_string_pretty(v).unwrap_or_default();
         let _ = write!(
@@ -47,4 +48,22 @@ pub fn tools_markdown(catalogue: &Catalogue) -> String {
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// `docs/TOOLS.md` is generated; `make docs` rewrites it after a tool changes.
+    #[test]
+    fn docs_tools_md_is_current() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/TOOLS.md");
+        let want = tools_markdown(&Catalogue::new());
+        if std::env::var_os("MCP_RASPI_UPDATE_DOCS").is_some() {
+            std::fs::write(&path, &want).unwrap();
+        }
+        let have = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(have == want, "docs/TOOLS.md is stale: run `make docs` and commit the result");
+    }
 }

@@ -84,7 +84,10 @@ impl Tool for List {
             return Err(ToolError::invalid_argument(format!("argument `limit`: {} is outside 1 to 100", args.limit)));
         }
         if args.sample_ms > 5000 {
-            return Err(ToolError::invalid_argument(format!("argument `sample_ms`: {} is more than 5000", args.sample_ms)));
+            return Err(ToolError::invalid_argument(format!(
+                "argument `sample_ms`: {} is more than 5000",
+                args.sample_ms
+            )));
         }
         let roots = cx.app.roots.clone();
         let first = process::list_processes(&roots)?;
@@ -112,8 +115,10 @@ impl Tool for List {
             })
             .collect();
         match args.sort_by {
-            SortBy::Cpu => rows.sort_by(|a, b| b.cpu_percent.total_cmp(&a.cpu_percent).then(b.rss_bytes.cmp(&a.rss_bytes))),
-            SortBy::Memory => rows.sort_by(|a, b| b.rss_bytes.cmp(&a.rss_bytes)),
+            SortBy::Cpu => {
+                rows.sort_by(|a, b| b.cpu_percent.total_cmp(&a.cpu_percent).then(b.rss_bytes.cmp(&a.rss_bytes)))
+            }
+            SortBy::Memory => rows.sort_by_key(|r| std::cmp::Reverse(r.rss_bytes)),
         }
         let total_processes = rows.len();
         rows.truncate(args.limit);

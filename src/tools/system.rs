@@ -217,7 +217,10 @@ impl Tool for GetHealthSnapshot {
         let mut checks: Vec<(Verdict, String)> = Vec::new();
         let mut check = |what: String, value: f64, unit: &str, t: Threshold| {
             if value >= t.critical {
-                checks.push((Verdict::Critical, format!("{what} is {value:.1}{unit} (critical at {}{unit})", t.critical)));
+                checks.push((
+                    Verdict::Critical,
+                    format!("{what} is {value:.1}{unit} (critical at {}{unit})", t.critical),
+                ));
             } else if value >= t.warning {
                 checks.push((Verdict::Warning, format!("{what} is {value:.1}{unit} (warning at {}{unit})", t.warning)));
             }
@@ -232,7 +235,10 @@ impl Tool for GetHealthSnapshot {
         }
         if let Some(t) = &throttling {
             if t.under_voltage_now || t.throttled_now {
-                checks.push((Verdict::Critical, format!("the firmware reports under-voltage or throttling now ({})", t.raw)));
+                checks.push((
+                    Verdict::Critical,
+                    format!("the firmware reports under-voltage or throttling now ({})", t.raw),
+                ));
             } else if t.arm_frequency_capped_now || t.soft_temperature_limit_now {
                 checks.push((Verdict::Warning, format!("the firmware is capping the CPU frequency now ({})", t.raw)));
             } else if t.under_voltage_occurred || t.throttled_occurred {
@@ -304,9 +310,19 @@ async fn service_states(cx: &Cx, units: &[String]) -> Vec<ServiceHealth> {
     let read = tokio::task::spawn_blocking(move || {
         units
             .iter()
-            .map(|u| match UnitName::parse(u).map_err(|e| e.to_string()).and_then(|n| services.status(&n).map_err(|e| e.to_string())) {
-                Ok(s) => ServiceHealth { unit: s.unit, active_state: Some(s.active_state), sub_state: Some(s.sub_state), error: None },
-                Err(e) => ServiceHealth { unit: u.clone(), active_state: None, sub_state: None, error: Some(e) },
+            .map(|u| {
+                match UnitName::parse(u)
+                    .map_err(|e| e.to_string())
+                    .and_then(|n| services.status(&n).map_err(|e| e.to_string()))
+                {
+                    Ok(s) => ServiceHealth {
+                        unit: s.unit,
+                        active_state: Some(s.active_state),
+                        sub_state: Some(s.sub_state),
+                        error: None,
+                    },
+                    Err(e) => ServiceHealth { unit: u.clone(), active_state: None, sub_state: None, error: Some(e) },
+                }
             })
             .collect()
     });

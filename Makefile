@@ -1,0 +1,69 @@
+# mcp-raspi: build, run, test and measure.
+#
+#   make run     the server on 127.0.0.1:8000 with the development config (simulated
+#                hardware, no authentication, state under ~/.local/state/mcp-raspi)
+#   make test    formatting, lints, Rust unit and integration tests, and the suite driven
+#                by the official MCP Python SDK
+#   make bench   memory and latency figures, written to BENCHMARKS.md
+#   make docs    regenerate docs/TOOLS.md from the tool declarations
+
+SHELL := /bin/bash
+CARGO ?= cargo
+PYTHON ?= python3
+VENV := .venv
+DEV_LISTEN ?= 127.0.0.1:8000
+# The server refuses to run as root; as root, `make run` starts it as this user.
+RUN_AS_UID ?= 65534
+
+.PHONY: all build release run test lint unit pytest venv bench docs clean
+
+all: build
+
+build:
+	$(CARGO) build --bins
+
+release:
+	$(CARGO) build --release --bins
+
+run: build
+	@if [ "$$(id -u)" = 0 ]; then \
+	  home=$${TMPDIR:-/tmp}/mcp-raspi-dev; mkdir -p "$$home"; chown $(RUN_AS_UID) "$$home"; \
+	  echo "make run: running as root; starting the server as uid $(RUN_AS_UID) (it refuses root), state in $$home"; \
+	  exec setpriv --reuid=$(RUN_AS_UID) --regid=$(RUN_AS_UID) --clear-groups env XDG_STATE_HOME="$$home" \
+	    target/debug/mcp-raspi-server --dev --listen $(DEV_LISTEN); \
+	else \
+	  exec target/debug/mcp-raspi-server --dev --listen $(DEV_LISTEN); \
+	fi
+
+test: lint unit pytest
+
+lint:
+	$(CARGO) fmt --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+unit:
+	$(CARGO) test
+
+$(VENV)/.installed: tests/python/requirements.txt
+	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || { \
+	  echo "installing python3-venv"; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq python3-venv; \
+	  else sudo apt-get update -qq && sudo apt-get install -y -qq python3-venv; fi; }
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
+	touch $@
+
+venv: $(VENV)/.installed
+
+pytest: venv build
+	MCP_RASPI_SERVER_BIN=$(CURDIR)/target/debug/mcp-raspi-server $(VENV)/bin/python -m pytest -q tests/python
+
+bench: release
+	$(PYTHON) bench/run.py --server target/release/mcp-raspi-server --out BENCHMARKS.md
+
+docs:
+	MCP_RASPI_UPDATE_DOCS=1 $(CARGO) test --lib tools::docs
+
+clean:
+	$(CARGO) clean
+	rm -rf $(VENV)

@@ -1,0 +1,108 @@
+//! The command line: version, configuration checks, refusing root, and MCP over stdio.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::Stdio;
+
+use serde_json::{json, Value};
+
+use crate::support::{config_yaml, is_root, server_bin, server_command, temp_dir};
+
+#[test]
+fn version_prints_the_package_version() {
+    let out = server_command().arg("--version").output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
+}
+
+#[test]
+fn check_config_accepts_a_good_file_and_names_the_bad_key_and_line() {
+    let dir = temp_dir();
+    let good = dir.path().join("good.yml");
+    std::fs::write(&good, config_yaml(dir.path(), None, "")).unwrap();
+    let out = server_command()
+        .args(["--check-config", "--config"])
+        .arg(&good)
+        .env("TEST_ADMIN_TOKEN", "0123456789abcdef0")
+        .env("TEST_VIEWER_TOKEN", "0123456789abcdef1")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("configuration OK"));
+
+    let bad = dir.path().join("bad.yml");
+    std::fs::write(&bad, "config_version: \"1.2\"\nserver:\n  listen: \"127.0.0.1:8000\"\n  max_sesions: 3\n").unwrap();
+    let out = server_command().args(["--check-config", "--config"]).arg(&bad).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("max_sesions") && err.contains('4'), "{err}");
+}
+
+#[test]
+fn a_missing_token_secret_is_named_and_nothing_starts() {
+    let dir = temp_dir();
+    let cfg = dir.path().join("c.yml");
+    std::fs::write(&cfg, config_yaml(dir.path(), None, "")).unwrap();
+    let out =
+        server_command().arg("--config").arg(&cfg).env("TEST_VIEWER_TOKEN", "0123456789abcdef1").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("TEST_ADMIN_TOKEN"));
+    assert!(!dir.path().join("log/audit.log").exists(), "nothing was created");
+}
+
+#[test]
+fn no_authentication_off_loopback_is_refused() {
+    let out = server_command()
+        .args(["--dev", "--listen", "0.0.0.0:0", "--check-config"])
+        .env("XDG_STATE_HOME", "/nonexistent")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("loopback"));
+}
+
+#[test]
+fn the_server_refuses_to_run_as_root() {
+    if !is_root() {
+        eprintln!("skipped: needs root to check the refusal");
+        return;
+    }
+    let out = std::process::Command::new(server_bin()).args(["--dev", "--check-config"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("refusing to run as root"));
+}
+
+#[test]
+fn stdio_speaks_mcp_line_by_line() {
+    let dir = temp_dir();
+    let mut child = server_command()
+        .args(["--dev", "--stdio"])
+        .env("XDG_STATE_HOME", dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut send = |v: Value| writeln!(stdin, "{v}").unwrap();
+    send(
+        json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}),
+    );
+    let init: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(init["result"]["protocolVersion"], "2025-06-18");
+    send(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}));
+    send(
+        json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "system.get_info", "arguments": {}}}),
+    );
+    let call: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(call["id"], 2);
+    assert_eq!(call["result"]["isError"], false);
+    send(json!({"jsonrpc": "2.0", "id": 3, "method": "logs.get_recent_audit_logs", "params": {"limit": 1}}));
+    let audit: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(audit["result"]["structuredContent"]["entries"][0]["transport"], "stdio");
+    writeln!(stdin, "{{not json").unwrap();
+    let err: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(err["error"]["code"], -32700);
+    drop(stdin);
+    assert!(child.wait().unwrap().success());
+}

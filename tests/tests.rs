@@ -1,0 +1,11 @@
+//! Integration tests: the real binaries on loopback, spoken to over HTTP and stdio.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+mod cli;
+mod fixtures;
+mod golden;
+mod http;
+mod malformed;
