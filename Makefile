@@ -15,7 +15,7 @@ DEV_LISTEN ?= 127.0.0.1:8000
 # The server refuses to run as root; as root, `make run` starts it as this user.
 RUN_AS_UID ?= 65534
 
-.PHONY: all build release run test lint unit pytest venv bench docs clean
+.PHONY: all build release run test lint unit pytest conformance venv bench docs clean
 
 all: build
 
@@ -35,7 +35,7 @@ run: build
 	  exec target/debug/mcp-raspi-server --dev --listen $(DEV_LISTEN); \
 	fi
 
-test: lint unit pytest
+test: lint unit pytest conformance
 
 lint:
 	$(CARGO) fmt --check
@@ -57,6 +57,11 @@ venv: $(VENV)/.installed
 
 pytest: venv build
 	MCP_RASPI_SERVER_BIN=$(CURDIR)/target/debug/mcp-raspi-server $(VENV)/bin/python -m pytest -q tests/python
+
+# The official MCP conformance suite (npm @modelcontextprotocol/conformance, installed
+# with a Node 22 binary into tests/conformance/node_modules on first use).
+conformance: build
+	MCP_RASPI_SERVER_BIN=$(CURDIR)/target/debug/mcp-raspi-server RUN_AS_UID=$(RUN_AS_UID) tests/conformance/run.sh
 
 bench: release
 	$(PYTHON) bench/run.py --server target/release/mcp-raspi-server --out BENCHMARKS.md

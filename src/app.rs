@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::audit::AuditLog;
 use crate::auth::{Authenticator, RateLimiter};
@@ -10,7 +10,7 @@ use crate::config::{Config, Loaded};
 use crate::host::cpu::CpuTimes;
 use crate::host::Roots;
 use crate::platform::Platform;
-use crate::tools::Catalogue;
+use crate::tools::{Catalogue, StaticInfo, ToolError};
 
 /// The package version, shared by every binary of the package.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -32,6 +32,7 @@ pub struct App {
     /// CPU times at the previous snapshot, so a snapshot can report usage since then
     /// without sleeping.
     pub last_cpu: Mutex<Option<(Instant, CpuTimes)>>,
+    static_info: Mutex<Option<(Instant, Arc<StaticInfo>)>>,
 }
 
 impl App {
@@ -62,6 +63,22 @@ impl App {
             started: Instant::now(),
             started_at: SystemTime::now(),
             last_cpu: Mutex::new(None),
+            static_info: Mutex::new(None),
         }))
+    }
+
+    /// Board, OS and CPU identity, re-read at most once a minute.
+    pub fn static_info(&self) -> Result<Arc<StaticInfo>, ToolError> {
+        const MAX_AGE: Duration = Duration::from_secs(60);
+        let mut cached =
+            self.static_info.lock().map_err(|_| ToolError::internal("system information cache poisoned"))?;
+        if let Some((at, info)) = cached.as_ref() {
+            if at.elapsed() < MAX_AGE {
+                return Ok(info.clone());
+            }
+        }
+        let info = Arc::new(StaticInfo::read(&self.roots)?);
+        *cached = Some((Instant::now(), info.clone()));
+        Ok(info)
     }
 }

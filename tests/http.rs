@@ -82,6 +82,25 @@ fn stateless_headers_must_agree_with_the_body() {
     let r = server.post(&future, &[("MCP-Protocol-Version", "2099-01-01")]);
     assert_eq!((r.status, r.error_code()), (400, -32022));
     assert!(r.json()["error"]["data"]["supported"].as_array().unwrap().contains(&json!("2026-07-28")));
+    let r = server.post(&body, &[("MCP-Protocol-Version", "2026-07-28")]);
+    assert_eq!((r.status, r.error_code()), (400, -32020), "Mcp-Method is required");
+    let call = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "system.get_info", "_meta": {
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}}});
+    let r = server.post(&call, &[("MCP-Protocol-Version", "2026-07-28"), ("Mcp-Method", "tools/call")]);
+    assert_eq!((r.status, r.error_code()), (400, -32020), "Mcp-Name is required");
+    let r = server.post(
+        &call,
+        &[
+            ("MCP-Protocol-Version", "2026-07-28"),
+            ("Mcp-Method", "tools/call"),
+            ("Mcp-Name", "system.get_health_snapshot"),
+        ],
+    );
+    assert_eq!((r.status, r.error_code()), (400, -32020), "Mcp-Name must match");
+    let mut mismatch = body.clone();
+    mismatch["params"]["_meta"]["io.modelcontextprotocol/protocolVersion"] = json!("v999");
+    let r = server.post(&mismatch, &[("MCP-Protocol-Version", "2026-07-28"), ("Mcp-Method", "tools/list")]);
+    assert_eq!((r.status, r.error_code()), (400, -32020), "a header/_meta mismatch is reported as such");
     let mut no_caps = body;
     no_caps["params"]["_meta"].as_object_mut().unwrap().remove("io.modelcontextprotocol/clientCapabilities");
     let r = server.post(&no_caps, &[("MCP-Protocol-Version", "2026-07-28")]);
@@ -232,8 +251,12 @@ fn every_call_is_audited_with_identity_and_outcome() {
     let server = Server::start();
     server.call_tool("system.get_info", json!({}));
     server.call_tool("process.get_info", json!({"pid": 4_000_000_000u32}));
+    let s = server.initialize("2025-11-25");
+    server.rpc(&s, "2025-11-25", "tools/call", json!({"name": "no.such_tool", "arguments": {"token": "hunter2"}}));
     let records = server.audit_records();
-    assert_eq!(records.len(), 2, "{records:?}");
+    assert_eq!(records.len(), 3, "{records:?}");
+    assert_eq!(records[2]["error_code"], "unknown_tool");
+    assert_eq!(records[2]["arguments"]["token"], "[redacted]");
     assert_eq!(records[0]["tool"], "system.get_info");
     assert_eq!(records[0]["identity"], "admin");
     assert_eq!(records[0]["outcome"], "ok");

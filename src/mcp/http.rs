@@ -116,8 +116,12 @@ impl HttpServer {
 
     fn unauthorized(e: AuthError) -> Reply {
         {
-            let mut r =
-                error_reply(&Value::Null, &RpcError::new(rmcp::model::ErrorCode(-32001), e.to_string()).status(401));
+            let mut r = error_reply(
+                &Value::Null,
+                &RpcError::new(rmcp::model::ErrorCode(-32000), e.to_string())
+                    .data(json!({"reason": "unauthorized"}))
+                    .status(401),
+            );
             let challenge = match e {
                 AuthError::Missing => "Bearer realm=\"mcp-raspi\"",
                 _ => "Bearer realm=\"mcp-raspi\", error=\"invalid_token\"",
@@ -207,15 +211,6 @@ impl HttpServer {
             Ok(i) => i,
             Err(e) => return Self::unauthorized(e),
         };
-        if let Err(wait) = self.app.rate_limiter.check(&identity.name) {
-            let secs = wait.ceil().max(1.0) as u64;
-            let e = RpcError::new(rmcp::model::ErrorCode(-32029), format!("Rate limit exceeded: retry in {secs} s"))
-                .data(json!({"retry_after_seconds": secs}))
-                .status(429);
-            let mut r = error_reply(&Value::Null, &e);
-            r.headers_mut().insert("retry-after", HeaderValue::from(secs));
-            return r;
-        }
         if let Some(ct) = header(&headers, "content-type") {
             if !ct.to_ascii_lowercase().starts_with("application/json") {
                 let e = RpcError::invalid_request(format!("Unsupported media type {ct:?}: send application/json"))
@@ -244,6 +239,16 @@ impl HttpServer {
             Ok(v) => v,
             Err(e) => return error_reply(&Value::Null, &RpcError::parse_error(e)),
         };
+        if let Err(wait) = self.app.rate_limiter.check(&identity.name) {
+            let secs = wait.ceil().max(1.0) as u64;
+            let id = value.get("id").cloned().unwrap_or(Value::Null);
+            let e = RpcError::new(rmcp::model::ErrorCode(-32000), format!("Rate limit exceeded: retry in {secs} s"))
+                .data(json!({"reason": "rate_limited", "retry_after_seconds": secs}))
+                .status(429);
+            let mut r = error_reply(&id, &e);
+            r.headers_mut().insert("retry-after", HeaderValue::from(secs));
+            return r;
+        }
         let accepts_sse = header(&headers, "accept").is_some_and(|a| a.contains("text/event-stream"));
         match value {
             Value::Array(items) => self.batch(identity, &headers, items).await,
@@ -383,33 +388,46 @@ impl HttpServer {
         }
     }
 
-    /// Checks the headers of a stateless request against its body.
+    /// Checks the headers of a stateless request against its body: the version header
+    /// must equal `_meta`'s version (compared before the version itself is judged), and
+    /// the routing headers must be present and name the body's method and target.
     fn check_stateless(&self, headers: &HeaderMap, method: &str, params: Option<&Value>) -> Result<Version, RpcError> {
-        let version = super::stateless_version(params)?;
-        match header(headers, "mcp-protocol-version") {
-            Some(hv) if hv == version.as_str() => {}
-            Some(hv) => {
+        let meta_version = params
+            .and_then(|p| p.get("_meta"))
+            .and_then(|m| m.get(super::meta::PROTOCOL_VERSION))
+            .and_then(Value::as_str);
+        match (header(headers, "mcp-protocol-version"), meta_version) {
+            (None, _) => return Err(RpcError::header_mismatch("MCP-Protocol-Version header is required")),
+            (Some(hv), Some(mv)) if hv != mv => {
                 return Err(RpcError::header_mismatch(format!(
-                    "MCP-Protocol-Version header {hv:?} differs from _meta protocolVersion {:?}",
-                    version.as_str()
+                    "MCP-Protocol-Version header {hv:?} differs from _meta protocolVersion {mv:?}"
                 )))
             }
-            None => return Err(RpcError::header_mismatch("MCP-Protocol-Version header is required")),
+            _ => {}
         }
-        if let Some(hm) = header(headers, "mcp-method") {
-            if hm != method {
+        let version = super::stateless_version(params)?;
+        match header(headers, "mcp-method") {
+            None => return Err(RpcError::header_mismatch("Mcp-Method header is required")),
+            Some(hm) if hm != method => {
                 return Err(RpcError::header_mismatch(format!(
                     "Mcp-Method header {hm:?} differs from the body's method {method:?}"
-                )));
+                )))
             }
+            Some(_) => {}
         }
         if matches!(method, "tools/call" | "resources/read" | "prompts/get") {
-            let body_name = params.and_then(|p| p.get("name").or_else(|| p.get("uri"))).and_then(Value::as_str);
-            if let (Some(hn), Some(bn)) = (header(headers, "mcp-name"), body_name) {
-                if decode_header_value(hn).as_deref() != Some(bn) {
+            let key = if method == "resources/read" { "uri" } else { "name" };
+            let body_name = params.and_then(|p| p.get(key)).and_then(Value::as_str);
+            match (header(headers, "mcp-name"), body_name) {
+                (None, _) => {
+                    return Err(RpcError::header_mismatch(format!("Mcp-Name header is required for {method}")))
+                }
+                (Some(hn), Some(bn)) if decode_header_value(hn).as_deref() == Some(bn) => {}
+                (Some(hn), bn) => {
                     return Err(RpcError::header_mismatch(format!(
-                        "Mcp-Name header {hn:?} differs from the body's {bn:?}"
-                    )));
+                        "Mcp-Name header {hn:?} differs from the body's {key} {:?}",
+                        bn.unwrap_or("")
+                    )))
                 }
             }
         }

@@ -2,7 +2,6 @@
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use super::system::read_only_spec;
 use super::{Cx, NoArguments, Tool, ToolError, ToolSpec};
@@ -29,13 +28,25 @@ pub fn agent_status(app: &App) -> AgentStatus {
     AgentStatus { connected: false, socket_path: path.display().to_string(), detail }
 }
 
+/// The last update attempt, as recorded in `version.json`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
+pub struct LastUpdate {
+    /// The version the update went to (or tried to).
+    pub version: Option<String>,
+    /// `succeeded`, `failed` or `rolled_back`.
+    pub status: Option<String>,
+    /// When it ended, RFC 3339 UTC.
+    pub time: Option<String>,
+    /// Why it failed or was rolled back.
+    pub reason: Option<String>,
+}
+
 /// The update state kept in `version.json`.
 #[derive(Debug, Default, Deserialize, Serialize, JsonSchema)]
 pub struct VersionState {
     pub current_version: Option<String>,
     pub previous_good_version: Option<String>,
-    /// The last update attempt: version, status (`succeeded`, `failed`, `rolled_back`), time, reason.
-    pub last_update: Option<Value>,
+    pub last_update: Option<LastUpdate>,
 }
 
 #[derive(Debug, Serialize, JsonSchema)]
@@ -51,7 +62,7 @@ pub struct ServerStatus {
     /// Version of the running server.
     pub version: String,
     pub previous_good_version: Option<String>,
-    pub last_update: Option<Value>,
+    pub last_update: Option<LastUpdate>,
     /// Set when version.json exists but could not be read.
     pub version_state_error: Option<String>,
     pub uptime_seconds: f64,

@@ -41,7 +41,7 @@ impl Tool for GetSnapshot {
 
 /// The `metrics.get_snapshot` result, shared with the `raspi://metrics/snapshot` resource.
 pub async fn snapshot(cx: &Cx, args: SampleArguments) -> Result<MetricsSnapshot, ToolError> {
-    let cpu = sample_cpu(cx, std::time::Duration::from_millis(args.sample_ms.min(5000))).await?;
+    let cpu = sample_cpu(cx, args.window()?).await?;
     let roots = &cx.app.roots;
     let mut out = Vec::new();
     let mut push = |name: String, value: f64, unit: &str| out.push(Sample { name, value, unit: unit.into() });

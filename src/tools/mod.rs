@@ -31,7 +31,7 @@ pub use docs::tools_markdown;
 pub use logs::{app_entries, audit_entries};
 pub use metrics::snapshot as metrics_snapshot;
 pub use process::detail as process_detail;
-pub use system::{system_info, SampleArguments};
+pub use system::{system_info, SampleArguments, StaticInfo};
 
 /// How settled a tool's interface is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, JsonSchema)]
@@ -257,7 +257,7 @@ impl Catalogue {
     }
 
     /// Calls a tool for `cx.identity`: checks the role, parses the arguments, runs the
-    /// handler and writes the audit record. `None` when there is no such tool.
+    /// handler and writes the audit record. `None` when there is no such tool (audited too).
     pub async fn call(
         &self,
         cx: Cx,
@@ -266,10 +266,26 @@ impl Catalogue {
         name: &str,
         arguments: Value,
     ) -> Option<CallToolResult> {
-        let entry = self.get(name)?;
-        let spec = entry.tool.spec();
         let started = Instant::now();
         let audited_args = audit::redact(&arguments);
+        let Some(entry) = self.get(name) else {
+            cx.app.audit.write(&Record {
+                time: audit::now(),
+                request_id,
+                identity: &cx.identity.name,
+                role: Some(cx.identity.role),
+                transport,
+                tool: name,
+                arguments: audited_args,
+                outcome: Outcome::Error,
+                error_code: Some("unknown_tool"),
+                error: Some("no such tool"),
+                duration_ms: audit::millis(started.elapsed()),
+                deprecated: false,
+            });
+            return None;
+        };
+        let spec = entry.tool.spec();
         let identity = cx.identity.clone();
         let app = cx.app.clone();
         let result = if identity.role < spec.min_role {
@@ -301,7 +317,7 @@ impl Catalogue {
         });
         Some(match result {
             Ok(value) => {
-                let mut text = serde_json::to_string_pretty(&value).unwrap_or_default();
+                let mut text = serde_json::to_string(&value).unwrap_or_default();
                 if let Some(d) = spec.deprecation {
                     text = format!(
                         "Warning: {name} is deprecated since {} and will be removed in {}; use {} instead.\n{text}",

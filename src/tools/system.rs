@@ -77,21 +77,45 @@ impl Tool for GetInfo {
     }
 }
 
-/// The `system.get_info` result, shared with the `raspi://system/info` resource.
+/// The parts of `system.get_info` that do not change while the machine runs.
+#[derive(Debug, Clone)]
+pub struct StaticInfo {
+    pub board: board::Board,
+    pub os: os::OsInfo,
+    pub cpu_model: Option<String>,
+    pub cores: u32,
+    pub memory_total_bytes: u64,
+}
+
+impl StaticInfo {
+    pub fn read(roots: &crate::host::Roots) -> Result<StaticInfo, ToolError> {
+        let info = cpu::read_cpuinfo(roots)?;
+        Ok(StaticInfo {
+            board: board::read_board(roots)?,
+            os: os::read_os(roots)?,
+            cpu_model: info.model_name,
+            cores: info.cores,
+            memory_total_bytes: memory::read_memory(roots)?.total_bytes,
+        })
+    }
+}
+
+/// The `system.get_info` result, shared with the `raspi://system/info` resource. Board,
+/// OS and CPU identity are read once a minute (reading /proc/cpuinfo and the device tree
+/// on every call would dominate its cost); uptime and frequency are read live.
 pub fn system_info(cx: &Cx) -> Result<SystemInfo, ToolError> {
     let roots = &cx.app.roots;
-    let os = os::read_os(roots)?;
-    let info = cpu::read_cpuinfo(roots)?;
+    let fixed = cx.app.static_info()?;
     Ok(SystemInfo {
-        hostname: os.hostname.clone(),
-        board: board::read_board(roots)?,
-        os,
+        hostname: fixed.os.hostname.clone(),
+        board: fixed.board.clone(),
+        os: fixed.os.clone(),
         cpu: CpuSummary {
-            model_name: info.model_name,
-            cores: info.cores,
+            model_name: fixed.cpu_model.clone(),
+            cores: fixed.cores,
             frequency_mhz: cpu::read_cpu_freq_mhz(roots)?,
         },
-        memory_total_bytes: memory::read_memory(roots)?.total_bytes,
+        memory_total_bytes: fixed.memory_total_bytes,
         uptime_seconds: os::read_uptime_seconds(roots)?,
         backend: BackendInfo { name: cx.app.platform.backend.into(), reason: cx.app.platform.reason.clone() },
         server_version: crate::app::VERSION.into(),
@@ -114,7 +138,7 @@ fn default_sample_ms() -> u64 {
 }
 
 impl SampleArguments {
-    fn window(&self) -> Result<Duration, ToolError> {
+    pub fn window(&self) -> Result<Duration, ToolError> {
         if self.sample_ms > 5000 {
             return Err(ToolError::invalid_argument(format!(
                 "argument `sample_ms`: {} is more than 5000; use 0 to 5000 milliseconds",

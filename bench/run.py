@@ -1,0 +1,611 @@
+#!/usr/bin/env python3
+"""Measures mcp-raspi-server and writes the figures to a Markdown report.
+
+    python3 bench/run.py --server target/release/mcp-raspi-server --out BENCHMARKS.md
+
+What is measured, all on 127.0.0.1:
+  * process start to first answer: the server is spawned and GET /healthz is polled
+    until it answers 200 (START_RUNS runs);
+  * resident memory (VmRSS, VmHWM) right after start, after IDLE_SECONDS idle, and
+    after the load runs;
+  * throughput and latency with wrk (WRK_CONNECTIONS connections, WRK_SECONDS each) of
+    GET /healthz, then of tools/call system.get_info in a 2025-11-25 session, then of
+    the same call in stateless 2026-07-28 form, all against one server.
+
+Exit status: 0 when every figure was measured (whether or not it meets its target),
+1 when a load run saw errors (the report is still written and says so), 2 when the
+benchmark could not run (server failed, wrk missing, bad arguments).
+
+Standard library only (Python 3.11). Needs wrk; as root it is installed with apt-get.
+"""
+
+import argparse
+import datetime
+import http.client
+import json
+import os
+import platform
+import re
+import select
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+POST_LUA = HERE / "post.lua"
+
+START_RUNS = 20
+START_TIMEOUT = 10.0  # seconds for one start before giving up
+IDLE_SECONDS = 5
+WRK_THREADS = 2
+WRK_CONNECTIONS = 50
+WRK_SECONDS = 10
+
+# The server refuses to run as root; as root it is started as this user and group.
+UNPRIVILEGED = 65534
+
+TARGET_IDLE_RSS_MB = 10.0  # x86_64
+TARGET_CALL_SHARE = 0.5  # tools/call throughput / GET /healthz throughput
+TARGET_CALL_P99_MS = 5.0
+TARGET_START_MS = 100.0
+
+SESSION_VERSION = "2025-11-25"
+STATELESS_VERSION = "2026-07-28"
+
+
+class BenchError(Exception):
+    """The benchmark cannot run or cannot go on."""
+
+
+def log(message):
+    print(f"bench: {message}", flush=True)
+
+
+# ---------------------------------------------------------------- environment
+
+
+def ensure_wrk():
+    """Path of wrk, installed from the distribution when missing and running as root."""
+    found = shutil.which("wrk")
+    if found:
+        return found
+    if os.geteuid() != 0:
+        raise BenchError("wrk is not installed: install it (Debian/Ubuntu: sudo apt-get install wrk) and retry")
+    log("wrk is missing; installing it with apt-get")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    install = ["apt-get", "install", "-y", "-qq", "wrk"]
+    if subprocess.run(install, env=env).returncode != 0:
+        subprocess.run(["apt-get", "update", "-qq"], env=env, check=False)
+        if subprocess.run(install, env=env).returncode != 0:
+            raise BenchError("apt-get could not install wrk")
+    found = shutil.which("wrk")
+    if not found:
+        raise BenchError("wrk is still not on PATH after apt-get install")
+    return found
+
+
+def machine():
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in ("model name", "Model", "Hardware") and value.strip():
+                cpu = value.strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "nproc": len(os.sched_getaffinity(0)),
+        "arch": platform.machine(),
+        "kernel": f"{platform.system()} {platform.release()}",
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+def command_output(argv):
+    """First line a command prints (wrk -v prints to stderr), or "" when it cannot run."""
+    try:
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    lines = (r.stdout + r.stderr).strip().splitlines()
+    return lines[0] if lines else ""
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ---------------------------------------------------------------- the server
+
+
+class Workdir:
+    """Temporary directory holding the configuration, logs and state of the server."""
+
+    def __init__(self):
+        self.path = Path(tempfile.mkdtemp(prefix="mcp-raspi-bench-"))
+        self.drop = os.geteuid() == 0
+        for sub in ("log", "state", "opt", "run"):
+            (self.path / sub).mkdir()
+        self.config = self.path / "config.yml"
+        self.config.write_text(self.config_text())
+        self.config.chmod(0o644)
+        if self.drop:
+            for p in [self.path, *self.path.rglob("*")]:
+                os.chown(p, UNPRIVILEGED, UNPRIVILEGED)
+
+    def config_text(self):
+        d = self.path
+        # The development settings (no authentication on loopback, simulated hardware)
+        # without the rate limit, which would throttle the load runs.
+        return f"""config_version: "1.2"
+server:
+  listen: "127.0.0.1:0"
+security:
+  auth_mode: none
+  anonymous_role: admin
+  tokens: []
+  secrets_file: null
+  rate_limit:
+    requests_per_minute: 0
+logging:
+  level: warn
+  journald: off
+  app_path: "{d}/log/app.log"
+  audit_path: "{d}/log/audit.log"
+platform:
+  backend: simulated
+paths:
+  state_dir: "{d}/state"
+  install_dir: "{d}/opt"
+ops_agent:
+  socket_path: "{d}/run/ops-agent.sock"
+"""
+
+    def audit_outcomes(self):
+        """Count of audit records per outcome, over the log and its rotated copies."""
+        counts = {}
+        for f in sorted((self.path / "log").glob("audit.log*")):
+            with open(f, encoding="utf-8", errors="replace") as fh:
+                for line in fh:
+                    try:
+                        outcome = json.loads(line).get("outcome", "?")
+                    except ValueError:
+                        outcome = "unreadable"
+                    counts[outcome] = counts.get(outcome, 0) + 1
+        return counts
+
+    def remove(self):
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+class Server:
+    def __init__(self, binary, workdir, listen, capture_stdout):
+        self.workdir = workdir
+        self.stderr_path = workdir.path / "server.stderr"
+        env = dict(os.environ, XDG_STATE_HOME=str(workdir.path / "state"), HOME=str(workdir.path))
+        drop = {"user": UNPRIVILEGED, "group": UNPRIVILEGED, "extra_groups": []} if workdir.drop else {}
+        with open(self.stderr_path, "ab") as err:
+            self.proc = subprocess.Popen(
+                [binary, "--config", str(workdir.config), "--listen", listen],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE if capture_stdout else subprocess.DEVNULL,
+                stderr=err,
+                env=env,
+                cwd=workdir.path,
+                **drop,
+            )
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def died(self, what):
+        tail = self.stderr_path.read_text(errors="replace").strip().splitlines()[-15:]
+        return BenchError(f"{what}; the server exited with status {self.proc.returncode}. Its stderr ends with:\n  "
+                          + "\n  ".join(tail or ["(empty)"]))
+
+    def read_listen_line(self, timeout=START_TIMEOUT):
+        """The port from the server's one stdout line `listening on http://ADDR/mcp`."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([self.proc.stdout], [], [], 0.1)
+            if ready:
+                line = self.proc.stdout.readline().decode(errors="replace").strip()
+                m = re.fullmatch(r"listening on http://127\.0\.0\.1:(\d+)/mcp", line)
+                if m:
+                    return int(m.group(1))
+                if line:
+                    raise BenchError(f"unexpected first stdout line of the server: {line!r}")
+            if self.proc.poll() is not None:
+                raise self.died("the server stopped before listening")
+        raise BenchError(f"the server printed no `listening on` line within {timeout:.0f} s")
+
+    def memory(self):
+        """VmRSS and VmHWM, in kB."""
+        fields = {}
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                fields[key] = int(value.split()[0])
+        return fields
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc.stdout:
+            self.proc.stdout.close()
+
+
+# ---------------------------------------------------------------- measurements
+
+
+def healthz_ok(port):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+    try:
+        conn.request("GET", "/healthz")
+        r = conn.getresponse()
+        r.read()
+        return r.status == 200
+    finally:
+        conn.close()
+
+
+def measure_start(binary, workdir):
+    """Milliseconds from spawning the server to its first 200 from GET /healthz."""
+    times = []
+    for _ in range(START_RUNS):
+        port = free_port()
+        t0 = time.perf_counter()
+        server = Server(binary, workdir, f"127.0.0.1:{port}", capture_stdout=False)
+        try:
+            while True:
+                try:
+                    if healthz_ok(port):
+                        break
+                except (ConnectionRefusedError, ConnectionResetError):
+                    pass
+                if server.proc.poll() is not None:
+                    raise server.died("the server stopped during start-up")
+                if time.perf_counter() - t0 > START_TIMEOUT:
+                    raise BenchError(f"GET /healthz did not answer 200 within {START_TIMEOUT:.0f} s of start")
+                time.sleep(0.0005)
+            times.append((time.perf_counter() - t0) * 1000)
+        finally:
+            server.stop()
+    return times
+
+
+def post(port, body, headers):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("POST", "/mcp", body=json.dumps(body),
+                     headers={"Content-Type": "application/json",
+                              "Accept": "application/json, text/event-stream", **headers})
+        r = conn.getresponse()
+        data = r.read()
+        return r.status, r.getheader("Mcp-Session-Id"), data
+    finally:
+        conn.close()
+
+
+def check_call(status, data, form):
+    """Fails unless a tools/call answer is a successful result."""
+    try:
+        reply = json.loads(data)
+    except ValueError:
+        raise BenchError(f"tools/call ({form}) answered HTTP {status} with a body that is not JSON: {data[:200]!r}")
+    result = reply.get("result")
+    if status != 200 or not isinstance(result, dict) or result.get("isError"):
+        raise BenchError(f"tools/call ({form}) failed: HTTP {status}, {json.dumps(reply)[:300]}")
+
+
+def open_session(port):
+    """Initializes a 2025-11-25 session, checks one call in it, returns its id."""
+    status, sid, data = post(port, {
+        "jsonrpc": "2.0", "id": 1, "method": "initialize",
+        "params": {"protocolVersion": SESSION_VERSION, "capabilities": {},
+                   "clientInfo": {"name": "bench", "version": "1"}},
+    }, {})
+    if status != 200 or not sid:
+        raise BenchError(f"initialize failed: HTTP {status}, session id {sid!r}, body {data[:300]!r}")
+    headers = {"Mcp-Session-Id": sid, "MCP-Protocol-Version": SESSION_VERSION}
+    status, _, data = post(port, {"jsonrpc": "2.0", "method": "notifications/initialized"}, headers)
+    if status != 202:
+        raise BenchError(f"notifications/initialized answered HTTP {status}: {data[:300]!r}")
+    status, _, data = post(port, {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+                                  "params": {"name": "system.get_info", "arguments": {}}}, headers)
+    check_call(status, data, f"session {SESSION_VERSION}")
+    return sid
+
+
+def check_stateless(port):
+    status, _, data = post(port, {
+        "jsonrpc": "2.0", "id": 1, "method": "tools/call",
+        "params": {"name": "system.get_info", "arguments": {},
+                   "_meta": {"io.modelcontextprotocol/protocolVersion": STATELESS_VERSION,
+                             "io.modelcontextprotocol/clientCapabilities": {}}},
+    }, {"MCP-Protocol-Version": STATELESS_VERSION, "Mcp-Method": "tools/call", "Mcp-Name": "system.get_info"})
+    check_call(status, data, f"stateless {STATELESS_VERSION}")
+
+
+UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0, "h": 3600000.0}
+
+
+def run_wrk(wrk, url, script_args=None):
+    """Runs wrk and returns requests/s, p50/p99 in ms, request and error counts."""
+    argv = [wrk, f"-t{WRK_THREADS}", f"-c{WRK_CONNECTIONS}", f"-d{WRK_SECONDS}s", "--latency"]
+    if script_args is not None:
+        argv += ["-s", str(POST_LUA)]
+    argv.append(url)
+    if script_args:
+        argv += ["--", *script_args]
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=WRK_SECONDS + 30)
+    out = r.stdout
+    if r.returncode != 0 or "Requests/sec" not in out:
+        raise BenchError(f"wrk failed (status {r.returncode}):\n{out}\n{r.stderr}")
+    pct = {int(p): float(v) * UNIT_MS[u]
+           for p, v, u in re.findall(r"^\s*(\d+)%\s+([\d.]+)(us|ms|s|m|h)\s*$", out, re.M)}
+    if 50 not in pct or 99 not in pct:
+        raise BenchError(f"no latency distribution in the wrk output:\n{out}")
+    total = re.search(r"(\d+) requests in ", out)
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    return {
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+        "p50": pct[50],
+        "p99": pct[99],
+        "requests": int(total.group(1)) if total else 0,
+        "non2xx": int(non2xx.group(1)) if non2xx else 0,
+        "socket_errors": sum(int(x) for x in sock.groups()) if sock else 0,
+        "output": out,
+    }
+
+
+# ---------------------------------------------------------------- the report
+
+
+def mb(kb):
+    return kb * 1024 / 1e6
+
+
+def verdict(ok):
+    return "yes" if ok else "**NO**"
+
+
+RUN_LABELS = {
+    "healthz": "GET /healthz",
+    "session": f"tools/call system.get_info, session {SESSION_VERSION}",
+    "stateless": f"tools/call system.get_info, stateless {STATELESS_VERSION}",
+}
+
+
+def build_rows(r):
+    """(measure, value, target, met) rows; met is True, False or None (no target)."""
+    rows = []
+    start = r["start_ms"]
+    rows.append((f"Process start to first answer, median of {len(start)}", f"{statistics.median(start):.1f} ms",
+                 f"≤ {TARGET_START_MS:.0f} ms", statistics.median(start) <= TARGET_START_MS))
+    rows.append((f"Process start to first answer, slowest of {len(start)}", f"{max(start):.1f} ms", "", None))
+    m0, m5, mload = r["mem_start"], r["mem_idle"], r["mem_load"]
+    rows.append(("Memory right after start, VmRSS / VmHWM",
+                 f"{mb(m0['VmRSS']):.1f} / {mb(m0['VmHWM']):.1f} MB", "", None))
+    x86 = r["machine"]["arch"] in ("x86_64", "AMD64")
+    rows.append((f"Idle memory after {IDLE_SECONDS} s, VmRSS", f"{mb(m5['VmRSS']):.1f} MB",
+                 f"≤ {TARGET_IDLE_RSS_MB:.0f} MB (x86_64)" + ("" if x86 else ", not checked here"),
+                 mb(m5["VmRSS"]) <= TARGET_IDLE_RSS_MB if x86 else None))
+    rows.append((f"Idle memory after {IDLE_SECONDS} s, VmHWM", f"{mb(m5['VmHWM']):.1f} MB", "", None))
+
+    health = r["wrk"]["healthz"]
+    rows.append(("GET /healthz, throughput", f"{health['rps']:,.0f} req/s", "", None))
+    rows.append(("GET /healthz, latency p50 / p99", f"{health['p50']:.2f} / {health['p99']:.2f} ms", "", None))
+    for key in ("session", "stateless"):
+        label, w = RUN_LABELS[key], r["wrk"][key]
+        share = w["rps"] / health["rps"] if health["rps"] else 0.0
+        rows.append((f"{label}, throughput", f"{w['rps']:,.0f} req/s ({share:.0%} of /healthz)",
+                     f"≥ {TARGET_CALL_SHARE:.0%} of /healthz", share >= TARGET_CALL_SHARE))
+        rows.append((f"{label}, latency p50", f"{w['p50']:.2f} ms", "", None))
+        rows.append((f"{label}, latency p99", f"{w['p99']:.2f} ms", f"≤ {TARGET_CALL_P99_MS:.0f} ms",
+                     w["p99"] <= TARGET_CALL_P99_MS))
+    rows.append(("Memory after the load runs, VmRSS / VmHWM",
+                 f"{mb(mload['VmRSS']):.1f} / {mb(mload['VmHWM']):.1f} MB", "", None))
+    return rows
+
+
+def load_problems(r):
+    """Errors seen during the load runs; each makes the figures of its run unreliable."""
+    problems = []
+    for key, w in r["wrk"].items():
+        if w["non2xx"]:
+            problems.append(f"{key}: wrk counted {w['non2xx']} non-2xx/3xx responses out of {w['requests']}")
+        if w["socket_errors"]:
+            problems.append(f"{key}: wrk counted {w['socket_errors']} socket errors (connect/read/write/timeout)")
+    bad = {k: v for k, v in r["audit"].items() if k != "ok"}
+    if bad:
+        problems.append(f"audit log: tool calls that did not end ok: {bad}")
+    return problems
+
+
+def render(r, rows, problems):
+    m = r["machine"]
+    lines = [
+        "# Benchmarks",
+        "",
+        "Figures of `mcp-raspi-server` written by `bench/run.py` (`make bench`). The server runs with",
+        "simulated hardware, no authentication, no rate limit and its audit log on (every tool call",
+        "writes one audit line, as in production); all traffic is on 127.0.0.1, and the load generator",
+        "shares the machine with the server.",
+        "",
+        "## Machine",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| Date | {m['date']} |",
+        f"| CPU | {m['cpu']} |",
+        f"| CPUs available (nproc) | {m['nproc']} |",
+        f"| Architecture | {m['arch']} |",
+        f"| Kernel | {m['kernel']} |",
+        f"| Server | {r['version'] or 'mcp-raspi-server'}, release build |",
+        f"| Binary size | {r['binary_size'] / 1e6:.1f} MB ({r['binary_size']:,} bytes) |",
+        f"| Load generator | {r['wrk_version'] or 'wrk'}: {WRK_THREADS} threads, {WRK_CONNECTIONS} connections, "
+        f"{WRK_SECONDS} s per run |",
+        "",
+        "## Results",
+        "",
+        "| Measure | Value | Target | Met |",
+        "|---|---|---|---|",
+    ]
+    for measure, value, target, met in rows:
+        lines.append(f"| {measure} | {value} | {target or '–'} | {'–' if met is None else verdict(met)} |")
+    missed = [row[0] for row in rows if row[3] is False]
+    lines.append("")
+    if missed:
+        lines += [f"**{len(missed)} target(s) missed:**", ""] + [f"- {m}" for m in missed]
+    else:
+        lines.append("Every target is met.")
+    lines.append("")
+    if problems:
+        lines += ["**The load runs reported errors; their figures are not reliable:**", ""]
+        lines += [f"- {p}" for p in problems]
+        lines.append("")
+    lines += [
+        "Load runs as counted by wrk:",
+        "",
+        "| Run | Requests | Non-2xx/3xx responses | Socket errors |",
+        "|---|---|---|---|",
+    ]
+    for key, w in r["wrk"].items():
+        lines.append(f"| {RUN_LABELS[key]} | {w['requests']:,} | {w['non2xx']:,} | {w['socket_errors']:,} |")
+    lines += [
+        "",
+        "Audit records written by the server during the whole run (including the checks and the",
+        "requests still in flight when wrk stopped): "
+        + ", ".join(f"{v:,} {k}" for k, v in sorted(r["audit"].items())) + ".",
+        "",
+        "## Method",
+        "",
+        f"- Start to first answer: the time from spawning the process to the first `200` from",
+        f"  `GET /healthz`, polled every 0.5 ms; {START_RUNS} starts, each server stopped before the next.",
+        f"- Memory: `VmRSS` (resident now) and `VmHWM` (resident peak) from `/proc/PID/status`, read",
+        f"  as soon as the server prints its `listening on` line, after {IDLE_SECONDS} s without requests,",
+        "  and after the load runs. MB are 10^6 bytes.",
+        f"- Load: `wrk -t{WRK_THREADS} -c{WRK_CONNECTIONS} -d{WRK_SECONDS}s --latency`, three runs one after the other",
+        "  against the same server: `GET /healthz`; `tools/call system.get_info` in a session opened",
+        f"  with `initialize` (protocol {SESSION_VERSION}, `Mcp-Session-Id` header); the same call in",
+        f"  stateless form (protocol {STATELESS_VERSION}, version and capabilities in `_meta`).",
+        "  The requests come from `bench/post.lua`; every request of a run is identical. Before the",
+        "  runs one call of each form is checked to return a result; after them the audit log is",
+        "  checked for calls that did not end ok. Latencies are wrk's percentiles.",
+        "",
+        "## Reproduce",
+        "",
+        "```sh",
+        "make bench",
+        "# which is:",
+        "cargo build --release --bins",
+        "python3 bench/run.py --server target/release/mcp-raspi-server --out BENCHMARKS.md",
+        "```",
+        "",
+        "It needs `wrk` (installed with apt-get when missing and run as root) and Python 3.11.",
+        "The server refuses to run as root; when the script runs as root it starts the server as",
+        f"uid/gid {UNPRIVILEGED}. A run takes about {IDLE_SECONDS + 3 * WRK_SECONDS + 10} s.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- main
+
+
+def bench(binary, wrk):
+    r = {"machine": machine(), "binary_size": os.path.getsize(binary),
+         "version": command_output([binary, "--version"]), "wrk_version": command_output([wrk, "-v"])}
+    r["wrk_version"] = " ".join(r["wrk_version"].split()[:2])
+    workdir = Workdir()
+    server = None
+    try:
+        log(f"start to first answer, {START_RUNS} runs")
+        r["start_ms"] = measure_start(binary, workdir)
+
+        log("starting the server for the memory and load runs")
+        server = Server(binary, workdir, "127.0.0.1:0", capture_stdout=True)
+        port = server.read_listen_line()
+        r["mem_start"] = server.memory()
+        log(f"idle for {IDLE_SECONDS} s")
+        time.sleep(IDLE_SECONDS)
+        r["mem_idle"] = server.memory()
+
+        sid = open_session(port)
+        check_stateless(port)
+        base = f"http://127.0.0.1:{port}"
+        r["wrk"] = {}
+        for key, url, args in (("healthz", f"{base}/healthz", None),
+                               ("session", f"{base}/mcp", ["session", sid]),
+                               ("stateless", f"{base}/mcp", ["stateless"])):
+            log(f"wrk: {key}, {WRK_SECONDS} s")
+            r["wrk"][key] = run_wrk(wrk, url, args)
+            if server.proc.poll() is not None:
+                raise server.died(f"the server stopped during the {key} load run")
+        r["mem_load"] = server.memory()
+        if not healthz_ok(port):
+            raise BenchError("GET /healthz does not answer 200 after the load runs")
+        r["audit"] = workdir.audit_outcomes()
+        return r
+    finally:
+        if server:
+            server.stop()
+        workdir.remove()
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--server", required=True, help="the mcp-raspi-server binary (a release build)")
+    parser.add_argument("--out", default="BENCHMARKS.md", help="Markdown report to write")
+    args = parser.parse_args()
+    binary = os.path.abspath(args.server)
+    if not os.access(binary, os.X_OK):
+        print(f"bench: {args.server} is not an executable file (build it: cargo build --release --bins)",
+              file=sys.stderr)
+        return 2
+    began = time.monotonic()
+    try:
+        wrk = ensure_wrk()
+        r = bench(binary, wrk)
+    except (BenchError, OSError, subprocess.SubprocessError) as e:
+        print(f"bench: FAILED: {e}", file=sys.stderr)
+        return 2
+
+    rows = build_rows(r)
+    problems = load_problems(r)
+    Path(args.out).write_text(render(r, rows, problems))
+
+    width = max(len(row[0]) for row in rows)
+    print()
+    for measure, value, target, met in rows:
+        mark = "" if met is None else ("  ok" if met else "  MISSED")
+        print(f"  {measure:<{width}}  {value}{'  (target ' + target + ')' if target else ''}{mark}")
+    missed = [row[0] for row in rows if row[3] is False]
+    print()
+    print(f"bench: {len(missed)} target(s) missed" if missed else "bench: every target met")
+    for p in problems:
+        print(f"bench: LOAD ERROR: {p}", file=sys.stderr)
+    print(f"bench: report written to {args.out} ({time.monotonic() - began:.0f} s)")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

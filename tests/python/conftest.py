@@ -1,0 +1,228 @@
+"""Fixtures that run mcp-raspi-server for the tests driven by the official MCP Python SDK.
+
+The server binary is not built here: `make pytest` builds it and passes its path in
+MCP_RASPI_SERVER_BIN (default: target/debug/mcp-raspi-server of this repository).
+
+The server refuses to run as root. When the tests run as root (containers, CI), it is
+started as the unprivileged user 65534 ("nobody"), and every directory it writes to is
+handed to that user.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import selectors
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import NamedTuple
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SERVER_BIN = Path(os.environ.get("MCP_RASPI_SERVER_BIN", REPO / "target" / "debug" / "mcp-raspi-server"))
+UNPRIVILEGED_ID = 65534
+START_TIMEOUT_S = 15.0
+STOP_TIMEOUT_S = 10.0
+LISTENING = re.compile(r"^listening on (http://127\.0\.0\.1:(\d+)/mcp)$")
+
+# Identity -> (role, environment variable holding its token).
+IDENTITIES = {
+    "admin": ("admin", "MCP_RASPI_ADMIN_TOKEN"),
+    "viewer": ("viewer", "MCP_RASPI_VIEWER_TOKEN"),
+}
+
+
+class ServerPaths(NamedTuple):
+    root: Path
+    config: Path | None
+    app_log: Path
+    audit_log: Path
+    state_dir: Path
+
+
+class RunningServer(NamedTuple):
+    url: str
+    tokens: dict[str, str]  # identity -> bearer token; empty when authentication is off
+    paths: ServerPaths
+    pid: int
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def _as_root() -> bool:
+    return os.geteuid() == 0
+
+
+def _private_dir(prefix: str) -> Path:
+    """A fresh directory the server may write to.
+
+    Made with tempfile rather than pytest's tmp_path: pytest's base directory is private
+    to the user running the tests, and the server may run as another user.
+    """
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    if _as_root():
+        os.chown(path, UNPRIVILEGED_ID, UNPRIVILEGED_ID)
+    return path
+
+
+def _child_environment(root: Path, extra: dict[str, str]) -> dict[str, str]:
+    # No MCP_RASPI_* variable from the caller's environment may override the test config.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MCP_RASPI_")}
+    env.update(HOME=str(root), XDG_STATE_HOME=str(root), NO_COLOR="1")
+    env.update(extra)
+    return env
+
+
+def _start(args: list[str], env: dict[str, str], root: Path) -> tuple[subprocess.Popen[str], str]:
+    """Starts the server and returns it with the URL from its one line on stdout."""
+    if not SERVER_BIN.is_file():
+        pytest.fail(f"no server binary at {SERVER_BIN}; build it with `cargo build --bins` or `make build`")
+    stderr = open(root / "server.stderr", "w")  # noqa: SIM115 - closed when the server stops
+    drop_privileges = {}
+    if _as_root():
+        drop_privileges = dict(user=UNPRIVILEGED_ID, group=UNPRIVILEGED_ID, extra_groups=[])
+    proc = subprocess.Popen(
+        [str(SERVER_BIN), *args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        text=True,
+        cwd=root,
+        env=env,
+        **drop_privileges,
+    )
+    stderr.close()
+    assert proc.stdout is not None
+    deadline = time.monotonic() + START_TIMEOUT_S
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not sel.select(remaining):
+                _stop(proc)
+                pytest.fail(f"the server printed no address within {START_TIMEOUT_S} s:\n{_stderr_of(root)}")
+            line = proc.stdout.readline()
+            if not line:
+                proc.wait(timeout=STOP_TIMEOUT_S)
+                pytest.fail(f"the server exited with {proc.returncode} before listening:\n{_stderr_of(root)}")
+            match = LISTENING.match(line.strip())
+            if match:
+                return proc, match.group(1)
+            _stop(proc)
+            pytest.fail(f"unexpected first line on the server's stdout: {line!r}")
+
+
+def _stop(proc: subprocess.Popen[str]) -> int:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    if proc.stdout is not None:
+        proc.stdout.close()
+    return proc.returncode
+
+
+def _stderr_of(root: Path) -> str:
+    try:
+        return (root / "server.stderr").read_text(errors="replace")[-4000:]
+    except OSError:
+        return "(no stderr captured)"
+
+
+def _finish(proc: subprocess.Popen[str], root: Path) -> None:
+    code = _stop(proc)
+    log = _stderr_of(root)
+    shutil.rmtree(root, ignore_errors=True)
+    assert code == 0, f"the server exited with {code} on SIGTERM instead of 0:\n{log}"
+
+
+def _token_config(root: Path) -> ServerPaths:
+    paths = ServerPaths(
+        root=root,
+        config=root / "config.yml",
+        app_log=root / "log" / "app.log",
+        audit_log=root / "log" / "audit.log",
+        state_dir=root / "state",
+    )
+    tokens = "\n".join(
+        f"    - identity: {identity}\n      role: {role}\n      env: {var}" for identity, (role, var) in IDENTITIES.items()
+    )
+    paths.config.write_text(
+        f"""\
+config_version: "1.2"
+server:
+  listen: "127.0.0.1:0"
+security:
+  auth_mode: token
+  tokens:
+{tokens}
+  secrets_file: null
+  rate_limit:
+    # The suite sends a few hundred requests within seconds; limiting is not under test.
+    requests_per_minute: 0
+logging:
+  level: debug
+  app_path: "{paths.app_log}"
+  audit_path: "{paths.audit_log}"
+  journald: off
+platform:
+  backend: simulated
+paths:
+  state_dir: "{paths.state_dir}"
+  install_dir: "{root / 'opt'}"
+"""
+    )
+    for directory in (paths.app_log.parent, paths.state_dir):
+        directory.mkdir()
+        if _as_root():
+            os.chown(directory, UNPRIVILEGED_ID, UNPRIVILEGED_ID)
+    return paths
+
+
+@pytest.fixture(scope="session")
+def server() -> Iterator[RunningServer]:
+    """mcp-raspi-server with token authentication (identities admin and viewer) and the
+    simulated hardware backend, on a free loopback port."""
+    root = _private_dir("mcp-raspi-test-")
+    paths = _token_config(root)
+    tokens = {identity: "tok-" + secrets.token_hex(16) for identity in IDENTITIES}
+    env = _child_environment(root, {var: tokens[identity] for identity, (_, var) in IDENTITIES.items()})
+    proc, url = _start(["--config", str(paths.config)], env, root)
+    try:
+        yield RunningServer(url=url, tokens=tokens, paths=paths, pid=proc.pid)
+    finally:
+        _finish(proc, root)
+
+
+@pytest.fixture(scope="session")
+def dev_server() -> Iterator[RunningServer]:
+    """mcp-raspi-server --dev: no authentication, simulated hardware, state under a
+    temporary XDG_STATE_HOME."""
+    root = _private_dir("mcp-raspi-dev-")
+    env = _child_environment(root, {})
+    proc, url = _start(["--dev", "--listen", "127.0.0.1:0"], env, root)
+    home = root / "mcp-raspi"
+    paths = ServerPaths(
+        root=root,
+        config=None,
+        app_log=home / "log" / "app.log",
+        audit_log=home / "log" / "audit.log",
+        state_dir=home / "state",
+    )
+    try:
+        yield RunningServer(url=url, tokens={}, paths=paths, pid=proc.pid)
+    finally:
+        _finish(proc, root)
