@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
+use futures_util::future::{AbortHandle, Abortable, Aborted};
 use futures_util::{Stream, StreamExt};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
@@ -31,7 +32,8 @@ pub struct HttpServer {
 type Reply = warp::reply::Response;
 
 fn json_reply(status: u16, body: &Value) -> Reply {
-    let mut r = Response::new(body.to_string().into());
+    // to_vec writes through io::Write, markedly cheaper than Value's Display.
+    let mut r = Response::new(serde_json::to_vec(body).unwrap_or_default().into());
     *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     r.headers_mut().insert("content-type", HeaderValue::from_static("application/json"));
     r
@@ -345,45 +347,47 @@ impl HttpServer {
         } else {
             session.as_ref().and_then(|s| s.log_level())
         };
-        let (tx, rx) = mpsc::unbounded_channel();
-        let progress = Progress::new(tx.clone(), super::progress_token(params.as_ref()), log_level);
-        let stream = accepts_sse && progress.wants_stream();
-        let call =
-            Call { identity, version, session: session.clone(), progress, transport: "http", request_id: id.clone() };
-        let app = self.app.clone();
-        let task_id = id.clone();
-        let task = tokio::spawn(async move {
-            let result = dispatch(&app, &call, &method, params).await;
-            let status = result.as_ref().err().map(|e| e.http_status).unwrap_or(200);
-            let _ = tx.send(response(&task_id, result));
-            status
+        let token = super::progress_token(params.as_ref());
+        let stream = accepts_sse && (token.is_some() || log_level.is_some());
+        let (abort, registration) = AbortHandle::new_pair();
+        // Untracks the request from its session however it ends, client disconnects included.
+        let tracked = session.clone().map(|s| {
+            let key = id.to_string();
+            s.track(key.clone(), abort.clone());
+            Untrack(s, key)
         });
-        let guard = AbortOnDrop(task.abort_handle());
-        let key = id.to_string();
-        if let Some(s) = &session {
-            s.track(key.clone(), task.abort_handle());
-        }
+        let app = self.app.clone();
         if stream {
-            let untrack = session.map(|s| (s, key));
-            sse_reply(rx, guard, untrack)
+            let (tx, rx) = mpsc::unbounded_channel();
+            let progress = Progress::new(tx.clone(), token, log_level);
+            let call = Call { identity, version, session, progress, transport: "http", request_id: id.clone() };
+            tokio::spawn(Abortable::new(
+                async move {
+                    let result = dispatch(&app, &call, &method, params).await;
+                    let _ = tx.send(response(&call.request_id, result));
+                },
+                registration,
+            ));
+            sse_reply(rx, (AbortOnDrop(abort), tracked))
         } else {
-            let outcome = task.await;
-            drop(guard);
-            if let Some(s) = &session {
-                s.untrack(&key);
-            }
-            let mut rx = rx;
+            // Answered in place: dropping this future (the client went away) or aborting it
+            // (notifications/cancelled) stops the work without a task of its own.
+            let call = Call {
+                identity,
+                version,
+                session,
+                progress: Progress::none(),
+                transport: "http",
+                request_id: id.clone(),
+            };
+            let outcome = Abortable::new(dispatch(&app, &call, &method, params), registration).await;
+            drop(tracked);
             match outcome {
-                Ok(status) => {
-                    // The response is the last message sent; notifications before it are
-                    // dropped when the client did not ask for a stream.
-                    let mut last = Value::Null;
-                    while let Ok(m) = rx.try_recv() {
-                        last = m;
-                    }
-                    json_reply(if status == 200 { 200 } else { status }, &last)
+                Ok(result) => {
+                    let status = result.as_ref().err().map(|e| e.http_status).unwrap_or(200);
+                    json_reply(status, &response(&id, result))
                 }
-                Err(_) => error_reply(&id, &RpcError::new(rmcp::model::ErrorCode(-32800), "Request cancelled")),
+                Err(Aborted) => error_reply(&id, &RpcError::new(rmcp::model::ErrorCode(-32800), "Request cancelled")),
             }
         }
     }
@@ -515,7 +519,16 @@ fn decode_header_value(v: &str) -> Option<String> {
 }
 
 /// Aborts a request's task when the client goes away before it finishes.
-struct AbortOnDrop(tokio::task::AbortHandle);
+struct AbortOnDrop(AbortHandle);
+
+/// Removes a request from its session's table of running requests.
+struct Untrack(Arc<Session>, String);
+
+impl Drop for Untrack {
+    fn drop(&mut self) {
+        self.0.untrack(&self.1);
+    }
+}
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
@@ -524,26 +537,16 @@ impl Drop for AbortOnDrop {
 }
 
 /// Streams a request's notifications and then its response as server-sent events.
-fn sse_reply(rx: mpsc::UnboundedReceiver<Value>, guard: AbortOnDrop, untrack: Option<(Arc<Session>, String)>) -> Reply {
-    struct Done {
-        _guard: AbortOnDrop,
-        untrack: Option<(Arc<Session>, String)>,
-    }
-    impl Drop for Done {
-        fn drop(&mut self) {
-            if let Some((s, k)) = &self.untrack {
-                s.untrack(k);
-            }
-        }
-    }
-    let done = Done { _guard: guard, untrack };
-    let events = futures_util::stream::unfold((rx, Some(done)), |(mut rx, done)| async move {
-        done.as_ref()?;
+/// `guards` live as long as the stream: dropping it (the client went away) aborts the
+/// request and untracks it.
+fn sse_reply<G: Send + Sync + 'static>(rx: mpsc::UnboundedReceiver<Value>, guards: G) -> Reply {
+    let events = futures_util::stream::unfold((rx, Some(guards)), |(mut rx, guards)| async move {
+        guards.as_ref()?;
         let msg = rx.recv().await?;
         // The response (it has an id) is the last event: end the stream after it.
         let last = msg.get("id").is_some();
         let event = warp::sse::Event::default().event("message").data(msg.to_string());
-        Some((Ok::<_, Infallible>(event), (rx, if last { None } else { done })))
+        Some((Ok::<_, Infallible>(event), (rx, if last { None } else { guards })))
     });
     let mut r = warp::reply::Reply::into_response(warp::sse::reply(events));
     r.headers_mut().insert("x-accel-buffering", HeaderValue::from_static("no"));

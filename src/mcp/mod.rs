@@ -403,11 +403,18 @@ async fn call_tool(app: &Arc<App>, call: &Call, name: &str, arguments: Value) ->
         Value::String(s) => s.clone(),
         other => other.to_string(),
     };
-    let result =
+    let mut result =
         app.catalogue.call(cx, &request_id, call.transport, name, arguments).await.ok_or_else(|| {
             RpcError::invalid_params(format!("Unknown tool: {name}. Call tools/list to see the tools."))
         })?;
-    serde_json::to_value(result).map_err(|e| RpcError::internal(format!("cannot encode the result: {e}")))
+    // Moved rather than re-serialized: the structured content can be large.
+    let structured = result.structured_content.take();
+    let mut value =
+        serde_json::to_value(result).map_err(|e| RpcError::internal(format!("cannot encode the result: {e}")))?;
+    if let (Some(structured), Some(obj)) = (structured, value.as_object_mut()) {
+        obj.insert("structuredContent".into(), structured);
+    }
+    Ok(value)
 }
 
 fn set_level(call: &Call, params: &Value) -> Result<Value, RpcError> {

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::task::AbortHandle;
+use futures_util::future::AbortHandle;
 
 use super::Version;
 use crate::config::LogLevel;

@@ -85,6 +85,9 @@ pub struct StaticInfo {
     pub cpu_model: Option<String>,
     pub cores: u32,
     pub memory_total_bytes: u64,
+    /// Uptime when read, and when: later uptimes need no file read.
+    pub uptime_seconds: f64,
+    pub read_at: std::time::Instant,
 }
 
 impl StaticInfo {
@@ -96,6 +99,8 @@ impl StaticInfo {
             cpu_model: info.model_name,
             cores: info.cores,
             memory_total_bytes: memory::read_memory(roots)?.total_bytes,
+            uptime_seconds: os::read_uptime_seconds(roots)?,
+            read_at: std::time::Instant::now(),
         })
     }
 }
@@ -116,7 +121,7 @@ pub fn system_info(cx: &Cx) -> Result<SystemInfo, ToolError> {
             frequency_mhz: cpu::read_cpu_freq_mhz(roots)?,
         },
         memory_total_bytes: fixed.memory_total_bytes,
-        uptime_seconds: os::read_uptime_seconds(roots)?,
+        uptime_seconds: fixed.uptime_seconds + fixed.read_at.elapsed().as_secs_f64(),
         backend: BackendInfo { name: cx.app.platform.backend.into(), reason: cx.app.platform.reason.clone() },
         server_version: crate::app::VERSION.into(),
     })
