@@ -9,6 +9,7 @@ pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod host;
+pub mod ipc;
 pub mod logs;
 pub mod mcp;
 pub mod platform;

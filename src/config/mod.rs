@@ -4,6 +4,7 @@
 //! newtypes that check their value while deserializing) so that every mistake is reported
 //! with the key, the line and what is allowed, before the server does anything else.
 
+mod devices;
 mod values;
 
 use std::collections::BTreeMap;
@@ -14,6 +15,10 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+pub use devices::{
+    CameraConfig, ExperimentalConfig, FeatureFlag, GpioConfig, I2cBusRule, I2cConfig, OpsAgentConfig, OsUpdatesConfig,
+    PinRule, PowerConfig, ServicesConfig, SpiConfig, SpiDeviceRule, UartConfig, UartPortRule, UpdatesConfig,
+};
 pub use values::{ListenAddr, LogLevel, Role};
 
 /// The configuration schema this build reads and writes.
@@ -45,6 +50,24 @@ pub struct Config {
     pub health: HealthConfig,
     #[serde(default)]
     pub ops_agent: OpsAgentConfig,
+    #[serde(default)]
+    pub experimental_features: ExperimentalConfig,
+    #[serde(default)]
+    pub gpio: GpioConfig,
+    #[serde(default)]
+    pub i2c: I2cConfig,
+    #[serde(default)]
+    pub spi: SpiConfig,
+    #[serde(default)]
+    pub uart: UartConfig,
+    #[serde(default)]
+    pub camera: CameraConfig,
+    #[serde(default)]
+    pub services: ServicesConfig,
+    #[serde(default)]
+    pub power: PowerConfig,
+    #[serde(default)]
+    pub updates: UpdatesConfig,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -266,18 +289,6 @@ impl Default for HealthConfig {
 pub struct Threshold {
     pub warning: f64,
     pub critical: f64,
-}
-
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct OpsAgentConfig {
-    pub socket_path: PathBuf,
-}
-
-impl Default for OpsAgentConfig {
-    fn default() -> Self {
-        OpsAgentConfig { socket_path: PathBuf::from("/run/mcp-raspi/ops-agent.sock") }
-    }
 }
 
 /// A configuration that could not be used, with what to do about it.

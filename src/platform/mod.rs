@@ -1,90 +1,39 @@
 //! The seam between tools and the machine's hardware and OS services.
 //!
 //! Every operation that touches hardware or system services goes through a trait here,
-//! with a real implementation for a Raspberry Pi and a simulated one that keeps its state
-//! in memory, chosen by `platform.backend`. Plain /proc and /sys reading lives in
-//! [`crate::host`], which needs no seam: tests point it at fixture trees instead.
+//! with a real implementation for a Raspberry Pi (`real/`) and a simulated one that keeps
+//! its state in memory (`sim/`), chosen by `platform.backend`. Plain /proc and /sys
+//! reading lives in [`crate::host`], which needs no seam: tests point it at fixture trees.
 
+pub mod bus;
+pub mod camera;
+pub mod gpio;
 mod real;
 mod sim;
+pub mod system;
 
 use std::fmt;
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
-
 use crate::config::Backend;
 use crate::host::Roots;
 
-pub use real::SystemdServices;
-pub use sim::SimServices;
-
-/// A systemd unit name, checked before it reaches any command line.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-pub struct UnitName(String);
-
-impl UnitName {
-    const SUFFIXES: [&'static str; 7] = [".service", ".timer", ".socket", ".target", ".mount", ".path", ".slice"];
-
-    /// Letters, digits and `:-_.@\` with a known unit suffix, at most 255 bytes, never
-    /// starting with `-` (which a command would read as an option).
-    pub fn is_valid(s: &str) -> bool {
-        s.len() <= 255
-            && !s.starts_with('-')
-            && !s.starts_with('.')
-            && Self::SUFFIXES.iter().any(|suf| s.len() > suf.len() && s.ends_with(suf))
-            && s.chars().all(|c| c.is_ascii_alphanumeric() || ":-_.@\\".contains(c))
-    }
-
-    pub fn parse(s: &str) -> Result<UnitName, String> {
-        let candidate = if s.contains('.') { s.to_string() } else { format!("{s}.service") };
-        if Self::is_valid(&candidate) {
-            Ok(UnitName(candidate))
-        } else {
-            Err(format!(
-                "{s:?} is not a systemd unit name: use letters, digits and ':-_.@' with a suffix such as .service"
-            ))
-        }
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for UnitName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl<'de> Deserialize<'de> for UnitName {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        UnitName::parse(&s).map_err(serde::de::Error::custom)
-    }
-}
-
-/// The state systemd reports for a unit.
-#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
-pub struct UnitState {
-    /// Unit name, e.g. `mcp-raspi-server.service`.
-    pub unit: String,
-    /// `loaded`, `not-found`, `masked`, ...
-    pub load_state: String,
-    /// `active`, `inactive`, `failed`, `activating`, ...
-    pub active_state: String,
-    /// The unit type's own state, e.g. `running`, `dead`, `exited`.
-    pub sub_state: String,
-    /// The unit's description, when it has one.
-    pub description: Option<String>,
-}
+pub use bus::{I2c, Spi, SpiSettings, Uart};
+pub use camera::{Camera, Capture, CaptureRequest};
+pub use gpio::{Gpio, Level, PinMode, PinNumber, PinState, Pull, PwmState};
+pub use real::polkit::polkit_rules;
+pub use system::{
+    JournalEntry, Packages, Power, PowerAction, PowerReceipt, Services, UnitAction, UnitName, UnitState, Upgradable,
+    UpgradeStatus,
+};
 
 /// Why a platform operation failed.
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum PlatformError {
-    /// The host cannot do this at all (no systemd, not a Pi, program missing).
+    /// The host cannot do this at all (no systemd, not a Pi, program or device missing).
     Unavailable(String),
+    /// The request does not fit the hardware (an input pin written, a pin without PWM).
+    Invalid(String),
     /// The operation ran and failed.
     Failed(String),
 }
@@ -93,26 +42,28 @@ impl fmt::Display for PlatformError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             PlatformError::Unavailable(m) => write!(f, "not available on this host: {m}"),
-            PlatformError::Failed(m) => f.write_str(m),
+            PlatformError::Invalid(m) | PlatformError::Failed(m) => f.write_str(m),
         }
     }
 }
 
 impl std::error::Error for PlatformError {}
 
-/// Reading systemd unit states (no privilege needed to read).
-pub trait Services: Send + Sync {
-    fn status(&self, unit: &UnitName) -> Result<UnitState, PlatformError>;
-}
-
-/// The platform chosen at start.
+/// The backend chosen at start: one implementation of each trait.
 #[derive(Clone)]
 pub struct Platform {
     /// Which backend is in use: `raspberry_pi` or `simulated`.
     pub backend: &'static str,
     /// Why that backend was chosen, shown by `system.get_info`.
     pub reason: String,
+    pub gpio: Arc<dyn Gpio>,
+    pub i2c: Arc<dyn I2c>,
+    pub spi: Arc<dyn Spi>,
+    pub uart: Arc<dyn Uart>,
+    pub camera: Arc<dyn Camera>,
     pub services: Arc<dyn Services>,
+    pub power: Arc<dyn Power>,
+    pub packages: Arc<dyn Packages>,
 }
 
 impl fmt::Debug for Platform {
@@ -134,9 +85,9 @@ impl Platform {
             (Backend::Auto, None) => (false, "auto: the device tree names no Raspberry Pi".to_string()),
         };
         if real {
-            Platform { backend: "raspberry_pi", reason, services: Arc::new(SystemdServices::new()) }
+            real::platform(reason)
         } else {
-            Platform { backend: "simulated", reason, services: Arc::new(SimServices::new()) }
+            sim::platform(reason)
         }
     }
 }
@@ -147,10 +98,16 @@ mod tests {
 
     #[test]
     fn unit_names_get_a_service_suffix_and_reject_options_and_shell_characters() {
-        assert_eq!(UnitName::parse("ssh").map(|u| u.0), Ok("ssh.service".to_string()));
+        assert_eq!(UnitName::parse("ssh").map(|u| u.as_str().to_string()), Ok("ssh.service".to_string()));
         assert!(UnitName::parse("getty@tty1.service").is_ok());
         assert!(UnitName::parse("-H.service").is_err());
         assert!(UnitName::parse("a;rm -rf.service").is_err());
         assert!(UnitName::parse("x.exe").is_err());
+    }
+
+    #[test]
+    fn pin_numbers_stop_at_the_header() {
+        assert!(PinNumber::new(27).is_ok());
+        assert!(PinNumber::new(28).unwrap_err().contains("0 to 27"));
     }
 }

@@ -1,0 +1,204 @@
+//! Configuration of the privileged side: the ops agent, the allowlists of pins, buses,
+//! ports and units, the camera, power and OS updates, and experimental features.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::platform::{PinMode, PinNumber, UnitName};
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OpsAgentConfig {
+    /// Unix socket of the privileged ops agent.
+    pub socket_path: PathBuf,
+    /// Group owning the socket (mode 0660): the server's group.
+    pub socket_group: String,
+    /// Users whose processes may talk to the agent (checked with SO_PEERCRED).
+    pub allowed_users: Vec<String>,
+    /// How long the server waits for one agent answer.
+    pub request_timeout_ms: u64,
+}
+
+impl Default for OpsAgentConfig {
+    fn default() -> Self {
+        OpsAgentConfig {
+            socket_path: PathBuf::from("/run/mcp-raspi/ops-agent.sock"),
+            socket_group: "mcp".into(),
+            allowed_users: vec!["mcp".into(), "root".into()],
+            request_timeout_ms: 10_000,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExperimentalConfig {
+    /// Master switch: experimental tools stay hidden and refused unless this is true.
+    pub enabled: bool,
+    pub features: Vec<FeatureFlag>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeatureFlag {
+    /// A tool name (`spi.transfer`) or namespace (`uart`).
+    pub name: String,
+    pub enabled: bool,
+    /// Must be true: the operator has read what the feature may do.
+    #[serde(default)]
+    pub acknowledged_risks: bool,
+}
+
+impl ExperimentalConfig {
+    /// Whether the experimental tool `tool` is turned on.
+    pub fn allows(&self, tool: &str) -> bool {
+        let namespace = tool.split('.').next().unwrap_or(tool);
+        self.enabled
+            && self
+                .features
+                .iter()
+                .any(|f| f.enabled && f.acknowledged_risks && (f.name == tool || f.name == namespace))
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PinRule {
+    pub pin: PinNumber,
+    /// What the pin may be used as.
+    pub modes: Vec<PinMode>,
+    /// A name for the pin shown by gpio.list_pins (e.g. "relay-1").
+    #[serde(default)]
+    pub label: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GpioConfig {
+    /// The pins tools may touch; every other pin is refused.
+    pub pins: Vec<PinRule>,
+}
+
+impl GpioConfig {
+    pub fn rule(&self, pin: PinNumber) -> Option<&PinRule> {
+        self.pins.iter().find(|r| r.pin == pin)
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct I2cBusRule {
+    pub bus: u8,
+    /// 7-bit device addresses that may be read and written (scanning is allowed on the bus).
+    pub addresses: Vec<u8>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct I2cConfig {
+    pub buses: Vec<I2cBusRule>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpiDeviceRule {
+    pub bus: u8,
+    pub chip_select: u8,
+    pub max_speed_hz: u32,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpiConfig {
+    pub devices: Vec<SpiDeviceRule>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UartPortRule {
+    /// Device name under /dev, e.g. `serial0` or `ttyAMA0`.
+    pub port: String,
+    pub baud_rates: Vec<u32>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UartConfig {
+    pub ports: Vec<UartPortRule>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CameraConfig {
+    pub enabled: bool,
+    /// Where captures are written (owned by the agent's user).
+    pub media_dir: PathBuf,
+    /// The oldest captures are deleted past these limits.
+    pub max_files: u32,
+    pub max_total_mb: u64,
+    pub max_width: u32,
+    pub max_height: u32,
+}
+
+impl Default for CameraConfig {
+    fn default() -> Self {
+        CameraConfig {
+            enabled: true,
+            media_dir: PathBuf::from("/var/lib/mcp-raspi/media"),
+            max_files: 100,
+            max_total_mb: 500,
+            max_width: 4056,
+            max_height: 3040,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServicesConfig {
+    /// Units that may be started, stopped, restarted, enabled, disabled and whose journal
+    /// may be read.
+    pub allowed_units: Vec<UnitName>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PowerConfig {
+    pub reboot_enabled: bool,
+    pub shutdown_enabled: bool,
+    pub max_delay_seconds: u32,
+}
+
+impl Default for PowerConfig {
+    fn default() -> Self {
+        PowerConfig { reboot_enabled: true, shutdown_enabled: true, max_delay_seconds: 3600 }
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpdatesConfig {
+    pub os: OsUpdatesConfig,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OsUpdatesConfig {
+    /// os.check_updates may list upgradable packages.
+    pub check_enabled: bool,
+    /// os.apply_updates may start the upgrade unit.
+    pub apply_enabled: bool,
+    /// The root one-shot unit that runs the upgrade (shipped by the package).
+    pub upgrade_unit: UnitName,
+}
+
+impl Default for OsUpdatesConfig {
+    fn default() -> Self {
+        OsUpdatesConfig {
+            check_enabled: true,
+            apply_enabled: false,
+            upgrade_unit: UnitName::parse("mcp-raspi-os-upgrade.service").unwrap_or_else(|_| unreachable!()),
+        }
+    }
+}

@@ -1,0 +1,33 @@
+//! The real backend: rppal for GPIO and buses, the camera programs, systemd and apt.
+
+pub(super) mod bus;
+pub(super) mod camera;
+pub(super) mod gpio;
+mod packages;
+// The rule generator serves installation, not the running server, so nothing here calls it.
+pub mod polkit;
+mod power;
+pub(super) mod system;
+
+use std::sync::Arc;
+
+use super::Platform;
+
+pub use system::SystemdServices;
+
+/// Every real implementation.
+pub fn platform(reason: String) -> Platform {
+    Platform {
+        backend: "raspberry_pi",
+        reason,
+        gpio: Arc::new(gpio::RppalGpio::new()),
+        i2c: Arc::new(bus::RppalI2c::new()),
+        spi: Arc::new(bus::RppalSpi::new()),
+        uart: Arc::new(bus::RppalUart::new()),
+        camera: Arc::new(camera::CliCamera::new()),
+        services: Arc::new(SystemdServices::new()),
+        power: Arc::new(power::LogindPower::new()),
+        // Built without the configuration, so with the upgrade unit the package ships.
+        packages: Arc::new(packages::AptPackages::with_default_unit()),
+    }
+}

@@ -1,0 +1,178 @@
+//! systemd units, the journal, power and OS packages: the types and traits.
+
+use std::fmt;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::PlatformError;
+
+/// A systemd unit name, checked before it reaches any command line.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, JsonSchema)]
+#[serde(transparent)]
+pub struct UnitName(String);
+
+impl UnitName {
+    const SUFFIXES: [&'static str; 7] = [".service", ".timer", ".socket", ".target", ".mount", ".path", ".slice"];
+
+    /// Letters, digits and `:-_.@\` with a known unit suffix, at most 255 bytes, never
+    /// starting with `-` (which a command would read as an option).
+    pub fn is_valid(s: &str) -> bool {
+        s.len() <= 255
+            && !s.starts_with('-')
+            && !s.starts_with('.')
+            && Self::SUFFIXES.iter().any(|suf| s.len() > suf.len() && s.ends_with(suf))
+            && s.chars().all(|c| c.is_ascii_alphanumeric() || ":-_.@\\".contains(c))
+    }
+
+    /// Parses a unit name; a name without a suffix is a `.service`.
+    pub fn parse(s: &str) -> Result<UnitName, String> {
+        let candidate = if s.contains('.') { s.to_string() } else { format!("{s}.service") };
+        if Self::is_valid(&candidate) {
+            Ok(UnitName(candidate))
+        } else {
+            Err(format!(
+                "{s:?} is not a systemd unit name: use letters, digits and ':-_.@' with a suffix such as .service"
+            ))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for UnitName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for UnitName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        UnitName::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// The state systemd reports for a unit.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct UnitState {
+    /// Unit name, e.g. `mcp-raspi-server.service`.
+    pub unit: String,
+    /// `loaded`, `not-found`, `masked`, ...
+    pub load_state: String,
+    /// `active`, `inactive`, `failed`, `activating`, ...
+    pub active_state: String,
+    /// The unit type's own state, e.g. `running`, `dead`, `exited`.
+    pub sub_state: String,
+    /// The unit's description, when it has one.
+    pub description: Option<String>,
+    /// `enabled`, `disabled`, `static`, ... when known.
+    #[serde(default)]
+    pub unit_file_state: Option<String>,
+}
+
+/// What to do to a unit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum UnitAction {
+    Start,
+    Stop,
+    Restart,
+    Enable,
+    Disable,
+}
+
+impl UnitAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UnitAction::Start => "start",
+            UnitAction::Stop => "stop",
+            UnitAction::Restart => "restart",
+            UnitAction::Enable => "enable",
+            UnitAction::Disable => "disable",
+        }
+    }
+}
+
+/// One journal entry.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct JournalEntry {
+    /// RFC 3339 time, UTC.
+    pub time: String,
+    /// syslog priority 0 (emerg) to 7 (debug).
+    pub priority: Option<u8>,
+    pub unit: Option<String>,
+    pub message: String,
+}
+
+/// systemd units and their journal.
+pub trait Services: Send + Sync {
+    fn status(&self, unit: &UnitName) -> Result<UnitState, PlatformError>;
+    /// States of the given units (the allowlist), in order.
+    fn list(&self, units: &[UnitName]) -> Result<Vec<UnitState>, PlatformError> {
+        units.iter().map(|u| self.status(u)).collect()
+    }
+    /// Starts, stops, restarts, enables or disables a unit; returns its new state.
+    fn control(&self, unit: &UnitName, action: UnitAction) -> Result<UnitState, PlatformError>;
+    /// The newest `lines` journal entries of a unit, oldest first, optionally since a
+    /// time (`journalctl --since` syntax, validated by the caller).
+    fn journal(&self, unit: &UnitName, lines: usize, since: Option<&str>) -> Result<Vec<JournalEntry>, PlatformError>;
+}
+
+/// Reboot or power off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PowerAction {
+    Reboot,
+    Shutdown,
+}
+
+/// A scheduled power action.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct PowerReceipt {
+    pub action: PowerAction,
+    pub delay_seconds: u32,
+    /// When it will happen, RFC 3339 UTC.
+    pub scheduled_for: String,
+    /// How it was asked for (`logind`, `simulated`).
+    pub method: String,
+}
+
+/// Machine power.
+pub trait Power: Send + Sync {
+    /// Schedules a reboot or shutdown after `delay_seconds` (0: now).
+    fn schedule(&self, action: PowerAction, delay_seconds: u32) -> Result<PowerReceipt, PlatformError>;
+}
+
+/// A package with a newer version available.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Upgradable {
+    pub name: String,
+    pub installed_version: String,
+    pub candidate_version: String,
+    /// Archive the candidate comes from, e.g. `bookworm-security`.
+    pub origin: Option<String>,
+    /// Whether the candidate is a security update.
+    pub security: bool,
+}
+
+/// State of an OS upgrade run by the root one-shot unit.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct UpgradeStatus {
+    /// `idle`, `running`, `succeeded` or `failed`.
+    pub state: String,
+    /// Last lines of the upgrade's output.
+    pub log_tail: Vec<String>,
+}
+
+/// OS packages (apt).
+pub trait Packages: Send + Sync {
+    /// Packages with a newer candidate version.
+    fn list_upgradable(&self) -> Result<Vec<Upgradable>, PlatformError>;
+    /// Starts the upgrade (through the root one-shot unit on a real system).
+    fn start_upgrade(&self) -> Result<UpgradeStatus, PlatformError>;
+    /// How the upgrade started by `start_upgrade` is doing.
+    fn upgrade_status(&self) -> Result<UpgradeStatus, PlatformError>;
+}
