@@ -26,14 +26,15 @@ release:
 	$(CARGO) build --release --bins
 
 run: build
-	@if [ "$$(id -u)" = 0 ]; then \
+	@set -e; as_user=""; \
+	if [ "$$(id -u)" = 0 ]; then \
 	  home=$${TMPDIR:-/tmp}/mcp-raspi-dev; mkdir -p "$$home"; chown $(RUN_AS_UID) "$$home"; \
-	  echo "make run: running as root; starting the server as uid $(RUN_AS_UID) (it refuses root), state in $$home"; \
-	  exec setpriv --reuid=$(RUN_AS_UID) --regid=$(RUN_AS_UID) --clear-groups env XDG_STATE_HOME="$$home" \
-	    target/debug/mcp-raspi-server --dev --listen $(DEV_LISTEN); \
-	else \
-	  exec target/debug/mcp-raspi-server --dev --listen $(DEV_LISTEN); \
-	fi
+	  echo "make run: running as root; starting the agent and server as uid $(RUN_AS_UID) (they refuse root), state in $$home"; \
+	  as_user="setpriv --reuid=$(RUN_AS_UID) --regid=$(RUN_AS_UID) --clear-groups env XDG_STATE_HOME=$$home"; \
+	fi; \
+	$$as_user target/debug/raspi-ops-agent --dev & agent=$$!; \
+	trap 'kill $$agent 2>/dev/null' EXIT INT TERM; \
+	$$as_user target/debug/mcp-raspi-server --dev --listen $(DEV_LISTEN)
 
 test: lint unit pytest conformance
 

@@ -17,6 +17,8 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// Everything a request handler needs, shared by all connections.
 pub struct App {
+    /// The privileged ops agent, reached over its Unix socket.
+    pub agent: crate::agent_client::AgentClient,
     pub config: Config,
     /// Where the configuration came from, and the SHA-256 of its bytes.
     pub config_origin: String,
@@ -51,6 +53,7 @@ impl App {
         };
         let platform = Platform::select(config.platform.backend, &roots);
         Ok(Arc::new(App {
+            agent: crate::agent_client::AgentClient::new(&config.ops_agent),
             rate_limiter: RateLimiter::new(&config.security.rate_limit),
             catalogue: Catalogue::new(),
             config,
@@ -65,6 +68,11 @@ impl App {
             last_cpu: Mutex::new(None),
             static_info: Mutex::new(None),
         }))
+    }
+
+    /// Whether a tool is offered: experimental tools only when the operator turned them on.
+    pub fn tool_enabled(&self, spec: &crate::tools::ToolSpec) -> bool {
+        spec.maturity != crate::tools::Maturity::Experimental || self.config.experimental_features.allows(spec.name)
     }
 
     /// Board, OS and CPU identity, re-read at most once a minute.

@@ -4,6 +4,8 @@
 //! The binaries are thin; everything lives here so that tests can reach it. See the
 //! README's design notes for how the modules fit together.
 
+pub mod agent;
+pub mod agent_client;
 pub mod app;
 pub mod audit;
 pub mod auth;

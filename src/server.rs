@@ -33,7 +33,7 @@ pub struct Args {
 }
 
 /// Per-user state directory of the development configuration.
-fn dev_home() -> PathBuf {
+pub fn dev_home() -> PathBuf {
     let home = std::env::var_os("XDG_STATE_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")));

@@ -4,8 +4,10 @@
 
 mod support;
 
+mod agent;
 mod cli;
 mod fixtures;
 mod golden;
 mod http;
 mod malformed;
+mod ops;

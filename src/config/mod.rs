@@ -365,6 +365,11 @@ impl Config {
         config.paths.install_dir = state_home.join("opt");
         config.logging.app_path = state_home.join("log/app.log");
         config.logging.audit_path = state_home.join("log/audit.log");
+        config.camera.media_dir = state_home.join("media");
+        // Only this user may reach the development agent, through a socket of its own.
+        config.ops_agent.socket_path = state_home.join("ops-agent.sock");
+        config.ops_agent.allowed_users = vec![nix::unistd::getuid().to_string()];
+        config.ops_agent.socket_group = nix::unistd::getgid().to_string();
         let config = config.with_env_overrides(env)?;
         config.validate()?;
         Ok(Loaded { config, origin: origin.into(), sha256: hex(&Sha256::digest(DEV_CONFIG.as_bytes())) })
@@ -465,6 +470,37 @@ impl Config {
             if t.warning.partial_cmp(&t.critical) != Some(std::cmp::Ordering::Less) {
                 return invalid(key, format!("warning ({}) must be below critical ({})", t.warning, t.critical));
             }
+        }
+        let mut pins = std::collections::BTreeSet::new();
+        for (i, rule) in self.gpio.pins.iter().enumerate() {
+            if !pins.insert(rule.pin) {
+                return invalid(&format!("gpio.pins[{i}]"), format!("{} is listed twice", rule.pin));
+            }
+            if rule.modes.is_empty() {
+                return invalid(&format!("gpio.pins[{i}].modes"), "list at least one of input, output, pwm".into());
+            }
+        }
+        for (i, bus) in self.i2c.buses.iter().enumerate() {
+            if let Some(a) = bus.addresses.iter().find(|a| !(0x03..=0x77).contains(*a)) {
+                return invalid(
+                    &format!("i2c.buses[{i}].addresses"),
+                    format!("{a:#04x} is not a 7-bit device address (0x03 to 0x77)"),
+                );
+            }
+        }
+        for (i, port) in self.uart.ports.iter().enumerate() {
+            if port.port.is_empty() || !port.port.chars().all(|c| c.is_ascii_alphanumeric()) {
+                return invalid(
+                    &format!("uart.ports[{i}].port"),
+                    format!("{:?} is not a device name under /dev such as serial0 or ttyAMA0", port.port),
+                );
+            }
+        }
+        if self.camera.max_files == 0 || self.camera.max_width == 0 || self.camera.max_height == 0 {
+            return invalid("camera", "max_files, max_width and max_height must be at least 1".into());
+        }
+        if self.ops_agent.request_timeout_ms == 0 {
+            return invalid("ops_agent.request_timeout_ms", "must be at least 1".into());
         }
         for unit in &self.health.services {
             if !crate::platform::UnitName::is_valid(unit) {

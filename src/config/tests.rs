@@ -89,3 +89,20 @@ fn secrets_files_are_read_like_systemd_environment_files() {
     assert_eq!(m.get("C").map(String::as_str), Some("x=y"));
     assert_eq!(m.len(), 3);
 }
+
+#[test]
+fn device_allowlists_are_checked() {
+    let bad = |extra: &str| {
+        let c = Config::from_yaml(&format!("config_version: \"1.2\"\n{extra}"), "t").unwrap();
+        c.validate().unwrap_err().to_string()
+    };
+    assert!(bad("i2c:\n  buses:\n    - { bus: 1, addresses: [0x80] }\n").contains("0x80"));
+    assert!(
+        bad("gpio:\n  pins:\n    - { pin: 4, modes: [input] }\n    - { pin: 4, modes: [output] }\n").contains("twice")
+    );
+    assert!(bad("uart:\n  ports:\n    - { port: \"../sda\", baud_rates: [9600] }\n").contains("uart.ports[0].port"));
+    let e = Config::from_yaml("config_version: \"1.2\"\ngpio:\n  pins:\n    - { pin: 40, modes: [input] }\n", "t")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("0 to 27"), "{e}");
+}

@@ -85,3 +85,18 @@ pub fn init(cfg: &LoggingConfig) -> Result<(), String> {
     log::set_max_level(cfg.level.to_filter());
     Ok(())
 }
+
+/// Installs a logger to journald (when started by systemd, or `journald: on`) or stderr:
+/// for the agent, whose log is the journal.
+pub fn init_console(level: LogLevel, journald: Tristate) {
+    let use_journal = match journald {
+        Tristate::On => true,
+        Tristate::Off => false,
+        Tristate::Auto => under_systemd(),
+    };
+    let journal = if use_journal { systemd_journal_logger::JournalLog::new().ok() } else { None };
+    let logger = AppLogger { file: None, stderr: journal.is_none(), journal, level: level.to_filter() };
+    if log::set_boxed_logger(Box::new(logger)).is_ok() {
+        log::set_max_level(level.to_filter());
+    }
+}

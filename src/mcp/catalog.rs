@@ -8,7 +8,7 @@ use super::{Call, RpcError, Version};
 use crate::app::App;
 use crate::config::Role;
 use crate::logs::LogFilter;
-use crate::tools::{Cx, Maturity};
+use crate::tools::Cx;
 
 /// Cursors are opaque to clients; ours are an offset into the catalogue.
 fn parse_cursor(params: &Value) -> Result<usize, RpcError> {
@@ -24,13 +24,8 @@ fn parse_cursor(params: &Value) -> Result<usize, RpcError> {
 pub fn list_tools(app: &Arc<App>, params: &Value) -> Result<Value, RpcError> {
     let offset = parse_cursor(params)?;
     let page = app.config.server.page_size;
-    let visible: Vec<&rmcp::model::Tool> = app
-        .catalogue
-        .entries()
-        .iter()
-        .filter(|e| e.tool.spec().maturity != Maturity::Experimental)
-        .map(|e| &e.listed)
-        .collect();
+    let visible: Vec<&rmcp::model::Tool> =
+        app.catalogue.entries().iter().filter(|e| app.tool_enabled(e.tool.spec())).map(|e| &e.listed).collect();
     if offset > visible.len() {
         return Err(RpcError::invalid_params("Invalid params: cursor is past the end of the list"));
     }

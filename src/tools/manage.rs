@@ -5,28 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use super::system::read_only_spec;
 use super::{Cx, NoArguments, Tool, ToolError, ToolSpec};
-use crate::app::App;
-
-/// What the server knows of the privileged ops agent.
-#[derive(Debug, Serialize, JsonSchema)]
-pub struct AgentStatus {
-    pub connected: bool,
-    pub socket_path: String,
-    pub detail: String,
-}
-
-/// The agent's reachability, judged from its socket.
-pub fn agent_status(app: &App) -> AgentStatus {
-    let path = &app.config.ops_agent.socket_path;
-    let detail = match std::fs::metadata(path) {
-        Ok(_) => "the ops agent socket exists, but this server does not use the agent yet".to_string(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            format!("no ops agent socket at {}: privileged tools are unavailable", path.display())
-        }
-        Err(e) => format!("cannot inspect {}: {e}", path.display()),
-    };
-    AgentStatus { connected: false, socket_path: path.display().to_string(), detail }
-}
+use crate::agent_client::AgentStatus;
 
 /// The last update attempt, as recorded in `version.json`.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
@@ -70,6 +49,8 @@ pub struct ServerStatus {
     pub started_at: String,
     pub pid: u32,
     pub config: ConfigStatus,
+    /// The privileged ops agent, as found when this call reached for it: whether it is
+    /// connected, its version, user, groups and capability sets, or the last connection error.
     pub agent: AgentStatus,
     /// `raspberry_pi` or `simulated`.
     pub backend: String,
@@ -106,7 +87,7 @@ impl Tool for GetServerStatus {
             started_at: crate::logs::timestamp(app.started_at),
             pid: std::process::id(),
             config: ConfigStatus { path: app.config_origin.clone(), sha256: app.config_sha256.clone() },
-            agent: agent_status(app),
+            agent: app.agent.refresh().await,
             backend: app.platform.backend.into(),
         })
     }

@@ -2,11 +2,18 @@
 //! else — `tools/list`, argument checking, role checks, audit, the capability report and
 //! `docs/TOOLS.md` — derives from that declaration.
 
+mod bus;
+mod camera;
 mod docs;
+mod gpio;
+mod i2c;
 mod logs;
 mod manage;
 mod metrics;
+mod os;
+mod power;
 mod process;
+mod service;
 mod system;
 
 use std::fmt;
@@ -128,6 +135,17 @@ pub trait Tool: Send + Sync + 'static {
     type Output: Serialize + JsonSchema;
     const SPEC: ToolSpec;
     fn call(cx: Cx, input: Self::Input) -> impl Future<Output = Result<Self::Output, ToolError>> + Send + 'static;
+
+    /// Content blocks shown besides the JSON text, such as an image of a capture.
+    fn extra_content(_output: &Self::Output) -> Vec<ContentBlock> {
+        Vec::new()
+    }
+}
+
+/// A tool's answer before it becomes a `CallToolResult`.
+pub struct Invoked {
+    pub structured: Value,
+    pub extra_content: Vec<ContentBlock>,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -137,7 +155,7 @@ pub trait DynTool: Send + Sync {
     fn spec(&self) -> &'static ToolSpec;
     fn input_schema(&self) -> Value;
     fn output_schema(&self) -> Value;
-    fn invoke(&self, cx: Cx, arguments: Value) -> BoxFuture<Result<Value, ToolError>>;
+    fn invoke(&self, cx: Cx, arguments: Value) -> BoxFuture<Result<Invoked, ToolError>>;
 }
 
 impl<T: Tool> DynTool for T {
@@ -150,11 +168,14 @@ impl<T: Tool> DynTool for T {
     fn output_schema(&self) -> Value {
         schema_for::<T::Output>()
     }
-    fn invoke(&self, cx: Cx, arguments: Value) -> BoxFuture<Result<Value, ToolError>> {
+    fn invoke(&self, cx: Cx, arguments: Value) -> BoxFuture<Result<Invoked, ToolError>> {
         let input = parse_arguments::<T::Input>(arguments);
         Box::pin(async move {
             let output = T::call(cx, input?).await?;
-            serde_json::to_value(output).map_err(|e| ToolError::internal(format!("cannot encode the result: {e}")))
+            let extra_content = T::extra_content(&output);
+            let structured = serde_json::to_value(output)
+                .map_err(|e| ToolError::internal(format!("cannot encode the result: {e}")))?;
+            Ok(Invoked { structured, extra_content })
         })
     }
 }
@@ -165,11 +186,38 @@ static TOOLS: &[&dyn DynTool] = &[
     &system::GetHealthSnapshot,
     &system::GetCapabilities,
     &system::GetNetworkInfo,
+    &power::Reboot,
+    &power::Shutdown,
     &metrics::GetSnapshot,
     &process::List,
     &process::GetInfo,
     &logs::RecentAppLogs,
     &logs::RecentAuditLogs,
+    &service::QueryJournal,
+    &service::List,
+    &service::GetStatus,
+    &service::Start,
+    &service::Stop,
+    &service::Restart,
+    &service::Enable,
+    &service::Disable,
+    &service::ForceRestart,
+    &gpio::ListPins,
+    &gpio::ReadPin,
+    &gpio::SetMode,
+    &gpio::WritePin,
+    &gpio::PwmEnable,
+    &gpio::PwmDisable,
+    &gpio::PwmStart,
+    &i2c::ScanBus,
+    &i2c::Read,
+    &i2c::Write,
+    &bus::SpiTransfer,
+    &bus::UartRead,
+    &bus::UartWrite,
+    &camera::Capture,
+    &os::CheckUpdates,
+    &os::ApplyUpdates,
     &manage::GetServerStatus,
 ];
 
@@ -293,6 +341,11 @@ impl Catalogue {
                 "{name} needs the {} role; you are {} with role {}. Ask an administrator for a token with that role.",
                 spec.min_role, identity.name, identity.role
             )))
+        } else if !app.tool_enabled(spec) {
+            Err(ToolError::forbidden(format!(
+                "{name} is experimental and not enabled on this server: an administrator enables it under \
+                 experimental_features (enabled: true, and a feature {name:?} with acknowledged_risks: true)"
+            )))
         } else {
             entry.tool.invoke(cx, arguments).await
         };
@@ -316,7 +369,7 @@ impl Catalogue {
             deprecated: spec.deprecation.is_some(),
         });
         Some(match result {
-            Ok(value) => {
+            Ok(Invoked { structured: value, extra_content }) => {
                 let mut text = serde_json::to_string(&value).unwrap_or_default();
                 if let Some(d) = spec.deprecation {
                     text = format!(
@@ -324,7 +377,9 @@ impl Catalogue {
                         d.since, d.removal, d.replacement
                     );
                 }
-                let mut r = CallToolResult::success(vec![ContentBlock::text(text)]);
+                let mut content = vec![ContentBlock::text(text)];
+                content.extend(extra_content);
+                let mut r = CallToolResult::success(content);
                 r.structured_content = Some(value);
                 r
             }

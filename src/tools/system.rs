@@ -375,22 +375,14 @@ pub struct ToolCapability {
 }
 
 #[derive(Debug, Serialize, JsonSchema)]
-pub struct AgentCapabilities {
-    /// Whether the privileged ops agent answered.
-    pub connected: bool,
-    /// The Linux capabilities the agent holds, when connected.
-    pub capabilities: Vec<String>,
-    /// What is known about the agent's state.
-    pub detail: String,
-}
-
-#[derive(Debug, Serialize, JsonSchema)]
 pub struct Capabilities {
     pub server_version: String,
     /// MCP protocol versions this server speaks, newest first.
     pub protocol_versions: Vec<String>,
     pub tools: Vec<ToolCapability>,
-    pub agent: AgentCapabilities,
+    /// The privileged ops agent, as found when this call reached for it: whether it is
+    /// connected, its version, user, groups and capability sets, or the last connection error.
+    pub agent: crate::agent_client::AgentStatus,
     /// Your identity and role.
     pub caller: Caller,
     /// Authentication mode: `token` or `none`.
@@ -434,12 +426,11 @@ impl Tool for GetCapabilities {
                 }
             })
             .collect();
-        let status = super::manage::agent_status(&cx.app);
         Ok(Capabilities {
             server_version: crate::app::VERSION.into(),
             protocol_versions: crate::mcp::SUPPORTED_VERSIONS.iter().map(|v| v.to_string()).collect(),
             tools,
-            agent: AgentCapabilities { connected: status.connected, capabilities: Vec::new(), detail: status.detail },
+            agent: cx.app.agent.refresh().await,
             caller: Caller { identity: cx.identity.name.clone(), role: cx.identity.role },
             auth_mode: match cx.app.auth.mode() {
                 crate::config::AuthMode::Token => "token".into(),

@@ -49,6 +49,48 @@ pub fn temp_dir() -> tempfile::TempDir {
     dir
 }
 
+/// The uid (and gid) the server and agent run as in tests.
+pub fn service_uid() -> u32 {
+    if is_root() {
+        UNPRIVILEGED
+    } else {
+        nix::unistd::getuid().as_raw()
+    }
+}
+
+/// Allowlists of the simulated hardware, as the development config has them.
+pub const DEVICES_YAML: &str = "experimental_features:
+  enabled: true
+  features:
+    - { name: gpio, enabled: true, acknowledged_risks: true }
+    - { name: spi, enabled: true, acknowledged_risks: true }
+    - { name: uart, enabled: true, acknowledged_risks: true }
+gpio:
+  pins:
+    - { pin: 17, modes: [input, output], label: led }
+    - { pin: 18, modes: [input, output, pwm], label: fan }
+    - { pin: 27, modes: [input], label: button }
+i2c:
+  buses:
+    - { bus: 1, addresses: [0x48, 0x50] }
+spi:
+  devices:
+    - { bus: 0, chip_select: 0, max_speed_hz: 1000000 }
+uart:
+  ports:
+    - { port: serial0, baud_rates: [9600, 115200] }
+services:
+  allowed_units: [ssh.service, nginx.service]
+power:
+  reboot_enabled: true
+  shutdown_enabled: false
+  max_delay_seconds: 600
+updates:
+  os:
+    check_enabled: true
+    apply_enabled: true
+";
+
 /// The configuration tests start from: token auth with an admin and a viewer token,
 /// simulated hardware, everything under `dir`. `extra` is appended YAML (top-level
 /// sections it names replace these).
@@ -67,7 +109,17 @@ pub fn config_yaml(dir: &Path, roots: Option<&Path>, extra: &str) -> String {
             ),
         ),
         ("paths", format!("paths:\n  state_dir: {0}/state\n  install_dir: {0}/opt\n", dir.display())),
-        ("ops_agent", format!("ops_agent:\n  socket_path: {}/ops-agent.sock\n", dir.display())),
+        (
+            "ops_agent",
+            format!(
+                "ops_agent:\n  socket_path: {}/ops-agent.sock\n  allowed_users: [\"{}\"]\n  socket_group: \"{}\"\n  request_timeout_ms: 3000\n",
+                dir.display(),
+                service_uid(),
+                service_uid()
+            ),
+        ),
+        ("experimental_features", DEVICES_YAML.to_string()),
+        ("camera", format!("camera:\n  media_dir: {}/media\n  max_files: 3\n", dir.display())),
     ];
     let platform = match roots {
         Some(r) => format!(
@@ -92,6 +144,7 @@ pub struct Server {
     child: Child,
     pub addr: String,
     pub dir: tempfile::TempDir,
+    agent: Option<Child>,
 }
 
 impl Server {
@@ -105,6 +158,20 @@ impl Server {
         let dir = temp_dir();
         let config = dir.path().join("config.yml");
         std::fs::write(&config, config_yaml(dir.path(), roots, extra)).unwrap();
+        Server::spawn(dir, None)
+    }
+
+    /// The standard test server with its ops agent (simulated hardware) running.
+    pub fn with_agent() -> Server {
+        let dir = temp_dir();
+        let config = dir.path().join("config.yml");
+        std::fs::write(&config, config_yaml(dir.path(), None, "")).unwrap();
+        let agent = start_agent(&config);
+        Server::spawn(dir, Some(agent))
+    }
+
+    fn spawn(dir: tempfile::TempDir, agent: Option<Child>) -> Server {
+        let config = dir.path().join("config.yml");
         let mut child = server_command()
             .arg("--config")
             .arg(&config)
@@ -122,7 +189,28 @@ impl Server {
             panic!("server did not start: {line:?} {err}");
         };
         let addr = url.trim_end_matches("/mcp").to_string();
-        Server { child, addr, dir }
+        Server { child, addr, dir, agent }
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("config.yml")
+    }
+
+    pub fn agent_pid(&self) -> Option<u32> {
+        self.agent.as_ref().map(Child::id)
+    }
+
+    /// Kills the agent (SIGKILL), as a crash would.
+    pub fn kill_agent(&mut self) {
+        if let Some(mut a) = self.agent.take() {
+            let _ = a.kill();
+            let _ = a.wait();
+        }
+    }
+
+    /// Starts the agent again after `kill_agent`.
+    pub fn start_agent(&mut self) {
+        self.agent = Some(start_agent(&self.config_path()));
     }
 
     pub fn log_dir(&self) -> PathBuf {
@@ -232,6 +320,7 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        self.kill_agent();
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::SIGTERM);
         for _ in 0..50 {
             if let Ok(Some(_)) = self.child.try_wait() {
@@ -242,6 +331,30 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+pub fn agent_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_raspi-ops-agent")
+}
+
+/// A command for the agent binary, dropped to the unprivileged test user when root.
+pub fn agent_command() -> Command {
+    let mut cmd = Command::new(agent_bin());
+    if is_root() {
+        cmd.uid(UNPRIVILEGED).gid(UNPRIVILEGED);
+    }
+    cmd.env_remove("INVOCATION_ID").env_remove("JOURNAL_STREAM");
+    cmd
+}
+
+/// Starts the agent on `config` and waits until it listens.
+pub fn start_agent(config: &Path) -> Child {
+    let mut child =
+        agent_command().arg("--config").arg(config).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    assert!(line.starts_with("listening on"), "agent did not start: {line:?}");
+    child
 }
 
 /// An HTTP response.
