@@ -109,7 +109,7 @@ pub fn main() -> ExitCode {
         let listener = bind(&socket, group).await?;
         println!("listening on {}", socket.display());
         let _ = std::io::stdout().flush();
-        serve(state, listener, allowed_uids, shutdown_signal()).await;
+        serve(state, listener, allowed_uids, crate::server::shutdown_signal()).await;
         let _ = std::fs::remove_file(&socket);
         log::info!("stopped");
         Ok::<(), String>(())
@@ -293,15 +293,4 @@ async fn connection(state: Arc<AgentState>, stream: UnixStream, uid: u32) {
     }
     drop(tx);
     let _ = write_task.await;
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => log::info!("SIGTERM: shutting down"),
-        _ = int.recv() => log::info!("SIGINT: shutting down"),
-    }
 }

@@ -512,7 +512,7 @@ fn no_arguments<'de, D: serde::Deserializer<'de>>(d: D) -> Result<(), D::Error> 
 
 /// Byte payloads travel as standard base64 strings: JSON has no bytes, and an array of
 /// numbers is four times larger and unreadable in a packet dump.
-mod base64_bytes {
+pub(crate) mod base64_bytes {
     use base64::Engine;
     use serde::{Deserialize, Deserializer, Serializer};
 

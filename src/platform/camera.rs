@@ -28,7 +28,7 @@ pub struct Capture {
     pub size_bytes: u64,
     /// A small JPEG of the same scene (no larger than `preview_max_side`), for clients
     /// that show images inline.
-    #[serde(with = "base64_bytes")]
+    #[serde(with = "crate::ipc::base64_bytes")]
     #[schemars(with = "String")]
     pub preview_jpeg: Vec<u8>,
     /// The program that took the picture (`rpicam-still`, `libcamera-still`, `simulated`).
@@ -39,18 +39,4 @@ pub struct Capture {
 pub trait Camera: Send + Sync {
     /// Captures a JPEG into `out` (a new file in the managed media directory).
     fn capture(&self, out: &Path, request: CaptureRequest) -> Result<Capture, PlatformError>;
-}
-
-mod base64_bytes {
-    use base64::Engine;
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(bytes))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-        let s = String::deserialize(d)?;
-        base64::engine::general_purpose::STANDARD.decode(s).map_err(serde::de::Error::custom)
-    }
 }
