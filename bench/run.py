@@ -1,20 +1,25 @@
 #!/usr/bin/env python3
-"""Measures mcp-raspi-server and writes the figures to a Markdown report.
+"""Measures mcp-raspi-server and raspi-ops-agent and writes the figures to a Markdown report.
 
-    python3 bench/run.py --server target/release/mcp-raspi-server --out BENCHMARKS.md
+    python3 bench/run.py --server target/release/mcp-raspi-server \
+        --agent target/release/raspi-ops-agent --out BENCHMARKS.md
 
 What is measured, all on 127.0.0.1:
-  * process start to first answer: the server is spawned and GET /healthz is polled
-    until it answers 200 (START_RUNS runs);
-  * resident memory (VmRSS, VmHWM) right after start, after IDLE_SECONDS idle, and
-    after the load runs;
+  * process start to first answer: the server is spawned (without an agent) and
+    GET /healthz is polled until it answers 200 (START_RUNS runs);
+  * then the agent is started, and the server with it (same configuration);
+  * resident memory (VmRSS, VmHWM) of the server right after start, of both after
+    IDLE_SECONDS idle, and of both after the load runs;
   * throughput and latency with wrk (WRK_CONNECTIONS connections, WRK_SECONDS each) of
     GET /healthz, then of tools/call system.get_info in a 2025-11-25 session, then of
-    the same call in stateless 2026-07-28 form, all against one server.
+    the same call in stateless 2026-07-28 form, all against one server;
+  * then, with AGENT_WRK_CONNECTIONS connections, tools/call gpio.read_pin in stateless
+    form: a round trip from the client through the server and the agent's Unix socket
+    to the simulated GPIO backend and back.
 
 Exit status: 0 when every figure was measured (whether or not it meets its target),
 1 when a load run saw errors (the report is still written and says so), 2 when the
-benchmark could not run (server failed, wrk missing, bad arguments).
+benchmark could not run (server or agent failed, wrk missing, bad arguments).
 
 Standard library only (Python 3.11). Needs wrk; as root it is installed with apt-get.
 """
@@ -46,14 +51,23 @@ IDLE_SECONDS = 5
 WRK_THREADS = 2
 WRK_CONNECTIONS = 50
 WRK_SECONDS = 10
+AGENT_WRK_CONNECTIONS = 10  # the gpio.read_pin run through the agent
 
-# The server refuses to run as root; as root it is started as this user and group.
+# The server and the agent refuse to run as root; as root they are started as this user
+# and group.
 UNPRIVILEGED = 65534
 
 TARGET_IDLE_RSS_MB = 10.0  # x86_64
 TARGET_CALL_SHARE = 0.5  # tools/call throughput / GET /healthz throughput
 TARGET_CALL_P99_MS = 5.0
 TARGET_START_MS = 100.0
+TARGET_AGENT_IDLE_RSS_MB = 5.0
+TARGET_AGENT_CALL_P99_MS = 2.0  # at AGENT_WRK_CONNECTIONS concurrent clients
+
+# The tool called through the agent, and the pin allowed for it in the configuration.
+AGENT_TOOL = "gpio.read_pin"
+AGENT_PIN = 17
+AGENT_ARGUMENTS = {"pin": AGENT_PIN}
 
 SESSION_VERSION = "2025-11-25"
 STATELESS_VERSION = "2026-07-28"
@@ -125,18 +139,22 @@ def free_port():
         return s.getsockname()[1]
 
 
-# ---------------------------------------------------------------- the server
+# ---------------------------------------------------------------- the server and the agent
 
 
 class Workdir:
-    """Temporary directory holding the configuration, logs and state of the server."""
+    """Temporary directory holding the configuration, logs and state of the server and agent."""
 
     def __init__(self):
         self.path = Path(tempfile.mkdtemp(prefix="mcp-raspi-bench-"))
         self.drop = os.geteuid() == 0
-        for sub in ("log", "state", "opt", "run"):
+        # The user and group both processes run as: the agent admits this uid and gives
+        # its socket to this group.
+        self.uid, self.gid = (UNPRIVILEGED, UNPRIVILEGED) if self.drop else (os.getuid(), os.getgid())
+        for sub in ("log", "state", "opt", "run", "media"):
             (self.path / sub).mkdir()
         self.config = self.path / "config.yml"
+        self.socket = self.path / "run" / "ops-agent.sock"
         self.config.write_text(self.config_text())
         self.config.chmod(0o644)
         if self.drop:
@@ -146,7 +164,8 @@ class Workdir:
     def config_text(self):
         d = self.path
         # The development settings (no authentication on loopback, simulated hardware)
-        # without the rate limit, which would throttle the load runs.
+        # without the rate limit, which would throttle the load runs; one GPIO pin for the
+        # calls through the agent.
         return f"""config_version: "1.2"
 server:
   listen: "127.0.0.1:0"
@@ -168,35 +187,50 @@ paths:
   state_dir: "{d}/state"
   install_dir: "{d}/opt"
 ops_agent:
-  socket_path: "{d}/run/ops-agent.sock"
+  socket_path: "{self.socket}"
+  allowed_users: ["{self.uid}"]
+  socket_group: "{self.gid}"
+gpio:
+  pins:
+    - {{ pin: {AGENT_PIN}, modes: [input, output] }}
+camera:
+  media_dir: "{d}/media"
 """
 
-    def audit_outcomes(self):
-        """Count of audit records per outcome, over the log and its rotated copies."""
+    def audit_records(self):
+        """Count of audit records per (tool, outcome), over the log and its rotated copies."""
         counts = {}
         for f in sorted((self.path / "log").glob("audit.log*")):
             with open(f, encoding="utf-8", errors="replace") as fh:
                 for line in fh:
                     try:
-                        outcome = json.loads(line).get("outcome", "?")
-                    except ValueError:
-                        outcome = "unreadable"
-                    counts[outcome] = counts.get(outcome, 0) + 1
+                        record = json.loads(line)
+                        outcome = str(record.get("outcome", "?"))
+                        if outcome != "ok" and record.get("error_code"):
+                            outcome += f" ({record['error_code']})"
+                        key = (str(record.get("tool", "?")), outcome)
+                    except (ValueError, AttributeError):
+                        key = ("?", "unreadable")
+                    counts[key] = counts.get(key, 0) + 1
         return counts
 
     def remove(self):
         shutil.rmtree(self.path, ignore_errors=True)
 
 
-class Server:
-    def __init__(self, binary, workdir, listen, capture_stdout):
+class Process:
+    """A server or agent process, started as the unprivileged user when running as root."""
+
+    name = "process"
+
+    def __init__(self, argv, workdir, capture_stdout):
         self.workdir = workdir
-        self.stderr_path = workdir.path / "server.stderr"
+        self.stderr_path = workdir.path / f"{self.name}.stderr"
         env = dict(os.environ, XDG_STATE_HOME=str(workdir.path / "state"), HOME=str(workdir.path))
         drop = {"user": UNPRIVILEGED, "group": UNPRIVILEGED, "extra_groups": []} if workdir.drop else {}
         with open(self.stderr_path, "ab") as err:
             self.proc = subprocess.Popen(
-                [binary, "--config", str(workdir.config), "--listen", listen],
+                argv,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE if capture_stdout else subprocess.DEVNULL,
                 stderr=err,
@@ -209,29 +243,37 @@ class Server:
     def pid(self):
         return self.proc.pid
 
+    def stderr_lines(self):
+        try:
+            return self.stderr_path.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return []
+
     def died(self, what):
-        tail = self.stderr_path.read_text(errors="replace").strip().splitlines()[-15:]
-        return BenchError(f"{what}; the server exited with status {self.proc.returncode}. Its stderr ends with:\n  "
+        tail = self.stderr_lines()[-15:]
+        return BenchError(f"{what}; the {self.name} exited with status {self.proc.returncode}. Its stderr ends with:\n  "
                           + "\n  ".join(tail or ["(empty)"]))
 
-    def read_listen_line(self, timeout=START_TIMEOUT):
-        """The port from the server's one stdout line `listening on http://ADDR/mcp`."""
+    def read_listen_line(self, pattern, timeout=START_TIMEOUT):
+        """The match of `pattern` against the process's first stdout line."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             ready, _, _ = select.select([self.proc.stdout], [], [], 0.1)
             if ready:
                 line = self.proc.stdout.readline().decode(errors="replace").strip()
-                m = re.fullmatch(r"listening on http://127\.0\.0\.1:(\d+)/mcp", line)
+                m = re.fullmatch(pattern, line)
                 if m:
-                    return int(m.group(1))
+                    return m
                 if line:
-                    raise BenchError(f"unexpected first stdout line of the server: {line!r}")
+                    raise BenchError(f"unexpected first stdout line of the {self.name}: {line!r}")
             if self.proc.poll() is not None:
-                raise self.died("the server stopped before listening")
-        raise BenchError(f"the server printed no `listening on` line within {timeout:.0f} s")
+                raise self.died(f"the {self.name} stopped before listening")
+        raise BenchError(f"the {self.name} printed no `listening on` line within {timeout:.0f} s")
 
     def memory(self):
         """VmRSS and VmHWM, in kB."""
+        if self.proc.poll() is not None:
+            raise self.died(f"the {self.name} is no longer running")
         fields = {}
         for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
             key, _, value = line.partition(":")
@@ -249,6 +291,32 @@ class Server:
                 self.proc.wait()
         if self.proc.stdout:
             self.proc.stdout.close()
+
+
+class Server(Process):
+    name = "server"
+
+    def __init__(self, binary, workdir, listen, capture_stdout):
+        super().__init__([binary, "--config", str(workdir.config), "--listen", listen], workdir, capture_stdout)
+
+    def listening_port(self):
+        """The port from the server's stdout line `listening on http://ADDR/mcp`."""
+        return int(self.read_listen_line(r"listening on http://127\.0\.0\.1:(\d+)/mcp").group(1))
+
+
+class Agent(Process):
+    name = "agent"
+
+    def __init__(self, binary, workdir):
+        super().__init__([binary, "--config", str(workdir.config)], workdir, capture_stdout=True)
+
+    def wait_listening(self):
+        """Waits for the agent's stdout line `listening on PATH` naming the configured socket."""
+        self.read_listen_line(r"listening on " + re.escape(str(self.workdir.socket)))
+
+    def refusals(self):
+        """The agent's log lines about connections it refused."""
+        return [line for line in self.stderr_lines() if "refused a connection" in line]
 
 
 # ---------------------------------------------------------------- measurements
@@ -304,7 +372,7 @@ def post(port, body, headers):
 
 
 def check_call(status, data, form):
-    """Fails unless a tools/call answer is a successful result."""
+    """Fails unless a tools/call answer is a successful result; returns the result."""
     try:
         reply = json.loads(data)
     except ValueError:
@@ -312,6 +380,7 @@ def check_call(status, data, form):
     result = reply.get("result")
     if status != 200 or not isinstance(result, dict) or result.get("isError"):
         raise BenchError(f"tools/call ({form}) failed: HTTP {status}, {json.dumps(reply)[:300]}")
+    return result
 
 
 def open_session(port):
@@ -333,22 +402,38 @@ def open_session(port):
     return sid
 
 
-def check_stateless(port):
+def call_stateless(port, tool, arguments):
+    """One stateless tools/call, as bench/post.lua sends it; returns the checked result."""
     status, _, data = post(port, {
         "jsonrpc": "2.0", "id": 1, "method": "tools/call",
-        "params": {"name": "system.get_info", "arguments": {},
+        "params": {"name": tool, "arguments": arguments,
                    "_meta": {"io.modelcontextprotocol/protocolVersion": STATELESS_VERSION,
                              "io.modelcontextprotocol/clientCapabilities": {}}},
-    }, {"MCP-Protocol-Version": STATELESS_VERSION, "Mcp-Method": "tools/call", "Mcp-Name": "system.get_info"})
-    check_call(status, data, f"stateless {STATELESS_VERSION}")
+    }, {"MCP-Protocol-Version": STATELESS_VERSION, "Mcp-Method": "tools/call", "Mcp-Name": tool})
+    return check_call(status, data, f"{tool}, stateless {STATELESS_VERSION}")
+
+
+def check_stateless(port):
+    call_stateless(port, "system.get_info", {})
+
+
+def check_agent_call(port):
+    """Fails unless gpio.read_pin, answered by the agent, returns the pin's state."""
+    result = call_stateless(port, AGENT_TOOL, AGENT_ARGUMENTS)
+    state = result.get("structuredContent")
+    if (result.get("isError") is not False or not isinstance(state, dict) or state.get("pin") != AGENT_PIN
+            or "mode" not in state or "level" not in state):
+        raise BenchError(f"{AGENT_TOOL} did not return the state of pin {AGENT_PIN} with isError false: "
+                         f"{json.dumps(result)[:300]}")
+    return state
 
 
 UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0, "h": 3600000.0}
 
 
-def run_wrk(wrk, url, script_args=None):
+def run_wrk(wrk, url, script_args=None, connections=WRK_CONNECTIONS):
     """Runs wrk and returns requests/s, p50/p99 in ms, request and error counts."""
-    argv = [wrk, f"-t{WRK_THREADS}", f"-c{WRK_CONNECTIONS}", f"-d{WRK_SECONDS}s", "--latency"]
+    argv = [wrk, f"-t{WRK_THREADS}", f"-c{connections}", f"-d{WRK_SECONDS}s", "--latency"]
     if script_args is not None:
         argv += ["-s", str(POST_LUA)]
     argv.append(url)
@@ -372,6 +457,7 @@ def run_wrk(wrk, url, script_args=None):
         "requests": int(total.group(1)) if total else 0,
         "non2xx": int(non2xx.group(1)) if non2xx else 0,
         "socket_errors": sum(int(x) for x in sock.groups()) if sock else 0,
+        "connections": connections,
         "output": out,
     }
 
@@ -387,11 +473,17 @@ def verdict(ok):
     return "yes" if ok else "**NO**"
 
 
+AGENT_FORM = f"stateless {STATELESS_VERSION}, {AGENT_WRK_CONNECTIONS} connections"
+
 RUN_LABELS = {
     "healthz": "GET /healthz",
     "session": f"tools/call system.get_info, session {SESSION_VERSION}",
     "stateless": f"tools/call system.get_info, stateless {STATELESS_VERSION}",
+    "agent": f"tools/call {AGENT_TOOL} through the agent, {AGENT_FORM}",
 }
+
+# The tool each load run calls (its audit records are checked against wrk's count).
+RUN_TOOLS = {"session": "system.get_info", "stateless": "system.get_info", "agent": AGENT_TOOL}
 
 
 def build_rows(r):
@@ -402,13 +494,13 @@ def build_rows(r):
                  f"≤ {TARGET_START_MS:.0f} ms", statistics.median(start) <= TARGET_START_MS))
     rows.append((f"Process start to first answer, slowest of {len(start)}", f"{max(start):.1f} ms", "", None))
     m0, m5, mload = r["mem_start"], r["mem_idle"], r["mem_load"]
-    rows.append(("Memory right after start, VmRSS / VmHWM",
+    rows.append(("Server memory right after start, VmRSS / VmHWM",
                  f"{mb(m0['VmRSS']):.1f} / {mb(m0['VmHWM']):.1f} MB", "", None))
     x86 = r["machine"]["arch"] in ("x86_64", "AMD64")
-    rows.append((f"Idle memory after {IDLE_SECONDS} s, VmRSS", f"{mb(m5['VmRSS']):.1f} MB",
+    rows.append((f"Server idle memory after {IDLE_SECONDS} s, VmRSS", f"{mb(m5['VmRSS']):.1f} MB",
                  f"≤ {TARGET_IDLE_RSS_MB:.0f} MB (x86_64)" + ("" if x86 else ", not checked here"),
                  mb(m5["VmRSS"]) <= TARGET_IDLE_RSS_MB if x86 else None))
-    rows.append((f"Idle memory after {IDLE_SECONDS} s, VmHWM", f"{mb(m5['VmHWM']):.1f} MB", "", None))
+    rows.append((f"Server idle memory after {IDLE_SECONDS} s, VmHWM", f"{mb(m5['VmHWM']):.1f} MB", "", None))
 
     health = r["wrk"]["healthz"]
     rows.append(("GET /healthz, throughput", f"{health['rps']:,.0f} req/s", "", None))
@@ -421,8 +513,23 @@ def build_rows(r):
         rows.append((f"{label}, latency p50", f"{w['p50']:.2f} ms", "", None))
         rows.append((f"{label}, latency p99", f"{w['p99']:.2f} ms", f"≤ {TARGET_CALL_P99_MS:.0f} ms",
                      w["p99"] <= TARGET_CALL_P99_MS))
-    rows.append(("Memory after the load runs, VmRSS / VmHWM",
+    rows.append(("Server memory after the load runs, VmRSS / VmHWM",
                  f"{mb(mload['VmRSS']):.1f} / {mb(mload['VmHWM']):.1f} MB", "", None))
+
+    a0, a5, aload = r["agent_mem_start"], r["agent_mem_idle"], r["agent_mem_load"]
+    rows.append(("Agent memory right after start, VmRSS / VmHWM",
+                 f"{mb(a0['VmRSS']):.1f} / {mb(a0['VmHWM']):.1f} MB", "", None))
+    rows.append((f"Agent idle memory after {IDLE_SECONDS} s, VmRSS", f"{mb(a5['VmRSS']):.1f} MB",
+                 f"≤ {TARGET_AGENT_IDLE_RSS_MB:.0f} MB", mb(a5["VmRSS"]) <= TARGET_AGENT_IDLE_RSS_MB))
+    rows.append((f"Agent idle memory after {IDLE_SECONDS} s, VmHWM", f"{mb(a5['VmHWM']):.1f} MB", "", None))
+    label, w = RUN_LABELS["agent"], r["wrk"]["agent"]
+    rows.append((f"{label}, throughput", f"{w['rps']:,.0f} req/s", "", None))
+    rows.append((f"{label}, latency p50", f"{w['p50']:.2f} ms", "", None))
+    rows.append((f"{label}, latency p99", f"{w['p99']:.2f} ms",
+                 f"≤ {TARGET_AGENT_CALL_P99_MS:.0f} ms at {AGENT_WRK_CONNECTIONS} connections",
+                 w["p99"] <= TARGET_AGENT_CALL_P99_MS))
+    rows.append(("Agent memory after the load runs, VmRSS / VmHWM",
+                 f"{mb(aload['VmRSS']):.1f} / {mb(aload['VmHWM']):.1f} MB", "", None))
     return rows
 
 
@@ -434,10 +541,29 @@ def load_problems(r):
             problems.append(f"{key}: wrk counted {w['non2xx']} non-2xx/3xx responses out of {w['requests']}")
         if w["socket_errors"]:
             problems.append(f"{key}: wrk counted {w['socket_errors']} socket errors (connect/read/write/timeout)")
-    bad = {k: v for k, v in r["audit"].items() if k != "ok"}
+    bad = {f"{tool} {outcome}": n for (tool, outcome), n in r["audit"].items() if outcome != "ok"}
     if bad:
         problems.append(f"audit log: tool calls that did not end ok: {bad}")
+    # Every answer wrk counted must be a call the server made and audited as ok (the
+    # record is written before the answer is sent); the checks before the runs add more.
+    for tool in sorted(set(RUN_TOOLS.values())):
+        answered = sum(r["wrk"][key]["requests"] for key, t in RUN_TOOLS.items() if t == tool)
+        audited = r["audit"].get((tool, "ok"), 0)
+        if audited < answered:
+            problems.append(f"audit log: {audited:,} ok records of {tool}, fewer than the {answered:,} answers wrk "
+                            "counted for it")
+    if r["agent_refusals"]:
+        problems.append(f"the agent refused {len(r['agent_refusals'])} connection(s): {r['agent_refusals'][0]}")
     return problems
+
+
+def audit_summary(audit):
+    """`tool: N ok, M error (code)` for each tool, in the order of first appearance."""
+    tools = {}
+    for (tool, outcome), n in audit.items():
+        tools.setdefault(tool, []).append((outcome, n))
+    return "; ".join(f"`{tool}`: " + ", ".join(f"{n:,} {o}" for o, n in sorted(outcomes))
+                     for tool, outcomes in sorted(tools.items())) or "none"
 
 
 def render(r, rows, problems):
@@ -445,10 +571,11 @@ def render(r, rows, problems):
     lines = [
         "# Benchmarks",
         "",
-        "Figures of `mcp-raspi-server` written by `bench/run.py` (`make bench`). The server runs with",
-        "simulated hardware, no authentication, no rate limit and its audit log on (every tool call",
-        "writes one audit line, as in production); all traffic is on 127.0.0.1, and the load generator",
-        "shares the machine with the server.",
+        "Figures of `mcp-raspi-server` and `raspi-ops-agent` written by `bench/run.py` (`make bench`).",
+        "Both run with simulated hardware and the same configuration: no authentication, no rate",
+        "limit and the server's audit log on (every tool call writes one audit line, as in",
+        "production). All HTTP traffic is on 127.0.0.1, the server reaches the agent through its",
+        "Unix socket, and the load generator shares the machine with both.",
         "",
         "## Machine",
         "",
@@ -460,9 +587,11 @@ def render(r, rows, problems):
         f"| Architecture | {m['arch']} |",
         f"| Kernel | {m['kernel']} |",
         f"| Server | {r['version'] or 'mcp-raspi-server'}, release build |",
-        f"| Binary size | {r['binary_size'] / 1e6:.1f} MB ({r['binary_size']:,} bytes) |",
-        f"| Load generator | {r['wrk_version'] or 'wrk'}: {WRK_THREADS} threads, {WRK_CONNECTIONS} connections, "
-        f"{WRK_SECONDS} s per run |",
+        f"| Server binary size | {r['binary_size'] / 1e6:.1f} MB ({r['binary_size']:,} bytes) |",
+        f"| Agent | {r['agent_version'] or 'raspi-ops-agent'}, release build |",
+        f"| Agent binary size | {r['agent_binary_size'] / 1e6:.1f} MB ({r['agent_binary_size']:,} bytes) |",
+        f"| Load generator | {r['wrk_version'] or 'wrk'}: {WRK_THREADS} threads, {WRK_CONNECTIONS} connections "
+        f"({AGENT_WRK_CONNECTIONS} for `{AGENT_TOOL}`), {WRK_SECONDS} s per run |",
         "",
         "## Results",
         "",
@@ -485,31 +614,45 @@ def render(r, rows, problems):
     lines += [
         "Load runs as counted by wrk:",
         "",
-        "| Run | Requests | Non-2xx/3xx responses | Socket errors |",
-        "|---|---|---|---|",
+        "| Run | Connections | Requests | Non-2xx/3xx responses | Socket errors |",
+        "|---|---|---|---|---|",
     ]
     for key, w in r["wrk"].items():
-        lines.append(f"| {RUN_LABELS[key]} | {w['requests']:,} | {w['non2xx']:,} | {w['socket_errors']:,} |")
+        lines.append(f"| {RUN_LABELS[key]} | {w['connections']} | {w['requests']:,} | {w['non2xx']:,} "
+                     f"| {w['socket_errors']:,} |")
     lines += [
         "",
         "Audit records written by the server during the whole run (including the checks and the",
-        "requests still in flight when wrk stopped): "
-        + ", ".join(f"{v:,} {k}" for k, v in sorted(r["audit"].items())) + ".",
+        f"requests still in flight when wrk stopped): {audit_summary(r['audit'])}.",
+        "",
+        f"Pin state returned by the `{AGENT_TOOL}` check before its load run: "
+        f"`{json.dumps(r['pin_state'], separators=(',', ':'))}`.",
         "",
         "## Method",
         "",
-        f"- Start to first answer: the time from spawning the process to the first `200` from",
+        f"- Start to first answer: the time from spawning the server to its first `200` from",
         f"  `GET /healthz`, polled every 0.5 ms; {START_RUNS} starts, each server stopped before the next.",
+        "  No agent runs during these starts (the server connects to it only when a tool needs it).",
+        "- For the memory and load figures the agent is started first and waited for (its",
+        "  `listening on` line), then one server with the same configuration.",
         f"- Memory: `VmRSS` (resident now) and `VmHWM` (resident peak) from `/proc/PID/status`, read",
-        f"  as soon as the server prints its `listening on` line, after {IDLE_SECONDS} s without requests,",
-        "  and after the load runs. MB are 10^6 bytes.",
+        f"  as soon as each process prints its `listening on` line, after {IDLE_SECONDS} s without requests,",
+        "  and after all the load runs. MB are 10^6 bytes.",
         f"- Load: `wrk -t{WRK_THREADS} -c{WRK_CONNECTIONS} -d{WRK_SECONDS}s --latency`, three runs one after the other",
         "  against the same server: `GET /healthz`; `tools/call system.get_info` in a session opened",
         f"  with `initialize` (protocol {SESSION_VERSION}, `Mcp-Session-Id` header); the same call in",
         f"  stateless form (protocol {STATELESS_VERSION}, version and capabilities in `_meta`).",
-        "  The requests come from `bench/post.lua`; every request of a run is identical. Before the",
-        "  runs one call of each form is checked to return a result; after them the audit log is",
-        "  checked for calls that did not end ok. Latencies are wrk's percentiles.",
+        f"- Through the agent: `wrk -t{WRK_THREADS} -c{AGENT_WRK_CONNECTIONS} -d{WRK_SECONDS}s --latency` of",
+        f"  `tools/call {AGENT_TOOL}` with arguments `{json.dumps(AGENT_ARGUMENTS, separators=(',', ':'))}` in "
+        f"stateless form (`Mcp-Name: {AGENT_TOOL}`),",
+        "  after the three runs above. Each call goes from the server over the agent's Unix socket to",
+        f"  the simulated GPIO backend and back; pin {AGENT_PIN} is the one pin on `gpio.pins`.",
+        "- The requests come from `bench/post.lua`; every request of a run is identical. Before the",
+        "  runs one call of each form is checked to return a result (and the agent's call to return",
+        "  `isError: false` with the pin's state as structured content); after them wrk's non-2xx and",
+        "  socket error counts are checked, the audit log is checked for calls that did not end ok and",
+        "  for at least one ok record per answer wrk counted, and the agent's log for refused",
+        "  connections. Latencies are wrk's percentiles.",
         "",
         "## Reproduce",
         "",
@@ -517,12 +660,14 @@ def render(r, rows, problems):
         "make bench",
         "# which is:",
         "cargo build --release --bins",
-        "python3 bench/run.py --server target/release/mcp-raspi-server --out BENCHMARKS.md",
+        "python3 bench/run.py --server target/release/mcp-raspi-server \\",
+        "    --agent target/release/raspi-ops-agent --out BENCHMARKS.md",
         "```",
         "",
         "It needs `wrk` (installed with apt-get when missing and run as root) and Python 3.11.",
-        "The server refuses to run as root; when the script runs as root it starts the server as",
-        f"uid/gid {UNPRIVILEGED}. A run takes about {IDLE_SECONDS + 3 * WRK_SECONDS + 10} s.",
+        "The server and the agent refuse to run as root; when the script runs as root it starts both",
+        f"as uid/gid {UNPRIVILEGED}. The agent admits only that uid and gives its socket to that gid.",
+        f"A run takes about {IDLE_SECONDS + 4 * WRK_SECONDS + 10} s.",
         "",
     ]
     return "\n".join(lines)
@@ -531,60 +676,82 @@ def render(r, rows, problems):
 # ---------------------------------------------------------------- main
 
 
-def bench(binary, wrk):
+def bench(binary, agent_binary, wrk):
     r = {"machine": machine(), "binary_size": os.path.getsize(binary),
-         "version": command_output([binary, "--version"]), "wrk_version": command_output([wrk, "-v"])}
+         "version": command_output([binary, "--version"]), "wrk_version": command_output([wrk, "-v"]),
+         "agent_binary_size": os.path.getsize(agent_binary),
+         "agent_version": command_output([agent_binary, "--version"])}
     r["wrk_version"] = " ".join(r["wrk_version"].split()[:2])
     workdir = Workdir()
-    server = None
+    server = agent = None
     try:
         log(f"start to first answer, {START_RUNS} runs")
         r["start_ms"] = measure_start(binary, workdir)
 
-        log("starting the server for the memory and load runs")
+        log("starting the agent, then the server, for the memory and load runs")
+        agent = Agent(agent_binary, workdir)
+        agent.wait_listening()
+        r["agent_mem_start"] = agent.memory()
         server = Server(binary, workdir, "127.0.0.1:0", capture_stdout=True)
-        port = server.read_listen_line()
+        port = server.listening_port()
         r["mem_start"] = server.memory()
         log(f"idle for {IDLE_SECONDS} s")
         time.sleep(IDLE_SECONDS)
         r["mem_idle"] = server.memory()
+        r["agent_mem_idle"] = agent.memory()
 
         sid = open_session(port)
         check_stateless(port)
+        r["pin_state"] = check_agent_call(port)
+        log(f"{AGENT_TOOL} through the agent answers {json.dumps(r['pin_state'])}")
         base = f"http://127.0.0.1:{port}"
         r["wrk"] = {}
-        for key, url, args in (("healthz", f"{base}/healthz", None),
-                               ("session", f"{base}/mcp", ["session", sid]),
-                               ("stateless", f"{base}/mcp", ["stateless"])):
-            log(f"wrk: {key}, {WRK_SECONDS} s")
-            r["wrk"][key] = run_wrk(wrk, url, args)
+        runs = (("healthz", f"{base}/healthz", None, WRK_CONNECTIONS),
+                ("session", f"{base}/mcp", ["session", sid], WRK_CONNECTIONS),
+                ("stateless", f"{base}/mcp", ["stateless"], WRK_CONNECTIONS),
+                ("agent", f"{base}/mcp", ["stateless", AGENT_TOOL, json.dumps(AGENT_ARGUMENTS)],
+                 AGENT_WRK_CONNECTIONS))
+        for key, url, args, connections in runs:
+            log(f"wrk: {key}, {connections} connections, {WRK_SECONDS} s")
+            r["wrk"][key] = run_wrk(wrk, url, args, connections)
             if server.proc.poll() is not None:
                 raise server.died(f"the server stopped during the {key} load run")
+            if agent.proc.poll() is not None:
+                raise agent.died(f"the agent stopped during the {key} load run")
         r["mem_load"] = server.memory()
+        r["agent_mem_load"] = agent.memory()
         if not healthz_ok(port):
             raise BenchError("GET /healthz does not answer 200 after the load runs")
-        r["audit"] = workdir.audit_outcomes()
+        r["audit"] = workdir.audit_records()
+        r["agent_refusals"] = agent.refusals()
         return r
     finally:
         if server:
             server.stop()
+        if agent:
+            agent.stop()
         workdir.remove()
+
+
+def executable(path, what):
+    binary = os.path.abspath(path)
+    if not os.access(binary, os.X_OK):
+        raise BenchError(f"{path} is not an executable file (build the {what}: cargo build --release --bins)")
+    return binary
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--server", required=True, help="the mcp-raspi-server binary (a release build)")
+    parser.add_argument("--agent", required=True, help="the raspi-ops-agent binary (a release build)")
     parser.add_argument("--out", default="BENCHMARKS.md", help="Markdown report to write")
     args = parser.parse_args()
-    binary = os.path.abspath(args.server)
-    if not os.access(binary, os.X_OK):
-        print(f"bench: {args.server} is not an executable file (build it: cargo build --release --bins)",
-              file=sys.stderr)
-        return 2
     began = time.monotonic()
     try:
+        binary = executable(args.server, "server")
+        agent_binary = executable(args.agent, "agent")
         wrk = ensure_wrk()
-        r = bench(binary, wrk)
+        r = bench(binary, agent_binary, wrk)
     except (BenchError, OSError, subprocess.SubprocessError) as e:
         print(f"bench: FAILED: {e}", file=sys.stderr)
         return 2

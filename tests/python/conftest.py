@@ -27,6 +27,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 SERVER_BIN = Path(os.environ.get("MCP_RASPI_SERVER_BIN", REPO / "target" / "debug" / "mcp-raspi-server"))
+AGENT_BIN = SERVER_BIN.with_name("raspi-ops-agent")
 UNPRIVILEGED_ID = 65534
 START_TIMEOUT_S = 15.0
 STOP_TIMEOUT_S = 10.0
@@ -225,4 +226,57 @@ def dev_server() -> Iterator[RunningServer]:
     try:
         yield RunningServer(url=url, tokens={}, paths=paths, pid=proc.pid)
     finally:
+        _finish(proc, root)
+
+
+def _start_agent(env: dict[str, str], root: Path) -> subprocess.Popen[str]:
+    """Starts raspi-ops-agent --dev and waits until it listens."""
+    if not AGENT_BIN.is_file():
+        pytest.fail(f"no agent binary at {AGENT_BIN}; build it with `cargo build --bins`")
+    drop_privileges = {}
+    if _as_root():
+        drop_privileges = dict(user=UNPRIVILEGED_ID, group=UNPRIVILEGED_ID, extra_groups=[])
+    proc = subprocess.Popen(
+        [str(AGENT_BIN), "--dev"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        cwd=root,
+        env=env,
+        **drop_privileges,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line.startswith("listening on "):
+        _stop(proc)
+        pytest.fail(f"the agent did not start: {line!r}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def dev_stack() -> Iterator[RunningServer]:
+    """The development setup of `make run`: raspi-ops-agent --dev and mcp-raspi-server --dev
+    sharing one temporary XDG_STATE_HOME, so the privileged tools work on the simulated
+    hardware."""
+    root = _private_dir("mcp-raspi-stack-")
+    env = _child_environment(root, {})
+    agent = _start_agent(env, root)
+    try:
+        proc, url = _start(["--dev", "--listen", "127.0.0.1:0"], env, root)
+    except BaseException:
+        _stop(agent)
+        raise
+    home = root / "mcp-raspi"
+    paths = ServerPaths(
+        root=root,
+        config=None,
+        app_log=home / "log" / "app.log",
+        audit_log=home / "log" / "audit.log",
+        state_dir=home / "state",
+    )
+    try:
+        yield RunningServer(url=url, tokens={}, paths=paths, pid=proc.pid)
+    finally:
+        _stop(agent)
         _finish(proc, root)
