@@ -65,7 +65,7 @@ conformance: build
 	MCP_RASPI_SERVER_BIN=$(CURDIR)/target/debug/mcp-raspi-server RUN_AS_UID=$(RUN_AS_UID) tests/conformance/run.sh
 
 bench: release
-	$(PYTHON) bench/run.py --server target/release/mcp-raspi-server --out BENCHMARKS.md
+	$(PYTHON) bench/run.py --server target/release/mcp-raspi-server --agent target/release/raspi-ops-agent --out BENCHMARKS.md
 
 docs:
 	MCP_RASPI_UPDATE_DOCS=1 $(CARGO) test --lib tools::docs
