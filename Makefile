@@ -15,7 +15,7 @@ DEV_LISTEN ?= 127.0.0.1:8000
 # The server refuses to run as root; as root, `make run` starts it as this user.
 RUN_AS_UID ?= 65534
 
-.PHONY: all build release run test lint unit pytest conformance venv bench docs clean
+.PHONY: all build release run test reachable lint unit pytest conformance venv bench docs clean
 
 all: build
 
@@ -36,7 +36,15 @@ run: build
 	trap 'kill $$agent 2>/dev/null' EXIT INT TERM; \
 	$$as_user target/debug/mcp-raspi-server --dev --listen $(DEV_LISTEN)
 
-test: lint unit pytest conformance
+test: reachable lint unit pytest conformance
+
+# As root, the tests start the daemons as uid $(RUN_AS_UID): it must reach the checkout.
+reachable:
+	@if [ "$$(id -u)" = 0 ] && ! setpriv --reuid=$(RUN_AS_UID) --regid=$(RUN_AS_UID) --clear-groups test -x "$(CURDIR)"; then \
+	  echo "uid $(RUN_AS_UID) cannot reach $(CURDIR): the tests run the daemons as that user."; \
+	  echo "Clone the repository under a directory others may traverse, or run: chmod o+x on each directory above it."; \
+	  exit 1; \
+	fi
 
 lint:
 	$(CARGO) fmt --check
