@@ -104,8 +104,11 @@ failed=()
 for v in "${versions[@]}"; do
   echo
   echo "=== protocol $v ==="
+  # The suite's own total counts the baseline's expected failures as failed; say so, so
+  # that the line is not read as a count of failed tests.
   if ! "$node" "$cli" server --url "$url" --suite all --spec-version "$v" \
-    --expected-failures "$here/expected-failures.yml" -o "$out/$v"; then
+    --expected-failures "$here/expected-failures.yml" -o "$out/$v" |
+    sed -E 's/^Total: ([0-9]+) passed, ([0-9]+) failed$/Total of checks: \1 passed, \2 failed (judged against the baseline below)/'; then
     failed+=("$v")
   fi
 done
