@@ -102,6 +102,44 @@ fn camera_capture_returns_a_file_and_an_inline_image() {
 }
 
 #[test]
+fn camera_record_video_writes_a_motion_jpeg_into_the_media_directory() {
+    let server = Server::with_agent();
+    let media = server.dir.path().join("media");
+    let video =
+        ok(&server, "camera.record_video", json!({"duration_seconds": 1, "width": 320, "height": 240, "framerate": 5}));
+    let path = video["path"].as_str().unwrap();
+    assert!(path.starts_with(media.to_str().unwrap()) && path.ends_with(".mjpeg"), "{path}");
+    assert_eq!(video["format"], "mjpeg");
+    assert_eq!((video["width"].as_u64(), video["height"].as_u64()), (Some(320), Some(240)));
+    assert_eq!((video["duration_ms"].as_u64(), video["frames"].as_u64()), (Some(1000), Some(5)));
+    let stream = std::fs::read(path).unwrap();
+    assert!(!stream.is_empty());
+    assert_eq!(video["size_bytes"].as_u64(), Some(stream.len() as u64));
+    assert!(stream.starts_with(&[0xFF, 0xD8]) && stream.ends_with(&[0xFF, 0xD9]));
+    let starts = stream.windows(3).filter(|w| *w == [0xFF, 0xD8, 0xFF]).count();
+    assert_eq!(starts, 5, "one JPEG per frame");
+
+    // Videos and stills share the retention limits.
+    for _ in 0..3 {
+        ok(&server, "camera.capture", json!({"width": 64, "height": 48}));
+    }
+    let kept: Vec<String> =
+        std::fs::read_dir(&media).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert_eq!(kept.len(), 3, "camera.max_files is 3 in the test config: {kept:?}");
+    assert!(kept.iter().all(|name| name.starts_with("capture-")), "the video was the oldest: {kept:?}");
+
+    let text = error_text(&server, "camera.record_video", json!({"duration_seconds": 61}));
+    assert!(text.contains("camera.max_video_seconds"), "{text}");
+    // The test config waits 3000 ms for the agent: 1 s of recording is all that fits.
+    let text = error_text(&server, "camera.record_video", json!({"duration_seconds": 2}));
+    assert!(text.contains("ops_agent.request_timeout_ms"), "{text}");
+    let text = error_text(&server, "camera.record_video", json!({"duration_seconds": 1, "framerate": 61}));
+    assert!(text.contains("framerate"), "{text}");
+    let audit = server.audit_records();
+    assert!(audit.iter().any(|r| r["tool"] == "camera.record_video" && r["outcome"] == "ok"), "{audit:?}");
+}
+
+#[test]
 fn service_tools_act_only_on_allowlisted_units() {
     let server = Server::with_agent();
     let list = ok(&server, "service.list", json!({}));
@@ -210,8 +248,11 @@ fn experimental_tools_are_hidden_and_refused_unless_enabled() {
     let names: Vec<&str> =
         list["result"]["tools"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
     assert!(!names.contains(&"spi.transfer") && !names.contains(&"gpio.pwm_enable"), "{names:?}");
+    assert!(!names.contains(&"camera.record_video"), "{names:?}");
     assert!(names.contains(&"gpio.read_pin"));
     let r = server.call_tool("spi.transfer", json!({"bus": 0, "chip_select": 0, "data": [1]}));
+    assert!(r["content"][0]["text"].as_str().unwrap().contains("experimental"), "{r}");
+    let r = server.call_tool("camera.record_video", json!({"duration_seconds": 1}));
     assert!(r["content"][0]["text"].as_str().unwrap().contains("experimental"), "{r}");
 }
 

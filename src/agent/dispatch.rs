@@ -8,6 +8,7 @@ use std::time::SystemTime;
 
 use crate::config::Config;
 use crate::ipc::{AgentCapabilities, ErrorCode, Request, Response};
+use crate::platform::camera::VideoRequest;
 use crate::platform::{CaptureRequest, PinMode, PinNumber, Platform, SpiSettings, UnitName};
 
 /// Everything a request needs, shared by all connections.
@@ -148,6 +149,9 @@ impl AgentState {
                 Response::Written { bytes: p.uart.write(&port, baud, &data).map_err(fail)? as u64 }
             }
             Request::CameraCapture { width, height, quality } => self.capture(width, height, quality)?,
+            Request::CameraRecord { duration_ms, width, height, framerate } => {
+                self.record(VideoRequest { duration_ms, width, height, framerate })?
+            }
             Request::ServiceStatus { unit } => {
                 self.unit_allowed(&unit)?;
                 Response::Unit { state: p.services.status(&unit).map_err(fail)? }
@@ -207,7 +211,8 @@ impl AgentState {
         }
     }
 
-    fn capture(&self, width: u32, height: u32, quality: u8) -> Result<Response, Response> {
+    /// Checks that the camera is on and `width`x`height` within its limits.
+    fn camera_allows(&self, width: u32, height: u32) -> Result<(), Response> {
         let camera = &self.config.camera;
         if !camera.enabled {
             return Err(denied("the camera is turned off (camera.enabled: false)".into()));
@@ -218,35 +223,86 @@ impl AgentState {
                 camera.max_width, camera.max_height
             )));
         }
-        if !(1..=100).contains(&quality) {
-            return Err(invalid(format!("quality {quality} is outside 1 to 100")));
-        }
-        let dir = &camera.media_dir;
+        Ok(())
+    }
+
+    /// A new file in the media directory (created if missing), named after `prefix`, the
+    /// time and `extension`.
+    fn media_file(&self, prefix: &str, extension: &str) -> Result<PathBuf, Response> {
+        let dir = &self.config.camera.media_dir;
         create_private_dir(dir).map_err(|e| Response::Error {
             code: ErrorCode::Failed,
             message: format!("cannot create the media directory {}: {e}", dir.display()),
         })?;
         let millis = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
-        let out = dir.join(format!("capture-{millis}.jpg"));
+        Ok(dir.join(format!("{prefix}-{millis}.{extension}")))
+    }
+
+    /// Deletes the oldest media past the camera's limits, keeping `newest`.
+    fn trim_media(&self, newest: &Path) {
+        let camera = &self.config.camera;
+        let max_bytes = camera.max_total_mb.saturating_mul(1024 * 1024);
+        enforce_retention(&camera.media_dir, camera.max_files as usize, max_bytes, newest);
+    }
+
+    fn capture(&self, width: u32, height: u32, quality: u8) -> Result<Response, Response> {
+        self.camera_allows(width, height)?;
+        if !(1..=100).contains(&quality) {
+            return Err(invalid(format!("quality {quality} is outside 1 to 100")));
+        }
+        let out = self.media_file("capture", "jpg")?;
         let request = CaptureRequest { width, height, quality, preview_max_side: 320 };
         let capture = self.platform.camera.capture(&out, request).map_err(|e| Response::from_platform_error(&e))?;
-        enforce_retention(dir, camera.max_files as usize, camera.max_total_mb.saturating_mul(1024 * 1024), &out);
+        self.trim_media(&out);
         Ok(Response::Capture { capture })
     }
+
+    fn record(&self, request: VideoRequest) -> Result<Response, Response> {
+        self.camera_allows(request.width, request.height)?;
+        let max_seconds = self.config.camera.max_video_seconds;
+        let max_ms = u64::from(max_seconds) * 1000;
+        if request.duration_ms == 0 || u64::from(request.duration_ms) > max_ms {
+            return Err(invalid(format!(
+                "a recording of {} ms is outside 1 ms to {max_seconds} s (camera.max_video_seconds)",
+                request.duration_ms
+            )));
+        }
+        if !(1..=MAX_FRAMERATE).contains(&request.framerate) {
+            return Err(invalid(format!(
+                "a frame rate of {} per second is outside 1 to {MAX_FRAMERATE}",
+                request.framerate
+            )));
+        }
+        let out = self.media_file("video", "mjpeg")?;
+        let video = self.platform.camera.record(&out, request).map_err(|e| Response::from_platform_error(&e))?;
+        self.trim_media(&out);
+        Ok(Response::Video { video })
+    }
 }
+
+/// The highest frame rate a recording may ask for.
+const MAX_FRAMERATE: u32 = 60;
+
+/// Names of the files the agent writes into the media directory, and the only ones
+/// retention may delete.
+const MEDIA_PREFIXES: [&str; 2] = ["capture-", "video-"];
 
 fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new().recursive(true).mode(0o750).create(dir)
 }
 
-/// Deletes the oldest captures until the directory is within both limits; never the one
-/// just taken.
+/// Deletes the oldest captures and videos until the directory is within both limits; never
+/// the one just made.
 fn enforce_retention(dir: &Path, max_files: usize, max_bytes: u64, keep: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else { return };
     let mut files: Vec<(SystemTime, u64, PathBuf)> = entries
         .filter_map(Result::ok)
-        .filter(|e| e.file_name().to_string_lossy().starts_with("capture-"))
+        .filter(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            MEDIA_PREFIXES.iter().any(|prefix| name.starts_with(prefix))
+        })
         .filter_map(|e| {
             let meta = e.metadata().ok()?;
             Some((meta.modified().ok()?, meta.len(), e.path()))
@@ -269,8 +325,96 @@ fn enforce_retention(dir: &Path, max_files: usize, max_bytes: u64, keep: &Path) 
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+    #![allow(clippy::unwrap_used, clippy::panic)]
     use super::*;
+    use crate::config::Backend;
+    use crate::host::Roots;
+
+    /// An agent on simulated hardware whose media directory is `media`, with `camera` as
+    /// extra keys of the camera section.
+    fn agent(media: &Path, camera: &str) -> Arc<AgentState> {
+        let yaml = format!("config_version: \"1.2\"\ncamera:\n  media_dir: {}\n{camera}", media.display());
+        Arc::new(AgentState {
+            config: Config::from_yaml(&yaml, "test").unwrap(),
+            platform: Platform::select(Backend::Simulated, &Roots::system()),
+            capabilities: AgentCapabilities::default(),
+        })
+    }
+
+    fn record(duration_ms: u32, width: u32, height: u32, framerate: u32) -> Request {
+        Request::CameraRecord { duration_ms, width, height, framerate }
+    }
+
+    fn refusal(response: Response) -> (ErrorCode, String) {
+        match response {
+            Response::Error { code, message } => (code, message),
+            other => panic!("expected a refusal, got {}", other.kind()),
+        }
+    }
+
+    #[test]
+    fn a_recording_is_written_into_the_media_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let media = dir.path().join("media");
+        let Response::Video { video } = agent(&media, "").execute(record(1000, 320, 240, 5)) else {
+            panic!("no video");
+        };
+        assert_eq!(video.path.parent(), Some(media.as_path()));
+        let name = video.path.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(name.starts_with("video-") && name.ends_with(".mjpeg"), "{name}");
+        assert_eq!((video.width, video.height, video.duration_ms, video.frames), (320, 240, 1000, Some(5)));
+        assert_eq!(video.format, "mjpeg");
+        assert_eq!(std::fs::metadata(&video.path).unwrap().len(), video.size_bytes);
+    }
+
+    #[test]
+    fn recordings_beyond_the_configured_limits_are_refused_naming_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let media = dir.path().join("media");
+        let state = agent(&media, "  max_video_seconds: 2\n  max_width: 640\n  max_height: 480\n");
+        for (request, key) in [
+            (record(2001, 320, 240, 5), "camera.max_video_seconds"),
+            (record(0, 320, 240, 5), "camera.max_video_seconds"),
+            (record(1000, 641, 240, 5), "camera.max_width"),
+            (record(1000, 320, 0, 5), "camera.max_height"),
+        ] {
+            let (code, message) = refusal(state.execute(request.clone()));
+            assert_eq!(code, ErrorCode::Invalid, "{request:?}");
+            assert!(message.contains(key), "{request:?}: {message}");
+        }
+        for framerate in [0, 61] {
+            let (code, message) = refusal(state.execute(record(1000, 320, 240, framerate)));
+            assert_eq!(code, ErrorCode::Invalid);
+            assert!(message.contains("1 to 60"), "{message}");
+        }
+        assert!(!media.exists(), "nothing is created for a refused request");
+        assert!(matches!(state.execute(record(2000, 320, 240, 1)), Response::Video { .. }));
+    }
+
+    #[test]
+    fn a_disabled_camera_refuses_recordings() {
+        let dir = tempfile::tempdir().unwrap();
+        let (code, message) = refusal(agent(dir.path(), "  enabled: false\n").execute(record(1000, 320, 240, 5)));
+        assert_eq!(code, ErrorCode::Denied);
+        assert!(message.contains("camera.enabled"), "{message}");
+    }
+
+    #[test]
+    fn retention_counts_videos_and_captures_together_and_leaves_other_files_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = ["capture-0.jpg", "video-1.mjpeg", "capture-2.jpg", "video-3.mjpeg", "notes.txt"];
+        for (i, name) in names.iter().enumerate() {
+            let p = dir.path().join(name);
+            std::fs::write(&p, vec![0u8; 100]).unwrap();
+            let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000 + i as u64);
+            std::fs::File::options().write(true).open(&p).unwrap().set_modified(t).unwrap();
+        }
+        enforce_retention(dir.path(), 2, u64::MAX, &dir.path().join("video-3.mjpeg"));
+        let mut left: Vec<String> =
+            std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
+        left.sort();
+        assert_eq!(left, ["capture-2.jpg", "notes.txt", "video-3.mjpeg"]);
+    }
 
     #[test]
     fn retention_removes_the_oldest_captures_first_and_keeps_the_newest() {

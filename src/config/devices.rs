@@ -132,13 +132,15 @@ pub struct UartConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct CameraConfig {
     pub enabled: bool,
-    /// Where captures are written (owned by the agent's user).
+    /// Where captures and videos are written (owned by the agent's user).
     pub media_dir: PathBuf,
-    /// The oldest captures are deleted past these limits.
+    /// The oldest captures and videos are deleted past these limits.
     pub max_files: u32,
     pub max_total_mb: u64,
     pub max_width: u32,
     pub max_height: u32,
+    /// The longest video camera.record_video may record, in seconds.
+    pub max_video_seconds: u32,
 }
 
 impl Default for CameraConfig {
@@ -150,6 +152,7 @@ impl Default for CameraConfig {
             max_total_mb: 500,
             max_width: 4056,
             max_height: 3040,
+            max_video_seconds: 60,
         }
     }
 }

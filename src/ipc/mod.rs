@@ -20,6 +20,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::platform::camera::Video;
 use crate::platform::{
     Capture, JournalEntry, Level, PinMode, PinNumber, PinState, PlatformError, PowerAction, PowerReceipt, Pull,
     PwmState, UnitAction, UnitName, UnitState, Upgradable, UpgradeStatus,
@@ -113,6 +114,14 @@ pub enum Request {
         height: u32,
         quality: u8,
     },
+    /// A Motion JPEG video into the agent's media directory; the agent chooses the path. The
+    /// answer comes once the recording is over, so the request's deadline must cover it.
+    CameraRecord {
+        duration_ms: u32,
+        width: u32,
+        height: u32,
+        framerate: u32,
+    },
     ServiceStatus {
         unit: UnitName,
     },
@@ -163,6 +172,7 @@ impl Request {
             Request::UartRead { .. } => "uart_read",
             Request::UartWrite { .. } => "uart_write",
             Request::CameraCapture { .. } => "camera_capture",
+            Request::CameraRecord { .. } => "camera_record",
             Request::ServiceStatus { .. } => "service_status",
             Request::ServiceList => "service_list",
             Request::ServiceControl { .. } => "service_control",
@@ -218,6 +228,9 @@ impl Request {
             }
             Request::CameraCapture { width, height, quality } => {
                 write!(s, " width={width} height={height} quality={quality}")
+            }
+            Request::CameraRecord { duration_ms, width, height, framerate } => {
+                write!(s, " duration_ms={duration_ms} width={width} height={height} framerate={framerate}")
             }
             Request::ServiceStatus { unit } => write!(s, " unit={unit}"),
             Request::ServiceControl { unit, action } => write!(s, " unit={unit} action={}", action.as_str()),
@@ -336,6 +349,10 @@ pub enum Response {
     Capture {
         capture: Capture,
     },
+    /// A finished recording.
+    Video {
+        video: Video,
+    },
     Unit {
         state: UnitState,
     },
@@ -372,6 +389,7 @@ impl Response {
             Response::Bytes { .. } => "bytes",
             Response::Written { .. } => "written",
             Response::Capture { .. } => "capture",
+            Response::Video { .. } => "video",
             Response::Unit { .. } => "unit",
             Response::Units { .. } => "units",
             Response::Journal { .. } => "journal",

@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
 
 use super::*;
+use crate::platform::camera::Video;
 use crate::platform::{Capture, JournalEntry, PowerReceipt, UnitState, Upgradable, UpgradeStatus};
 
 fn pin(n: u64) -> PinNumber {
@@ -73,9 +74,10 @@ fn request_variant(r: &Request) -> usize {
         Request::OsListUpgradable => 19,
         Request::OsStartUpgrade => 20,
         Request::OsUpgradeStatus => 21,
+        Request::CameraRecord { .. } => 22,
     }
 }
-const REQUEST_VARIANTS: usize = 22;
+const REQUEST_VARIANTS: usize = 23;
 
 fn response_variant(r: &Response) -> usize {
     match r {
@@ -93,9 +95,10 @@ fn response_variant(r: &Response) -> usize {
         Response::Upgradable { .. } => 11,
         Response::Upgrade { .. } => 12,
         Response::Error { .. } => 13,
+        Response::Video { .. } => 14,
     }
 }
-const RESPONSE_VARIANTS: usize = 14;
+const RESPONSE_VARIANTS: usize = 15;
 
 fn sample_requests() -> Vec<RequestFrame> {
     let requests = vec![
@@ -121,6 +124,7 @@ fn sample_requests() -> Vec<RequestFrame> {
         Request::OsListUpgradable,
         Request::OsStartUpgrade,
         Request::OsUpgradeStatus,
+        Request::CameraRecord { duration_ms: 5000, width: 640, height: 480, framerate: 15 },
     ];
     requests
         .into_iter()
@@ -201,6 +205,18 @@ fn sample_responses() -> Vec<ResponseFrame> {
             },
         },
         Response::Error { code: ErrorCode::Denied, message: "GPIO4 is not in the agent's allowlist".into() },
+        Response::Video {
+            video: Video {
+                path: PathBuf::from("/var/lib/mcp-raspi/media/video-1767225600000.mjpeg"),
+                width: 640,
+                height: 480,
+                duration_ms: 5000,
+                frames: Some(75),
+                size_bytes: 2_345_678,
+                format: "mjpeg".into(),
+                source: "rpicam-vid".into(),
+            },
+        },
     ];
     responses.into_iter().zip(1u64..).map(|(response, id)| ResponseFrame { id, response }).collect()
 }
@@ -322,6 +338,12 @@ fn a_safe_log_line_quotes_strings_so_they_cannot_break_the_line() {
         assert!(line.starts_with(frame.request.name()), "{line}");
         assert!(!line.contains('\n'), "{line}");
     }
+}
+
+#[test]
+fn a_recording_request_logs_its_settings() {
+    let r = Request::CameraRecord { duration_ms: 1500, width: 320, height: 240, framerate: 5 };
+    assert_eq!(r.as_safe_string(), "camera_record duration_ms=1500 width=320 height=240 framerate=5");
 }
 
 #[test]

@@ -216,6 +216,7 @@ static TOOLS: &[&dyn DynTool] = &[
     &bus::UartRead,
     &bus::UartWrite,
     &camera::Capture,
+    &camera::RecordVideo,
     &os::CheckUpdates,
     &os::ApplyUpdates,
     &manage::GetServerStatus,

@@ -65,6 +65,7 @@ pub const DEVICES_YAML: &str = "experimental_features:
     - { name: gpio, enabled: true, acknowledged_risks: true }
     - { name: spi, enabled: true, acknowledged_risks: true }
     - { name: uart, enabled: true, acknowledged_risks: true }
+    - { name: camera.record_video, enabled: true, acknowledged_risks: true }
 gpio:
   pins:
     - { pin: 17, modes: [input, output], label: led }

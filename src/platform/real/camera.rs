@@ -1,9 +1,11 @@
-//! Still capture with the Raspberry Pi camera programs (`rpicam-still`, called
-//! `libcamera-still` on older releases).
+//! Still capture and video recording with the Raspberry Pi camera programs (`rpicam-still`
+//! and `rpicam-vid`, called `libcamera-still` and `libcamera-vid` on older releases).
 //!
 //! The preview comes from the EXIF thumbnail the program embeds in the same JPEG: asking for
-//! a second, small capture would run the camera pipeline twice. The program runs from an
-//! argument vector, never a shell, and is killed when it overruns its time limit.
+//! a second, small capture would run the camera pipeline twice. Videos are Motion JPEG, a
+//! plain sequence of JPEG frames that stays playable without a container and whose frames
+//! can be counted without a demuxer. The program runs from an argument vector, never a
+//! shell, and is killed when it overruns its time limit.
 
 use std::ffi::OsString;
 use std::fs::{self, File};
@@ -18,14 +20,25 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 
+use crate::platform::camera::{Video, VideoRequest};
 use crate::platform::{Camera, Capture, CaptureRequest, PlatformError};
 
 /// The programs tried, in order: the current name first, then the one it replaced.
 const PROGRAMS: [&str; 2] = ["rpicam-still", "libcamera-still"];
 
+/// The video programs, in the same order.
+const VIDEO_PROGRAMS: [&str; 2] = ["rpicam-vid", "libcamera-vid"];
+
 /// How long a capture may take, camera start-up included, which takes seconds on the slower
 /// boards.
 const CAPTURE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a recording may take beyond its duration: camera start-up and the encoder's
+/// last frames.
+const VIDEO_OVERHEAD: Duration = Duration::from_secs(30);
+
+/// How much of a file is read at a time when counting its frames.
+const SCAN_CHUNK: usize = 256 * 1024;
 
 /// The longest side of the EXIF thumbnail. The thumbnail must fit in the 64 KiB APP1
 /// segment, and rpicam-still gives up when even its lowest quality does not fit; 640 pixels
@@ -57,6 +70,51 @@ pub(in crate::platform) fn check_request(request: CaptureRequest) -> Result<(), 
         )));
     }
     Ok(())
+}
+
+/// Rejects recording requests no camera program can satisfy.
+pub(in crate::platform) fn check_video_request(request: VideoRequest) -> Result<(), PlatformError> {
+    if !(1..=u32::from(u16::MAX)).contains(&request.width) || !(1..=u32::from(u16::MAX)).contains(&request.height) {
+        return Err(PlatformError::Invalid(format!(
+            "video size must be 1 to 65535 pixels a side (the JPEG limit), not {}x{}",
+            request.width, request.height
+        )));
+    }
+    if request.duration_ms == 0 {
+        return Err(PlatformError::Invalid("a recording needs a duration of at least 1 ms".into()));
+    }
+    if request.framerate == 0 {
+        return Err(PlatformError::Invalid("a recording needs a frame rate of at least 1 per second".into()));
+    }
+    Ok(())
+}
+
+/// Counts the JPEG frames of a Motion JPEG stream fed to it in pieces of any size.
+///
+/// A frame starts with SOI (`FF D8`) followed by the `FF` of its first segment. Inside the
+/// compressed data an `FF` byte is always followed by `00` or a restart marker, so the
+/// sequence appears only where a frame begins (the camera programs embed no thumbnails in
+/// video frames).
+#[derive(Default)]
+struct FrameCounter {
+    frames: u64,
+    /// The last two bytes seen, for a start split across two pieces.
+    tail: [Option<u8>; 2],
+}
+
+impl FrameCounter {
+    fn feed(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            if self.tail == [Some(0xFF), Some(0xD8)] && b == 0xFF {
+                self.frames += 1;
+            }
+            self.tail = [self.tail[1], Some(b)];
+        }
+    }
+
+    fn frames(&self) -> u64 {
+        self.frames
+    }
 }
 
 /// The size of a preview of a `width`x`height` image: the same aspect ratio, the longest side
@@ -185,21 +243,31 @@ fn stderr_tail(stderr: &[u8]) -> String {
     }
 }
 
-/// Still capture by running the camera program.
+/// Still capture and video recording by running the camera programs.
 pub struct CliCamera {
+    /// Still programs, tried in order.
     programs: Vec<String>,
     timeout: Duration,
+    /// Video programs, tried in order.
+    video_programs: Vec<String>,
+    /// Time allowed to a recording beyond its duration.
+    video_overhead: Duration,
 }
 
 impl CliCamera {
     pub fn new() -> Self {
-        CliCamera { programs: PROGRAMS.iter().map(|p| p.to_string()).collect(), timeout: CAPTURE_TIMEOUT }
+        CliCamera {
+            programs: PROGRAMS.iter().map(|p| p.to_string()).collect(),
+            timeout: CAPTURE_TIMEOUT,
+            video_programs: VIDEO_PROGRAMS.iter().map(|p| p.to_string()).collect(),
+            video_overhead: VIDEO_OVERHEAD,
+        }
     }
 
-    /// Starts the first program that exists, in a process group of its own so that a
+    /// Starts the first of `programs` that exists, in a process group of its own so that a
     /// time-out stops any helper it started too.
-    fn spawn(&self, args: &[OsString]) -> Result<(Child, &str), PlatformError> {
-        for program in &self.programs {
+    fn spawn<'a>(programs: &'a [String], args: &[OsString]) -> Result<(Child, &'a str), PlatformError> {
+        for program in programs {
             let spawned = Command::new(program)
                 .args(args)
                 // libcamera logs every stage at INFO to stderr; only errors help a failure message.
@@ -215,17 +283,22 @@ impl CliCamera {
                 Err(e) => return Err(PlatformError::Failed(format!("cannot run {program}: {e}"))),
             }
         }
-        Err(PlatformError::Unavailable(
-            "neither rpicam-still nor libcamera-still is installed: apt install rpicam-apps".into(),
-        ))
+        let names: Vec<String> = programs.iter().map(|p| program_name(p)).collect();
+        let missing = match names.as_slice() {
+            [one] => format!("{one} is not installed"),
+            [first @ .., last] => format!("neither {} nor {last} is installed", first.join(", ")),
+            [] => "no camera program is configured".to_string(),
+        };
+        Err(PlatformError::Unavailable(format!("{missing}: apt install rpicam-apps")))
     }
 
-    /// Runs the program to completion or to the time limit; returns the program's name.
-    fn run(&self, args: &[OsString]) -> Result<String, PlatformError> {
-        let (mut child, program) = self.spawn(args)?;
-        let name = Path::new(program).file_name().map_or(program.to_string(), |n| n.to_string_lossy().into_owned());
+    /// Runs the first of `programs` that exists to completion or to `timeout`; returns the
+    /// program's name.
+    fn run(programs: &[String], args: &[OsString], timeout: Duration) -> Result<String, PlatformError> {
+        let (mut child, program) = Self::spawn(programs, args)?;
+        let name = program_name(program);
         let stderr = StderrTail::collect(&mut child);
-        let deadline = Instant::now() + self.timeout;
+        let deadline = Instant::now() + timeout;
         let status = loop {
             match child.try_wait() {
                 Ok(Some(status)) => break Ok(status),
@@ -236,7 +309,7 @@ impl CliCamera {
                     }
                     let _ = child.kill();
                     let _ = child.wait();
-                    break Err(format!("{name} did not finish within {} s and was stopped", self.timeout.as_secs()));
+                    break Err(format!("{name} did not finish within {} s and was stopped", timeout.as_secs()));
                 }
                 Ok(None) => thread::sleep(Duration::from_millis(20)),
                 Err(e) => break Err(format!("cannot wait for {name}: {e}")),
@@ -255,6 +328,11 @@ impl CliCamera {
             Err(reason) => Err(PlatformError::Failed(format!("{reason}: {tail}"))),
         }
     }
+}
+
+/// A program's file name, as error messages and results show it.
+fn program_name(program: &str) -> String {
+    Path::new(program).file_name().map_or(program.to_string(), |n| n.to_string_lossy().into_owned())
 }
 
 impl Default for CliCamera {
@@ -330,13 +408,83 @@ impl Camera for CliCamera {
         .map(OsString::from)
         .collect();
         args.push(out.as_os_str().to_owned());
-        let result = self.run(&args).and_then(|source| Ok((source, read_capture(out, request)?)));
+        let result =
+            Self::run(&self.programs, &args, self.timeout).and_then(|source| Ok((source, read_capture(out, request)?)));
         let (source, (size_bytes, width, height, preview_jpeg)) = result.inspect_err(|_| {
             // Leave no half-written image in the media directory.
             let _ = fs::remove_file(out);
         })?;
         Ok(Capture { path: out.to_path_buf(), width, height, size_bytes, preview_jpeg, source })
     }
+
+    fn record(&self, out: &Path, request: VideoRequest) -> Result<Video, PlatformError> {
+        check_video_request(request)?;
+        let mut args: Vec<OsString> = [
+            "-n".to_string(),
+            "-t".into(),
+            request.duration_ms.to_string(),
+            "--width".into(),
+            request.width.to_string(),
+            "--height".into(),
+            request.height.to_string(),
+            "--framerate".into(),
+            request.framerate.to_string(),
+            "--codec".into(),
+            "mjpeg".into(),
+            "-o".into(),
+        ]
+        .into_iter()
+        .map(OsString::from)
+        .collect();
+        args.push(out.as_os_str().to_owned());
+        let timeout = Duration::from_millis(u64::from(request.duration_ms)) + self.video_overhead;
+        let result =
+            Self::run(&self.video_programs, &args, timeout).and_then(|source| Ok((source, read_video(out, request)?)));
+        let (source, (size_bytes, width, height, frames)) = result.inspect_err(|_| {
+            // Leave no half-written video in the media directory.
+            let _ = fs::remove_file(out);
+        })?;
+        Ok(Video {
+            path: out.to_path_buf(),
+            width,
+            height,
+            duration_ms: request.duration_ms,
+            frames: Some(frames),
+            size_bytes,
+            format: "mjpeg".into(),
+            source,
+        })
+    }
+}
+
+/// Size, dimensions and frame count of the Motion JPEG file the program wrote.
+fn read_video(out: &Path, request: VideoRequest) -> Result<(u64, u32, u32, u32), PlatformError> {
+    let unreadable = |e: io::Error| PlatformError::Failed(format!("cannot read the recording {}: {e}", out.display()));
+    let mut file = File::open(out).map_err(unreadable)?;
+    let size_bytes = file.metadata().map_err(unreadable)?.len();
+    let mut counter = FrameCounter::default();
+    let mut header = Vec::new();
+    let mut chunk = vec![0u8; SCAN_CHUNK];
+    loop {
+        let n = match file.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(unreadable(e)),
+        };
+        counter.feed(&chunk[..n]);
+        if header.len() < SCAN_CHUNK {
+            header.extend_from_slice(&chunk[..n.min(SCAN_CHUNK - header.len())]);
+        }
+    }
+    if counter.frames() == 0 {
+        return Err(PlatformError::Failed(format!(
+            "the recording {} holds no JPEG frames ({size_bytes} bytes)",
+            out.display()
+        )));
+    }
+    let (width, height) = jpeg_dimensions(&header).unwrap_or((request.width, request.height));
+    Ok((size_bytes, width, height, u32::try_from(counter.frames()).unwrap_or(u32::MAX)))
 }
 
 /// Size, dimensions and preview of the file the program wrote.
@@ -473,6 +621,8 @@ mod tests {
         CliCamera {
             programs: vec![dir.join("missing-still").display().to_string(), program.display().to_string()],
             timeout: Duration::from_millis(500),
+            video_programs: vec![dir.join("missing-vid").display().to_string(), program.display().to_string()],
+            video_overhead: Duration::from_millis(500),
         }
     }
 
@@ -494,7 +644,7 @@ mod tests {
     fn without_either_program_the_camera_is_unavailable_with_an_install_hint() {
         let camera = CliCamera {
             programs: vec!["/nonexistent/rpicam-still".into(), "/nonexistent/libcamera-still".into()],
-            timeout: CAPTURE_TIMEOUT,
+            ..CliCamera::new()
         };
         let err = camera.capture(Path::new("/nonexistent/out.jpg"), REQUEST).unwrap_err();
         assert_eq!(
@@ -573,5 +723,123 @@ mod tests {
         let out = dir.path().join("shot.jpg");
         let err = capture(&camera_running(&script, dir.path()), &out).unwrap_err();
         assert!(matches!(&err, PlatformError::Failed(m) if m.contains("no EXIF thumbnail")), "{err:?}");
+    }
+
+    const VIDEO: VideoRequest = VideoRequest { duration_ms: 100, width: 64, height: 48, framerate: 5 };
+
+    /// Records, retrying while the fake program is "busy" (see `capture`).
+    fn record(camera: &CliCamera, out: &Path, request: VideoRequest) -> Result<Video, PlatformError> {
+        for _ in 0..100 {
+            match camera.record(out, request) {
+                Err(PlatformError::Failed(m)) if m.contains("os error 26") => thread::sleep(Duration::from_millis(10)),
+                other => return other,
+            }
+        }
+        camera.record(out, request)
+    }
+
+    #[test]
+    fn frames_are_counted_by_their_start_markers_even_across_pieces() {
+        let frame = encode(16, 8, None);
+        let stream: Vec<u8> = (0..3).flat_map(|_| frame.iter().copied()).collect();
+        for piece in [1, 2, 3, 7, stream.len()] {
+            let mut counter = FrameCounter::default();
+            stream.chunks(piece).for_each(|c| counter.feed(c));
+            assert_eq!(counter.frames(), 3, "pieces of {piece} bytes");
+        }
+        let mut counter = FrameCounter::default();
+        counter.feed(&[0x00, 0xFF, 0xD8, 0x00, 0xFF, 0x00, 0xD8, 0xFF]);
+        assert_eq!(counter.frames(), 0);
+    }
+
+    #[test]
+    fn recording_requests_need_a_size_a_duration_and_a_frame_rate() {
+        assert_eq!(check_video_request(VIDEO), Ok(()));
+        assert!(check_video_request(VideoRequest { width: 0, ..VIDEO }).is_err());
+        assert!(check_video_request(VideoRequest { height: 65_536, ..VIDEO }).is_err());
+        assert!(check_video_request(VideoRequest { duration_ms: 0, ..VIDEO }).is_err());
+        assert!(check_video_request(VideoRequest { framerate: 0, ..VIDEO }).is_err());
+    }
+
+    #[test]
+    fn without_either_video_program_recording_is_unavailable_with_an_install_hint() {
+        let camera = CliCamera {
+            video_programs: vec!["/nonexistent/rpicam-vid".into(), "/nonexistent/libcamera-vid".into()],
+            ..CliCamera::new()
+        };
+        let err = camera.record(Path::new("/nonexistent/out.mjpeg"), VIDEO).unwrap_err();
+        assert_eq!(
+            err,
+            PlatformError::Unavailable(
+                "neither rpicam-vid nor libcamera-vid is installed: apt install rpicam-apps".into()
+            )
+        );
+    }
+
+    #[test]
+    fn a_recording_passes_its_settings_and_reports_the_frames_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let frame = encode(64, 48, None);
+        let fixture = dir.path().join("fixture.mjpeg");
+        fs::write(&fixture, [&frame[..], &frame[..], &frame[..], &frame[..]].concat()).unwrap();
+        let args = dir.path().join("args");
+        let script = format!(
+            "#!/bin/sh\necho \"$*\" > {}\nwhile [ $# -gt 0 ]; do [ \"$1\" = -o ] && cp {} \"$2\"; shift; done\n",
+            args.display(),
+            fixture.display()
+        );
+        let camera = camera_running(&script, dir.path());
+        let out = dir.path().join("clip.mjpeg");
+        let video = record(&camera, &out, VIDEO).unwrap();
+        assert_eq!(
+            video,
+            Video {
+                path: out.clone(),
+                width: 64,
+                height: 48,
+                duration_ms: 100,
+                frames: Some(4),
+                size_bytes: fs::metadata(&fixture).unwrap().len(),
+                format: "mjpeg".into(),
+                source: "fake-still".into(),
+            }
+        );
+        assert_eq!(
+            fs::read_to_string(&args).unwrap().trim(),
+            format!("-n -t 100 --width 64 --height 48 --framerate 5 --codec mjpeg -o {}", out.display())
+        );
+    }
+
+    #[test]
+    fn a_failing_recording_reports_its_stderr_and_leaves_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("clip.mjpeg");
+        let script = "#!/bin/sh\nwhile [ $# -gt 0 ]; do [ \"$1\" = -o ] && echo junk > \"$2\"; shift; done\necho \
+                      'ERROR: *** unable to set controls ***' >&2\nexit 1\n";
+        let err = record(&camera_running(script, dir.path()), &out, VIDEO).unwrap_err();
+        assert!(matches!(&err, PlatformError::Failed(m) if m.contains("unable to set controls")), "{err:?}");
+        assert!(!out.exists());
+    }
+
+    #[test]
+    fn a_recording_without_frames_fails_and_leaves_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("clip.mjpeg");
+        let script = "#!/bin/sh\nwhile [ $# -gt 0 ]; do [ \"$1\" = -o ] && echo junk > \"$2\"; shift; done\n";
+        let err = record(&camera_running(script, dir.path()), &out, VIDEO).unwrap_err();
+        assert!(matches!(&err, PlatformError::Failed(m) if m.contains("no JPEG frames")), "{err:?}");
+        assert!(!out.exists());
+    }
+
+    #[test]
+    fn a_recording_that_overruns_its_duration_and_margin_is_stopped() {
+        let dir = tempfile::tempdir().unwrap();
+        let started = Instant::now();
+        let camera = camera_running("#!/bin/sh\nsleep 30\necho done\n", dir.path());
+        let out = dir.path().join("clip.mjpeg");
+        let err = record(&camera, &out, VIDEO).unwrap_err();
+        assert!(matches!(&err, PlatformError::Failed(m) if m.contains("did not finish")), "{err:?}");
+        assert!(started.elapsed() < Duration::from_secs(10));
+        assert!(!out.exists());
     }
 }

@@ -4,18 +4,34 @@
 //! The pattern is eight colour bars over a strip of 16 black or white cells holding the
 //! frame number in binary (most significant bit on the left), so that consecutive captures
 //! differ and a client can tell which one it got.
+//!
+//! Videos are real Motion JPEG streams of the same pattern, the counter advancing with every
+//! frame. They are written as fast as they can be encoded rather than in real time, and hold
+//! at most [`MAX_VIDEO_FRAMES`] frames (fewer for large frames), so that a long simulated
+//! recording stays quick.
 
-use std::fs;
+use std::fs::{self, File};
+use std::io::{BufWriter, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use jpeg_encoder::{rgb_to_ycbcr, Encoder, ImageBuffer, JpegColorType};
 
-use crate::platform::real::camera::{check_request, preview_size};
+use crate::platform::camera::{Video, VideoRequest};
+use crate::platform::real::camera::{check_request, check_video_request, preview_size};
 use crate::platform::{Camera, Capture, CaptureRequest, PlatformError};
 
 /// JPEG quality of the preview, as the real camera programs use for thumbnails.
 const PREVIEW_QUALITY: u8 = 70;
+
+/// JPEG quality of video frames (rpicam-vid's default for Motion JPEG).
+const VIDEO_QUALITY: u8 = 50;
+
+/// The most frames a simulated video holds.
+const MAX_VIDEO_FRAMES: u32 = 300;
+
+/// The most pixels, all frames together, a simulated video holds: 300 frames of 320x240.
+const MAX_VIDEO_PIXELS: u64 = 300 * 320 * 240;
 
 /// White, yellow, cyan, green, magenta, red, blue, black: the classic bars.
 const BARS: [(u8, u8, u8); 8] = [
@@ -89,6 +105,15 @@ fn encode(width: u32, height: u32, quality: u8, frame: u32) -> Result<Vec<u8>, P
     Ok(jpeg)
 }
 
+/// How many frames a simulated recording holds: one per frame period of the duration (at
+/// least one), within [`MAX_VIDEO_FRAMES`] and [`MAX_VIDEO_PIXELS`].
+fn video_frames(request: VideoRequest) -> u32 {
+    let wanted = (u64::from(request.duration_ms) * u64::from(request.framerate)).div_ceil(1000);
+    let pixels = u64::from(request.width) * u64::from(request.height);
+    let limit = u64::from(MAX_VIDEO_FRAMES).min(MAX_VIDEO_PIXELS / pixels.max(1)).max(1);
+    u32::try_from(wanted.clamp(1, limit)).unwrap_or(MAX_VIDEO_FRAMES)
+}
+
 /// The simulated camera.
 pub struct SimCamera {
     frames: AtomicU32,
@@ -122,6 +147,36 @@ impl Camera for SimCamera {
             height: request.height,
             size_bytes,
             preview_jpeg,
+            source: "simulated".into(),
+        })
+    }
+
+    fn record(&self, out: &Path, request: VideoRequest) -> Result<Video, PlatformError> {
+        check_video_request(request)?;
+        let frames = video_frames(request);
+        let first = self.frames.fetch_add(frames, Ordering::Relaxed).wrapping_add(1);
+        let failed = |e: std::io::Error| PlatformError::Failed(format!("cannot write {}: {e}", out.display()));
+        let write = || -> Result<u64, PlatformError> {
+            let mut file = BufWriter::new(File::create(out).map_err(failed)?);
+            for i in 0..frames {
+                file.write_all(&encode(request.width, request.height, VIDEO_QUALITY, first.wrapping_add(i))?)
+                    .map_err(failed)?;
+            }
+            file.flush().map_err(failed)?;
+            Ok(fs::metadata(out).map_err(failed)?.len())
+        };
+        let size_bytes = write().inspect_err(|_| {
+            // Leave no half-written video in the media directory.
+            let _ = fs::remove_file(out);
+        })?;
+        Ok(Video {
+            path: out.to_path_buf(),
+            width: request.width,
+            height: request.height,
+            duration_ms: request.duration_ms,
+            frames: Some(frames),
+            size_bytes,
+            format: "mjpeg".into(),
             source: "simulated".into(),
         })
     }
@@ -198,6 +253,94 @@ mod tests {
             camera.capture(&out, CaptureRequest { quality: 101, ..REQUEST }),
             Err(PlatformError::Invalid(_))
         ));
+        assert!(!out.exists());
+    }
+
+    const VIDEO: VideoRequest = VideoRequest { duration_ms: 1000, width: 320, height: 240, framerate: 5 };
+
+    /// The frames of a Motion JPEG stream, split where each SOI begins.
+    fn split_frames(stream: &[u8]) -> Vec<&[u8]> {
+        let starts: Vec<usize> =
+            stream.windows(3).enumerate().filter(|(_, w)| *w == [0xFF, 0xD8, 0xFF]).map(|(i, _)| i).collect();
+        let ends = starts.iter().skip(1).copied().chain([stream.len()]);
+        starts.iter().zip(ends).map(|(&start, end)| &stream[start..end]).collect()
+    }
+
+    #[test]
+    fn a_recording_is_a_motion_jpeg_stream_of_one_frame_per_period() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("clip.mjpeg");
+        let video = SimCamera::new().record(&out, VIDEO).unwrap();
+        let stream = fs::read(&out).unwrap();
+        let frames = split_frames(&stream);
+        assert_eq!(frames.len(), 5);
+        assert_eq!(frames.concat(), stream, "nothing outside the frames");
+        for frame in &frames {
+            assert!(is_complete_jpeg(frame));
+            assert_eq!(jpeg_dimensions(frame), Some((320, 240)));
+        }
+        assert_eq!(
+            video,
+            Video {
+                path: out,
+                width: 320,
+                height: 240,
+                duration_ms: 1000,
+                frames: Some(5),
+                size_bytes: stream.len() as u64,
+                format: "mjpeg".into(),
+                source: "simulated".into(),
+            }
+        );
+    }
+
+    #[test]
+    fn the_frame_counter_advances_within_a_recording_and_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let camera = SimCamera::new();
+        let request = VideoRequest { duration_ms: 500, width: 64, height: 48, framerate: 8 };
+        camera.record(&dir.path().join("clip.mjpeg"), request).unwrap();
+        let stream = fs::read(dir.path().join("clip.mjpeg")).unwrap();
+        let frames = split_frames(&stream);
+        assert_eq!(frames.len(), 4);
+        for (i, frame) in frames.iter().enumerate() {
+            assert_eq!(*frame, encode(64, 48, VIDEO_QUALITY, i as u32 + 1).unwrap(), "frame {i}");
+        }
+        assert!(frames.windows(2).all(|w| w[0] != w[1]));
+        // The next still carries the number after the video's last frame.
+        let still = CaptureRequest { width: 64, height: 48, ..REQUEST };
+        let capture = camera.capture(&dir.path().join("after.jpg"), still).unwrap();
+        assert_eq!(fs::read(capture.path).unwrap(), encode(64, 48, still.quality, 5).unwrap());
+    }
+
+    #[test]
+    fn the_frame_count_rounds_up_and_stays_within_the_limits() {
+        let at = |duration_ms, width, height, framerate| {
+            video_frames(VideoRequest { duration_ms, width, height, framerate })
+        };
+        assert_eq!(at(1000, 320, 240, 5), 5);
+        assert_eq!(at(1, 320, 240, 1), 1);
+        assert_eq!(at(1100, 320, 240, 10), 11);
+        assert_eq!(at(60_000, 320, 240, 60), MAX_VIDEO_FRAMES);
+        assert_eq!(at(u32::MAX, 1, 1, u32::MAX), MAX_VIDEO_FRAMES);
+        assert_eq!(at(60_000, 640, 480, 30), 75);
+        assert_eq!(at(60_000, 4056, 3040, 30), 1);
+        assert_eq!(at(60_000, 65_535, 65_535, 30), 1);
+    }
+
+    #[test]
+    fn a_recording_that_cannot_be_written_fails_naming_the_path_and_leaves_nothing() {
+        let err = SimCamera::new().record(Path::new("/nonexistent/dir/clip.mjpeg"), VIDEO).unwrap_err();
+        assert!(matches!(&err, PlatformError::Failed(m) if m.contains("/nonexistent/dir/clip.mjpeg")), "{err:?}");
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("clip.mjpeg");
+        for bad in [
+            VideoRequest { duration_ms: 0, ..VIDEO },
+            VideoRequest { framerate: 0, ..VIDEO },
+            VideoRequest { width: 70_000, ..VIDEO },
+        ] {
+            assert!(matches!(SimCamera::new().record(&out, bad), Err(PlatformError::Invalid(_))), "{bad:?}");
+        }
         assert!(!out.exists());
     }
 }
