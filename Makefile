@@ -81,3 +81,63 @@ docs:
 clean:
 	$(CARGO) clean
 	rm -rf $(VENV)
+
+# Debian packages (cargo-deb), the fleet's signed APT repository, and the proof that the
+# package installs, runs, upgrades, reinstalls, removes and purges cleanly in a booted Debian
+# bookworm (tests/package/prove.py). The proof needs root (debootstrap, systemd-nspawn);
+# missing build tools are installed with apt. Chroots are cached under target/package-test.
+CARGO_DEB_VERSION := 3.8.0
+PKG_VERSION := $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' Cargo.toml | head -n 1)
+# Not target/debian: cargo-deb deletes every other version of the package found there.
+DEB_DIR := target/packages
+DEBS := $(foreach arch,amd64 arm64 armhf,$(DEB_DIR)/mcp-raspi_$(PKG_VERSION)_$(arch).deb)
+APT_REPO := target/apt-repo
+
+.PHONY: deb deb-arm64 deb-armhf lintian apt-repo test-package cargo-deb generated
+
+cargo-deb:
+	@if [ "$$($(CARGO) deb --version 2>/dev/null)" != "cargo-deb $(CARGO_DEB_VERSION)" ]; then \
+	  $(CARGO) install cargo-deb --version $(CARGO_DEB_VERSION) --locked; fi
+
+# Man pages and shell completions, generated from the clap definitions by the host's build.
+generated:
+	$(CARGO) build --bin mcp-raspi
+	rm -rf target/generated
+	target/debug/mcp-raspi man --out target/generated/man
+	target/debug/mcp-raspi completions --out target/generated/completions
+
+deb: cargo-deb generated
+	$(CARGO) deb --output $(DEB_DIR)/
+
+deb-arm64: cargo-deb generated
+	@packaging/need.sh gcc-aarch64-linux-gnu libc6-dev-arm64-cross
+	rustup target add aarch64-unknown-linux-gnu
+	$(CARGO) deb --target aarch64-unknown-linux-gnu --output $(DEB_DIR)/
+
+deb-armhf: cargo-deb generated
+	@packaging/need.sh gcc-arm-linux-gnueabihf libc6-dev-armhf-cross
+	rustup target add armv7-unknown-linux-gnueabihf
+	$(CARGO) deb --target armv7-unknown-linux-gnueabihf --output $(DEB_DIR)/
+
+lintian: deb deb-arm64 deb-armhf
+	@packaging/need.sh lintian
+	lintian --fail-on error,warning --info $(DEBS)
+
+apt-repo: deb deb-arm64 deb-armhf
+	@packaging/need.sh apt-utils gnupg
+	rm -rf $(APT_REPO)
+	packaging/apt-repo.sh $(APT_REPO) $(DEBS)
+
+# The chroots are made while the three packages build, in parallel (each target triple has
+# its own build directory, so the three cargo builds only share the host build scripts).
+test-package:
+	@packaging/need.sh debootstrap systemd-container qemu-user-static binutils lintian apt-utils gnupg \
+	  gcc-aarch64-linux-gnu libc6-dev-arm64-cross gcc-arm-linux-gnueabihf libc6-dev-armhf-cross
+	rustup target add aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf
+	@mkdir -p target/package-test
+	@set -e; start=$$(date +%s); \
+	$(PYTHON) tests/package/prove.py chroots >target/package-test/chroots.log 2>&1 & chroots=$$!; \
+	$(MAKE) --no-print-directory -j3 apt-repo || { wait $$chroots; exit 1; }; \
+	wait $$chroots || { cat target/package-test/chroots.log; exit 1; }; \
+	$(PYTHON) tests/package/prove.py run --version $(PKG_VERSION) --repo $(APT_REPO) $(DEBS); \
+	echo "test-package: $$(( $$(date +%s) - start )) s"

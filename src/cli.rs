@@ -1,0 +1,414 @@
+//! `mcp-raspi`: the operator's command line.
+//!
+//! It holds what the package needs at install time, in Rust rather than in shell so that
+//! it is tested and shared with the self-update: installing a release and flipping
+//! `current` ([`crate::release`]), the polkit rule generated from the configuration's unit
+//! allowlist (the allowlist lives in the configuration, so the rule can only be written at
+//! configure time), and the man pages and shell completions of the three programs,
+//! generated from their clap definitions so that they cannot drift from the options.
+//!
+//! The package's maintainer scripts run this program as root from the dpkg-owned
+//! `/usr/lib/mcp-raspi/bin`, never from `/opt/mcp-raspi`, which the agent's user can write.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser, Subcommand};
+
+use crate::app::VERSION;
+use crate::config::Config;
+use crate::release;
+
+/// Default install root of releases and the `current` symlink.
+const DEFAULT_ROOT: &str = "/opt/mcp-raspi";
+/// Default configuration file.
+const DEFAULT_CONFIG: &str = "/etc/mcp-raspi/config.yml";
+
+/// Operator command line of mcp-raspi: releases, the ops agent's polkit rule, man pages and
+/// shell completions.
+#[derive(Debug, Parser)]
+#[command(name = "mcp-raspi", version = VERSION)]
+pub struct Args {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// What `mcp-raspi` does.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Install releases under the install root and choose the one the services run.
+    #[command(subcommand)]
+    Release(ReleaseCommand),
+    /// Print the polkit rule that lets the ops agent start, stop and restart the units on
+    /// services.allowed_units (and reboot or power off when the power section allows it).
+    PolkitRules {
+        /// Configuration file whose allowlist the rule admits.
+        #[arg(long, value_name = "FILE", default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// User the ops agent runs as.
+        #[arg(long, value_name = "USER", default_value = "mcp-ops")]
+        agent_user: String,
+        /// Write the rule to this file (atomically, mode 0644) instead of printing it, e.g.
+        /// /etc/polkit-1/rules.d/50-mcp-raspi.rules.
+        #[arg(long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// Write the man pages of mcp-raspi, mcp-raspi-server and raspi-ops-agent.
+    Man {
+        /// Directory that receives the pages (section 1).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+    /// Write bash, zsh and fish completions of mcp-raspi, mcp-raspi-server and
+    /// raspi-ops-agent into DIR/bash, DIR/zsh and DIR/fish.
+    Completions {
+        /// Directory that receives one subdirectory per shell.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+}
+
+/// Release management under the install root.
+#[derive(Debug, Subcommand)]
+pub enum ReleaseCommand {
+    /// Install a payload (its bin/ and share/) as releases/VERSION; nothing happens when
+    /// that release is already installed with the same contents.
+    Install {
+        /// Directory holding the payload's bin/ and share/, e.g. /usr/lib/mcp-raspi.
+        #[arg(long, value_name = "DIR")]
+        payload: PathBuf,
+        /// Install root holding releases/ and current.
+        #[arg(long, value_name = "DIR", default_value = DEFAULT_ROOT)]
+        root: PathBuf,
+        /// Version the release is installed as.
+        #[arg(long = "version", value_name = "VERSION")]
+        release_version: String,
+        /// Give the release's directories to this user and its group.
+        #[arg(long, value_name = "USER")]
+        owner: Option<String>,
+    },
+    /// Point current at an installed release, atomically.
+    Activate {
+        /// Install root holding releases/ and current.
+        #[arg(long, value_name = "DIR", default_value = DEFAULT_ROOT)]
+        root: PathBuf,
+        /// Version to activate.
+        #[arg(long = "version", value_name = "VERSION")]
+        release_version: String,
+        /// Give the current link to this user and its group.
+        #[arg(long, value_name = "USER")]
+        owner: Option<String>,
+    },
+    /// Print the version current points at.
+    Current {
+        /// Install root holding releases/ and current.
+        #[arg(long, value_name = "DIR", default_value = DEFAULT_ROOT)]
+        root: PathBuf,
+    },
+    /// Print the installed releases, oldest first.
+    List {
+        /// Install root holding releases/ and current.
+        #[arg(long, value_name = "DIR", default_value = DEFAULT_ROOT)]
+        root: PathBuf,
+    },
+    /// Remove old releases, keeping the newest KEEP and the current one.
+    Prune {
+        /// Install root holding releases/ and current.
+        #[arg(long, value_name = "DIR", default_value = DEFAULT_ROOT)]
+        root: PathBuf,
+        /// How many of the newest releases to keep.
+        #[arg(long, value_name = "KEEP", default_value_t = 3)]
+        keep: usize,
+    },
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let args = Args::parse();
+    let mut stdout = std::io::stdout().lock();
+    match run(args.command, &mut stdout) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            let _ = stdout.flush();
+            let _ = writeln!(std::io::stderr(), "mcp-raspi: {message}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Runs one command, writing its answer to `out`.
+pub fn run(command: Command, out: &mut dyn Write) -> Result<(), String> {
+    let print = |out: &mut dyn Write, text: &str| out.write_all(text.as_bytes()).map_err(|e| e.to_string());
+    match command {
+        Command::Release(command) => run_release(command, out),
+        Command::PolkitRules { config, agent_user, output } => {
+            let text = polkit_rules_for(&config, &agent_user)?;
+            match output {
+                None => print(out, &text),
+                Some(path) => write_atomically(&path, text.as_bytes(), 0o644),
+            }
+        }
+        Command::Man { out: dir } => write_man_pages(&dir),
+        Command::Completions { out: dir } => write_completions(&dir),
+    }
+}
+
+fn run_release(command: ReleaseCommand, out: &mut dyn Write) -> Result<(), String> {
+    let mut say = |text: String| writeln!(out, "{text}").map_err(|e| e.to_string());
+    match command {
+        ReleaseCommand::Install { payload, root, release_version, owner } => {
+            let owner = owner.as_deref().map(resolve_owner).transpose()?;
+            let dir =
+                release::install_release_owned(&payload, &root, &release_version, owner).map_err(|e| e.to_string())?;
+            say(dir.display().to_string())
+        }
+        ReleaseCommand::Activate { root, release_version, owner } => {
+            let owner = owner.as_deref().map(resolve_owner).transpose()?;
+            let previous = release::flip_current_owned(&root, &release_version, owner).map_err(|e| e.to_string())?;
+            match previous {
+                Some(p) if p != release_version => say(format!("current: {release_version} (was {p})")),
+                _ => say(format!("current: {release_version}")),
+            }
+        }
+        ReleaseCommand::Current { root } => match release::current_version(&root).map_err(|e| e.to_string())? {
+            Some(version) => say(version),
+            None => Err(format!("no release is active ({} does not exist)", root.join("current").display())),
+        },
+        ReleaseCommand::List { root } => {
+            let current = release::current_version(&root).ok().flatten();
+            for version in release::list_releases(&root).map_err(|e| e.to_string())? {
+                let mark = if current.as_ref() == Some(&version) { " (current)" } else { "" };
+                say(format!("{version}{mark}"))?;
+            }
+            Ok(())
+        }
+        ReleaseCommand::Prune { root, keep } => {
+            for version in release::prune(&root, keep).map_err(|e| e.to_string())? {
+                say(format!("removed {version}"))?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The uid and primary gid of `name` (a user name or a number).
+fn resolve_owner(name: &str) -> Result<release::Owner, String> {
+    let user = match name.parse::<u32>() {
+        Ok(uid) => nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)),
+        Err(_) => nix::unistd::User::from_name(name),
+    };
+    match user {
+        Ok(Some(u)) => Ok(release::Owner { uid: u.uid.as_raw(), gid: u.gid.as_raw() }),
+        Ok(None) => Err(format!("--owner: no user named {name:?} on this system")),
+        Err(e) => Err(format!("--owner: cannot look up {name:?}: {e}")),
+    }
+}
+
+/// The polkit rule for the configuration at `path`: its allowlisted units, plus the OS
+/// upgrade unit when upgrades may be applied, and power actions when either is enabled.
+/// Environment overrides are ignored: the rule must not depend on who runs the generator.
+pub fn polkit_rules_for(path: &Path, agent_user: &str) -> Result<String, String> {
+    let config = Config::load(path, &BTreeMap::new()).map_err(|e| e.to_string())?.config;
+    let mut units = config.services.allowed_units.clone();
+    if config.updates.os.apply_enabled && !units.contains(&config.updates.os.upgrade_unit) {
+        units.push(config.updates.os.upgrade_unit.clone());
+    }
+    let allow_power = config.power.reboot_enabled || config.power.shutdown_enabled;
+    Ok(crate::platform::polkit_rules(agent_user, &units, allow_power))
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same directory, synced and
+/// renamed, so a reader sees the old file or the new one and never a part.
+fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<(), String> {
+    let name = path.file_name().ok_or_else(|| format!("{} names no file", path.display()))?;
+    let tmp = path.with_file_name(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
+    let result = (|| {
+        let mut file = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp)?;
+        file.write_all(bytes)?;
+        file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))?;
+        file.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    result.map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        format!("cannot write {}: {e}", path.display())
+    })
+}
+
+/// The clap definitions of the three programs.
+fn programs() -> [clap::Command; 3] {
+    [Args::command(), crate::server::Args::command(), crate::agent::Args::command()]
+}
+
+/// Writes NAME.1 for each program and NAME-SUBCOMMAND.1 for each of their subcommands.
+pub fn write_man_pages(dir: &Path) -> Result<(), String> {
+    fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    for command in programs() {
+        let name = command.get_name().to_string();
+        clap_mangen::generate_to(command, dir).map_err(|e| format!("cannot write the man pages of {name}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Writes DIR/bash/NAME, DIR/zsh/_NAME and DIR/fish/NAME.fish for each program: the names
+/// and places bash-completion, zsh and fish load completions from.
+pub fn write_completions(dir: &Path) -> Result<(), String> {
+    use clap_complete::Shell;
+    for mut command in programs() {
+        let name = command.get_name().to_string();
+        for (shell, sub, file) in [
+            (Shell::Bash, "bash", name.clone()),
+            (Shell::Zsh, "zsh", format!("_{name}")),
+            (Shell::Fish, "fish", format!("{name}.fish")),
+        ] {
+            let shell_dir = dir.join(sub);
+            fs::create_dir_all(&shell_dir).map_err(|e| format!("cannot create {}: {e}", shell_dir.display()))?;
+            let mut buffer = Vec::new();
+            clap_complete::generate(shell, &mut command, &name, &mut buffer);
+            let path = shell_dir.join(file);
+            fs::write(&path, buffer).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn run_args(args: &[&str]) -> Result<String, String> {
+        let parsed = Args::try_parse_from(std::iter::once("mcp-raspi").chain(args.iter().copied()))
+            .map_err(|e| e.to_string())?;
+        let mut out = Vec::new();
+        run(parsed.command, &mut out)?;
+        Ok(String::from_utf8(out).unwrap())
+    }
+
+    #[test]
+    fn the_three_command_lines_are_well_formed() {
+        for command in programs() {
+            command.debug_assert();
+        }
+    }
+
+    #[test]
+    fn version_prints_the_package_version() {
+        let err = Args::try_parse_from(["mcp-raspi", "--version"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::DisplayVersion);
+        assert_eq!(err.to_string().trim(), format!("mcp-raspi {VERSION}"));
+    }
+
+    #[test]
+    fn release_install_activate_current_list_and_prune_work_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let payload = dir.path().join("payload");
+        fs::create_dir_all(payload.join("bin")).unwrap();
+        fs::write(payload.join("bin/mcp-raspi-server"), "x").unwrap();
+        let root = dir.path().join("opt");
+        let (p, r) = (payload.to_str().unwrap(), root.to_str().unwrap());
+        let installed = run_args(&["release", "install", "--payload", p, "--root", r, "--version", "0.1.0"]).unwrap();
+        assert_eq!(installed.trim(), root.join("releases/0.1.0").display().to_string());
+        assert!(run_args(&["release", "current", "--root", r]).unwrap_err().contains("no release is active"));
+        assert_eq!(run_args(&["release", "activate", "--root", r, "--version", "0.1.0"]).unwrap(), "current: 0.1.0\n");
+        run_args(&["release", "install", "--payload", p, "--root", r, "--version", "0.2.0"]).unwrap();
+        let flipped = run_args(&["release", "activate", "--root", r, "--version", "0.2.0"]).unwrap();
+        assert_eq!(flipped, "current: 0.2.0 (was 0.1.0)\n");
+        assert_eq!(run_args(&["release", "current", "--root", r]).unwrap(), "0.2.0\n");
+        assert_eq!(run_args(&["release", "list", "--root", r]).unwrap(), "0.1.0\n0.2.0 (current)\n");
+        assert_eq!(run_args(&["release", "prune", "--root", r, "--keep", "1"]).unwrap(), "removed 0.1.0\n");
+        let err = run_args(&["release", "activate", "--root", r, "--version", "0.1.0"]).unwrap_err();
+        assert!(err.contains("not installed"), "{err}");
+    }
+
+    #[test]
+    fn an_unknown_owner_is_refused_before_anything_is_installed() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("payload/bin")).unwrap();
+        let (p, r) = (dir.path().join("payload"), dir.path().join("opt"));
+        let args =
+            ["release", "install", "--payload", p.to_str().unwrap(), "--root", r.to_str().unwrap(), "--version", "1.0"];
+        let err = run_args(&[&args[..], &["--owner", "no-such-user-here"]].concat()).unwrap_err();
+        assert!(err.contains("no user named"), "{err}");
+        assert!(!r.join("releases/1.0").exists());
+    }
+
+    const CONFIG: &str = "config_version: \"1.2\"\n\
+        services:\n  allowed_units: [nginx.service, mcp-raspi-pkgtest.service]\n\
+        power:\n  reboot_enabled: false\n  shutdown_enabled: false\n";
+
+    #[test]
+    fn the_polkit_rule_admits_the_allowlisted_units_for_the_agent_user() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("config.yml");
+        fs::write(&config, CONFIG).unwrap();
+        let text = run_args(&["polkit-rules", "--config", config.to_str().unwrap()]).unwrap();
+        assert!(text.contains("\"mcp-ops\""), "{text}");
+        assert!(text.contains("\"nginx.service\"") && text.contains("\"mcp-raspi-pkgtest.service\""), "{text}");
+        assert!(!text.contains("mcp-raspi-os-upgrade") && !text.contains("login1"), "{text}");
+    }
+
+    #[test]
+    fn the_polkit_rule_adds_the_upgrade_unit_only_when_upgrades_may_be_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("config.yml");
+        fs::write(&config, format!("{CONFIG}updates:\n  os:\n    apply_enabled: true\n")).unwrap();
+        let out = dir.path().join("rules.d/50-mcp-raspi.rules");
+        fs::create_dir_all(out.parent().unwrap()).unwrap();
+        let (c, o) = (config.to_str().unwrap(), out.to_str().unwrap());
+        assert_eq!(run_args(&["polkit-rules", "--config", c, "--agent-user", "ops", "--output", o]).unwrap(), "");
+        let text = fs::read_to_string(&out).unwrap();
+        assert!(text.contains("\"mcp-raspi-os-upgrade.service\"") && text.contains("\"ops\""), "{text}");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(fs::metadata(&out).unwrap().permissions().mode() & 0o777, 0o644);
+        assert_eq!(fs::read_dir(out.parent().unwrap()).unwrap().count(), 1, "a temporary file was left behind");
+    }
+
+    #[test]
+    fn the_shipped_example_configuration_admits_no_unit_but_allows_power_actions() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("etc/config.example.yml");
+        let text = polkit_rules_for(&path, "mcp-ops").unwrap();
+        assert!(text.contains("var units = [\n        ]"), "{text}");
+        assert!(text.contains("org.freedesktop.login1.reboot"), "{text}");
+    }
+
+    #[test]
+    fn a_configuration_that_does_not_load_is_reported_with_its_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("config.yml");
+        fs::write(&config, "config_version: \"1.2\"\nservices:\n  allowed_units: [\"-x\"]\n").unwrap();
+        assert!(run_args(&["polkit-rules", "--config", config.to_str().unwrap()]).is_err());
+        assert!(run_args(&["polkit-rules", "--config", "/nonexistent/config.yml"]).is_err());
+    }
+
+    #[test]
+    fn man_pages_are_written_for_the_three_programs_and_the_subcommands() {
+        let dir = tempfile::tempdir().unwrap();
+        run_args(&["man", "--out", dir.path().to_str().unwrap()]).unwrap();
+        for page in ["mcp-raspi.1", "mcp-raspi-server.1", "raspi-ops-agent.1", "mcp-raspi-release-install.1"] {
+            let text = fs::read_to_string(dir.path().join(page)).unwrap();
+            assert!(text.contains(".SH NAME"), "{page}: {text}");
+        }
+        let server = fs::read_to_string(dir.path().join("mcp-raspi-server.1")).unwrap();
+        assert!(server.contains("check\\-config"), "{server}");
+    }
+
+    #[test]
+    fn completions_are_written_for_three_shells_and_three_programs() {
+        let dir = tempfile::tempdir().unwrap();
+        run_args(&["completions", "--out", dir.path().to_str().unwrap()]).unwrap();
+        for name in ["mcp-raspi", "mcp-raspi-server", "raspi-ops-agent"] {
+            for file in [format!("bash/{name}"), format!("zsh/_{name}"), format!("fish/{name}.fish")] {
+                let text = fs::read_to_string(dir.path().join(&file)).unwrap();
+                assert!(text.contains(name), "{file}");
+            }
+        }
+        let bash = fs::read_to_string(dir.path().join("bash/mcp-raspi")).unwrap();
+        assert!(bash.contains("polkit-rules") && bash.contains("--payload"), "{bash}");
+    }
+}

@@ -1,0 +1,1050 @@
+//! Installed releases under the install root (`/opt/mcp-raspi`): one directory per version
+//! in `releases/`, and the `current` symlink that the systemd units run through.
+//!
+//! The package's postinst and the self-update both install a payload and move `current`.
+//! They share this code so that they agree on the layout and on what is atomic, and an apt
+//! upgrade and a self-update never fight over the tree:
+//!
+//! - a release is assembled as `releases/<version>.partial`, synced to disk, then renamed
+//!   to `releases/<version>`, so a directory with a version's name is always complete;
+//! - `current` is replaced by renaming a new symlink over it and syncing the directory, so
+//!   after a crash at any point it names either the old or the new release, never neither;
+//! - files are hard-linked from the payload where the filesystem allows (dpkg replaces a
+//!   file by renaming a new one over it, so a link keeps the old release intact) and copied
+//!   otherwise;
+//! - an advisory lock on `<root>/.lock` serialises installers, flips and prunes.
+//!
+//! The install root belongs to the agent's user, while the postinst runs this code as root.
+//! So that the agent's user cannot turn root's work against the rest of the system (a
+//! `releases` or `.partial` swapped for a symlink to `/etc` between two steps), everything
+//! below the root is reached through directory descriptors opened with `O_NOFOLLOW` and the
+//! `*at` system calls: a symlink planted anywhere in the tree is never followed, only
+//! refused or removed as a link.
+//!
+//! Release names are package versions (`0.1.0`, `1:2.0~rc1-3`), ordered as dpkg orders them.
+
+use std::cmp::Ordering;
+use std::ffi::{OsStr, OsString};
+use std::fmt;
+use std::fs::{self, File};
+use std::io;
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag, AT_FDCWD};
+use nix::sys::stat::{FileStat, Mode, SFlag};
+use nix::unistd::{Gid, Uid, UnlinkatFlags};
+
+/// The directory of the install root holding one directory per release.
+pub const RELEASES_DIR: &str = "releases";
+/// The symlink of the install root naming the active release.
+pub const CURRENT_LINK: &str = "current";
+/// The parts of a payload that make a release; `bin` is required.
+pub const PAYLOAD_PARTS: [&str; 2] = ["bin", "share"];
+
+const PARTIAL_SUFFIX: &str = ".partial";
+const LOCK_FILE: &str = ".lock";
+const NEW_LINK_PREFIX: &str = ".current.new-";
+/// Longest accepted version string, far above any real one.
+const MAX_VERSION_LEN: usize = 128;
+
+/// Why a release could not be installed, activated or pruned.
+#[derive(Debug)]
+pub enum ReleaseError {
+    /// The version string cannot name a release.
+    InvalidVersion { version: String, reason: &'static str },
+    /// The payload directory does not look like a release.
+    BadPayload(String),
+    /// A filesystem operation failed.
+    Io { action: &'static str, path: PathBuf, source: io::Error },
+    /// A release of that version exists and differs from the payload.
+    Conflict { path: PathBuf, difference: String },
+    /// No release of that version is installed.
+    NotInstalled { version: String, path: PathBuf },
+    /// `current` exists but is not a symlink into `releases/`.
+    BadCurrent { path: PathBuf, reason: String },
+}
+
+impl fmt::Display for ReleaseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReleaseError::InvalidVersion { version, reason } => {
+                write!(f, "{version:?} cannot name a release: {reason}")
+            }
+            ReleaseError::BadPayload(message) => write!(f, "bad payload: {message}"),
+            ReleaseError::Io { action, path, source } => write!(f, "cannot {action} {}: {source}", path.display()),
+            ReleaseError::Conflict { path, difference } => write!(
+                f,
+                "{} is already installed with different contents ({difference}); install under another version",
+                path.display()
+            ),
+            ReleaseError::NotInstalled { version, path } => {
+                write!(f, "release {version} is not installed ({} is not a directory)", path.display())
+            }
+            ReleaseError::BadCurrent { path, reason } => write!(f, "{}: {reason}", path.display()),
+        }
+    }
+}
+
+impl std::error::Error for ReleaseError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ReleaseError::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> ReleaseError + 'a {
+    move |source| ReleaseError::Io { action, path: path.to_path_buf(), source }
+}
+
+fn errno_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(Errno) -> ReleaseError + 'a {
+    move |errno| ReleaseError::Io { action, path: path.to_path_buf(), source: io::Error::from(errno) }
+}
+
+/// Who the directories of a release and the `current` link are given to (the files stay
+/// root's: they may be hard links of the package's own files).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Owner {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// Checks that `version` can name a release directory: a package version (it starts with a
+/// digit and holds only letters, digits and `.+~:-`), which can be neither a path nor a
+/// hidden or temporary name.
+pub fn validate_version(version: &str) -> Result<(), ReleaseError> {
+    let invalid = |reason| Err(ReleaseError::InvalidVersion { version: version.to_string(), reason });
+    if version.is_empty() {
+        return invalid("it is empty");
+    }
+    if version.len() > MAX_VERSION_LEN {
+        return invalid("it is longer than 128 characters");
+    }
+    if !version.starts_with(|c: char| c.is_ascii_digit()) {
+        return invalid("a version starts with a digit");
+    }
+    if !version.chars().all(|c| c.is_ascii_alphanumeric() || ".+~:-".contains(c)) {
+        return invalid("only letters, digits and . + ~ : - are allowed");
+    }
+    if version.ends_with(PARTIAL_SUFFIX) {
+        return invalid("names ending in .partial are releases being installed");
+    }
+    Ok(())
+}
+
+/// The directory of release `version` under `install_root`.
+pub fn release_dir(install_root: &Path, version: &str) -> PathBuf {
+    install_root.join(RELEASES_DIR).join(version)
+}
+
+// --- descriptor-relative file operations ----------------------------------------------------
+
+const DIR_FLAGS: OFlag = OFlag::O_RDONLY.union(OFlag::O_DIRECTORY).union(OFlag::O_NOFOLLOW).union(OFlag::O_CLOEXEC);
+
+/// The install root itself, following a symlink there (an administrator may have moved it).
+fn open_root(root: &Path) -> Result<OwnedFd, ReleaseError> {
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+    nix::fcntl::openat(AT_FDCWD, root, flags, Mode::empty()).map_err(errno_err("open", root))
+}
+
+/// The directory `name` in `dir`; a symlink there is refused.
+fn open_dir_at(dir: &OwnedFd, name: &OsStr, shown: &Path) -> Result<OwnedFd, ReleaseError> {
+    nix::fcntl::openat(dir, name, DIR_FLAGS, Mode::empty()).map_err(errno_err("open the directory", shown))
+}
+
+/// What `name` in `dir` is, without following a symlink; `None` when it does not exist.
+fn stat_at(dir: &OwnedFd, name: &OsStr, shown: &Path) -> Result<Option<FileStat>, ReleaseError> {
+    match nix::sys::stat::fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+        Ok(st) => Ok(Some(st)),
+        Err(Errno::ENOENT) => Ok(None),
+        Err(e) => Err(errno_err("read", shown)(e)),
+    }
+}
+
+/// Device and inode numbers, whose widths differ between 32- and 64-bit targets.
+#[allow(clippy::useless_conversion)]
+fn identity(st: &FileStat) -> (u64, u64) {
+    (u64::from(st.st_dev), u64::from(st.st_ino))
+}
+
+fn kind(st: &FileStat) -> SFlag {
+    SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits())
+}
+
+fn is_dir(st: &FileStat) -> bool {
+    kind(st) == SFlag::S_IFDIR
+}
+
+/// The names in `dir`, sorted, without `.` and `..`.
+fn entries_at(dir: &OwnedFd, shown: &Path) -> Result<Vec<OsString>, ReleaseError> {
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+    let mut listing = nix::dir::Dir::openat(dir, ".", flags, Mode::empty()).map_err(errno_err("list", shown))?;
+    let mut names = Vec::new();
+    for entry in listing.iter() {
+        let entry = entry.map_err(errno_err("list", shown))?;
+        let name = OsStr::from_bytes(entry.file_name().to_bytes());
+        if name != "." && name != ".." {
+            names.push(name.to_os_string());
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// Removes `name` from `dir`: a directory with everything in it, anything else (a symlink
+/// included) as a single entry.
+fn remove_tree_at(dir: &OwnedFd, name: &OsStr, shown: &Path) -> Result<(), ReleaseError> {
+    let Some(st) = stat_at(dir, name, shown)? else { return Ok(()) };
+    if is_dir(&st) {
+        let inner = open_dir_at(dir, name, shown)?;
+        for child in entries_at(&inner, shown)? {
+            remove_tree_at(&inner, &child, &shown.join(&child))?;
+        }
+        nix::unistd::unlinkat(dir, name, UnlinkatFlags::RemoveDir).map_err(errno_err("remove", shown))
+    } else {
+        nix::unistd::unlinkat(dir, name, UnlinkatFlags::NoRemoveDir).map_err(errno_err("remove", shown))
+    }
+}
+
+fn sync_fd(fd: &OwnedFd, shown: &Path) -> Result<(), ReleaseError> {
+    nix::unistd::fsync(fd).map_err(errno_err("sync", shown))
+}
+
+/// Holds the install root's lock until dropped.
+#[derive(Debug)]
+pub struct RootLock {
+    _lock: nix::fcntl::Flock<OwnedFd>,
+}
+
+/// Takes the install root's exclusive lock, waiting for another holder to finish.
+pub fn lock(install_root: &Path) -> Result<RootLock, ReleaseError> {
+    lock_at(&open_root(install_root)?, install_root)
+}
+
+/// The lock file is opened read-only when this user may not write it (a lock file owned by
+/// root still serialises an unprivileged installer), and never through a symlink.
+fn lock_at(root: &OwnedFd, install_root: &Path) -> Result<RootLock, ReleaseError> {
+    let path = install_root.join(LOCK_FILE);
+    let write = OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let fd = match nix::fcntl::openat(root, LOCK_FILE, write, Mode::from_bits_truncate(0o644)) {
+        Ok(fd) => fd,
+        Err(Errno::EACCES) => {
+            let read = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+            nix::fcntl::openat(root, LOCK_FILE, read, Mode::empty()).map_err(errno_err("open", &path))?
+        }
+        Err(e) => return Err(errno_err("open", &path)(e)),
+    };
+    match nix::fcntl::Flock::lock(fd, nix::fcntl::FlockArg::LockExclusive) {
+        Ok(lock) => Ok(RootLock { _lock: lock }),
+        Err((_, errno)) => Err(errno_err("lock", &path)(errno)),
+    }
+}
+
+/// `releases/` of the root, created when missing.
+fn open_releases(root: &OwnedFd, install_root: &Path, create: bool) -> Result<Option<OwnedFd>, ReleaseError> {
+    let shown = install_root.join(RELEASES_DIR);
+    if stat_at(root, OsStr::new(RELEASES_DIR), &shown)?.is_none() {
+        if !create {
+            return Ok(None);
+        }
+        match nix::sys::stat::mkdirat(root, RELEASES_DIR, Mode::from_bits_truncate(0o755)) {
+            Ok(()) | Err(Errno::EEXIST) => {}
+            Err(e) => return Err(errno_err("create", &shown)(e)),
+        }
+    }
+    open_dir_at(root, OsStr::new(RELEASES_DIR), &shown).map(Some)
+}
+
+// --- installing -------------------------------------------------------------------------------
+
+/// Installs the payload's `bin/` and `share/` as `releases/<version>` under `install_root`
+/// and returns that directory. Installing a version that is already there with the same
+/// contents does nothing; with other contents it is refused, since that release may be
+/// running. A `.partial` directory left by an interrupted install is replaced.
+pub fn install_release(payload_dir: &Path, install_root: &Path, version: &str) -> Result<PathBuf, ReleaseError> {
+    install_release_owned(payload_dir, install_root, version, None)
+}
+
+/// [`install_release`], giving the release's directories to `owner` when set.
+pub fn install_release_owned(
+    payload_dir: &Path,
+    install_root: &Path,
+    version: &str,
+    owner: Option<Owner>,
+) -> Result<PathBuf, ReleaseError> {
+    validate_version(version)?;
+    let bin = payload_dir.join("bin");
+    if !fs::metadata(&bin).map(|m| m.is_dir()).unwrap_or(false) {
+        return Err(ReleaseError::BadPayload(format!("{} is not a directory", bin.display())));
+    }
+    // The root's own path is trusted (its parent, such as /opt, is root's); below it, nothing is.
+    fs::create_dir_all(install_root).map_err(io_err("create", install_root))?;
+    let root = open_root(install_root)?;
+    let _lock = lock_at(&root, install_root)?;
+    let releases_shown = install_root.join(RELEASES_DIR);
+    let releases = open_releases(&root, install_root, true)?
+        .ok_or_else(|| ReleaseError::BadPayload(format!("{} is missing", releases_shown.display())))?;
+    if owner.is_some() {
+        // Whoever owns the releases installs them later (the self-update).
+        finish_dir(&releases, 0o755, owner, &releases_shown)?;
+    }
+    let target = releases_shown.join(version);
+    if stat_at(&releases, OsStr::new(version), &target)?.is_some() {
+        let difference = match open_dir_at(&releases, OsStr::new(version), &target) {
+            Ok(dir) => compare_release(payload_dir, &dir, &target).err(),
+            Err(e) => Some(e.to_string()),
+        };
+        return match difference {
+            None => Ok(target),
+            Some(difference) => Err(ReleaseError::Conflict { path: target, difference }),
+        };
+    }
+    let partial_name = format!("{version}{PARTIAL_SUFFIX}");
+    let partial_shown = releases_shown.join(&partial_name);
+    remove_tree_at(&releases, OsStr::new(&partial_name), &partial_shown)?;
+    // Private (0700, root's) while it is filled, so nobody else can reach into it.
+    nix::sys::stat::mkdirat(&releases, partial_name.as_str(), Mode::from_bits_truncate(0o700))
+        .map_err(errno_err("create", &partial_shown))?;
+    let partial = open_dir_at(&releases, OsStr::new(&partial_name), &partial_shown)?;
+    let st = nix::sys::stat::fstat(&partial).map_err(errno_err("read", &partial_shown))?;
+    if st.st_uid != nix::unistd::geteuid().as_raw() {
+        return Err(ReleaseError::BadPayload(format!(
+            "{} was replaced while it was being created",
+            partial_shown.display()
+        )));
+    }
+    for part in PAYLOAD_PARTS {
+        let source = payload_dir.join(part);
+        if fs::symlink_metadata(&source).is_ok() {
+            copy_tree(&source, &partial, OsStr::new(part), &partial_shown.join(part), owner)?;
+        }
+    }
+    finish_dir(&partial, 0o755, owner, &partial_shown)?;
+    nix::fcntl::renameat(&releases, partial_name.as_str(), &releases, version)
+        .map_err(errno_err("rename the finished release to", &target))?;
+    sync_fd(&releases, &releases_shown)?;
+    Ok(target)
+}
+
+/// Sets a finished directory's mode and owner, and syncs it.
+fn finish_dir(dir: &OwnedFd, mode: u32, owner: Option<Owner>, shown: &Path) -> Result<(), ReleaseError> {
+    nix::sys::stat::fchmod(dir, Mode::from_bits_truncate(mode)).map_err(errno_err("set the mode of", shown))?;
+    if let Some(o) = owner {
+        nix::unistd::fchown(dir, Some(Uid::from_raw(o.uid)), Some(Gid::from_raw(o.gid)))
+            .map_err(errno_err("change the owner of", shown))?;
+    }
+    sync_fd(dir, shown)
+}
+
+/// Recreates the tree at `source` as `name` in `parent`: directories with their modes,
+/// files hard linked or copied, symlinks with their targets. Anything else is refused. Each
+/// directory is finished (mode, owner) only after everything in it.
+fn copy_tree(
+    source: &Path,
+    parent: &OwnedFd,
+    name: &OsStr,
+    shown: &Path,
+    owner: Option<Owner>,
+) -> Result<(), ReleaseError> {
+    let meta = fs::symlink_metadata(source).map_err(io_err("read", source))?;
+    if !meta.is_dir() {
+        return Err(ReleaseError::BadPayload(format!("{} is not a directory", source.display())));
+    }
+    nix::sys::stat::mkdirat(parent, name, Mode::from_bits_truncate(0o700)).map_err(errno_err("create", shown))?;
+    let dir = open_dir_at(parent, name, shown)?;
+    for entry in sorted_entries(source)? {
+        let from = source.join(&entry);
+        let to = shown.join(&entry);
+        let meta = fs::symlink_metadata(&from).map_err(io_err("read", &from))?;
+        let kind = meta.file_type();
+        if kind.is_dir() {
+            copy_tree(&from, &dir, &entry, &to, owner)?;
+        } else if kind.is_file() {
+            link_or_copy(&from, &dir, &entry, &to)?;
+        } else if kind.is_symlink() {
+            let link = fs::read_link(&from).map_err(io_err("read the link", &from))?;
+            nix::unistd::symlinkat(&link, &dir, entry.as_os_str()).map_err(errno_err("create the link", &to))?;
+        } else {
+            return Err(ReleaseError::BadPayload(format!(
+                "{} is neither a file, a directory nor a symlink",
+                from.display()
+            )));
+        }
+    }
+    finish_dir(&dir, meta.mode() & 0o755, owner, shown)
+}
+
+fn sorted_entries(dir: &Path) -> Result<Vec<OsString>, ReleaseError> {
+    let mut names = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io_err("list", dir))? {
+        names.push(entry.map_err(io_err("list", dir))?.file_name());
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// Hard-links `from` as `name` in `dir`, or copies it when the filesystem refuses the link
+/// (another device, protected hard links, no link support).
+fn link_or_copy(from: &Path, dir: &OwnedFd, name: &OsStr, shown: &Path) -> Result<(), ReleaseError> {
+    match nix::unistd::linkat(AT_FDCWD, from, dir, name, AtFlags::empty()) {
+        Ok(()) => Ok(()),
+        Err(_) => copy_file(from, dir, name, shown),
+    }
+}
+
+/// Copies a regular file with its permission bits (set-id bits dropped) and syncs it.
+fn copy_file(from: &Path, dir: &OwnedFd, name: &OsStr, shown: &Path) -> Result<(), ReleaseError> {
+    let mut source = File::open(from).map_err(io_err("open", from))?;
+    let mode = source.metadata().map_err(io_err("read", from))?.mode() & 0o777;
+    let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let fd =
+        nix::fcntl::openat(dir, name, flags, Mode::from_bits_truncate(mode)).map_err(errno_err("create", shown))?;
+    let mut target = File::from(fd);
+    io::copy(&mut source, &mut target).map_err(io_err("copy into", shown))?;
+    target.set_permissions(fs::Permissions::from_mode(mode)).map_err(io_err("set the mode of", shown))?;
+    target.sync_all().map_err(io_err("sync", shown))
+}
+
+/// `Ok` when the release `dir` holds exactly the payload's parts: the same names, file
+/// contents, permission bits and link targets. Otherwise the first difference.
+fn compare_release(payload: &Path, dir: &OwnedFd, shown: &Path) -> Result<(), String> {
+    let present: Vec<&str> =
+        PAYLOAD_PARTS.iter().copied().filter(|p| fs::symlink_metadata(payload.join(p)).is_ok()).collect();
+    let names = entries_at(dir, shown).map_err(|e| e.to_string())?;
+    let names: Vec<String> = names.iter().map(|n| n.to_string_lossy().into_owned()).collect();
+    if names != present {
+        return Err(format!("it holds {names:?} where the payload has {present:?}"));
+    }
+    for part in present {
+        compare_at(&payload.join(part), dir, OsStr::new(part), &shown.join(part))?;
+    }
+    Ok(())
+}
+
+fn compare_at(a: &Path, dir: &OwnedFd, name: &OsStr, shown: &Path) -> Result<(), String> {
+    let ma = fs::symlink_metadata(a).map_err(|e| format!("cannot read {}: {e}", a.display()))?;
+    let mb = match stat_at(dir, name, shown) {
+        Ok(Some(st)) => st,
+        Ok(None) => return Err(format!("{} is missing", shown.display())),
+        Err(e) => return Err(e.to_string()),
+    };
+    let (ta, tb) = (ma.file_type(), kind(&mb));
+    if ta.is_symlink() || tb == SFlag::S_IFLNK {
+        return match (fs::read_link(a), nix::fcntl::readlinkat(dir, name)) {
+            (Ok(la), Ok(lb)) if la.as_os_str() == lb => Ok(()),
+            _ => Err(format!("{} is not the same link", shown.display())),
+        };
+    }
+    if ta.is_dir() && tb == SFlag::S_IFDIR {
+        let inner = open_dir_at(dir, name, shown).map_err(|e| e.to_string())?;
+        let (na, nb) =
+            (sorted_entries(a).map_err(|e| e.to_string())?, entries_at(&inner, shown).map_err(|e| e.to_string())?);
+        if na != nb {
+            return Err(format!("{} does not hold the same files", shown.display()));
+        }
+        return na.iter().try_for_each(|n| compare_at(&a.join(n), &inner, n, &shown.join(n)));
+    }
+    if !(ta.is_file() && tb == SFlag::S_IFREG) {
+        return Err(format!("{} is not the same kind of file", shown.display()));
+    }
+    let (mode_a, mode_b) = (ma.mode() & 0o777, mb.st_mode & 0o777);
+    if mode_a != mode_b {
+        return Err(format!("{} has mode {mode_b:o}, not {mode_a:o}", shown.display()));
+    }
+    if (ma.dev(), ma.ino()) == identity(&mb) {
+        return Ok(());
+    }
+    let same = u64::try_from(mb.st_size).is_ok_and(|size| size == ma.len())
+        && same_contents(a, dir, name).map_err(|e| format!("cannot compare {}: {e}", shown.display()))?;
+    if same {
+        Ok(())
+    } else {
+        Err(format!("{} has other contents", shown.display()))
+    }
+}
+
+fn same_contents(a: &Path, dir: &OwnedFd, name: &OsStr) -> io::Result<bool> {
+    use std::io::Read;
+    let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let fd = nix::fcntl::openat(dir, name, flags, Mode::empty()).map_err(io::Error::from)?;
+    let (mut fa, mut fb) = (File::open(a)?, File::from(fd));
+    let (mut ba, mut bb) = (vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);
+    loop {
+        let n = fa.read(&mut ba)?;
+        if n == 0 {
+            return Ok(fb.read(&mut bb[..1])? == 0);
+        }
+        fb.read_exact(&mut bb[..n])?;
+        if ba[..n] != bb[..n] {
+            return Ok(false);
+        }
+    }
+}
+
+// --- current ----------------------------------------------------------------------------------
+
+/// The version a `current` link target names, when it is `releases/<version>` (relative,
+/// or absolute under the install root).
+fn version_of_link(target: &Path, install_root: &Path) -> Option<String> {
+    let parent_ok =
+        target.parent().is_some_and(|p| p == Path::new(RELEASES_DIR) || p == install_root.join(RELEASES_DIR));
+    let version = target.file_name()?.to_str()?;
+    (parent_ok && validate_version(version).is_ok()).then(|| version.to_string())
+}
+
+/// The version `current` names, or `None` when there is no `current`.
+pub fn current_version(install_root: &Path) -> Result<Option<String>, ReleaseError> {
+    let link = install_root.join(CURRENT_LINK);
+    let target = match fs::read_link(&link) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::InvalidInput => {
+            return Err(ReleaseError::BadCurrent { path: link, reason: "it is not a symlink".into() })
+        }
+        Err(e) => return Err(io_err("read the link", &link)(e)),
+    };
+    match version_of_link(&target, install_root) {
+        Some(v) => Ok(Some(v)),
+        None => Err(ReleaseError::BadCurrent {
+            path: link,
+            reason: format!("it points at {}, not at a release in {RELEASES_DIR}/", target.display()),
+        }),
+    }
+}
+
+/// Points `current` at release `version`, atomically: a new relative symlink is renamed over
+/// the old one and the directory is synced. Returns the version `current` named before.
+pub fn flip_current(install_root: &Path, version: &str) -> Result<Option<String>, ReleaseError> {
+    flip_current_owned(install_root, version, None)
+}
+
+/// [`flip_current`], giving the new link to `owner` when set.
+pub fn flip_current_owned(
+    install_root: &Path,
+    version: &str,
+    owner: Option<Owner>,
+) -> Result<Option<String>, ReleaseError> {
+    validate_version(version)?;
+    let dir_shown = release_dir(install_root, version);
+    let not_installed = || ReleaseError::NotInstalled { version: version.to_string(), path: dir_shown.clone() };
+    let root = open_root(install_root)?;
+    let _lock = lock_at(&root, install_root)?;
+    let releases = open_releases(&root, install_root, false)?.ok_or_else(not_installed)?;
+    match stat_at(&releases, OsStr::new(version), &dir_shown)? {
+        Some(st) if is_dir(&st) => {}
+        _ => return Err(not_installed()),
+    }
+    let link = install_root.join(CURRENT_LINK);
+    let previous = match stat_at(&root, OsStr::new(CURRENT_LINK), &link)? {
+        Some(st) if kind(&st) != SFlag::S_IFLNK => {
+            return Err(ReleaseError::BadCurrent {
+                path: link,
+                reason: "it is not a symlink; move it away before activating a release".into(),
+            })
+        }
+        // A link that names no release is replaced, which is how it gets repaired.
+        Some(_) => {
+            nix::fcntl::readlinkat(&root, CURRENT_LINK).ok().and_then(|t| version_of_link(Path::new(&t), install_root))
+        }
+        None => None,
+    };
+    let new_name = format!("{NEW_LINK_PREFIX}{}", std::process::id());
+    let new_shown = install_root.join(&new_name);
+    match nix::unistd::unlinkat(&root, new_name.as_str(), UnlinkatFlags::NoRemoveDir) {
+        Ok(()) | Err(Errno::ENOENT) => {}
+        Err(e) => return Err(errno_err("remove", &new_shown)(e)),
+    }
+    // Relative, so that the tree keeps working when seen from a chroot or another mount point.
+    let target = Path::new(RELEASES_DIR).join(version);
+    nix::unistd::symlinkat(&target, &root, new_name.as_str()).map_err(errno_err("create the link", &new_shown))?;
+    let placed = (|| {
+        if let Some(o) = owner {
+            let (uid, gid) = (Some(Uid::from_raw(o.uid)), Some(Gid::from_raw(o.gid)));
+            nix::unistd::fchownat(&root, new_name.as_str(), uid, gid, AtFlags::AT_SYMLINK_NOFOLLOW)
+                .map_err(errno_err("change the owner of", &new_shown))?;
+        }
+        nix::fcntl::renameat(&root, new_name.as_str(), &root, CURRENT_LINK).map_err(errno_err("replace", &link))
+    })();
+    if let Err(e) = placed {
+        let _ = nix::unistd::unlinkat(&root, new_name.as_str(), UnlinkatFlags::NoRemoveDir);
+        return Err(e);
+    }
+    sync_fd(&root, install_root)?;
+    Ok(previous)
+}
+
+// --- listing and pruning ----------------------------------------------------------------------
+
+fn versions_at(releases: &OwnedFd, shown: &Path) -> Result<Vec<String>, ReleaseError> {
+    let mut versions = Vec::new();
+    for name in entries_at(releases, shown)? {
+        let Some(version) = name.to_str().filter(|n| validate_version(n).is_ok()) else { continue };
+        if stat_at(releases, &name, &shown.join(&name))?.is_some_and(|st| is_dir(&st)) {
+            versions.push(version.to_string());
+        }
+    }
+    versions.sort_by(|a, b| compare_versions(a, b));
+    Ok(versions)
+}
+
+/// The installed releases (complete ones only), oldest first in dpkg's version order.
+pub fn list_releases(install_root: &Path) -> Result<Vec<String>, ReleaseError> {
+    let root = open_root(install_root)?;
+    match open_releases(&root, install_root, false)? {
+        Some(releases) => versions_at(&releases, &install_root.join(RELEASES_DIR)),
+        None => Ok(Vec::new()),
+    }
+}
+
+/// Removes all releases but the `keep` newest and the one `current` names, and whatever an
+/// interrupted install or flip left behind. Returns the versions removed.
+pub fn prune(install_root: &Path, keep: usize) -> Result<Vec<String>, ReleaseError> {
+    let root = open_root(install_root)?;
+    let _lock = lock_at(&root, install_root)?;
+    let current = current_version(install_root)?;
+    for name in entries_at(&root, install_root)? {
+        if name.as_bytes().starts_with(NEW_LINK_PREFIX.as_bytes()) {
+            let shown = install_root.join(&name);
+            nix::unistd::unlinkat(&root, name.as_os_str(), UnlinkatFlags::NoRemoveDir)
+                .map_err(errno_err("remove", &shown))?;
+        }
+    }
+    let shown = install_root.join(RELEASES_DIR);
+    let Some(releases) = open_releases(&root, install_root, false)? else { return Ok(Vec::new()) };
+    for name in entries_at(&releases, &shown)? {
+        if name.as_bytes().ends_with(PARTIAL_SUFFIX.as_bytes()) {
+            remove_tree_at(&releases, &name, &shown.join(&name))?;
+        }
+    }
+    let versions = versions_at(&releases, &shown)?;
+    let mut removed = Vec::new();
+    let old = versions.len().saturating_sub(keep);
+    for version in &versions[..old] {
+        if Some(version) == current.as_ref() {
+            continue;
+        }
+        remove_tree_at(&releases, OsStr::new(version), &shown.join(version))?;
+        removed.push(version.clone());
+    }
+    if !removed.is_empty() {
+        sync_fd(&releases, &shown)?;
+    }
+    Ok(removed)
+}
+
+// --- versions ---------------------------------------------------------------------------------
+
+/// Orders two package versions as dpkg does: epoch, then upstream version, then revision,
+/// each compared in runs of non-digits (letters before other characters, `~` before
+/// everything, even the end) and numbers.
+pub fn compare_versions(a: &str, b: &str) -> Ordering {
+    let (ea, ua, ra) = split_version(a);
+    let (eb, ub, rb) = split_version(b);
+    ea.cmp(&eb).then_with(|| compare_part(ua, ub)).then_with(|| compare_part(ra, rb))
+}
+
+fn split_version(v: &str) -> (u64, &str, &str) {
+    let (epoch, rest) = match v.split_once(':') {
+        Some((e, rest)) => (e.parse().unwrap_or(0), rest),
+        None => (0, v),
+    };
+    match rest.rsplit_once('-') {
+        Some((upstream, revision)) => (epoch, upstream, revision),
+        None => (epoch, rest, ""),
+    }
+}
+
+fn char_order(c: Option<u8>) -> i32 {
+    match c {
+        None => 0,
+        Some(c) if c.is_ascii_digit() => 0,
+        Some(c) if c.is_ascii_alphabetic() => i32::from(c),
+        Some(b'~') => -1,
+        Some(c) => i32::from(c) + 256,
+    }
+}
+
+fn compare_part(a: &str, b: &str) -> Ordering {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    let (mut i, mut j) = (0, 0);
+    let digit = |s: &[u8], k: usize| s.get(k).is_some_and(u8::is_ascii_digit);
+    while i < a.len() || j < b.len() {
+        while (i < a.len() && !digit(a, i)) || (j < b.len() && !digit(b, j)) {
+            let (ca, cb) = (char_order(a.get(i).copied()), char_order(b.get(j).copied()));
+            if ca != cb {
+                return ca.cmp(&cb);
+            }
+            i += 1;
+            j += 1;
+        }
+        while a.get(i) == Some(&b'0') {
+            i += 1;
+        }
+        while b.get(j) == Some(&b'0') {
+            j += 1;
+        }
+        let mut first_diff = Ordering::Equal;
+        while digit(a, i) && digit(b, j) {
+            if first_diff == Ordering::Equal {
+                first_diff = a[i].cmp(&b[j]);
+            }
+            i += 1;
+            j += 1;
+        }
+        if digit(a, i) {
+            return Ordering::Greater;
+        }
+        if digit(b, j) {
+            return Ordering::Less;
+        }
+        if first_diff != Ordering::Equal {
+            return first_diff;
+        }
+    }
+    Ordering::Equal
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::os::unix::fs::symlink;
+
+    use super::*;
+
+    /// A payload with two programs, a data file and a symlink.
+    fn payload(dir: &Path, marker: &str) -> PathBuf {
+        let payload = dir.join("payload");
+        fs::create_dir_all(payload.join("bin")).unwrap();
+        fs::create_dir_all(payload.join("share/doc")).unwrap();
+        fs::write(payload.join("bin/mcp-raspi-server"), format!("server {marker}")).unwrap();
+        fs::set_permissions(payload.join("bin/mcp-raspi-server"), fs::Permissions::from_mode(0o755)).unwrap();
+        fs::write(payload.join("bin/raspi-ops-agent"), "agent").unwrap();
+        fs::set_permissions(payload.join("bin/raspi-ops-agent"), fs::Permissions::from_mode(0o755)).unwrap();
+        fs::write(payload.join("share/doc/README"), "read me").unwrap();
+        symlink("mcp-raspi-server", payload.join("bin/server-alias")).unwrap();
+        payload
+    }
+
+    fn link_of(root: &Path) -> PathBuf {
+        fs::read_link(root.join(CURRENT_LINK)).unwrap()
+    }
+
+    fn names(dir: &Path) -> Vec<OsString> {
+        sorted_entries(dir).unwrap()
+    }
+
+    /// A directory outside the install root that must survive every operation.
+    fn bystander(dir: &Path) -> PathBuf {
+        let outside = dir.join("outside");
+        fs::create_dir_all(outside.join("1.0/bin")).unwrap();
+        fs::create_dir_all(outside.join("2.0")).unwrap();
+        fs::write(outside.join("precious"), "keep").unwrap();
+        outside
+    }
+
+    fn assert_untouched(outside: &Path) {
+        assert_eq!(names(outside), ["1.0", "2.0", "precious"]);
+        assert_eq!(fs::read_to_string(outside.join("precious")).unwrap(), "keep");
+        assert_eq!(fs::metadata(outside.join("1.0")).unwrap().permissions().mode() & 0o777, 0o755);
+    }
+
+    #[test]
+    fn installing_a_payload_creates_the_release_and_leaves_no_partial_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let payload = payload(dir.path(), "a");
+        let root = dir.path().join("opt");
+        fs::create_dir(&root).unwrap();
+        let release = install_release(&payload, &root, "0.1.0").unwrap();
+        assert_eq!(release, root.join("releases/0.1.0"));
+        assert_eq!(fs::read_to_string(release.join("bin/mcp-raspi-server")).unwrap(), "server a");
+        assert_eq!(fs::read_to_string(release.join("share/doc/README")).unwrap(), "read me");
+        assert_eq!(fs::read_link(release.join("bin/server-alias")).unwrap(), Path::new("mcp-raspi-server"));
+        for path in [release.clone(), release.join("bin"), release.join("share/doc")] {
+            assert_eq!(fs::metadata(&path).unwrap().mode() & 0o777, 0o755, "{}", path.display());
+        }
+        assert_eq!(fs::metadata(release.join("bin/raspi-ops-agent")).unwrap().mode() & 0o777, 0o755);
+        assert_eq!(names(&root.join("releases")), ["0.1.0"]);
+    }
+
+    #[test]
+    fn files_are_hard_linked_when_the_filesystem_allows() {
+        let dir = tempfile::tempdir().unwrap();
+        let payload = payload(dir.path(), "a");
+        fs::create_dir(dir.path().join("opt")).unwrap();
+        let release = install_release(&payload, &dir.path().join("opt"), "0.1.0").unwrap();
+        let (a, b) = (
+            fs::metadata(payload.join("bin/mcp-raspi-server")).unwrap(),
+            fs::metadata(release.join("bin/mcp-raspi-server")).unwrap(),
+        );
+        assert_eq!((a.dev(), a.ino()), (b.dev(), b.ino()));
+    }
+
+    #[test]
+    fn a_copied_file_keeps_its_contents_and_mode_but_not_set_id_bits() {
+        let dir = tempfile::tempdir().unwrap();
+        let from = dir.path().join("from");
+        fs::write(&from, vec![7u8; 200_000]).unwrap();
+        fs::set_permissions(&from, fs::Permissions::from_mode(0o4750)).unwrap();
+        let target_dir = open_root(dir.path()).unwrap();
+        copy_file(&from, &target_dir, OsStr::new("to"), &dir.path().join("to")).unwrap();
+        let to = dir.path().join("to");
+        assert_eq!(fs::read(&to).unwrap(), vec![7u8; 200_000]);
+        assert_eq!(fs::metadata(&to).unwrap().mode() & 0o7777, 0o750);
+        assert_ne!(fs::metadata(&from).unwrap().ino(), fs::metadata(&to).unwrap().ino());
+    }
+
+    #[test]
+    fn installing_the_same_version_again_is_a_no_op_when_the_contents_match() {
+        let dir = tempfile::tempdir().unwrap();
+        let payload = payload(dir.path(), "a");
+        let root = dir.path().join("opt");
+        fs::create_dir(&root).unwrap();
+        install_release(&payload, &root, "0.1.0").unwrap();
+        // Like an upgrade by dpkg: the payload's file is replaced, with the same contents.
+        let server = payload.join("bin/mcp-raspi-server");
+        fs::remove_file(&server).unwrap();
+        fs::write(&server, "server a").unwrap();
+        fs::set_permissions(&server, fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(install_release(&payload, &root, "0.1.0").unwrap(), root.join("releases/0.1.0"));
+    }
+
+    #[test]
+    fn installing_different_contents_under_an_installed_version_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let payload = payload(dir.path(), "a");
+        let root = dir.path().join("opt");
+        fs::create_dir(&root).unwrap();
+        install_release(&payload, &root, "0.1.0").unwrap();
+        let server = payload.join("bin/mcp-raspi-server");
+        fs::remove_file(&server).unwrap();
+        fs::write(&server, "server b").unwrap();
+        fs::set_permissions(&server, fs::Permissions::from_mode(0o755)).unwrap();
+        let err = install_release(&payload, &root, "0.1.0").unwrap_err();
+        assert!(matches!(err, ReleaseError::Conflict { .. }), "{err}");
+        assert!(err.to_string().contains("other contents"), "{err}");
+        assert_eq!(fs::read_to_string(root.join("releases/0.1.0/bin/mcp-raspi-server")).unwrap(), "server a");
+    }
+
+    #[test]
+    fn an_interrupted_install_is_replaced_by_a_complete_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let payload = payload(dir.path(), "a");
+        let root = dir.path().join("opt");
+        fs::create_dir_all(root.join("releases/0.2.0.partial/bin")).unwrap();
+        fs::write(root.join("releases/0.2.0.partial/bin/half"), "x").unwrap();
+        let release = install_release(&payload, &root, "0.2.0").unwrap();
+        assert!(!release.join("bin/half").exists());
+        assert!(!root.join("releases/0.2.0.partial").exists());
+    }
+
+    #[test]
+    fn a_partial_directory_swapped_for_a_symlink_is_removed_as_a_link_and_never_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = bystander(dir.path());
+        let root = dir.path().join("opt");
+        fs::create_dir_all(root.join("releases")).unwrap();
+        symlink(&outside, root.join("releases/0.3.0.partial")).unwrap();
+        install_release(&payload(dir.path(), "a"), &root, "0.3.0").unwrap();
+        assert_untouched(&outside);
+        assert_eq!(names(&root.join("releases")), ["0.3.0"]);
+    }
+
+    #[test]
+    fn a_releases_directory_swapped_for_a_symlink_is_refused_by_every_operation() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = bystander(dir.path());
+        let root = dir.path().join("opt");
+        fs::create_dir(&root).unwrap();
+        symlink(&outside, root.join("releases")).unwrap();
+        assert!(install_release(&payload(dir.path(), "a"), &root, "1.0").is_err());
+        assert!(flip_current(&root, "1.0").is_err());
+        assert!(prune(&root, 0).is_err());
+        assert!(list_releases(&root).is_err());
+        assert_untouched(&outside);
+        assert!(fs::symlink_metadata(root.join(CURRENT_LINK)).is_err());
+    }
+
+    #[test]
+    fn a_lock_file_that_is_a_symlink_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("opt");
+        fs::create_dir(&root).unwrap();
+        symlink(dir.path().join("created-by-root"), root.join(LOCK_FILE)).unwrap();
+        assert!(install_release(&payload(dir.path(), "a"), &root, "1.0").is_err());
+        assert!(!dir.path().join("created-by-root").exists());
+    }
+
+    #[test]
+    fn a_payload_without_bin_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("payload/share")).unwrap();
+        fs::create_dir(dir.path().join("opt")).unwrap();
+        let err = install_release(&dir.path().join("payload"), &dir.path().join("opt"), "0.1.0").unwrap_err();
+        assert!(matches!(err, ReleaseError::BadPayload(_)), "{err}");
+    }
+
+    #[test]
+    fn versions_that_could_be_paths_or_temporary_names_are_refused() {
+        for bad in ["", "../1.0", "1.0/x", "current", ".1", "1 0", "1.0.partial", "1;rm", &"1".repeat(200)] {
+            assert!(validate_version(bad).is_err(), "{bad:?} was accepted");
+        }
+        for good in ["0.1.0", "1:2.0~rc1-3", "0.1.0+pkgtest1", "10.2-1"] {
+            validate_version(good).unwrap();
+        }
+    }
+
+    #[test]
+    fn flipping_points_current_at_the_release_with_a_relative_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let payload = payload(dir.path(), "a");
+        let root = dir.path().join("opt");
+        fs::create_dir(&root).unwrap();
+        install_release(&payload, &root, "0.1.0").unwrap();
+        assert_eq!(flip_current(&root, "0.1.0").unwrap(), None);
+        assert_eq!(link_of(&root), Path::new("releases/0.1.0"));
+        assert_eq!(current_version(&root).unwrap().as_deref(), Some("0.1.0"));
+        assert_eq!(fs::read_to_string(root.join("current/bin/mcp-raspi-server")).unwrap(), "server a");
+        assert_eq!(names(&root), [".lock", "current", "releases"]);
+    }
+
+    #[test]
+    fn flipping_again_moves_current_and_answers_the_previous_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("opt");
+        fs::create_dir(&root).unwrap();
+        install_release(&payload(&dir.path().join("a"), "a"), &root, "0.1.0").unwrap();
+        install_release(&payload(&dir.path().join("b"), "b"), &root, "0.2.0").unwrap();
+        flip_current(&root, "0.1.0").unwrap();
+        assert_eq!(flip_current(&root, "0.2.0").unwrap().as_deref(), Some("0.1.0"));
+        assert_eq!(fs::read_to_string(root.join("current/bin/mcp-raspi-server")).unwrap(), "server b");
+        // Flipping to the active release is harmless.
+        assert_eq!(flip_current(&root, "0.2.0").unwrap().as_deref(), Some("0.2.0"));
+        assert_eq!(list_releases(&root).unwrap(), ["0.1.0", "0.2.0"]);
+    }
+
+    #[test]
+    fn flipping_to_a_release_that_is_not_installed_leaves_current_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("opt");
+        fs::create_dir(&root).unwrap();
+        install_release(&payload(dir.path(), "a"), &root, "0.1.0").unwrap();
+        flip_current(&root, "0.1.0").unwrap();
+        let err = flip_current(&root, "0.9.0").unwrap_err();
+        assert!(matches!(err, ReleaseError::NotInstalled { .. }), "{err}");
+        assert_eq!(link_of(&root), Path::new("releases/0.1.0"));
+    }
+
+    #[test]
+    fn a_current_that_is_a_real_directory_is_never_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("opt");
+        fs::create_dir(&root).unwrap();
+        install_release(&payload(dir.path(), "a"), &root, "0.1.0").unwrap();
+        fs::create_dir_all(root.join("current/bin")).unwrap();
+        let err = flip_current(&root, "0.1.0").unwrap_err();
+        assert!(matches!(err, ReleaseError::BadCurrent { .. }), "{err}");
+        assert!(root.join("current/bin").is_dir());
+        assert!(current_version(&root).is_err());
+    }
+
+    #[test]
+    fn no_current_link_means_no_current_version() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(current_version(dir.path()).unwrap(), None);
+        symlink("/usr/bin", dir.path().join(CURRENT_LINK)).unwrap();
+        assert!(current_version(dir.path()).is_err());
+    }
+
+    #[test]
+    fn pruning_keeps_the_newest_releases_and_always_the_current_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("opt");
+        fs::create_dir(&root).unwrap();
+        for (i, v) in ["0.9.0", "0.10.0", "0.10.0~rc1", "0.2.0", "1:0.1.0"].iter().enumerate() {
+            install_release(&payload(&dir.path().join(i.to_string()), v), &root, v).unwrap();
+        }
+        flip_current(&root, "0.2.0").unwrap();
+        fs::create_dir_all(root.join("releases/3.0.partial/bin")).unwrap();
+        symlink("releases/0.9.0", root.join(".current.new-1")).unwrap();
+        assert_eq!(list_releases(&root).unwrap(), ["0.2.0", "0.9.0", "0.10.0~rc1", "0.10.0", "1:0.1.0"]);
+        let removed = prune(&root, 2).unwrap();
+        assert_eq!(removed, ["0.9.0", "0.10.0~rc1"]);
+        assert_eq!(list_releases(&root).unwrap(), ["0.2.0", "0.10.0", "1:0.1.0"]);
+        assert!(!root.join("releases/3.0.partial").exists());
+        assert!(fs::symlink_metadata(root.join(".current.new-1")).is_err());
+        assert_eq!(prune(&root, 0).unwrap(), ["0.10.0", "1:0.1.0"]);
+        assert_eq!(list_releases(&root).unwrap(), ["0.2.0"]);
+    }
+
+    #[test]
+    fn pruning_removes_a_symlinked_release_as_a_link_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = bystander(dir.path());
+        let root = dir.path().join("opt");
+        fs::create_dir_all(root.join("releases")).unwrap();
+        symlink(outside.join("1.0"), root.join("releases/1.0.partial")).unwrap();
+        symlink(outside.join("2.0"), root.join("releases/0.5")).unwrap();
+        assert!(prune(&root, 0).unwrap().is_empty());
+        assert_untouched(&outside);
+        assert!(fs::symlink_metadata(root.join("releases/1.0.partial")).is_err());
+    }
+
+    #[test]
+    fn pruning_an_empty_root_removes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(prune(dir.path(), 3).unwrap().is_empty());
+        assert!(list_releases(dir.path()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_owner_gets_the_directories_and_the_link_but_not_the_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("opt");
+        fs::create_dir(&root).unwrap();
+        // As root, another user; otherwise this user, which still exercises every call.
+        let me = nix::unistd::geteuid();
+        let owner = if me.is_root() {
+            Owner { uid: 65534, gid: 65534 }
+        } else {
+            Owner { uid: me.as_raw(), gid: nix::unistd::getegid().as_raw() }
+        };
+        let release = install_release_owned(&payload(dir.path(), "a"), &root, "0.1.0", Some(owner)).unwrap();
+        flip_current_owned(&root, "0.1.0", Some(owner)).unwrap();
+        let paths = [root.join(RELEASES_DIR), release.clone(), release.join("bin"), release.join("share/doc")];
+        for path in paths.into_iter().chain([root.join(CURRENT_LINK)]) {
+            let meta = fs::symlink_metadata(&path).unwrap();
+            assert_eq!((meta.uid(), meta.gid()), (owner.uid, owner.gid), "{}", path.display());
+        }
+        assert_eq!(fs::metadata(release.join("bin/mcp-raspi-server")).unwrap().uid(), me.as_raw());
+    }
+
+    #[test]
+    fn versions_are_ordered_as_dpkg_orders_them() {
+        use Ordering::*;
+        let cases = [
+            ("1.0", "1.0", Equal),
+            ("1.0", "1.0.1", Less),
+            ("1.10", "1.9", Greater),
+            ("1.0~rc1", "1.0", Less),
+            ("1.0~rc1", "1.0~rc2", Less),
+            ("1.0~~", "1.0~", Less),
+            ("1.0", "1.0+pkgtest1", Less),
+            ("1.0-1", "1.0-2", Less),
+            ("1.0-10", "1.0-9", Greater),
+            ("1:0.1", "2.0", Greater),
+            ("1.0a", "1.0+", Less),
+            ("01.0", "1.0", Equal),
+            ("1.0", "1.0-0", Equal),
+        ];
+        for (a, b, expected) in cases {
+            assert_eq!(compare_versions(a, b), expected, "{a} vs {b}");
+            assert_eq!(compare_versions(b, a), expected.reverse(), "{b} vs {a}");
+        }
+    }
+}

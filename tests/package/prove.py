@@ -1,0 +1,871 @@
+#!/usr/bin/env python3
+"""Proof that the mcp-raspi Debian packages install, run, upgrade, reinstall, remove and
+purge cleanly, on a real (booted) Debian system rather than by reading the scripts.
+
+    prove.py chroots                 create the cached bookworm chroots (amd64, arm64)
+    prove.py run --version V --repo DIR AMD64.deb ARM64.deb ARMHF.deb
+
+`run` checks the three packages (size, lintian, glibc symbols), the units' exposure scores,
+then boots a bookworm amd64 chroot with `systemd-nspawn -b` and installs the package with apt
+from the signed repository built by `make apt-repo` (dependencies from Debian), and checks the
+running system: services, owners and modes, capabilities, MCP over loopback with and without
+the generated token, the real systemd backends through the agent and the polkit rule, an
+upgrade, a reinstall, remove and purge. In parallel it installs the arm64 package into an
+arm64 chroot under qemu-user-static and runs its programs. Every check is printed as PASS or
+FAIL; any failure makes the exit status non-zero.
+
+Needs root. Uses only the standard library. The chroots are cached under
+target/package-test/cache; delete that directory to start from scratch.
+"""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+WORK = ROOT / "target" / "package-test"
+CACHE = WORK / "cache"
+SUITE = "bookworm"
+MIRROR = os.environ.get("DEBIAN_MIRROR", "http://deb.debian.org/debian")
+# What a Raspberry Pi OS system always runs: systemd as init and the system bus (installing
+# dbus does not start it on a running system). Everything else must come from the package's
+# Depends.
+BASE_INCLUDE = "systemd-sysv,dbus"
+ARCHES = ("amd64", "arm64")
+MAX_DEB_BYTES = 5 * 1024 * 1024
+# Highest glibc symbol version the programs may need: the package's `libc6 (>= 2.34)`.
+MAX_GLIBC = (2, 34)
+EXPOSURE_LIMITS = {"mcp-raspi-server.service": 1.5, "raspi-ops-agent.service": 3.5}
+TEST_UNIT = "mcp-raspi-pkgtest.service"
+OTHER_UNIT = "systemd-journald.service"
+REPO_IN_BOX = "/srv/mcp-raspi-repo"
+KEYRING_IN_BOX = "/etc/apt/keyrings/mcp-raspi.gpg"
+PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+class Fatal(Exception):
+    """A failure after which the remaining checks cannot run."""
+
+
+class Report:
+    """PASS/FAIL lines, thread-safe, with a summary at the end."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.passed = []
+        self.failed = []
+
+    def check(self, name, ok, detail=""):
+        with self.lock:
+            if ok:
+                self.passed.append(name)
+                print(f"PASS {name}", flush=True)
+            else:
+                self.failed.append(name)
+                print(f"FAIL {name}" + (f": {detail}" if detail else ""), flush=True)
+        return ok
+
+    def require(self, name, ok, detail=""):
+        if not self.check(name, ok, detail):
+            raise Fatal(name)
+
+
+report = Report()
+
+
+def log(message):
+    print(f"--- {message}", flush=True)
+
+
+def run(cmd, check=True, input=None, timeout=1800, env=None):
+    """Runs a command, returning (returncode, stdout, stderr) as text."""
+    p = subprocess.run(
+        [str(c) for c in cmd],
+        input=input,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+    if check and p.returncode != 0:
+        raise Fatal(f"{' '.join(map(str, cmd))} exited with {p.returncode}:\n{p.stdout}\n{p.stderr}")
+    return p.returncode, p.stdout, p.stderr
+
+
+# --- chroots -------------------------------------------------------------------------------
+
+
+def register_binfmt():
+    """Lets the host run arm64 programs through qemu-user-static (with the F flag, which
+    also works inside chroots)."""
+    misc = Path("/proc/sys/fs/binfmt_misc")
+    if not (misc / "register").exists():
+        run(["mount", "-t", "binfmt_misc", "binfmt_misc", str(misc)])
+    for name in ("qemu-aarch64", "qemu-arm"):
+        if not (misc / name).exists():
+            conf = Path("/usr/lib/binfmt.d") / f"{name}.conf"
+            if not conf.exists():
+                raise Fatal(f"{conf} is missing: install qemu-user-static")
+            (misc / "register").write_text(conf.read_text().strip())
+
+
+def base_tarball(arch):
+    return CACHE / f"{SUITE}-{arch}-minbase+{BASE_INCLUDE.replace(',', '+')}.tar"
+
+
+def make_chroot(arch):
+    tarball = base_tarball(arch)
+    if tarball.exists():
+        print(f"{arch}: cached {tarball}", flush=True)
+        return
+    CACHE.mkdir(parents=True, exist_ok=True)
+    build = CACHE / f"{SUITE}-{arch}.build"
+    shutil.rmtree(build, ignore_errors=True)
+    started = time.time()
+    cmd = ["debootstrap", "--variant=minbase", f"--include={BASE_INCLUDE}", f"--arch={arch}", SUITE, build, MIRROR]
+    run(cmd, timeout=1800)
+    # Nothing of the build host leaks into the image.
+    (build / "etc/hostname").write_text("mcp-raspi-pkgtest\n")
+    partial = tarball.with_suffix(".partial")
+    run(["tar", "-C", build, "--numeric-owner", "-cf", partial, "."])
+    partial.rename(tarball)
+    shutil.rmtree(build, ignore_errors=True)
+    print(f"{arch}: debootstrap took {time.time() - started:.0f} s", flush=True)
+
+
+def chroots():
+    register_binfmt()
+    errors = []
+
+    def one(arch):
+        try:
+            make_chroot(arch)
+        except Exception as e:  # reported below, for both architectures
+            errors.append(f"{arch}: {e}")
+
+    threads = [threading.Thread(target=one, args=(a,)) for a in ARCHES]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        print("\n".join(errors), file=sys.stderr)
+        return 1
+    return 0
+
+
+def fresh_rootfs(arch):
+    rootfs = WORK / f"rootfs-{arch}"
+    if rootfs.exists():
+        run(["rm", "-rf", "--one-file-system", rootfs])
+    rootfs.mkdir(parents=True)
+    run(["tar", "-C", rootfs, "--numeric-owner", "-xpf", base_tarball(arch)])
+    return rootfs
+
+
+def add_repo_source(rootfs, repo):
+    """The repository as a fleet would add it: its key in a keyring named by `signed-by`."""
+    keyring = rootfs / KEYRING_IN_BOX.lstrip("/")
+    keyring.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(repo / "mcp-raspi-archive-keyring.gpg", keyring)
+    keyring.chmod(0o644)
+    source = f"deb [signed-by={KEYRING_IN_BOX}] file:{REPO_IN_BOX} stable main\n"
+    (rootfs / "etc/apt/sources.list.d/mcp-raspi.list").write_text(source)
+
+
+# --- the booted container -----------------------------------------------------------------
+
+
+def descendants(pid):
+    children = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+class Box:
+    """A bookworm system booted with systemd-nspawn; commands run in it with nsenter."""
+
+    def __init__(self, rootfs, binds, log_path):
+        self.rootfs = rootfs
+        cmd = ["systemd-nspawn", "--quiet", "-D", str(rootfs), "-b", "--register=no", "--keep-unit",
+               "--machine=mcp-raspi-pkgtest"]
+        for host, inside, read_only in binds:
+            cmd.append(f"--bind{'-ro' if read_only else ''}={host}:{inside}")
+        self.log = open(log_path, "w")
+        self.proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        self.leader = self._leader()
+
+    def _leader(self):
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise Fatal(f"systemd-nspawn exited with {self.proc.returncode}; see {self.log.name}")
+            for pid in descendants(self.proc.pid):
+                try:
+                    status = Path(f"/proc/{pid}/status").read_text()
+                except OSError:
+                    continue
+                nspid = re.search(r"^NSpid:\s+(.*)$", status, re.M)
+                if nspid and len(nspid.group(1).split()) > 1 and nspid.group(1).split()[-1] == "1":
+                    return pid
+            time.sleep(0.2)
+        raise Fatal("the container's init did not appear within 60 s")
+
+    def sh(self, script, check=True, input=None, timeout=600):
+        env = ["/usr/bin/env", "-i", f"PATH={PATH}", "LANG=C.UTF-8", "DEBIAN_FRONTEND=noninteractive", "HOME=/root"]
+        cmd = ["nsenter", "-t", str(self.leader), "-a", "--", *env, "/bin/sh", "-c", script]
+        return run(cmd, check=check, input=input, timeout=timeout)
+
+    def out(self, script, **kw):
+        return self.sh(script, **kw)[1].strip()
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.sh("systemctl --no-block poweroff", check=False, timeout=30)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.terminate()
+                try:
+                    self.proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait()
+        self.log.close()
+
+
+# --- MCP over loopback --------------------------------------------------------------------
+
+
+def http(port, method, path, body=None, headers=None, timeout=30):
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, method=method)
+    req.add_header("Content-Type", "application/json")
+    req.add_header("Accept", "application/json, text/event-stream")
+    for k, v in (headers or {}).items():
+        req.add_header(k, v)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, dict(r.headers), r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), e.read()
+
+
+def initialize(port, token):
+    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+    body = {
+        "jsonrpc": "2.0",
+        "id": 0,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-11-25",
+            "capabilities": {},
+            "clientInfo": {"name": "prove", "version": "1"},
+        },
+    }
+    status, h, _ = http(port, "POST", "/mcp", body, headers)
+    session = {k.lower(): v for k, v in h.items()}.get("mcp-session-id")
+    return status, session
+
+
+def call_tool(port, token, name, arguments):
+    """A tools/call in a fresh session; returns (http status, CallToolResult or error)."""
+    status, session = initialize(port, token)
+    if status != 200 or not session:
+        return status, None
+    headers = {
+        "Authorization": f"Bearer {token}",
+        "Mcp-Session-Id": session,
+        "MCP-Protocol-Version": "2025-11-25",
+    }
+    body = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": name, "arguments": arguments}}
+    status, _, data = http(port, "POST", "/mcp", body, headers, timeout=60)
+    try:
+        message = json.loads(data)
+    except ValueError:
+        return status, {"unparsed": data.decode(errors="replace")}
+    return status, message.get("result", message)
+
+
+def tool_ok(result):
+    return isinstance(result, dict) and result.get("isError") is False and "structuredContent" in result
+
+
+def tool_text(result):
+    if not isinstance(result, dict):
+        return str(result)
+    return " ".join(c.get("text", "") for c in result.get("content", []) if isinstance(c, dict)) or json.dumps(result)
+
+
+def wait_healthy(port, timeout=60):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            status, _, _ = http(port, "GET", "/healthz", timeout=2)
+            if status == 200:
+                return True
+        except OSError:
+            pass
+        time.sleep(0.5)
+    return False
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# --- checks on the .deb files --------------------------------------------------------------
+
+
+def glibc_needed(deb, scratch):
+    """The highest GLIBC_x.y symbol version the package's programs need."""
+    shutil.rmtree(scratch, ignore_errors=True)
+    run(["dpkg-deb", "-x", deb, scratch])
+    highest = (0, 0)
+    for program in (scratch / "usr/lib/mcp-raspi/bin").iterdir():
+        _, out, _ = run(["readelf", "-W", "--dyn-syms", program])
+        for major, minor in re.findall(r"GLIBC_(\d+)\.(\d+)", out):
+            highest = max(highest, (int(major), int(minor)))
+    shutil.rmtree(scratch, ignore_errors=True)
+    return highest
+
+
+def check_debs(debs):
+    for deb in debs:
+        size = deb.stat().st_size
+        report.check(f"{deb.name} is at most 5 MB ({size} bytes)", size <= MAX_DEB_BYTES)
+        glibc = glibc_needed(deb, WORK / "extract")
+        report.check(
+            f"{deb.name} needs glibc {glibc[0]}.{glibc[1]}, within its Depends (>= 2.34)",
+            glibc <= MAX_GLIBC and glibc > (0, 0),
+        )
+    code, out, err = run(["lintian", "--fail-on", "error,warning", "--info", *debs], check=False)
+    lines = [line for line in (out + err).splitlines() if line and "running with root privileges" not in line]
+    problems = [line for line in lines if line[:2] in ("E:", "W:")]
+    for line in lines:
+        print(f"    lintian: {line}")
+    report.check("lintian reports no error and no warning on the three packages", code == 0 and not problems,
+                 "\n".join(problems))
+
+
+def check_units():
+    for unit, limit in EXPOSURE_LIMITS.items():
+        path = ROOT / "systemd" / unit
+        threshold = str(int(round(limit * 10)))
+        code, out, err = run(
+            ["systemd-analyze", "security", "--offline=true", f"--threshold={threshold}", "--no-pager", path],
+            check=False,
+        )
+        score = re.search(r"Overall exposure level for \S+: ([0-9.]+)", out + err)
+        value = float(score.group(1)) if score else 99.0
+        report.check(f"{unit} exposure {value} is at most {limit}", code == 0 and value <= limit, (out + err)[-2000:])
+
+
+# --- the booted amd64 system ---------------------------------------------------------------
+
+
+def stat_table(box, paths):
+    out = box.out("stat -c '%n|%U|%G|%a|%F' " + " ".join(paths), check=False)
+    table = {}
+    for line in out.splitlines():
+        name, user, group, mode, kind = line.split("|")
+        table[name] = (user, group, mode, kind)
+    return table
+
+
+def expect_modes(box, expected, label):
+    table = stat_table(box, list(expected))
+    for path, want in expected.items():
+        got = table.get(path)
+        report.check(f"{label}: {path} is {' '.join(want)}", got == want, f"found {got}")
+
+
+def proc_status(box, unit):
+    pid = box.out(f"systemctl show -p MainPID --value {unit}")
+    text = box.out(f"cat /proc/{pid}/status", check=False)
+    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    return pid, {k: v.strip() for k, v in fields.items()}
+
+
+def apt_install(box, what, extra=""):
+    code, out, err = box.sh(f"apt-get install -y -q {extra} {what}", check=False, timeout=900)
+    return code, out + err
+
+
+def check_install(box, version, port):
+    code, output = apt_install(box, "mcp-raspi")
+    print("\n".join("    apt: " + line for line in output.splitlines()[-15:]))
+    report.require("apt installs mcp-raspi from the signed repository with its dependencies", code == 0, output[-3000:])
+    report.check(
+        "the first install tells where the generated admin token is",
+        "generated an admin bearer token in /etc/mcp-raspi/secrets.env" in output,
+    )
+    for unit in ("raspi-ops-agent.service", "mcp-raspi-server.service"):
+        state = box.out(f"systemctl is-active {unit}", check=False)
+        report.check(f"{unit} is active after the install", state == "active", box.out(
+            f"systemctl status --no-pager {unit}; journalctl -b --no-pager -n 40 -u {unit}", check=False))
+        enabled = box.out(f"systemctl is-enabled {unit}", check=False)
+        report.check(f"{unit} is enabled", enabled == "enabled", enabled)
+    report.require("the server answers /healthz on loopback", wait_healthy(port))
+    release = f"/opt/mcp-raspi/releases/{version}"
+    expect_modes(box, {
+        "/etc/mcp-raspi": ("root", "mcp", "750", "directory"),
+        "/etc/mcp-raspi/config.yml": ("root", "mcp", "640", "regular file"),
+        "/etc/mcp-raspi/secrets.env": ("root", "root", "600", "regular file"),
+        "/etc/mcp-raspi/keys": ("root", "root", "755", "directory"),
+        "/var/lib/mcp-raspi": ("root", "mcp", "1770", "directory"),
+        "/var/log/mcp-raspi": ("mcp", "mcp", "750", "directory"),
+        "/opt/mcp-raspi": ("mcp-ops", "mcp-ops", "755", "directory"),
+        "/opt/mcp-raspi/releases": ("mcp-ops", "mcp-ops", "755", "directory"),
+        release: ("mcp-ops", "mcp-ops", "755", "directory"),
+        f"{release}/bin": ("mcp-ops", "mcp-ops", "755", "directory"),
+        f"{release}/bin/mcp-raspi-server": ("root", "root", "755", "regular file"),
+        "/opt/mcp-raspi/current": ("mcp-ops", "mcp-ops", "777", "symbolic link"),
+        "/run/mcp-raspi": ("mcp-ops", "mcp-ops", "755", "directory"),
+        "/run/mcp-raspi/ops-agent.sock": ("mcp-ops", "mcp", "660", "socket"),
+        "/etc/polkit-1/rules.d/50-mcp-raspi.rules": ("root", "root", "644", "regular file"),
+        "/usr/lib/mcp-raspi/bin/mcp-raspi": ("root", "root", "755", "regular file"),
+    }, "after install")
+    overrides = box.out("dpkg-statoverride --list", check=False).splitlines()
+    report.check("dpkg keeps the modes of /etc/mcp-raspi and config.yml as statoverrides",
+                 "root mcp 750 /etc/mcp-raspi" in overrides and "root mcp 640 /etc/mcp-raspi/config.yml" in overrides,
+                 str(overrides))
+    report.check("current points at the installed release",
+                 box.out("readlink /opt/mcp-raspi/current") == f"releases/{version}")
+    inodes = box.out(f"stat -c %i /usr/lib/mcp-raspi/bin/mcp-raspi-server {release}/bin/mcp-raspi-server").split()
+    report.check("the release's files are hard links of the dpkg-owned payload", len(set(inodes)) == 1, str(inodes))
+    links = {
+        "/usr/bin/mcp-raspi-server": "/opt/mcp-raspi/current/bin/mcp-raspi-server",
+        "/usr/bin/raspi-ops-agent": "/opt/mcp-raspi/current/bin/raspi-ops-agent",
+        "/usr/bin/mcp-raspi": "../lib/mcp-raspi/bin/mcp-raspi",
+    }
+    for link, target in links.items():
+        report.check(f"{link} links to {target}", box.out(f"readlink {link}") == target)
+    for program in ("mcp-raspi-server", "raspi-ops-agent", "mcp-raspi"):
+        page = f"/usr/share/man/man1/{program}.1.gz"
+        report.check(f"the man page {page} is installed", box.sh(f"test -s {page}", check=False)[0] == 0)
+        out = box.out(f"{program} --version", check=False)
+        report.check(f"{program} --version prints {version}", out == f"{program} {version}", out)
+    for unit in ("raspi-ops-agent.service", "mcp-raspi-server.service"):
+        exec_start = box.out(f"systemctl show -p ExecStart --value {unit}")
+        report.check(f"{unit} runs through /opt/mcp-raspi/current", "path=/opt/mcp-raspi/current/bin/" in exec_start,
+                     exec_start)
+    # cgroup v1 hosts cannot enforce these; systemd still reports what the unit asks for.
+    memory = box.out("systemctl show -p MemoryHigh -p MemoryMax mcp-raspi-server.service").split()
+    report.check("the server's memory budget is MemoryHigh=200M, MemoryMax=250M",
+                 sorted(memory) == ["MemoryHigh=209715200", "MemoryMax=262144000"], str(memory))
+    for user in ("mcp", "mcp-ops"):
+        entry = box.out(f"getent passwd {user}", check=False).split(":")
+        ok = len(entry) == 7 and entry[6] == "/usr/sbin/nologin" and box.sh(f"test -e {entry[5]}", check=False)[0] != 0
+        report.check(f"user {user} exists with nologin and no home directory", ok, ":".join(entry))
+    code, out, err = box.sh(
+        "apt-get install -y -q --no-install-recommends logrotate >/dev/null "
+        "&& logrotate -f /etc/logrotate.d/mcp-raspi && ls /var/log/mcp-raspi", check=False)
+    rotated = [f for f in out.split() if re.fullmatch(r"app\.log-\d{8}", f)]
+    report.check("the shipped logrotate file rotates the server's log", code == 0 and bool(rotated), out + err)
+    code, out, err = box.sh(
+        # --man=no: the minimal system has no man(1) to look the Documentation= pages up with.
+        "systemd-analyze verify --man=no /usr/lib/systemd/system/mcp-raspi-server.service "
+        "/usr/lib/systemd/system/raspi-ops-agent.service", check=False)
+    report.check("systemd-analyze verify passes for both units", code == 0 and "mcp-raspi" not in out + err,
+                 out + err)
+    check_privileges(box)
+
+
+def check_privileges(box):
+    ids = {}
+    for name in ("mcp", "mcp-ops", "gpio", "i2c", "spi", "video", "dialout", "systemd-journal"):
+        ids[name] = box.out(f"getent group {name} | cut -d: -f3", check=False)
+    uid_ops = box.out("id -u mcp-ops")
+    uid_mcp = box.out("id -u mcp")
+    zero = "0000000000000000"
+    for unit, uid in (("raspi-ops-agent.service", uid_ops), ("mcp-raspi-server.service", uid_mcp)):
+        pid, status = proc_status(box, unit)
+        caps = {k: status.get(k) for k in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")}
+        report.check(f"{unit} (pid {pid}) holds no capability and has an empty bounding set",
+                     all(v == zero for v in caps.values()), str(caps))
+        report.check(f"{unit} runs with no_new_privs", status.get("NoNewPrivs") == "1", status.get("NoNewPrivs"))
+        report.check(f"{unit} runs as its own user (uid {uid})", status.get("Uid", "").split()[:1] == [uid],
+                     status.get("Uid"))
+        if unit.startswith("raspi-ops-agent"):
+            groups = set(status.get("Groups", "").split())
+            wanted = {ids[g] for g in ("mcp", "gpio", "i2c", "spi", "video", "dialout", "systemd-journal")}
+            # initgroups() also lists the primary group.
+            report.check("the agent's supplementary groups are exactly mcp and the device groups",
+                         groups - {ids["mcp-ops"]} == wanted, f"{groups} != {wanted}")
+
+
+def check_mcp(box, port):
+    token = box.out("sed -n 's/^MCP_RASPI_ADMIN_TOKEN=//p' /etc/mcp-raspi/secrets.env")
+    report.require("secrets.env holds a generated 64-character admin token",
+                   re.fullmatch(r"[0-9a-f]{64}", token) is not None, f"{len(token)} characters")
+    status, result = call_tool(port, token, "system.get_info", {})
+    report.check("tools/call system.get_info with the generated token succeeds", status == 200 and tool_ok(result),
+                 f"{status} {tool_text(result)[:500]}")
+    status, result = call_tool(port, token, "system.get_capabilities", {})
+    agent = (result.get("structuredContent") or {}).get("agent", {}) if isinstance(result, dict) else {}
+    sets = agent.get("capabilities") or {}
+    declared = all(sets.get(k) == [] for k in ("effective", "permitted", "inheritable", "ambient", "bounding"))
+    report.check("the agent reports the declared capability sets (all empty) and no_new_privs",
+                 tool_ok(result) and declared and sets.get("no_new_privs") is True, json.dumps(agent)[:600])
+    status, _ = initialize(port, None)
+    report.check("a request without a token is refused with 401", status == 401, str(status))
+    status, _ = initialize(port, "0" * 64)
+    report.check("a request with a wrong token is refused with 401", status == 401, str(status))
+    return token
+
+
+TEST_UNIT_TEXT = f"""[Unit]
+Description=Unit that the mcp-raspi package test controls
+
+[Service]
+ExecStart=/bin/sh -c 'echo "{TEST_UNIT} started"; exec sleep infinity'
+"""
+
+DROP_IN = """[Service]
+# The package test moves the MCP endpoint off 8000, which the host may be using (the
+# container shares the host's loopback).
+Environment=MCP_RASPI_SERVER__LISTEN=127.0.0.1:{port}
+"""
+
+
+def test_config(box, port):
+    """The packaged configuration with the test's changes: the port, the real backends (the
+    device tree of this container names no Raspberry Pi) and the test unit on the allowlist."""
+    text = box.out("cat /etc/mcp-raspi/config.yml")
+    changes = [
+        ('listen: "127.0.0.1:8000"', f'listen: "127.0.0.1:{port}"'),
+        ("  backend: auto", "  backend: raspberry_pi"),
+        ("  allowed_units: []", f"  allowed_units: [{TEST_UNIT}]"),
+    ]
+    for old, new in changes:
+        if old not in text:
+            raise Fatal(f"etc/config.example.yml no longer contains {old!r}: update tests/package/prove.py")
+        text = text.replace(old, new, 1)
+    return text
+
+
+def check_real_backends(box, port, token):
+    box.sh("cat > /etc/mcp-raspi/config.yml", input=test_config(box, port))
+    code, out, err = box.sh("dpkg-reconfigure mcp-raspi", check=False)
+    report.check("dpkg-reconfigure runs the postinst again without error", code == 0, out + err)
+    rule = box.out("cat /etc/polkit-1/rules.d/50-mcp-raspi.rules", check=False)
+    report.check("the regenerated polkit rule admits the allowlisted test unit for mcp-ops",
+                 f'"{TEST_UNIT}"' in rule and '"mcp-ops"' in rule, rule[:400])
+    report.require("the server is back after the reconfigure", wait_healthy(port))
+    box.sh(f"systemctl start {TEST_UNIT}")
+    status, info = call_tool(port, token, "system.get_info", {})
+    report.check("system.get_info names the real raspberry_pi backend", "raspberry_pi" in json.dumps(info),
+                 tool_text(info)[:300])
+    status, result = call_tool(port, token, "service.get_status", {"unit": TEST_UNIT})
+    sc = result.get("structuredContent", {}) if isinstance(result, dict) else {}
+    report.check("service.get_status of a real unit answers from systemd",
+                 tool_ok(result) and sc.get("active_state") == "active" and sc.get("load_state") == "loaded",
+                 f"{status} {tool_text(result)[:500]}")
+    before = box.out(f"systemctl show -p InvocationID --value {TEST_UNIT}")
+    status, result = call_tool(port, token, "service.restart", {"unit": TEST_UNIT})
+    after = box.out(f"systemctl show -p InvocationID --value {TEST_UNIT}")
+    report.check("service.restart of the allowlisted unit is authorised by the shipped polkit rule",
+                 tool_ok(result) and before != after and after != "", f"{status} {tool_text(result)[:500]}")
+    time.sleep(1)
+    status, result = call_tool(port, token, "logs.query_journal", {"unit": TEST_UNIT, "lines": 50})
+    entries = (result.get("structuredContent") or {}).get("entries", []) if isinstance(result, dict) else []
+    started = [e for e in entries if f"{TEST_UNIT} started" in json.dumps(e)]
+    report.check("logs.query_journal reads the unit's journal (both starts)", tool_ok(result) and len(started) >= 2,
+                 f"{status} {tool_text(result)[:500]}")
+    before = box.out(f"systemctl show -p InvocationID --value {OTHER_UNIT}")
+    status, result = call_tool(port, token, "service.restart", {"unit": OTHER_UNIT})
+    after = box.out(f"systemctl show -p InvocationID --value {OTHER_UNIT}")
+    refused = isinstance(result, dict) and result.get("isError") is True and "allowed_units" in tool_text(result)
+    report.check("service.restart of a unit not on the allowlist is refused", refused and before == after,
+                 f"{status} {tool_text(result)[:500]}")
+    # The rule itself, without the server's and the agent's allowlist checks in front of it.
+    as_ops = "setpriv --reuid=mcp-ops --regid=mcp-ops --init-groups systemctl --no-ask-password"
+    code, _, _ = box.sh(f"{as_ops} restart {TEST_UNIT}", check=False)
+    report.check("polkit lets mcp-ops restart the allowlisted unit", code == 0)
+    code, _, err = box.sh(f"{as_ops} restart {OTHER_UNIT}", check=False)
+    report.check("polkit refuses mcp-ops a unit that is not allowlisted", code != 0, err)
+    code, _, err = box.sh(
+        f"setpriv --reuid=mcp --regid=mcp --init-groups systemctl --no-ask-password restart {TEST_UNIT}", check=False)
+    report.check("polkit refuses the server's user mcp even the allowlisted unit", code != 0, err)
+
+
+def check_upgrade(box, version, upgrade_version, repo, upgrade_deb, port, token):
+    run([ROOT / "packaging/apt-repo.sh", repo, upgrade_deb], env={**os.environ, "APT_REPO_GNUPGHOME": str(gnupghome())})
+    box.sh("apt-get update -q")
+    server_pid = box.out("systemctl show -p MainPID --value mcp-raspi-server.service")
+    agent_pid = box.out("systemctl show -p MainPID --value raspi-ops-agent.service")
+    code, output = apt_install(box, "mcp-raspi")
+    report.require(f"apt upgrades mcp-raspi {version} to {upgrade_version}", code == 0, output[-3000:])
+    installed = box.out("dpkg-query -W -f '${Version}' mcp-raspi")
+    report.check("the upgraded version is installed", installed == upgrade_version, installed)
+    report.check("current moved to the new release",
+                 box.out("readlink /opt/mcp-raspi/current") == f"releases/{upgrade_version}")
+    kept = box.sh(f"test -x /opt/mcp-raspi/releases/{version}/bin/mcp-raspi-server", check=False)[0] == 0
+    report.check("the previous release is kept", kept)
+    report.check("the upgrade did not print a new token", "generated an admin bearer token" not in output)
+    report.check("the token survived the upgrade",
+                 box.out("sed -n 's/^MCP_RASPI_ADMIN_TOKEN=//p' /etc/mcp-raspi/secrets.env") == token)
+    report.check("the changed configuration survived the upgrade",
+                 TEST_UNIT in box.out("cat /etc/mcp-raspi/config.yml"))
+    report.require("the server answers after the upgrade", wait_healthy(port))
+    for unit, program, old_pid in (("mcp-raspi-server.service", "mcp-raspi-server", server_pid),
+                                   ("raspi-ops-agent.service", "raspi-ops-agent", agent_pid)):
+        new_pid = box.out(f"systemctl show -p MainPID --value {unit}")
+        exe = box.out(f"readlink -f /proc/{new_pid}/exe", check=False)
+        report.check(f"{unit} was restarted on the new release",
+                     new_pid != old_pid and exe == f"/opt/mcp-raspi/releases/{upgrade_version}/bin/{program}", exe)
+    status, result = call_tool(port, token, "system.get_info", {})
+    report.check("MCP works after the upgrade", status == 200 and tool_ok(result), tool_text(result)[:300])
+    code, output = apt_install(box, "mcp-raspi")
+    report.check("installing it twice is a no-op that succeeds", code == 0 and "already the newest" in output,
+                 output[-1000:])
+    code, output = apt_install(box, "mcp-raspi", "--reinstall")
+    report.check("apt reinstall succeeds", code == 0, output[-2000:])
+    report.check("current is unchanged by the reinstall",
+                 box.out("readlink /opt/mcp-raspi/current") == f"releases/{upgrade_version}")
+    report.check("the server answers after the reinstall", wait_healthy(port))
+
+
+KEPT_ON_REMOVE = [
+    "/etc/mcp-raspi/config.yml",
+    "/etc/mcp-raspi/secrets.env",
+    "/var/lib/mcp-raspi",
+    "/var/log/mcp-raspi/app.log",
+    "/opt/mcp-raspi/current",
+]
+
+GONE_ON_PURGE = [
+    "/etc/mcp-raspi",
+    "/var/lib/mcp-raspi",
+    "/var/log/mcp-raspi",
+    "/opt/mcp-raspi",
+    "/usr/lib/mcp-raspi",
+    "/usr/bin/mcp-raspi",
+    "/usr/bin/mcp-raspi-server",
+    "/usr/bin/raspi-ops-agent",
+    "/usr/lib/systemd/system/mcp-raspi-server.service",
+    "/usr/lib/systemd/system/raspi-ops-agent.service",
+    "/etc/systemd/system/multi-user.target.wants/mcp-raspi-server.service",
+    "/etc/systemd/system/multi-user.target.wants/raspi-ops-agent.service",
+    "/etc/polkit-1/rules.d/50-mcp-raspi.rules",
+    "/etc/logrotate.d/mcp-raspi",
+    "/run/mcp-raspi",
+]
+
+
+def check_remove_and_purge(box, version, upgrade_version, port, token):
+    code, out, err = box.sh("apt-get remove -y -q mcp-raspi", check=False)
+    report.require("apt remove succeeds", code == 0, out + err)
+    for unit in ("raspi-ops-agent.service", "mcp-raspi-server.service"):
+        report.check(f"{unit} is stopped after remove",
+                     box.out(f"systemctl is-active {unit}", check=False) in ("inactive", "unknown", "failed"))
+    for path in KEPT_ON_REMOVE:
+        report.check(f"remove keeps {path}", box.sh(f"test -e {path}", check=False)[0] == 0)
+    for release in (version, upgrade_version):
+        report.check(f"remove keeps release {release}",
+                     box.sh(f"test -d /opt/mcp-raspi/releases/{release}", check=False)[0] == 0)
+    for path in ("/usr/lib/mcp-raspi", "/usr/bin/mcp-raspi-server", "/etc/polkit-1/rules.d/50-mcp-raspi.rules"):
+        report.check(f"remove deletes {path}", box.sh(f"test -e {path} || test -L {path}", check=False)[0] != 0)
+    report.check("the package is left in state config-files",
+                 box.out("dpkg-query -W -f '${Status}' mcp-raspi", check=False) == "deinstall ok config-files")
+
+    code, output = apt_install(box, "mcp-raspi")
+    report.check("installing again after remove succeeds", code == 0, output[-2000:])
+    report.check("the token is kept across remove and install",
+                 box.out("sed -n 's/^MCP_RASPI_ADMIN_TOKEN=//p' /etc/mcp-raspi/secrets.env") == token)
+    report.check("the server answers after installing again", wait_healthy(port))
+
+    groups_before = box.out("getent group gpio i2c spi | cut -d: -f1", check=False).split()
+    code, out, err = box.sh("apt-get purge -y -q mcp-raspi", check=False)
+    report.require("apt purge succeeds", code == 0, out + err)
+    for path in GONE_ON_PURGE:
+        report.check(f"purge leaves no {path}", box.sh(f"test -e {path} || test -L {path}", check=False)[0] != 0)
+    report.check("purge removes the users mcp and mcp-ops",
+                 box.sh("getent passwd mcp || getent passwd mcp-ops", check=False)[0] != 0)
+    report.check("purge removes the groups mcp and mcp-ops",
+                 box.sh("getent group mcp || getent group mcp-ops", check=False)[0] != 0)
+    report.check("purge removes the device groups the package created (Debian lacks gpio, i2c, spi)",
+                 groups_before == ["gpio", "i2c", "spi"] and box.out("getent group gpio i2c spi", check=False) == "",
+                 str(groups_before))
+    report.check("purge removes the dpkg-statoverride entries",
+                 "mcp-raspi" not in box.out("dpkg-statoverride --list", check=False))
+    report.check("dpkg no longer knows the package",
+                 box.sh("dpkg-query -W -f '${Status}' mcp-raspi", check=False)[1] in ("", "unknown ok not-installed"))
+    leftovers = box.out(
+        "find / -xdev \\( -path /proc -o -path /sys -o -path /srv -o -path /var/lib/apt/lists -o -path /var/cache/apt "
+        f"-o -path /etc/apt \\) -prune -o \\( -nouser -o -nogroup -o -name '*mcp-raspi*' -o -name '*ops-agent*' \\) "
+        f"-print | grep -v -e {TEST_UNIT} -e 'mcp-raspi-server.service.d' || true")
+    report.check("nothing of the package is left on the file system", leftovers == "", leftovers)
+    helper_state = box.out("ls /var/lib/systemd/deb-systemd-helper-enabled/ 2>/dev/null | grep -e mcp-raspi "
+                           "-e ops-agent || true")
+    report.check("no systemd enable state of the units is left", helper_state == "", helper_state)
+
+
+def gnupghome():
+    return Path(os.environ.get("APT_REPO_GNUPGHOME", ROOT / "target/apt-repo-gnupg")).resolve()
+
+
+def prove_amd64(version, upgrade_version, repo, upgrade_deb):
+    rootfs = fresh_rootfs("amd64")
+    port = free_port()
+    add_repo_source(rootfs, repo)
+    drop_in = rootfs / "etc/systemd/system/mcp-raspi-server.service.d"
+    drop_in.mkdir(parents=True)
+    (drop_in / "10-pkgtest.conf").write_text(DROP_IN.format(port=port))
+    (rootfs / "etc/systemd/system" / TEST_UNIT).write_text(TEST_UNIT_TEXT)
+    apt_cache = CACHE / "apt-archives-amd64"
+    (apt_cache / "partial").mkdir(parents=True, exist_ok=True)
+    binds = [(repo, REPO_IN_BOX, True), (apt_cache, "/var/cache/apt/archives", False)]
+    log(f"booting bookworm amd64 with systemd-nspawn (MCP on 127.0.0.1:{port})")
+    box = Box(rootfs, binds, WORK / "amd64-console.log")
+    try:
+        code, out, _ = box.sh("systemctl is-system-running --wait", check=False, timeout=180)
+        report.require("the container boots to running or degraded", out.strip() in ("running", "degraded"), out)
+        box.sh("apt-get update -q", timeout=600)
+        check_install(box, version, port)
+        token = check_mcp(box, port)
+        check_real_backends(box, port, token)
+        check_upgrade(box, version, upgrade_version, repo, upgrade_deb, port, token)
+        check_remove_and_purge(box, version, upgrade_version, port, token)
+    finally:
+        box.stop()
+
+
+def prove_arm64(version, repo):
+    rootfs = fresh_rootfs("arm64")
+    add_repo_source(rootfs, repo)
+    apt_cache = CACHE / "apt-archives-arm64"
+    (apt_cache / "partial").mkdir(parents=True, exist_ok=True)
+    script = (
+        "set -e; export DEBIAN_FRONTEND=noninteractive; apt-get update -q >/dev/null; "
+        "apt-get install -y -q mcp-raspi >/tmp/apt.log 2>&1 || { tail -n 40 /tmp/apt.log; exit 1; }; "
+        "echo arch=$(dpkg --print-architecture) machine=$(uname -m); "
+        "mcp-raspi-server --version; raspi-ops-agent --version; mcp-raspi --version; "
+        "echo current=$(readlink /opt/mcp-raspi/current)"
+    )
+    cmd = [
+        "systemd-nspawn", "--quiet", "-D", rootfs, "--register=no", "--keep-unit", "--machine=mcp-raspi-pkgtest-arm64",
+        f"--bind-ro={repo}:{REPO_IN_BOX}", f"--bind={apt_cache}:/var/cache/apt/archives",
+        "/bin/sh", "-c", script,
+    ]
+    code, out, err = run(cmd, check=False, timeout=1800)
+    lines = out.splitlines()
+    print("\n".join("    arm64: " + line for line in lines))
+    report.require("apt installs the arm64 package into an arm64 chroot under qemu-user-static", code == 0,
+                   out[-2000:] + err[-2000:])
+    report.check("the arm64 chroot runs arm64 programs", "arch=arm64 machine=aarch64" in lines, out)
+    for program in ("mcp-raspi-server", "raspi-ops-agent", "mcp-raspi"):
+        report.check(f"arm64 {program} prints its version", f"{program} {version}" in lines, out)
+    report.check("arm64 postinst activated the release", f"current=releases/{version}" in lines, out)
+
+
+def prove(args):
+    version = args.version
+    repo_src = Path(args.repo).resolve()
+    debs = [Path(d).resolve() for d in args.debs]
+    for deb in debs:
+        if not deb.exists():
+            raise Fatal(f"{deb} is missing: run make deb deb-arm64 deb-armhf")
+    log("the units")
+    check_units()
+    log("the packages")
+    check_debs(debs)
+    upgrade_version = f"{version}+pkgtest1"
+    upgrade_dir = WORK / "upgrade"
+    shutil.rmtree(upgrade_dir, ignore_errors=True)
+    upgrade_dir.mkdir(parents=True)
+    # The same programs as the package under test, with a higher version: what changes in an
+    # upgrade is what the maintainer scripts do, which is what is proven here.
+    run(["cargo", "deb", "--no-build", "--deb-version", upgrade_version, "--output", f"{upgrade_dir}/"], check=True)
+    upgrade_deb = next(upgrade_dir.glob("*.deb"))
+    repo = WORK / "repo"
+    shutil.rmtree(repo, ignore_errors=True)
+    shutil.copytree(repo_src, repo, symlinks=True)
+    report.require("the APT repository holds amd64, arm64 and armhf", all(
+        (repo / f"dists/stable/main/binary-{a}/Packages").read_text().count("Package: mcp-raspi") == 1
+        for a in ("amd64", "arm64", "armhf")))
+    code, _, err = run(["gpgv", "--keyring", repo / "mcp-raspi-archive-keyring.gpg", repo / "dists/stable/InRelease"],
+                       check=False)
+    report.check("the repository's InRelease verifies with its exported key", code == 0, err)
+
+    arm64_error = []
+
+    # The amd64 proof adds the upgrade to its repository; the arm64 one gets its own copy.
+    repo_arm64 = WORK / "repo-arm64"
+    shutil.rmtree(repo_arm64, ignore_errors=True)
+    shutil.copytree(repo_src, repo_arm64, symlinks=True)
+
+    def arm64():
+        try:
+            prove_arm64(version, repo_arm64)
+        except Fatal as e:
+            arm64_error.append(str(e))
+        except Exception as e:  # any crash of the thread is a failure of the proof
+            report.check(f"arm64 proof ran to the end ({e!r})", False)
+            arm64_error.append(repr(e))
+
+    arm64_thread = threading.Thread(target=arm64)
+    arm64_thread.start()
+    try:
+        prove_amd64(version, upgrade_version, repo, upgrade_deb)
+    finally:
+        arm64_thread.join()
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("chroots", help="create the cached chroots")
+    p = sub.add_parser("run", help="prove the packages")
+    p.add_argument("--version", required=True)
+    p.add_argument("--repo", required=True)
+    p.add_argument("debs", nargs=3, metavar="DEB")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        print("prove.py needs root (debootstrap, systemd-nspawn)", file=sys.stderr)
+        return 2
+    WORK.mkdir(parents=True, exist_ok=True)
+    if args.command == "chroots":
+        return chroots()
+    started = time.time()
+    try:
+        register_binfmt()
+        prove(args)
+    except Fatal as e:
+        report.check("the proof ran to the end", False, str(e))
+    print(f"\n{len(report.passed)} checks passed, {len(report.failed)} failed in {time.time() - started:.0f} s")
+    for name in report.failed:
+        print(f"  FAILED: {name}")
+    return 1 if report.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
