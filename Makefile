@@ -121,7 +121,7 @@ deb-armhf: cargo-deb generated
 
 lintian: deb deb-arm64 deb-armhf
 	@packaging/need.sh lintian
-	lintian --fail-on error,warning --info $(DEBS)
+	lintian --fail-on error,warning --display-info $(DEBS)
 
 apt-repo: deb deb-arm64 deb-armhf
 	@packaging/need.sh apt-utils gnupg

@@ -241,6 +241,19 @@ class Box:
         cmd = ["nsenter", "-t", str(self.leader), "-a", "--", *env, "/bin/sh", "-c", script]
         return run(cmd, check=check, input=input, timeout=timeout)
 
+    def wait_booted(self, timeout=180):
+        """The system state once booting has finished. Right after init starts, systemctl
+        cannot connect yet: that is retried."""
+        deadline = time.time() + timeout
+        state, detail = "", ""
+        while time.time() < deadline:
+            _, out, err = self.sh("systemctl is-system-running --wait", check=False, timeout=timeout)
+            state, detail = out.strip(), f"{out.strip()} {err.strip()}"
+            if state in ("running", "degraded", "maintenance", "stopping"):
+                break
+            time.sleep(1)
+        return state, detail
+
     def out(self, script, **kw):
         return self.sh(script, **kw)[1].strip()
 
@@ -366,7 +379,7 @@ def check_debs(debs):
             f"{deb.name} needs glibc {glibc[0]}.{glibc[1]}, within its Depends (>= 2.34)",
             glibc <= MAX_GLIBC and glibc > (0, 0),
         )
-    code, out, err = run(["lintian", "--fail-on", "error,warning", "--info", *debs], check=False)
+    code, out, err = run(["lintian", "--fail-on", "error,warning", "--display-info", *debs], check=False)
     lines = [line for line in (out + err).splitlines() if line and "running with root privileges" not in line]
     problems = [line for line in lines if line[:2] in ("E:", "W:")]
     for line in lines:
@@ -747,8 +760,10 @@ def prove_amd64(version, upgrade_version, repo, upgrade_deb):
     log(f"booting bookworm amd64 with systemd-nspawn (MCP on 127.0.0.1:{port})")
     box = Box(rootfs, binds, WORK / "amd64-console.log")
     try:
-        code, out, _ = box.sh("systemctl is-system-running --wait", check=False, timeout=180)
-        report.require("the container boots to running or degraded", out.strip() in ("running", "degraded"), out)
+        state, detail = box.wait_booted()
+        report.require("the container boots to running or degraded", state in ("running", "degraded"), detail)
+        if state == "degraded":
+            print("    failed units: " + box.out("systemctl --failed --no-legend --plain", check=False))
         box.sh("apt-get update -q", timeout=600)
         check_install(box, version, port)
         token = check_mcp(box, port)
