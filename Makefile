@@ -36,7 +36,7 @@ run: build
 	trap 'kill $$agent 2>/dev/null' EXIT INT TERM; \
 	$$as_user target/debug/mcp-raspi-server --dev --listen $(DEV_LISTEN)
 
-test: reachable lint unit pytest conformance
+test: reachable lint unit pytest conformance test-package
 
 # As root, the tests start the daemons as uid $(RUN_AS_UID): it must reach the checkout.
 reachable:
