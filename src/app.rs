@@ -8,7 +8,7 @@ use crate::audit::AuditLog;
 use crate::auth::{Authenticator, RateLimiter};
 use crate::config::{Config, Loaded};
 use crate::host::cpu::CpuTimes;
-use crate::host::Roots;
+use crate::host::{LiveAttr, Roots};
 use crate::platform::Platform;
 use crate::tools::{Catalogue, StaticInfo, ToolError};
 
@@ -34,6 +34,8 @@ pub struct App {
     /// CPU times at the previous snapshot, so a snapshot can report usage since then
     /// without sleeping.
     pub last_cpu: Mutex<Option<(Instant, CpuTimes)>>,
+    /// CPU 0's current frequency, kept open: `system.get_info` reads it on every call.
+    pub cpu_freq: LiveAttr,
     static_info: Mutex<Option<(Instant, Arc<StaticInfo>)>>,
 }
 
@@ -52,6 +54,7 @@ impl App {
             fs: config.platform.fs_root.clone(),
         };
         let platform = Platform::select(config.platform.backend, &roots);
+        let cpu_freq = LiveAttr::new(crate::host::cpu::cpu_freq_path(&roots));
         Ok(Arc::new(App {
             agent: crate::agent_client::AgentClient::new(&config.ops_agent),
             rate_limiter: RateLimiter::new(&config.security.rate_limit),
@@ -66,6 +69,7 @@ impl App {
             started: Instant::now(),
             started_at: SystemTime::now(),
             last_cpu: Mutex::new(None),
+            cpu_freq,
             static_info: Mutex::new(None),
         }))
     }

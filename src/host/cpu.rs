@@ -6,12 +6,12 @@
 //! architecture (x86 has a `model name` per processor, 64-bit ARM only has part numbers and,
 //! on a Raspberry Pi, board lines at the end), so it is read leniently.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use schemars::JsonSchema;
 use serde::Serialize;
 
-use super::{parse_error, read_attr, read_optional_text, read_text, Result, Roots};
+use super::{parse_error, read_optional_text, read_text, LiveAttr, Result, Roots};
 
 /// Cumulative time one CPU (or all of them together) spent, in clock ticks (jiffies).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -194,14 +194,23 @@ fn arm_core_name(implementer: Option<&str>, part: Option<&str>) -> Option<String
 }
 
 /// The current clock of CPU 0 in MHz; `None` when the kernel has no cpufreq driver (VMs).
-pub fn read_cpu_freq_mhz(roots: &Roots) -> Result<Option<f64>> {
-    let path = roots.sys.join("devices/system/cpu/cpu0/cpufreq/scaling_cur_freq");
-    let Some(text) = read_attr(&path)? else {
-        return Ok(None);
-    };
+/// The attribute holding CPU 0's current frequency in kHz.
+pub fn cpu_freq_path(roots: &Roots) -> PathBuf {
+    roots.sys.join("devices/system/cpu/cpu0/cpufreq/scaling_cur_freq")
+}
+
+/// CPU 0's current frequency in MHz, read through an attribute kept open.
+pub fn read_live_cpu_freq_mhz(attr: &LiveAttr) -> Result<Option<f64>> {
+    match attr.read()? {
+        Some(text) => parse_cpu_freq(attr.path(), &text).map(Some),
+        None => Ok(None),
+    }
+}
+
+fn parse_cpu_freq(path: &Path, text: &str) -> Result<f64> {
     let khz =
-        text.parse::<u64>().map_err(|_| parse_error(&path, format!("expected a frequency in kHz, found {text:?}")))?;
-    Ok(Some(khz as f64 / 1000.0))
+        text.parse::<u64>().map_err(|_| parse_error(path, format!("expected a frequency in kHz, found {text:?}")))?;
+    Ok(khz as f64 / 1000.0)
 }
 
 #[cfg(test)]
@@ -303,8 +312,11 @@ mod tests {
 
     #[test]
     fn reads_the_clock_of_pi4_and_pi5() {
-        assert_eq!(read_cpu_freq_mhz(&fixture("pi4")).unwrap(), Some(1800.0));
-        assert_eq!(read_cpu_freq_mhz(&fixture("pi5")).unwrap(), Some(2400.0));
+        let pi4 = LiveAttr::new(cpu_freq_path(&fixture("pi4")));
+        assert_eq!(read_live_cpu_freq_mhz(&pi4).unwrap(), Some(1800.0));
+        assert_eq!(read_live_cpu_freq_mhz(&pi4).unwrap(), Some(1800.0), "a second read of the open attribute");
+        let pi5 = LiveAttr::new(cpu_freq_path(&fixture("pi5")));
+        assert_eq!(read_live_cpu_freq_mhz(&pi5).unwrap(), Some(2400.0));
     }
 
     #[test]
@@ -315,7 +327,7 @@ mod tests {
         assert!(times.total.total() > 0);
         let info = read_cpuinfo(&roots).unwrap();
         assert!(info.cores >= 1);
-        if let Some(mhz) = read_cpu_freq_mhz(&roots).unwrap() {
+        if let Some(mhz) = read_live_cpu_freq_mhz(&LiveAttr::new(cpu_freq_path(&roots))).unwrap() {
             assert!(mhz > 0.0);
         }
     }

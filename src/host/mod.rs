@@ -5,8 +5,12 @@
 //! here needs a privilege: the server (user `mcp`, no capabilities) calls it directly.
 
 use std::fmt;
+use std::fs::File;
 use std::io;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 pub mod board;
 pub mod cpu;
@@ -90,6 +94,71 @@ pub fn read_attr(path: &Path) -> Result<Option<String>> {
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(source) => Err(HostError::Read { path: path.to_path_buf(), source }),
+    }
+}
+
+/// A sysfs attribute read again and again, such as the current CPU frequency. The file
+/// stays open and each read is one `pread` at offset 0, which makes sysfs produce the
+/// current value. An absent attribute (no cpufreq driver, say) is looked for again after
+/// [`LiveAttr::RETRY`], so a driver loaded later is noticed.
+#[derive(Debug)]
+pub struct LiveAttr {
+    path: PathBuf,
+    state: Mutex<AttrState>,
+}
+
+#[derive(Debug)]
+enum AttrState {
+    Unopened,
+    Open(Arc<File>),
+    Absent(Instant),
+}
+
+impl LiveAttr {
+    pub const RETRY: Duration = Duration::from_secs(10);
+
+    pub fn new(path: PathBuf) -> LiveAttr {
+        LiveAttr { path, state: Mutex::new(AttrState::Unopened) }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The attribute's current value, trimmed; `None` while it does not exist.
+    pub fn read(&self) -> Result<Option<String>> {
+        let read_error = |source| HostError::Read { path: self.path.clone(), source };
+        let file = {
+            let mut state = self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            match &*state {
+                AttrState::Open(file) => file.clone(),
+                AttrState::Absent(since) if since.elapsed() < Self::RETRY => return Ok(None),
+                AttrState::Unopened | AttrState::Absent(_) => match File::open(&self.path) {
+                    Ok(file) => {
+                        let file = Arc::new(file);
+                        *state = AttrState::Open(file.clone());
+                        file
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                        *state = AttrState::Absent(Instant::now());
+                        return Ok(None);
+                    }
+                    Err(e) => return Err(read_error(e)),
+                },
+            }
+        };
+        // Attributes are one value of at most a page; the read happens outside the lock.
+        let mut buf = [0u8; 4096];
+        let n = match file.read_at(&mut buf, 0) {
+            Ok(n) => n,
+            Err(e) => {
+                // The device went away or the file was replaced: open it afresh next time.
+                *self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = AttrState::Unopened;
+                return Err(read_error(e));
+            }
+        };
+        let text = String::from_utf8_lossy(&buf[..n]);
+        Ok(Some(text.trim_matches(|c: char| c.is_whitespace() || c == '\0').to_string()))
     }
 }
 

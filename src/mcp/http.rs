@@ -17,7 +17,10 @@ use tokio::sync::mpsc;
 use warp::http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
 use warp::Filter;
 
-use super::{dispatch, initialize_result, response, Call, Incoming, Progress, RpcError, Session, Sessions, Version};
+use super::{
+    batch_response, dispatch, initialize_result, response, Call, Incoming, Json, Outgoing, Progress, RpcError, Session,
+    Sessions, Version,
+};
 use crate::app::App;
 use crate::auth::{AuthError, Identity};
 
@@ -31,16 +34,16 @@ pub struct HttpServer {
 
 type Reply = warp::reply::Response;
 
-fn json_reply(status: u16, body: &Value) -> Reply {
-    // to_vec writes through io::Write, markedly cheaper than Value's Display.
-    let mut r = Response::new(serde_json::to_vec(body).unwrap_or_default().into());
+/// A JSON reply; the message was serialized once and becomes the body as it is.
+fn json_reply(status: u16, body: Json) -> Reply {
+    let mut r = Response::new(Bytes::from(body.into_string()).into());
     *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     r.headers_mut().insert("content-type", HeaderValue::from_static("application/json"));
     r
 }
 
 fn error_reply(id: &Value, e: &RpcError) -> Reply {
-    json_reply(if e.http_status == 200 { 200 } else { e.http_status }, &response(id, Err(e.clone())))
+    json_reply(e.http_status, response(id, Err(e.clone())))
 }
 
 fn empty(status: StatusCode) -> Reply {
@@ -136,10 +139,13 @@ impl HttpServer {
     async fn handle(self: Arc<Self>, method: Method, path: String, headers: HeaderMap, body: BodyStream) -> Reply {
         match (path.as_str(), method.clone()) {
             ("/healthz", Method::GET) => {
-                return json_reply(200, &json!({"status": "ok", "version": crate::app::VERSION}));
+                return json_reply(200, Json::of(&json!({"status": "ok", "version": crate::app::VERSION})));
             }
             ("/mcp", _) => {}
-            _ => return json_reply(404, &json!({"error": format!("no such endpoint {path}; MCP is served at /mcp")})),
+            _ => {
+                let body = json!({"error": format!("no such endpoint {path}; MCP is served at /mcp")});
+                return json_reply(404, Json::of(&body));
+            }
         }
         let cors_origin = match self.check_origin(&headers) {
             Ok(o) => o,
@@ -324,7 +330,7 @@ impl HttpServer {
                 Err(e) => return error_reply(&id, &RpcError::internal(e)),
             };
             log::info!("session {} opened by {} at protocol {}", &session.id[..8], identity.name, version.as_str());
-            let mut r = json_reply(200, &response(&id, Ok(initialize_result(version))));
+            let mut r = json_reply(200, response(&id, Ok(initialize_result(version))));
             if let Ok(v) = HeaderValue::from_str(&session.id) {
                 r.headers_mut().insert("mcp-session-id", v);
             }
@@ -364,7 +370,7 @@ impl HttpServer {
             tokio::spawn(Abortable::new(
                 async move {
                     let result = dispatch(&app, &call, &method, params).await;
-                    let _ = tx.send(response(&call.request_id, result));
+                    let _ = tx.send(Outgoing::Response(response(&call.request_id, result)));
                 },
                 registration,
             ));
@@ -385,7 +391,7 @@ impl HttpServer {
             match outcome {
                 Ok(result) => {
                     let status = result.as_ref().err().map(|e| e.http_status).unwrap_or(200);
-                    json_reply(status, &response(&id, result))
+                    json_reply(status, response(&id, result))
                 }
                 Err(Aborted) => error_reply(&id, &RpcError::new(rmcp::model::ErrorCode(-32800), "Request cancelled")),
             }
@@ -501,7 +507,7 @@ impl HttpServer {
         if replies.is_empty() {
             empty(StatusCode::ACCEPTED)
         } else {
-            json_reply(200, &Value::Array(replies))
+            json_reply(200, batch_response(&replies))
         }
     }
 }
@@ -539,13 +545,13 @@ impl Drop for AbortOnDrop {
 /// Streams a request's notifications and then its response as server-sent events.
 /// `guards` live as long as the stream: dropping it (the client went away) aborts the
 /// request and untracks it.
-fn sse_reply<G: Send + Sync + 'static>(rx: mpsc::UnboundedReceiver<Value>, guards: G) -> Reply {
+fn sse_reply<G: Send + Sync + 'static>(rx: mpsc::UnboundedReceiver<Outgoing>, guards: G) -> Reply {
     let events = futures_util::stream::unfold((rx, Some(guards)), |(mut rx, guards)| async move {
         guards.as_ref()?;
         let msg = rx.recv().await?;
-        // The response (it has an id) is the last event: end the stream after it.
-        let last = msg.get("id").is_some();
-        let event = warp::sse::Event::default().event("message").data(msg.to_string());
+        // The response is the last event: end the stream after it.
+        let last = matches!(msg, Outgoing::Response(_));
+        let event = warp::sse::Event::default().event("message").data(msg.into_json().into_string());
         Some((Ok::<_, Infallible>(event), (rx, if last { None } else { guards })))
     });
     let mut r = warp::reply::Reply::into_response(warp::sse::reply(events));

@@ -8,6 +8,7 @@
 
 mod catalog;
 pub mod http;
+pub mod json;
 mod session;
 pub mod stdio;
 
@@ -23,8 +24,9 @@ use tokio::sync::mpsc;
 use crate::app::App;
 use crate::auth::Identity;
 use crate::config::LogLevel;
-use crate::tools::Cx;
+use crate::tools::{Cx, ToolResult};
 
+pub use json::Json;
 pub use session::{Session, Sessions};
 
 /// Protocol versions this server speaks, newest first.
@@ -159,20 +161,46 @@ impl RpcError {
     }
 
     /// The JSON-RPC error object.
-    pub fn to_value(&self) -> Value {
-        let mut e = json!({"code": self.code, "message": self.message});
+    pub fn to_json(&self) -> Json {
+        let mut e = json::Object::with_capacity(self.message.len() + 64);
+        e.value("code", &self.code).value("message", &self.message);
         if let Some(d) = &self.data {
-            e["data"] = d.clone();
+            e.value("data", d);
         }
-        e
+        e.finish()
     }
 }
 
-/// A JSON-RPC response to `id`.
-pub fn response(id: &Value, result: Result<Value, RpcError>) -> Value {
-    match result {
-        Ok(result) => json!({"jsonrpc": "2.0", "id": id, "result": result}),
-        Err(e) => json!({"jsonrpc": "2.0", "id": id, "error": e.to_value()}),
+/// A JSON-RPC response to `id`: the result or error is spliced in as it was serialized.
+pub fn response(id: &Value, result: Result<Json, RpcError>) -> Json {
+    let size = result.as_ref().map_or(128, |r| r.len() + 48);
+    let mut envelope = json::Object::with_capacity(size);
+    envelope.value("jsonrpc", "2.0").value("id", id);
+    match &result {
+        Ok(result) => envelope.json("result", result),
+        Err(e) => envelope.json("error", &e.to_json()),
+    };
+    envelope.finish()
+}
+
+/// Several responses as one JSON-RPC batch reply.
+pub fn batch_response(responses: &[Json]) -> Json {
+    json::array(responses)
+}
+
+/// A message on its way to the client of one request: notifications while it runs, then
+/// its response, the last message.
+#[derive(Debug)]
+pub enum Outgoing {
+    Notification(Json),
+    Response(Json),
+}
+
+impl Outgoing {
+    pub fn into_json(self) -> Json {
+        match self {
+            Outgoing::Notification(m) | Outgoing::Response(m) => m,
+        }
     }
 }
 
@@ -232,7 +260,7 @@ impl Incoming {
 /// messages (when the client asked for them).
 #[derive(Clone, Default)]
 pub struct Progress {
-    sink: Option<mpsc::UnboundedSender<Value>>,
+    sink: Option<mpsc::UnboundedSender<Outgoing>>,
     token: Option<Value>,
     log_level: Option<LogLevel>,
 }
@@ -243,7 +271,7 @@ impl Progress {
         Progress::default()
     }
 
-    pub fn new(sink: mpsc::UnboundedSender<Value>, token: Option<Value>, log_level: Option<LogLevel>) -> Progress {
+    pub fn new(sink: mpsc::UnboundedSender<Outgoing>, token: Option<Value>, log_level: Option<LogLevel>) -> Progress {
         Progress { sink: Some(sink), token, log_level }
     }
 
@@ -259,7 +287,8 @@ impl Progress {
             if let Some(total) = total {
                 params["total"] = json!(total);
             }
-            let _ = sink.send(json!({"jsonrpc": "2.0", "method": "notifications/progress", "params": params}));
+            let message = json!({"jsonrpc": "2.0", "method": "notifications/progress", "params": params});
+            let _ = sink.send(Outgoing::Notification(Json::of(&message)));
         }
     }
 
@@ -271,11 +300,12 @@ impl Progress {
                     LogLevel::Warn => "warning",
                     other => other.as_str(),
                 };
-                let _ = sink.send(json!({
+                let message = json!({
                     "jsonrpc": "2.0",
                     "method": "notifications/message",
                     "params": {"level": level, "logger": "mcp-raspi", "data": data},
-                }));
+                });
+                let _ = sink.send(Outgoing::Notification(Json::of(&message)));
             }
         }
     }
@@ -311,12 +341,12 @@ const INSTRUCTIONS: &str = "mcp-raspi inspects and controls this Raspberry Pi. S
 system.get_health_snapshot; the prompts daily_health_check and troubleshoot_service walk through common procedures.";
 
 /// The result of `initialize` for the version negotiated from `requested`.
-pub fn initialize_result(version: Version) -> Value {
+pub fn initialize_result(version: Version) -> Json {
     let result = InitializeResult::new(capabilities(version))
         .with_protocol_version(version.protocol())
         .with_server_info(server_info())
         .with_instructions(INSTRUCTIONS);
-    serde_json::to_value(result).unwrap_or(Value::Null)
+    Json::of(&result)
 }
 
 fn discover_result() -> Value {
@@ -340,6 +370,18 @@ fn cacheable(method: &str) -> bool {
     )
 }
 
+/// `_meta` of every stateless result: the server's identity.
+fn stateless_meta() -> &'static Value {
+    static META: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
+    META.get_or_init(|| json!({ meta::SERVER_INFO: server_info() }))
+}
+
+/// [`stateless_meta`], serialized.
+fn stateless_meta_json() -> &'static Json {
+    static META: std::sync::OnceLock<Json> = std::sync::OnceLock::new();
+    META.get_or_init(|| Json::of(stateless_meta()))
+}
+
 /// Adapts a result to the version: the stateless revision wants `resultType`, server info
 /// and caching hints; older versions have no `resultType`.
 fn finish(version: Version, method: &str, mut result: Value) -> Value {
@@ -347,8 +389,8 @@ fn finish(version: Version, method: &str, mut result: Value) -> Value {
     if version.is_stateless() {
         obj.insert("resultType".into(), json!("complete"));
         let meta = obj.entry("_meta").or_insert_with(|| json!({}));
-        if let Some(meta) = meta.as_object_mut() {
-            meta.insert(meta::SERVER_INFO.into(), serde_json::to_value(server_info()).unwrap_or(Value::Null));
+        if let (Some(meta), Some(ours)) = (meta.as_object_mut(), stateless_meta().as_object()) {
+            meta.extend(ours.iter().map(|(k, v)| (k.clone(), v.clone())));
         }
         if cacheable(method) {
             // Listings depend on the caller's role, so they are private to the caller.
@@ -363,8 +405,9 @@ fn finish(version: Version, method: &str, mut result: Value) -> Value {
 }
 
 /// Answers one request (not `initialize`, which the transports handle because it creates
-/// a session).
-pub async fn dispatch(app: &Arc<App>, call: &Call, method: &str, params: Option<Value>) -> Result<Value, RpcError> {
+/// a session). The result comes back serialized: tool results, the hot path, are written
+/// once, straight from the tool's output.
+pub async fn dispatch(app: &Arc<App>, call: &Call, method: &str, params: Option<Value>) -> Result<Json, RpcError> {
     let version = call.version;
     let params = params.unwrap_or_else(|| json!({}));
     let result = match method {
@@ -377,7 +420,7 @@ pub async fn dispatch(app: &Arc<App>, call: &Call, method: &str, params: Option<
                 RpcError::invalid_params("Invalid params: tools/call needs \"name\", the tool to call")
             })?;
             let arguments = params.get("arguments").cloned().unwrap_or(Value::Null);
-            call_tool(app, call, name, arguments).await
+            return call_tool(app, call, name, arguments).await;
         }
         "resources/list" => catalog::list_resources(call),
         "resources/templates/list" => catalog::list_resource_templates(),
@@ -386,35 +429,57 @@ pub async fn dispatch(app: &Arc<App>, call: &Call, method: &str, params: Option<
         "prompts/get" => catalog::get_prompt(&params),
         other if app.catalogue.get(other).is_some() => {
             // The spec's examples call tools as methods; their params are the arguments.
-            let mut arguments = params.clone();
+            let mut arguments = params;
             if let Some(o) = arguments.as_object_mut() {
                 o.remove("_meta");
             }
-            call_tool(app, call, other, arguments).await
+            return call_tool(app, call, other, arguments).await;
         }
         other => Err(RpcError::method_not_found(other, version)),
     }?;
-    Ok(finish(version, method, result))
+    Ok(Json::of(&finish(version, method, result)))
 }
 
-async fn call_tool(app: &Arc<App>, call: &Call, name: &str, arguments: Value) -> Result<Value, RpcError> {
+async fn call_tool(app: &Arc<App>, call: &Call, name: &str, arguments: Value) -> Result<Json, RpcError> {
     let cx = Cx { app: app.clone(), identity: call.identity.clone(), progress: call.progress.clone() };
     let request_id = match &call.request_id {
         Value::String(s) => s.clone(),
         other => other.to_string(),
     };
-    let mut result =
+    let result =
         app.catalogue.call(cx, &request_id, call.transport, name, arguments).await.ok_or_else(|| {
             RpcError::invalid_params(format!("Unknown tool: {name}. Call tools/list to see the tools."))
         })?;
-    // Moved rather than re-serialized: the structured content can be large.
-    let structured = result.structured_content.take();
-    let mut value =
-        serde_json::to_value(result).map_err(|e| RpcError::internal(format!("cannot encode the result: {e}")))?;
-    if let (Some(structured), Some(obj)) = (structured, value.as_object_mut()) {
-        obj.insert("structuredContent".into(), structured);
+    Ok(call_tool_reply(call.version, &result))
+}
+
+/// `CallToolResult` as written on the wire, with what [`finish`] adds for the stateless
+/// revision (tool results are never cacheable). The structured content is spliced in and
+/// escaped into the text block straight from its one serialization.
+fn call_tool_reply(version: Version, result: &ToolResult) -> Json {
+    let structured_len = result.structured_content.as_ref().map_or(0, Json::len);
+    let mut content = Vec::with_capacity(1 + result.extra_content.len());
+    let mut text = json::Object::with_capacity(result.text_prefix.len() + structured_len * 5 / 4 + 32);
+    text.value("type", "text");
+    match (&result.text_prefix, &result.structured_content) {
+        (prefix, Some(structured)) if prefix.is_empty() => text.value("text", structured.as_str()),
+        (prefix, Some(structured)) => text.value("text", &format!("{prefix}{structured}")),
+        (prefix, None) => text.value("text", prefix),
+    };
+    content.push(text.finish());
+    content.extend(result.extra_content.iter().map(Json::of));
+    let content = json::array(&content);
+
+    let mut reply = json::Object::with_capacity(content.len() + structured_len + 192);
+    reply.json("content", &content);
+    if let Some(structured) = &result.structured_content {
+        reply.json("structuredContent", structured);
     }
-    Ok(value)
+    reply.value("isError", &result.is_error);
+    if version.is_stateless() {
+        reply.value("resultType", "complete").json("_meta", stateless_meta_json());
+    }
+    reply.finish()
 }
 
 fn set_level(call: &Call, params: &Value) -> Result<Value, RpcError> {

@@ -10,13 +10,18 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
-use super::{dispatch, initialize_result, response, Call, Incoming, Progress, RpcError, Version};
+use super::{dispatch, initialize_result, response, Call, Incoming, Json, Outgoing, Progress, RpcError, Version};
 use crate::app::App;
 use crate::auth::Identity;
 
+/// A response on its way to stdout.
+fn reply(id: &Value, result: Result<Json, RpcError>) -> Outgoing {
+    Outgoing::Response(response(id, result))
+}
+
 /// Longest line accepted, the same limit as an HTTP body.
-fn too_long(limit: usize) -> Value {
-    response(
+fn too_long(limit: usize) -> Outgoing {
+    reply(
         &Value::Null,
         Err(RpcError::invalid_request(format!(
             "Request too large: the limit is {limit} bytes (server.max_request_bytes)"
@@ -26,11 +31,11 @@ fn too_long(limit: usize) -> Value {
 
 /// Serves until stdin closes.
 pub async fn serve(app: Arc<App>) -> std::io::Result<()> {
-    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Value>();
+    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Outgoing>();
     let writer = tokio::spawn(async move {
         let mut stdout = tokio::io::stdout();
         while let Some(msg) = out_rx.recv().await {
-            let mut line = msg.to_string();
+            let mut line = msg.into_json().into_string();
             line.push('\n');
             if stdout.write_all(line.as_bytes()).await.is_err() || stdout.flush().await.is_err() {
                 break;
@@ -57,7 +62,7 @@ pub async fn serve(app: Arc<App>) -> std::io::Result<()> {
         let value: Value = match serde_json::from_str(&line) {
             Ok(v) => v,
             Err(e) => {
-                let _ = out_tx.send(response(&Value::Null, Err(RpcError::parse_error(e))));
+                let _ = out_tx.send(reply(&Value::Null, Err(RpcError::parse_error(e))));
                 continue;
             }
         };
@@ -65,7 +70,7 @@ pub async fn serve(app: Arc<App>) -> std::io::Result<()> {
             Value::Array(items) => {
                 let version = negotiated.lock().ok().and_then(|v| *v);
                 if !version.is_some_and(Version::allows_batches) {
-                    let _ = out_tx.send(response(
+                    let _ = out_tx.send(reply(
                         &Value::Null,
                         Err(RpcError::invalid_request(
                             "Invalid request: batches are only allowed in protocol version 2025-03-26",
@@ -80,7 +85,7 @@ pub async fn serve(app: Arc<App>) -> std::io::Result<()> {
         for message in messages {
             let (id, method, params) = match Incoming::parse(message) {
                 Err((id, e)) => {
-                    let _ = out_tx.send(response(&id, Err(e)));
+                    let _ = out_tx.send(reply(&id, Err(e)));
                     continue;
                 }
                 Ok(Incoming::Response) => continue,
@@ -106,7 +111,7 @@ pub async fn serve(app: Arc<App>) -> std::io::Result<()> {
                 if let Ok(mut v) = negotiated.lock() {
                     *v = Some(version);
                 }
-                let _ = out_tx.send(response(&id, Ok(initialize_result(version))));
+                let _ = out_tx.send(reply(&id, Ok(initialize_result(version))));
                 continue;
             }
             let version = if has_meta_version {
@@ -121,7 +126,7 @@ pub async fn serve(app: Arc<App>) -> std::io::Result<()> {
             let version = match version {
                 Ok(v) => v,
                 Err(e) => {
-                    let _ = out_tx.send(response(&id, Err(e)));
+                    let _ = out_tx.send(reply(&id, Err(e)));
                     continue;
                 }
             };
@@ -145,7 +150,7 @@ pub async fn serve(app: Arc<App>) -> std::io::Result<()> {
                 if let Ok(mut m) = inflight_done.lock() {
                     m.remove(&done_key);
                 }
-                let _ = tx.send(response(&id, result));
+                let _ = tx.send(reply(&id, result));
             });
             if let Ok(mut m) = inflight.lock() {
                 if !task.is_finished() {

@@ -22,7 +22,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
-use rmcp::model::{CallToolResult, ContentBlock, JsonObject, ToolAnnotations};
+use rmcp::model::{ContentBlock, JsonObject, ToolAnnotations};
 use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -32,7 +32,7 @@ use crate::app::App;
 use crate::audit::{self, Outcome, Record};
 use crate::auth::Identity;
 use crate::config::Role;
-use crate::mcp::Progress;
+use crate::mcp::{Json, Progress};
 
 pub use docs::tools_markdown;
 pub use logs::{app_entries, audit_entries};
@@ -142,10 +142,24 @@ pub trait Tool: Send + Sync + 'static {
     }
 }
 
-/// A tool's answer before it becomes a `CallToolResult`.
+/// A tool's answer before it becomes a [`ToolResult`].
 pub struct Invoked {
-    pub structured: Value,
+    /// The output, serialized once: it is both the structured content and the text block.
+    pub structured: Json,
     pub extra_content: Vec<ContentBlock>,
+}
+
+/// The answer of a tool call, the parts of MCP's `CallToolResult`: a text block (the
+/// prefix followed by the structured content's JSON), the structured content kept as the
+/// JSON it was serialized to, and further content blocks such as an image.
+#[derive(Debug)]
+pub struct ToolResult {
+    /// Text before the JSON in the text block: a deprecation warning, or a failure's
+    /// whole message.
+    pub text_prefix: String,
+    pub structured_content: Option<Json>,
+    pub extra_content: Vec<ContentBlock>,
+    pub is_error: bool,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -173,8 +187,7 @@ impl<T: Tool> DynTool for T {
         Box::pin(async move {
             let output = T::call(cx, input?).await?;
             let extra_content = T::extra_content(&output);
-            let structured = serde_json::to_value(output)
-                .map_err(|e| ToolError::internal(format!("cannot encode the result: {e}")))?;
+            let structured = Json::with_capacity(&output, 1024);
             Ok(Invoked { structured, extra_content })
         })
     }
@@ -314,7 +327,7 @@ impl Catalogue {
         transport: &str,
         name: &str,
         arguments: Value,
-    ) -> Option<CallToolResult> {
+    ) -> Option<ToolResult> {
         let started = Instant::now();
         let audited_args = audit::redact(&arguments);
         let Some(entry) = self.get(name) else {
@@ -370,21 +383,26 @@ impl Catalogue {
             deprecated: spec.deprecation.is_some(),
         });
         Some(match result {
-            Ok(Invoked { structured: value, extra_content }) => {
-                let mut text = serde_json::to_string(&value).unwrap_or_default();
-                if let Some(d) = spec.deprecation {
-                    text = format!(
-                        "Warning: {name} is deprecated since {} and will be removed in {}; use {} instead.\n{text}",
-                        d.since, d.removal, d.replacement
-                    );
-                }
-                let mut content = vec![ContentBlock::text(text)];
-                content.extend(extra_content);
-                let mut r = CallToolResult::success(content);
-                r.structured_content = Some(value);
-                r
-            }
-            Err(e) => CallToolResult::error(vec![ContentBlock::text(format!("Error ({}): {}", e.code, e.message))]),
+            Ok(Invoked { structured, extra_content }) => ToolResult {
+                text_prefix: spec
+                    .deprecation
+                    .map(|d| {
+                        format!(
+                            "Warning: {name} is deprecated since {} and will be removed in {}; use {} instead.\n",
+                            d.since, d.removal, d.replacement
+                        )
+                    })
+                    .unwrap_or_default(),
+                structured_content: Some(structured),
+                extra_content,
+                is_error: false,
+            },
+            Err(e) => ToolResult {
+                text_prefix: format!("Error ({}): {}", e.code, e.message),
+                structured_content: None,
+                extra_content: Vec::new(),
+                is_error: true,
+            },
         })
     }
 }

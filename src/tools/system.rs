@@ -109,7 +109,6 @@ impl StaticInfo {
 /// OS and CPU identity are read once a minute (reading /proc/cpuinfo and the device tree
 /// on every call would dominate its cost); uptime and frequency are read live.
 pub fn system_info(cx: &Cx) -> Result<SystemInfo, ToolError> {
-    let roots = &cx.app.roots;
     let fixed = cx.app.static_info()?;
     Ok(SystemInfo {
         hostname: fixed.os.hostname.clone(),
@@ -118,7 +117,7 @@ pub fn system_info(cx: &Cx) -> Result<SystemInfo, ToolError> {
         cpu: CpuSummary {
             model_name: fixed.cpu_model.clone(),
             cores: fixed.cores,
-            frequency_mhz: cpu::read_cpu_freq_mhz(roots)?,
+            frequency_mhz: cpu::read_live_cpu_freq_mhz(&cx.app.cpu_freq)?,
         },
         memory_total_bytes: fixed.memory_total_bytes,
         uptime_seconds: fixed.uptime_seconds + fixed.read_at.elapsed().as_secs_f64(),
