@@ -76,8 +76,10 @@ impl AuditLog {
     /// Appends a record. Audit failures are logged loudly but do not fail the call: the
     /// operator sees them in the application log and journald.
     pub fn write(&self, record: &Record<'_>) {
-        match serde_json::to_string(record) {
-            Ok(line) => {
+        // Records are a few hundred bytes: one buffer of that size, written to once.
+        let mut line = Vec::with_capacity(512);
+        match serde_json::to_writer(&mut line, record) {
+            Ok(()) => {
                 if let Err(e) = self.file.write_line(&line) {
                     log::error!("cannot write the audit log {}: {e}", self.file.path().display());
                 }

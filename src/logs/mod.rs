@@ -50,7 +50,7 @@ impl log::Log for AppLogger {
                 "message": message,
             });
             // A log that cannot be written must not take the server down with it.
-            let _ = file.write_line(&line.to_string());
+            let _ = file.write_line(&serde_json::to_vec(&line).unwrap_or_default());
         }
         if let Some(journal) = &self.journal {
             journal.log(record);

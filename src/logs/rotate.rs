@@ -59,10 +59,10 @@ impl RotatingFile {
 
     /// Appends one line (a newline is added). When another thread is writing, the line is
     /// handed to it and this returns at once; errors are then that thread's to report.
-    pub fn write_line(&self, line: &str) -> io::Result<()> {
+    pub fn write_line(&self, line: &[u8]) -> io::Result<()> {
         let mut state = self.lock()?;
         state.pending.reserve(line.len() + 1);
-        state.pending.extend_from_slice(line.as_bytes());
+        state.pending.extend_from_slice(line);
         state.pending.push(b'\n');
         if state.writing {
             return Ok(());
@@ -146,7 +146,7 @@ mod tests {
         let path = dir.path().join("logs/app.log");
         let file = RotatingFile::open(&path, 20, 2).unwrap();
         for i in 0..5 {
-            file.write_line(&format!("line number {i}")).unwrap();
+            file.write_line(format!("line number {i}").as_bytes()).unwrap();
         }
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "line number 4\n");
         assert_eq!(std::fs::read_to_string(backup_path(&path, 1)).unwrap(), "line number 3\n");
@@ -164,7 +164,7 @@ mod tests {
                 let file = file.clone();
                 std::thread::spawn(move || {
                     for i in 0..500 {
-                        file.write_line(&format!("thread {t} line {i} {}", "x".repeat(i % 50))).unwrap();
+                        file.write_line(format!("thread {t} line {i} {}", "x".repeat(i % 50)).as_bytes()).unwrap();
                     }
                 })
             })

@@ -52,7 +52,18 @@ fn empty(status: StatusCode) -> Reply {
     r
 }
 
-fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+/// Header names, parsed once rather than at every lookup.
+mod name {
+    pub use warp::http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HOST, ORIGIN};
+    use warp::http::HeaderName;
+
+    pub const MCP_SESSION_ID: HeaderName = HeaderName::from_static("mcp-session-id");
+    pub const MCP_PROTOCOL_VERSION: HeaderName = HeaderName::from_static("mcp-protocol-version");
+    pub const MCP_METHOD: HeaderName = HeaderName::from_static("mcp-method");
+    pub const MCP_NAME: HeaderName = HeaderName::from_static("mcp-name");
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &warp::http::HeaderName) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
@@ -92,14 +103,14 @@ impl HttpServer {
     fn check_origin(&self, headers: &HeaderMap) -> Result<Option<String>, String> {
         let forbidden = |m: String| Err(m);
         if !self.allowed_hosts.is_empty() {
-            let host = header(headers, "host").map(host_part).unwrap_or_default();
+            let host = header(headers, &name::HOST).map(host_part).unwrap_or_default();
             if !self.allowed_hosts.contains(&host) {
                 return forbidden(format!(
                     "Forbidden: Host {host:?} is not served here; add it to server.allowed_hosts if this is intended"
                 ));
             }
         }
-        let Some(origin) = header(headers, "origin") else { return Ok(None) };
+        let Some(origin) = header(headers, &name::ORIGIN) else { return Ok(None) };
         let cors = &self.app.config.server.cors;
         if cors.enabled && cors.allowed_origins.iter().any(|o| o == origin) {
             return Ok(Some(origin.to_string()));
@@ -116,7 +127,7 @@ impl HttpServer {
     }
 
     fn authenticate(&self, headers: &HeaderMap) -> Result<Identity, AuthError> {
-        self.app.auth.authenticate(header(headers, "authorization"))
+        self.app.auth.authenticate(header(headers, &name::AUTHORIZATION))
     }
 
     fn unauthorized(e: AuthError) -> Reply {
@@ -201,7 +212,7 @@ impl HttpServer {
             Ok(i) => i,
             Err(e) => return Self::unauthorized(e),
         };
-        match header(headers, "mcp-session-id") {
+        match header(headers, &name::MCP_SESSION_ID) {
             None => error_reply(
                 &Value::Null,
                 &RpcError::invalid_request("Bad request: DELETE needs the Mcp-Session-Id header").status(400),
@@ -219,7 +230,7 @@ impl HttpServer {
             Ok(i) => i,
             Err(e) => return Self::unauthorized(e),
         };
-        if let Some(ct) = header(&headers, "content-type") {
+        if let Some(ct) = header(&headers, &name::CONTENT_TYPE) {
             if !ct.to_ascii_lowercase().starts_with("application/json") {
                 let e = RpcError::invalid_request(format!("Unsupported media type {ct:?}: send application/json"))
                     .status(415);
@@ -257,7 +268,7 @@ impl HttpServer {
             r.headers_mut().insert("retry-after", HeaderValue::from(secs));
             return r;
         }
-        let accepts_sse = header(&headers, "accept").is_some_and(|a| a.contains("text/event-stream"));
+        let accepts_sse = header(&headers, &name::ACCEPT).is_some_and(|a| a.contains("text/event-stream"));
         match value {
             Value::Array(items) => self.batch(identity, &headers, items).await,
             single => match Incoming::parse(single) {
@@ -269,7 +280,7 @@ impl HttpServer {
 
     /// Finds the session named by the headers, checking the protocol version header.
     fn legacy_session(&self, headers: &HeaderMap, identity: &Identity) -> Result<Arc<Session>, RpcError> {
-        let Some(sid) = header(headers, "mcp-session-id") else {
+        let Some(sid) = header(headers, &name::MCP_SESSION_ID) else {
             return Err(RpcError::invalid_request(
                 "Bad request: missing Mcp-Session-Id header; send initialize first, or use protocol 2026-07-28 with _meta",
             )
@@ -278,7 +289,7 @@ impl HttpServer {
         let session = self.sessions.get(sid, &identity.name).ok_or_else(|| {
             RpcError::invalid_request("Session not found: it expired or was closed; initialize again").status(404)
         })?;
-        if let Some(hv) = header(headers, "mcp-protocol-version") {
+        if let Some(hv) = header(headers, &name::MCP_PROTOCOL_VERSION) {
             let v = Version::parse(hv).ok_or_else(|| RpcError::unsupported_version(hv))?;
             if v != session.version {
                 return Err(RpcError::header_mismatch(format!(
@@ -297,7 +308,7 @@ impl HttpServer {
         msg: Incoming,
         accepts_sse: bool,
     ) -> Reply {
-        let header_version = header(headers, "mcp-protocol-version");
+        let header_version = header(headers, &name::MCP_PROTOCOL_VERSION);
         let (id, method, params) = match msg {
             Incoming::Response => return empty(StatusCode::ACCEPTED),
             Incoming::Notification { method, params } => {
@@ -406,7 +417,7 @@ impl HttpServer {
             .and_then(|p| p.get("_meta"))
             .and_then(|m| m.get(super::meta::PROTOCOL_VERSION))
             .and_then(Value::as_str);
-        match (header(headers, "mcp-protocol-version"), meta_version) {
+        match (header(headers, &name::MCP_PROTOCOL_VERSION), meta_version) {
             (None, _) => return Err(RpcError::header_mismatch("MCP-Protocol-Version header is required")),
             (Some(hv), Some(mv)) if hv != mv => {
                 return Err(RpcError::header_mismatch(format!(
@@ -416,7 +427,7 @@ impl HttpServer {
             _ => {}
         }
         let version = super::stateless_version(params)?;
-        match header(headers, "mcp-method") {
+        match header(headers, &name::MCP_METHOD) {
             None => return Err(RpcError::header_mismatch("Mcp-Method header is required")),
             Some(hm) if hm != method => {
                 return Err(RpcError::header_mismatch(format!(
@@ -428,7 +439,7 @@ impl HttpServer {
         if matches!(method, "tools/call" | "resources/read" | "prompts/get") {
             let key = if method == "resources/read" { "uri" } else { "name" };
             let body_name = params.and_then(|p| p.get(key)).and_then(Value::as_str);
-            match (header(headers, "mcp-name"), body_name) {
+            match (header(headers, &name::MCP_NAME), body_name) {
                 (None, _) => {
                     return Err(RpcError::header_mismatch(format!("Mcp-Name header is required for {method}")))
                 }
@@ -451,7 +462,7 @@ impl HttpServer {
         let session = match self.legacy_session(headers, &identity) {
             Ok(s) => s,
             Err(e) => {
-                let e = if header(headers, "mcp-session-id").is_none() {
+                let e = if header(headers, &name::MCP_SESSION_ID).is_none() {
                     RpcError::invalid_request("Invalid request: batches are only allowed within a 2025-03-26 session; send initialize alone first").status(400)
                 } else {
                     e

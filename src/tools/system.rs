@@ -1,6 +1,7 @@
 //! `system.*`: what the machine is, how healthy it is, what this server can do, and its
 //! network.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use schemars::JsonSchema;
@@ -50,8 +51,8 @@ pub struct CpuSummary {
 pub struct SystemInfo {
     pub hostname: String,
     /// Board identity (model, revision, serial, SoC) from the device tree and cpuinfo.
-    pub board: board::Board,
-    pub os: os::OsInfo,
+    pub board: Arc<board::Board>,
+    pub os: Arc<os::OsInfo>,
     pub cpu: CpuSummary,
     /// Usable memory as the kernel reports it, in bytes.
     pub memory_total_bytes: u64,
@@ -80,8 +81,8 @@ impl Tool for GetInfo {
 /// The parts of `system.get_info` that do not change while the machine runs.
 #[derive(Debug, Clone)]
 pub struct StaticInfo {
-    pub board: board::Board,
-    pub os: os::OsInfo,
+    pub board: Arc<board::Board>,
+    pub os: Arc<os::OsInfo>,
     pub cpu_model: Option<String>,
     pub cores: u32,
     pub memory_total_bytes: u64,
@@ -94,8 +95,8 @@ impl StaticInfo {
     pub fn read(roots: &crate::host::Roots) -> Result<StaticInfo, ToolError> {
         let info = cpu::read_cpuinfo(roots)?;
         Ok(StaticInfo {
-            board: board::read_board(roots)?,
-            os: os::read_os(roots)?,
+            board: Arc::new(board::read_board(roots)?),
+            os: Arc::new(os::read_os(roots)?),
             cpu_model: info.model_name,
             cores: info.cores,
             memory_total_bytes: memory::read_memory(roots)?.total_bytes,
