@@ -281,6 +281,15 @@ class Process:
                 fields[key] = int(value.split()[0])
         return fields
 
+    def cpu_seconds(self):
+        """User plus system CPU time the process has used so far, in seconds."""
+        if self.proc.poll() is not None:
+            raise self.died(f"the {self.name} is no longer running")
+        stat = Path(f"/proc/{self.pid}/stat").read_text()
+        # Fields after the command name (which may hold spaces) start at field 3, "state".
+        fields = stat[stat.rindex(")") + 2:].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self):
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -486,6 +495,13 @@ RUN_LABELS = {
 RUN_TOOLS = {"session": "system.get_info", "stateless": "system.get_info", "agent": AGENT_TOOL}
 
 
+def cpu_per_request(w):
+    """The server's CPU time (user + system) over a load run, per request wrk counted."""
+    if not w["requests"]:
+        return "–"
+    return f"{w['server_cpu_s'] / w['requests'] * 1e6:.1f} µs ({w['server_cpu_s']:.1f} CPU-s)"
+
+
 def build_rows(r):
     """(measure, value, target, met) rows; met is True, False or None (no target)."""
     rows = []
@@ -505,6 +521,7 @@ def build_rows(r):
     health = r["wrk"]["healthz"]
     rows.append(("GET /healthz, throughput", f"{health['rps']:,.0f} req/s", "", None))
     rows.append(("GET /healthz, latency p50 / p99", f"{health['p50']:.2f} / {health['p99']:.2f} ms", "", None))
+    rows.append(("GET /healthz, server CPU time per request", cpu_per_request(health), "", None))
     for key in ("session", "stateless"):
         label, w = RUN_LABELS[key], r["wrk"][key]
         share = w["rps"] / health["rps"] if health["rps"] else 0.0
@@ -513,6 +530,7 @@ def build_rows(r):
         rows.append((f"{label}, latency p50", f"{w['p50']:.2f} ms", "", None))
         rows.append((f"{label}, latency p99", f"{w['p99']:.2f} ms", f"≤ {TARGET_CALL_P99_MS:.0f} ms",
                      w["p99"] <= TARGET_CALL_P99_MS))
+        rows.append((f"{label}, server CPU time per request", cpu_per_request(w), "", None))
     rows.append(("Server memory after the load runs, VmRSS / VmHWM",
                  f"{mb(mload['VmRSS']):.1f} / {mb(mload['VmHWM']):.1f} MB", "", None))
 
@@ -545,7 +563,8 @@ def load_problems(r):
     if bad:
         problems.append(f"audit log: tool calls that did not end ok: {bad}")
     # Every answer wrk counted must be a call the server made and audited as ok (the
-    # record is written before the answer is sent); the checks before the runs add more.
+    # record is written, or handed to the thread that is writing, before the answer is
+    # sent); the checks before the runs add more.
     for tool in sorted(set(RUN_TOOLS.values())):
         answered = sum(r["wrk"][key]["requests"] for key, t in RUN_TOOLS.items() if t == tool)
         audited = r["audit"].get((tool, "ok"), 0)
@@ -653,6 +672,10 @@ def render(r, rows, problems):
         "  socket error counts are checked, the audit log is checked for calls that did not end ok and",
         "  for at least one ok record per answer wrk counted, and the agent's log for refused",
         "  connections. Latencies are wrk's percentiles.",
+        "- Server CPU time per request: user plus system time of the server process from",
+        "  `/proc/PID/stat` over the run, divided by the requests wrk counted. It includes the",
+        "  kernel's work for the server's sockets, and the cost of being preempted by the load",
+        "  generator, which shares the CPUs.",
         "",
         "## Reproduce",
         "",
@@ -713,7 +736,9 @@ def bench(binary, agent_binary, wrk):
                  AGENT_WRK_CONNECTIONS))
         for key, url, args, connections in runs:
             log(f"wrk: {key}, {connections} connections, {WRK_SECONDS} s")
+            cpu_before = server.cpu_seconds()
             r["wrk"][key] = run_wrk(wrk, url, args, connections)
+            r["wrk"][key]["server_cpu_s"] = server.cpu_seconds() - cpu_before
             if server.proc.poll() is not None:
                 raise server.died(f"the server stopped during the {key} load run")
             if agent.proc.poll() is not None:
