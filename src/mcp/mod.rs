@@ -594,6 +594,60 @@ mod tests {
         assert_eq!(stateless_version(Some(&future)).map_err(|e| e.code), Err(-32022));
     }
 
+    fn tool_result(prefix: &str, structured: Option<Value>, is_error: bool) -> ToolResult {
+        ToolResult {
+            text_prefix: prefix.into(),
+            structured_content: structured.as_ref().map(Json::of),
+            extra_content: Vec::new(),
+            is_error,
+        }
+    }
+
+    fn parsed(j: &Json) -> Value {
+        serde_json::from_str(j.as_str()).unwrap_or_else(|e| unreachable!("{e}: {j}"))
+    }
+
+    #[test]
+    fn a_tool_result_carries_its_output_as_structured_content_and_as_text() {
+        let output = json!({"name": "a \"quoted\" name", "n": 1.5, "list": [1, 2]});
+        let r = parsed(&call_tool_reply(Version::V2025_11_25, &tool_result("", Some(output.clone()), false)));
+        assert_eq!(r["structuredContent"], output);
+        assert_eq!(r["content"][0]["type"], "text");
+        let text = r["content"][0]["text"].as_str().unwrap_or_default();
+        assert_eq!(serde_json::from_str::<Value>(text).ok(), Some(output));
+        assert_eq!(r["isError"], false);
+        assert!(r.get("resultType").is_none() && r.get("_meta").is_none());
+    }
+
+    #[test]
+    fn warnings_precede_the_text_and_failures_are_text_only() {
+        let r = parsed(&call_tool_reply(Version::V2025_06_18, &tool_result("Warning: old.\n", Some(json!({})), false)));
+        assert_eq!(r["content"][0]["text"], "Warning: old.\n{}");
+        let r = parsed(&call_tool_reply(Version::V2025_06_18, &tool_result("Error (busy): try later", None, true)));
+        assert_eq!(r, json!({"content": [{"type": "text", "text": "Error (busy): try later"}], "isError": true}));
+    }
+
+    #[test]
+    fn stateless_tool_results_say_who_answered() {
+        let r = parsed(&call_tool_reply(Version::V2026_07_28, &tool_result("", Some(json!({"a": 1})), false)));
+        assert_eq!(r["resultType"], "complete");
+        assert_eq!(r["_meta"][meta::SERVER_INFO]["name"], "mcp-raspi");
+        assert!(r.get("ttlMs").is_none(), "tool results are not cacheable");
+    }
+
+    #[test]
+    fn responses_splice_the_result_and_write_errors_with_their_data() {
+        let ok = parsed(&response(&json!("r-1"), Ok(Json::of(&json!({"x": [1]})))));
+        assert_eq!(ok, json!({"jsonrpc": "2.0", "id": "r-1", "result": {"x": [1]}}));
+        let e = RpcError::invalid_params("bad").data(json!({"why": "test"}));
+        let err = parsed(&response(&json!(7), Err(e)));
+        assert_eq!(
+            err,
+            json!({"jsonrpc": "2.0", "id": 7, "error": {"code": -32602, "message": "bad", "data": {"why": "test"}}})
+        );
+        assert_eq!(parsed(&batch_response(&[Json::of(&1), Json::of(&2)])), json!([1, 2]));
+    }
+
     #[test]
     fn stateless_results_carry_result_type_and_cache_hints_and_older_ones_do_not() {
         let r = finish(Version::V2026_07_28, "tools/list", json!({"tools": [], "resultType": "complete"}));
