@@ -18,10 +18,6 @@ pub struct AgentState {
     pub capabilities: AgentCapabilities,
 }
 
-fn denied(message: String) -> Response {
-    Response::Error { code: ErrorCode::Denied, message }
-}
-
 fn invalid(message: String) -> Response {
     Response::Error { code: ErrorCode::Invalid, message }
 }
@@ -122,32 +118,16 @@ impl AgentState {
                 Response::Journal { entries: p.services.journal(&unit, lines, since.as_deref()).map_err(fail)? }
             }
             Request::Power { action, delay_seconds } => {
-                let power = &self.config.power;
-                let enabled = match action {
-                    crate::platform::PowerAction::Reboot => power.reboot_enabled,
-                    crate::platform::PowerAction::Shutdown => power.shutdown_enabled,
-                };
-                if !enabled {
-                    return Err(denied(format!("{action:?} is turned off in the power section of the configuration")));
-                }
-                if delay_seconds > power.max_delay_seconds {
-                    return Err(invalid(format!(
-                        "a delay of {delay_seconds} s is more than power.max_delay_seconds ({})",
-                        power.max_delay_seconds
-                    )));
-                }
+                self.config.power.check_action(action)?;
+                self.config.power.check_delay(delay_seconds)?;
                 Response::Power { receipt: p.power.schedule(action, delay_seconds).map_err(fail)? }
             }
             Request::OsListUpgradable => {
-                if !self.config.updates.os.check_enabled {
-                    return Err(denied("updates.os.check_enabled is false".into()));
-                }
+                self.config.updates.os.check_listing()?;
                 Response::Upgradable { packages: p.packages.list_upgradable().map_err(fail)? }
             }
             Request::OsStartUpgrade => {
-                if !self.config.updates.os.apply_enabled {
-                    return Err(denied("updates.os.apply_enabled is false".into()));
-                }
+                self.config.updates.os.check_upgrading()?;
                 Response::Upgrade { status: p.packages.start_upgrade().map_err(fail)? }
             }
             Request::OsUpgradeStatus => Response::Upgrade { status: p.packages.upgrade_status().map_err(fail)? },
@@ -254,7 +234,7 @@ mod tests {
     use super::*;
     use crate::config::Backend;
     use crate::host::Roots;
-    use crate::platform::{Level, PinNumber, UnitAction, UnitName};
+    use crate::platform::{Level, PinNumber, PowerAction, UnitAction, UnitName};
 
     /// An agent on simulated hardware whose media directory is `media`, with `camera` as
     /// extra keys of the camera section.
@@ -288,14 +268,15 @@ mod tests {
     }
 
     #[test]
-    fn allowlist_refusals_are_worded_as_the_server_words_them() {
+    fn refusals_by_the_configuration_are_worded_as_the_server_words_them() {
         let state = configured(
             "gpio:\n  pins:\n    - {pin: 17, modes: [input]}\n\
              i2c:\n  buses:\n    - {bus: 1, addresses: [0x48]}\n\
              spi:\n  devices:\n    - {bus: 0, chip_select: 0, max_speed_hz: 500000}\n\
              uart:\n  ports:\n    - {port: serial0, baud_rates: [9600]}\n\
              services:\n  allowed_units: [nginx]\n\
-             camera:\n  max_width: 640\n  max_height: 480\n",
+             camera:\n  max_width: 640\n  max_height: 480\n\
+             power:\n  reboot_enabled: false\n  max_delay_seconds: 60\n",
         );
         let config = &state.config;
         let pin = |n| PinNumber::new(n).unwrap();
@@ -342,6 +323,17 @@ mod tests {
                 ErrorCode::Invalid,
                 config.camera.check_size(641, 480).unwrap_err(),
             ),
+            (
+                Request::Power { action: PowerAction::Reboot, delay_seconds: 0 },
+                ErrorCode::Denied,
+                config.power.check_action(PowerAction::Reboot).unwrap_err(),
+            ),
+            (
+                Request::Power { action: PowerAction::Shutdown, delay_seconds: 61 },
+                ErrorCode::Invalid,
+                config.power.check_delay(61).unwrap_err(),
+            ),
+            (Request::OsStartUpgrade, ErrorCode::Denied, config.updates.os.check_upgrading().unwrap_err()),
         ];
         for (request, code, denied) in cases {
             assert_eq!(refusal(state.execute(request.clone())), (code, denied.message), "{request:?}");

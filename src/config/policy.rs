@@ -1,4 +1,5 @@
-//! The allowlist decisions, made in one place for both sides of the ops agent's socket.
+//! The decisions of the allowlists and switches that limit what the ops agent does, made in
+//! one place for both sides of its socket.
 //!
 //! The server's tools check a request against the configuration before sending it, and the
 //! agent checks it again when it arrives, so that a compromised server gets no further. Both
@@ -8,20 +9,21 @@
 use std::fmt;
 
 use super::devices::{
-    CameraConfig, GpioConfig, I2cBusRule, I2cConfig, PinRule, ServicesConfig, SpiConfig, SpiDeviceRule, UartConfig,
-    UartPortRule,
+    CameraConfig, GpioConfig, I2cBusRule, I2cConfig, OsUpdatesConfig, PinRule, PowerConfig, ServicesConfig, SpiConfig,
+    SpiDeviceRule, UartConfig, UartPortRule,
 };
-use crate::platform::{PinMode, PinNumber, UnitName};
+use crate::platform::{PinMode, PinNumber, PowerAction, UnitName};
 
 /// What kind of refusal a [`Denied`] is, which decides the error code each side answers with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DenialKind {
     /// The configuration does not allow it (a pin, bus, port or unit not listed, a mode or
-    /// baud rate not allowed, the camera turned off): `permission_denied` from a tool,
-    /// `denied` from the agent.
+    /// baud rate not allowed, the camera, a power action or OS updates turned off):
+    /// `permission_denied` from a tool, `denied` from the agent.
     Forbidden,
     /// A value outside a limit the configuration sets (a frame size, a recording's length,
-    /// an SPI clock): `invalid_argument` from a tool, `invalid` from the agent.
+    /// an SPI clock, a power action's delay): `invalid_argument` from a tool, `invalid` from
+    /// the agent.
     Invalid,
 }
 
@@ -262,6 +264,63 @@ impl CameraConfig {
     }
 }
 
+impl PowerConfig {
+    /// Checks that `action` is turned on under `power`.
+    pub fn check_action(&self, action: PowerAction) -> Result<(), Denied> {
+        let (enabled, key, verb) = match action {
+            PowerAction::Reboot => (self.reboot_enabled, "power.reboot_enabled", "reboot"),
+            PowerAction::Shutdown => (self.shutdown_enabled, "power.shutdown_enabled", "shut down"),
+        };
+        if enabled {
+            Ok(())
+        } else {
+            Err(Denied::forbidden(format!(
+                "this server may not {verb} the machine: an administrator sets {key} to true to allow it"
+            )))
+        }
+    }
+
+    /// Checks that a power action may wait `delay_seconds` first.
+    pub fn check_delay(&self, delay_seconds: u32) -> Result<(), Denied> {
+        if delay_seconds <= self.max_delay_seconds {
+            Ok(())
+        } else {
+            Err(Denied::invalid(format!(
+                "a delay of {delay_seconds} s is more than {} (power.max_delay_seconds on this server)",
+                self.max_delay_seconds
+            )))
+        }
+    }
+}
+
+impl OsUpdatesConfig {
+    /// Checks that the upgradable packages may be listed.
+    pub fn check_listing(&self) -> Result<(), Denied> {
+        if self.check_enabled {
+            Ok(())
+        } else {
+            Err(Denied::forbidden(
+                "checking for OS updates is turned off on this server: an administrator sets \
+                 updates.os.check_enabled to true to allow it"
+                    .into(),
+            ))
+        }
+    }
+
+    /// Checks that an upgrade may be started.
+    pub fn check_upgrading(&self) -> Result<(), Denied> {
+        if self.apply_enabled {
+            Ok(())
+        } else {
+            Err(Denied::forbidden(
+                "applying OS updates is turned off on this server: an administrator sets updates.os.apply_enabled \
+                 to true to allow it"
+                    .into(),
+            ))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -476,6 +535,40 @@ mod tests {
         for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
             assert!(invalid(camera.check_video_seconds(bad)).contains("camera.max_video_seconds"), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_power_action_must_be_turned_on_under_power() {
+        let power = PowerConfig { reboot_enabled: false, ..PowerConfig::default() };
+        assert!(power.check_action(PowerAction::Shutdown).is_ok());
+        assert_eq!(
+            forbidden(power.check_action(PowerAction::Reboot)),
+            "this server may not reboot the machine: an administrator sets power.reboot_enabled to true to allow it"
+        );
+        let power = PowerConfig { shutdown_enabled: false, ..PowerConfig::default() };
+        assert!(power.check_action(PowerAction::Reboot).is_ok());
+        assert!(forbidden(power.check_action(PowerAction::Shutdown)).contains("power.shutdown_enabled"));
+    }
+
+    #[test]
+    fn a_power_action_waits_at_most_the_configured_delay() {
+        let power = PowerConfig { max_delay_seconds: 60, ..PowerConfig::default() };
+        assert!(power.check_delay(0).is_ok());
+        assert!(power.check_delay(60).is_ok());
+        assert_eq!(
+            invalid(power.check_delay(61)),
+            "a delay of 61 s is more than 60 (power.max_delay_seconds on this server)"
+        );
+    }
+
+    #[test]
+    fn listing_and_applying_os_updates_each_have_their_switch() {
+        let updates = OsUpdatesConfig::default();
+        assert!(updates.check_listing().is_ok());
+        assert!(forbidden(updates.check_upgrading()).contains("updates.os.apply_enabled to true"));
+        let updates = OsUpdatesConfig { check_enabled: false, apply_enabled: true, ..updates };
+        assert!(updates.check_upgrading().is_ok());
+        assert!(forbidden(updates.check_listing()).contains("updates.os.check_enabled to true"));
     }
 
     #[test]
