@@ -1,6 +1,6 @@
 //! What the agent does for each request: the allowlists checked again on this side of the
-//! socket (the server checks them first; a compromised server must not get further),
-//! then the platform call.
+//! socket, with the same checks the server made first (a compromised server must not get
+//! further), then the platform call.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -9,17 +9,13 @@ use std::time::SystemTime;
 use crate::config::Config;
 use crate::ipc::{AgentCapabilities, ErrorCode, Request, Response};
 use crate::platform::camera::VideoRequest;
-use crate::platform::{CaptureRequest, PinMode, PinNumber, Platform, SpiSettings, UnitName};
+use crate::platform::{CaptureRequest, PinMode, Platform, SpiSettings};
 
 /// Everything a request needs, shared by all connections.
 pub struct AgentState {
     pub config: Config,
     pub platform: Platform,
     pub capabilities: AgentCapabilities,
-}
-
-fn denied(message: String) -> Response {
-    Response::Error { code: ErrorCode::Denied, message }
 }
 
 fn invalid(message: String) -> Response {
@@ -30,44 +26,6 @@ fn invalid(message: String) -> Response {
 // only add an allocation to every refusal.
 #[allow(clippy::result_large_err)]
 impl AgentState {
-    fn pin_allows(&self, pin: PinNumber, mode: PinMode) -> Result<(), Response> {
-        let allowed: Vec<String> = self.config.gpio.pins.iter().map(|r| r.pin.get().to_string()).collect();
-        match self.config.gpio.rule(pin) {
-            None => Err(denied(format!("{pin} is not on gpio.pins (allowed: {})", allowed.join(", ")))),
-            Some(rule) if !rule.modes.contains(&mode) => {
-                Err(denied(format!("{pin} may not be used as {mode:?} (gpio.pins allows {:?})", rule.modes)))
-            }
-            Some(_) => Ok(()),
-        }
-    }
-
-    fn pin_listed(&self, pin: PinNumber) -> Result<(), Response> {
-        match self.config.gpio.rule(pin) {
-            Some(_) => Ok(()),
-            None => Err(denied(format!("{pin} is not on gpio.pins"))),
-        }
-    }
-
-    fn i2c_allows(&self, bus: u8, address: Option<u8>) -> Result<(), Response> {
-        let Some(rule) = self.config.i2c.buses.iter().find(|b| b.bus == bus) else {
-            return Err(denied(format!("I2C bus {bus} is not on i2c.buses")));
-        };
-        match address {
-            Some(a) if !rule.addresses.contains(&a) => {
-                Err(denied(format!("address {a:#04x} on I2C bus {bus} is not on i2c.buses[].addresses")))
-            }
-            _ => Ok(()),
-        }
-    }
-
-    fn unit_allowed(&self, unit: &UnitName) -> Result<(), Response> {
-        if self.config.services.allowed_units.contains(unit) {
-            Ok(())
-        } else {
-            Err(denied(format!("{unit} is not on services.allowed_units")))
-        }
-    }
-
     /// Answers one request (blocking: platform calls touch devices and run programs).
     pub fn execute(self: &Arc<Self>, request: Request) -> Response {
         match self.try_execute(request) {
@@ -87,38 +45,38 @@ impl AgentState {
             }
             Request::GetCapabilities => Response::Capabilities(self.capabilities.clone()),
             Request::GpioRead { pin } => {
-                self.pin_listed(pin)?;
+                self.config.gpio.check_pin(pin)?;
                 Response::Pin { state: p.gpio.read(pin).map_err(fail)? }
             }
             Request::GpioSetMode { pin, mode, pull } => {
-                self.pin_allows(pin, mode)?;
+                self.config.gpio.check_mode(pin, mode)?;
                 Response::Pin { state: p.gpio.set_mode(pin, mode, pull).map_err(fail)? }
             }
             Request::GpioWrite { pin, level } => {
-                self.pin_allows(pin, PinMode::Output)?;
+                self.config.gpio.check_mode(pin, PinMode::Output)?;
                 Response::Pin { state: p.gpio.write(pin, level).map_err(fail)? }
             }
             Request::GpioPwmEnable { pin, pwm } => {
-                self.pin_allows(pin, PinMode::Pwm)?;
+                self.config.gpio.check_mode(pin, PinMode::Pwm)?;
                 Response::Pin { state: p.gpio.pwm_enable(pin, pwm).map_err(fail)? }
             }
             Request::GpioPwmDisable { pin } => {
-                self.pin_allows(pin, PinMode::Pwm)?;
+                self.config.gpio.check_mode(pin, PinMode::Pwm)?;
                 Response::Pin { state: p.gpio.pwm_disable(pin).map_err(fail)? }
             }
             Request::I2cScan { bus } => {
-                self.i2c_allows(bus, None)?;
+                self.config.i2c.check_bus(bus)?;
                 Response::Addresses { addresses: p.i2c.scan(bus).map_err(fail)? }
             }
             Request::I2cRead { bus, address, register, length } => {
-                self.i2c_allows(bus, Some(address))?;
+                self.config.i2c.check_device(bus, address)?;
                 if !(1..=256).contains(&length) {
                     return Err(invalid(format!("length {length} is outside 1 to 256")));
                 }
                 Response::Bytes { data: p.i2c.read(bus, address, register, usize::from(length)).map_err(fail)? }
             }
             Request::I2cWrite { bus, address, register, data } => {
-                self.i2c_allows(bus, Some(address))?;
+                self.config.i2c.check_device(bus, address)?;
                 if data.len() > 256 {
                     return Err(invalid(format!("{} bytes is more than 256", data.len())));
                 }
@@ -126,26 +84,17 @@ impl AgentState {
                 Response::Written { bytes: data.len() as u64 }
             }
             Request::SpiTransfer { bus, chip_select, mode, speed_hz, data } => {
-                let rule = self.config.spi.devices.iter().find(|d| d.bus == bus && d.chip_select == chip_select);
-                let Some(rule) = rule else {
-                    return Err(denied(format!("SPI {bus}.{chip_select} is not on spi.devices")));
-                };
-                if speed_hz == 0 || speed_hz > rule.max_speed_hz {
-                    return Err(invalid(format!(
-                        "speed {speed_hz} Hz is outside 1 to {} (spi.devices)",
-                        rule.max_speed_hz
-                    )));
-                }
+                self.config.spi.check_device(bus, chip_select)?.check_speed(speed_hz)?;
                 let settings = SpiSettings { bus, chip_select, mode, speed_hz };
                 Response::Bytes { data: p.spi.transfer(settings, &data).map_err(fail)? }
             }
             Request::UartRead { port, baud, max_bytes, timeout_ms } => {
-                self.uart_allows(&port, baud)?;
+                self.config.uart.check_port(&port, baud)?;
                 let data = p.uart.read(&port, baud, max_bytes as usize, u64::from(timeout_ms)).map_err(fail)?;
                 Response::Bytes { data }
             }
             Request::UartWrite { port, baud, data } => {
-                self.uart_allows(&port, baud)?;
+                self.config.uart.check_port(&port, baud)?;
                 Response::Written { bytes: p.uart.write(&port, baud, &data).map_err(fail)? as u64 }
             }
             Request::CameraCapture { width, height, quality } => self.capture(width, height, quality)?,
@@ -153,77 +102,36 @@ impl AgentState {
                 self.record(VideoRequest { duration_ms, width, height, framerate })?
             }
             Request::ServiceStatus { unit } => {
-                self.unit_allowed(&unit)?;
+                self.config.services.check_unit(&unit)?;
                 Response::Unit { state: p.services.status(&unit).map_err(fail)? }
             }
             Request::ServiceList => {
                 Response::Units { units: p.services.list(&self.config.services.allowed_units).map_err(fail)? }
             }
             Request::ServiceControl { unit, action } => {
-                self.unit_allowed(&unit)?;
+                self.config.services.check_unit(&unit)?;
                 Response::Unit { state: p.services.control(&unit, action).map_err(fail)? }
             }
             Request::JournalQuery { unit, lines, since } => {
-                self.unit_allowed(&unit)?;
+                self.config.services.check_unit(&unit)?;
                 let lines = (lines as usize).clamp(1, 1000);
                 Response::Journal { entries: p.services.journal(&unit, lines, since.as_deref()).map_err(fail)? }
             }
             Request::Power { action, delay_seconds } => {
-                let power = &self.config.power;
-                let enabled = match action {
-                    crate::platform::PowerAction::Reboot => power.reboot_enabled,
-                    crate::platform::PowerAction::Shutdown => power.shutdown_enabled,
-                };
-                if !enabled {
-                    return Err(denied(format!("{action:?} is turned off in the power section of the configuration")));
-                }
-                if delay_seconds > power.max_delay_seconds {
-                    return Err(invalid(format!(
-                        "a delay of {delay_seconds} s is more than power.max_delay_seconds ({})",
-                        power.max_delay_seconds
-                    )));
-                }
+                self.config.power.check_action(action)?;
+                self.config.power.check_delay(delay_seconds)?;
                 Response::Power { receipt: p.power.schedule(action, delay_seconds).map_err(fail)? }
             }
             Request::OsListUpgradable => {
-                if !self.config.updates.os.check_enabled {
-                    return Err(denied("updates.os.check_enabled is false".into()));
-                }
+                self.config.updates.os.check_listing()?;
                 Response::Upgradable { packages: p.packages.list_upgradable().map_err(fail)? }
             }
             Request::OsStartUpgrade => {
-                if !self.config.updates.os.apply_enabled {
-                    return Err(denied("updates.os.apply_enabled is false".into()));
-                }
+                self.config.updates.os.check_upgrading()?;
                 Response::Upgrade { status: p.packages.start_upgrade().map_err(fail)? }
             }
             Request::OsUpgradeStatus => Response::Upgrade { status: p.packages.upgrade_status().map_err(fail)? },
         })
-    }
-
-    fn uart_allows(&self, port: &str, baud: u32) -> Result<(), Response> {
-        match self.config.uart.ports.iter().find(|p| p.port == port) {
-            None => Err(denied(format!("serial port {port:?} is not on uart.ports"))),
-            Some(rule) if !rule.baud_rates.contains(&baud) => {
-                Err(denied(format!("{baud} baud is not on uart.ports[].baud_rates for {port}")))
-            }
-            Some(_) => Ok(()),
-        }
-    }
-
-    /// Checks that the camera is on and `width`x`height` within its limits.
-    fn camera_allows(&self, width: u32, height: u32) -> Result<(), Response> {
-        let camera = &self.config.camera;
-        if !camera.enabled {
-            return Err(denied("the camera is turned off (camera.enabled: false)".into()));
-        }
-        if width == 0 || height == 0 || width > camera.max_width || height > camera.max_height {
-            return Err(invalid(format!(
-                "{width}x{height} is outside 1x1 to {}x{} (camera.max_width, camera.max_height)",
-                camera.max_width, camera.max_height
-            )));
-        }
-        Ok(())
     }
 
     /// A new file in the media directory (created if missing), named after `prefix`, the
@@ -246,7 +154,9 @@ impl AgentState {
     }
 
     fn capture(&self, width: u32, height: u32, quality: u8) -> Result<Response, Response> {
-        self.camera_allows(width, height)?;
+        let camera = &self.config.camera;
+        camera.check_enabled("captures")?;
+        camera.check_size(width, height)?;
         if !(1..=100).contains(&quality) {
             return Err(invalid(format!("quality {quality} is outside 1 to 100")));
         }
@@ -258,15 +168,10 @@ impl AgentState {
     }
 
     fn record(&self, request: VideoRequest) -> Result<Response, Response> {
-        self.camera_allows(request.width, request.height)?;
-        let max_seconds = self.config.camera.max_video_seconds;
-        let max_ms = u64::from(max_seconds) * 1000;
-        if request.duration_ms == 0 || u64::from(request.duration_ms) > max_ms {
-            return Err(invalid(format!(
-                "a recording of {} ms is outside 1 ms to {max_seconds} s (camera.max_video_seconds)",
-                request.duration_ms
-            )));
-        }
+        let camera = &self.config.camera;
+        camera.check_enabled("recordings")?;
+        camera.check_size(request.width, request.height)?;
+        camera.check_video_seconds(f64::from(request.duration_ms) / 1000.0)?;
         if !(1..=MAX_FRAMERATE).contains(&request.framerate) {
             return Err(invalid(format!(
                 "a frame rate of {} per second is outside 1 to {MAX_FRAMERATE}",
@@ -329,6 +234,7 @@ mod tests {
     use super::*;
     use crate::config::Backend;
     use crate::host::Roots;
+    use crate::platform::{Level, PinNumber, PowerAction, UnitAction, UnitName};
 
     /// An agent on simulated hardware whose media directory is `media`, with `camera` as
     /// extra keys of the camera section.
@@ -336,6 +242,15 @@ mod tests {
         let yaml = format!("config_version: \"1.2\"\ncamera:\n  media_dir: {}\n{camera}", media.display());
         Arc::new(AgentState {
             config: Config::from_yaml(&yaml, "test").unwrap(),
+            platform: Platform::select(Backend::Simulated, &Roots::system()),
+            capabilities: AgentCapabilities::default(),
+        })
+    }
+
+    /// An agent on simulated hardware configured by `yaml` (after the version line).
+    fn configured(yaml: &str) -> Arc<AgentState> {
+        Arc::new(AgentState {
+            config: Config::from_yaml(&format!("config_version: \"1.2\"\n{yaml}"), "test").unwrap(),
             platform: Platform::select(Backend::Simulated, &Roots::system()),
             capabilities: AgentCapabilities::default(),
         })
@@ -350,6 +265,81 @@ mod tests {
             Response::Error { code, message } => (code, message),
             other => panic!("expected a refusal, got {}", other.kind()),
         }
+    }
+
+    #[test]
+    fn refusals_by_the_configuration_are_worded_as_the_server_words_them() {
+        let state = configured(
+            "gpio:\n  pins:\n    - {pin: 17, modes: [input]}\n\
+             i2c:\n  buses:\n    - {bus: 1, addresses: [0x48]}\n\
+             spi:\n  devices:\n    - {bus: 0, chip_select: 0, max_speed_hz: 500000}\n\
+             uart:\n  ports:\n    - {port: serial0, baud_rates: [9600]}\n\
+             services:\n  allowed_units: [nginx]\n\
+             camera:\n  max_width: 640\n  max_height: 480\n\
+             power:\n  reboot_enabled: false\n  max_delay_seconds: 60\n",
+        );
+        let config = &state.config;
+        let pin = |n| PinNumber::new(n).unwrap();
+        let unit = |s| UnitName::parse(s).unwrap();
+        let spi =
+            |chip_select, speed_hz| Request::SpiTransfer { bus: 0, chip_select, mode: 0, speed_hz, data: vec![0] };
+        let cases = [
+            (Request::GpioRead { pin: pin(5) }, ErrorCode::Denied, config.gpio.check_pin(pin(5)).unwrap_err()),
+            (
+                Request::GpioWrite { pin: pin(17), level: Level::High },
+                ErrorCode::Denied,
+                config.gpio.check_mode(pin(17), PinMode::Output).unwrap_err(),
+            ),
+            (
+                Request::GpioPwmDisable { pin: pin(17) },
+                ErrorCode::Denied,
+                config.gpio.check_mode(pin(17), PinMode::Pwm).unwrap_err(),
+            ),
+            (Request::I2cScan { bus: 2 }, ErrorCode::Denied, config.i2c.check_bus(2).unwrap_err()),
+            (
+                Request::I2cRead { bus: 1, address: 0x50, register: None, length: 1 },
+                ErrorCode::Denied,
+                config.i2c.check_device(1, 0x50).unwrap_err(),
+            ),
+            (spi(1, 1000), ErrorCode::Denied, config.spi.check_device(0, 1).unwrap_err()),
+            (spi(0, 500_001), ErrorCode::Invalid, config.spi.devices[0].check_speed(500_001).unwrap_err()),
+            (
+                Request::UartWrite { port: "ttyUSB0".into(), baud: 9600, data: vec![1] },
+                ErrorCode::Denied,
+                config.uart.check_port("ttyUSB0", 9600).unwrap_err(),
+            ),
+            (
+                Request::UartRead { port: "serial0".into(), baud: 115_200, max_bytes: 1, timeout_ms: 0 },
+                ErrorCode::Denied,
+                config.uart.check_port("serial0", 115_200).unwrap_err(),
+            ),
+            (
+                Request::ServiceControl { unit: unit("ssh"), action: UnitAction::Restart },
+                ErrorCode::Denied,
+                config.services.check_unit(&unit("ssh")).unwrap_err(),
+            ),
+            (
+                Request::CameraCapture { width: 641, height: 480, quality: 85 },
+                ErrorCode::Invalid,
+                config.camera.check_size(641, 480).unwrap_err(),
+            ),
+            (
+                Request::Power { action: PowerAction::Reboot, delay_seconds: 0 },
+                ErrorCode::Denied,
+                config.power.check_action(PowerAction::Reboot).unwrap_err(),
+            ),
+            (
+                Request::Power { action: PowerAction::Shutdown, delay_seconds: 61 },
+                ErrorCode::Invalid,
+                config.power.check_delay(61).unwrap_err(),
+            ),
+            (Request::OsStartUpgrade, ErrorCode::Denied, config.updates.os.check_upgrading().unwrap_err()),
+        ];
+        for (request, code, denied) in cases {
+            assert_eq!(refusal(state.execute(request.clone())), (code, denied.message), "{request:?}");
+        }
+        let (_, message) = refusal(state.execute(Request::GpioRead { pin: pin(5) }));
+        assert!(message.starts_with("GPIO 5 is not on gpio.pins; allowed: 17."), "{message}");
     }
 
     #[test]

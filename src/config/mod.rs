@@ -5,6 +5,7 @@
 //! with the key, the line and what is allowed, before the server does anything else.
 
 mod devices;
+mod policy;
 mod values;
 
 use std::collections::BTreeMap;
@@ -19,6 +20,7 @@ pub use devices::{
     CameraConfig, ExperimentalConfig, FeatureFlag, GpioConfig, I2cBusRule, I2cConfig, OpsAgentConfig, OsUpdatesConfig,
     PinRule, PowerConfig, ServicesConfig, SpiConfig, SpiDeviceRule, UartConfig, UartPortRule, UpdatesConfig,
 };
+pub use policy::{DenialKind, Denied};
 pub use values::{ListenAddr, LogLevel, Role};
 
 /// The configuration schema this build reads and writes.

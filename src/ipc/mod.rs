@@ -411,6 +411,19 @@ impl Response {
     }
 }
 
+/// The answer to a request the configuration refuses: `denied` for what it does not allow,
+/// `invalid` for a value beyond one of its limits; the server's tools refuse the same
+/// request with the same words.
+impl From<crate::config::Denied> for Response {
+    fn from(d: crate::config::Denied) -> Response {
+        let code = match d.kind {
+            crate::config::DenialKind::Forbidden => ErrorCode::Denied,
+            crate::config::DenialKind::Invalid => ErrorCode::Invalid,
+        };
+        Response::Error { code, message: d.message }
+    }
+}
+
 /// A request with its correlation id and the time after which the server no longer waits.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -15,7 +15,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use super::i2c::hex;
 use super::system::read_only_spec;
 use super::{Cx, Maturity, Tool, ToolError, ToolSpec};
-use crate::config::{Role, SpiConfig, SpiDeviceRule, UartConfig, UartPortRule};
+use crate::config::{Role, SpiDeviceRule};
 use crate::ipc::{Request, Response};
 
 /// The most bytes one SPI transfer, UART read or UART write moves.
@@ -48,30 +48,14 @@ fn check_byte_count(what: &str, count: usize) -> Result<(), ToolError> {
     }
 }
 
-/// The rule for SPI device `bus`.`chip_select`, or a refusal naming the devices allowed.
-fn spi_device(spi: &SpiConfig, bus: u8, chip_select: u8) -> Result<&SpiDeviceRule, ToolError> {
-    spi.devices.iter().find(|d| d.bus == bus && d.chip_select == chip_select).ok_or_else(|| {
-        let allowed: Vec<String> = spi.devices.iter().map(|d| format!("{}.{}", d.bus, d.chip_select)).collect();
-        ToolError::forbidden(if allowed.is_empty() {
-            format!(
-                "SPI device {bus}.{chip_select} is not on spi.devices, which lists no devices: an administrator adds it there"
-            )
-        } else {
-            format!("SPI device {bus}.{chip_select} is not on spi.devices; allowed (bus.chip_select): {}", allowed.join(", "))
-        })
-    })
-}
-
 /// The clock for a transfer: the one asked for, which the device must allow, or the default.
 fn spi_speed(device: &SpiDeviceRule, speed_hz: Option<u32>) -> Result<u32, ToolError> {
     match speed_hz {
         None => Ok(DEFAULT_SPI_SPEED_HZ.min(device.max_speed_hz)),
-        Some(0) => Err(ToolError::invalid_argument("argument `speed_hz`: 0 Hz cannot clock anything")),
-        Some(hz) if hz > device.max_speed_hz => Err(ToolError::invalid_argument(format!(
-            "argument `speed_hz`: {hz} Hz is above the {} Hz that spi.devices allows for SPI device {}.{}",
-            device.max_speed_hz, device.bus, device.chip_select
-        ))),
-        Some(hz) => Ok(hz),
+        Some(hz) => {
+            device.check_speed(hz)?;
+            Ok(hz)
+        }
     }
 }
 
@@ -134,7 +118,7 @@ impl Tool for SpiTransfer {
     async fn call(cx: Cx, args: TransferArguments) -> Result<TransferResult, ToolError> {
         check_byte_count("data", args.data.len())?;
         check_spi_mode(args.mode)?;
-        let device = spi_device(&cx.app.config.spi, args.bus, args.chip_select)?;
+        let device = cx.app.config.spi.check_device(args.bus, args.chip_select)?;
         let speed_hz = spi_speed(device, args.speed_hz)?;
         let request = Request::SpiTransfer {
             bus: args.bus,
@@ -156,26 +140,6 @@ impl Tool for SpiTransfer {
             bytes,
         })
     }
-}
-
-/// The rule for serial `port` when it allows `baud`, or a refusal naming what is allowed.
-fn uart_port<'a>(uart: &'a UartConfig, port: &str, baud: u32) -> Result<&'a UartPortRule, ToolError> {
-    let Some(rule) = uart.ports.iter().find(|p| p.port == port) else {
-        let allowed: Vec<&str> = uart.ports.iter().map(|p| p.port.as_str()).collect();
-        return Err(ToolError::forbidden(if allowed.is_empty() {
-            format!("serial port {port:?} is not on uart.ports, which lists no ports: an administrator adds it there")
-        } else {
-            format!("serial port {port:?} is not on uart.ports; allowed: {}", allowed.join(", "))
-        }));
-    };
-    if rule.baud_rates.contains(&baud) {
-        return Ok(rule);
-    }
-    let rates: Vec<String> = rule.baud_rates.iter().map(u32::to_string).collect();
-    Err(ToolError::forbidden(format!(
-        "{baud} baud is not among the baud_rates uart.ports allows for {port}; allowed: {}",
-        if rates.is_empty() { "none".to_string() } else { rates.join(", ") }
-    )))
 }
 
 /// Checks a UART wait: within the documented range, and short enough that the agent's
@@ -250,7 +214,7 @@ impl Tool for UartRead {
     async fn call(cx: Cx, args: UartReadArguments) -> Result<UartReadResult, ToolError> {
         check_byte_count("max_bytes", args.max_bytes as usize)?;
         check_uart_timeout(args.timeout_ms, cx.app.config.ops_agent.request_timeout_ms)?;
-        uart_port(&cx.app.config.uart, &args.port, args.baud)?;
+        cx.app.config.uart.check_port(&args.port, args.baud)?;
         let request = Request::UartRead {
             port: args.port.clone(),
             baud: args.baud,
@@ -362,7 +326,7 @@ impl Tool for UartWrite {
 
     async fn call(cx: Cx, args: UartWriteArguments) -> Result<UartWriteResult, ToolError> {
         check_byte_count("data", args.data.0.len())?;
-        uart_port(&cx.app.config.uart, &args.port, args.baud)?;
+        cx.app.config.uart.check_port(&args.port, args.baud)?;
         let request = Request::UartWrite { port: args.port.clone(), baud: args.baud, data: args.data.0 };
         let bytes_written = match cx.app.agent.call(request).await? {
             Response::Written { bytes } => bytes,
@@ -377,36 +341,26 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    fn spi() -> SpiConfig {
+    fn spi() -> crate::config::SpiConfig {
         serde_saphyr::from_str(
             "devices:\n  - {bus: 0, chip_select: 0, max_speed_hz: 500000}\n  - {bus: 0, chip_select: 1, max_speed_hz: 8000000}\n",
         )
         .unwrap()
     }
 
-    fn uart() -> UartConfig {
-        serde_saphyr::from_str("ports:\n  - {port: serial0, baud_rates: [9600, 115200]}\n").unwrap()
-    }
-
-    #[test]
-    fn an_spi_device_off_the_allowlist_is_refused_with_the_devices_that_are_allowed() {
-        assert!(spi_device(&spi(), 0, 1).is_ok());
-        let e = spi_device(&spi(), 1, 0).unwrap_err();
-        assert_eq!(e.code, "permission_denied");
-        assert_eq!(e.message, "SPI device 1.0 is not on spi.devices; allowed (bus.chip_select): 0.0, 0.1");
-        assert!(spi_device(&SpiConfig::default(), 0, 0).unwrap_err().message.contains("lists no devices"));
-    }
-
     #[test]
     fn the_spi_clock_defaults_to_one_megahertz_or_the_device_limit_if_lower() {
-        let slow = spi_device(&spi(), 0, 0).unwrap().clone();
-        let fast = spi_device(&spi(), 0, 1).unwrap().clone();
-        assert_eq!(spi_speed(&slow, None).unwrap(), 500_000);
-        assert_eq!(spi_speed(&fast, None).unwrap(), 1_000_000);
-        assert_eq!(spi_speed(&fast, Some(8_000_000)).unwrap(), 8_000_000);
-        let e = spi_speed(&fast, Some(8_000_001)).unwrap_err();
-        assert!(e.message.contains("above the 8000000 Hz that spi.devices allows"), "{}", e.message);
-        assert!(spi_speed(&fast, Some(0)).is_err());
+        let spi = spi();
+        let slow = spi.check_device(0, 0).unwrap();
+        let fast = spi.check_device(0, 1).unwrap();
+        assert_eq!(spi_speed(slow, None).unwrap(), 500_000);
+        assert_eq!(spi_speed(fast, None).unwrap(), 1_000_000);
+        assert_eq!(spi_speed(fast, Some(8_000_000)).unwrap(), 8_000_000);
+        for hz in [8_000_001, 0] {
+            let e = spi_speed(fast, Some(hz)).unwrap_err();
+            assert_eq!(e.code, "invalid_argument", "{hz}");
+            assert_eq!(e.message, fast.check_speed(hz).unwrap_err().message);
+        }
     }
 
     #[test]
@@ -421,16 +375,6 @@ mod tests {
         assert!(check_byte_count("data", 4096).is_ok());
         assert!(check_byte_count("data", 0).is_err());
         assert!(check_byte_count("data", 4097).unwrap_err().message.contains("outside 1 to 4096"));
-    }
-
-    #[test]
-    fn a_port_or_baud_rate_off_the_allowlist_is_refused_with_what_is_allowed() {
-        assert!(uart_port(&uart(), "serial0", 115_200).is_ok());
-        let e = uart_port(&uart(), "ttyUSB0", 9600).unwrap_err();
-        assert_eq!(e.message, "serial port \"ttyUSB0\" is not on uart.ports; allowed: serial0");
-        let e = uart_port(&uart(), "serial0", 57_600).unwrap_err();
-        assert_eq!(e.code, "permission_denied");
-        assert!(e.message.ends_with("allowed: 9600, 115200"), "{}", e.message);
     }
 
     #[test]

@@ -47,43 +47,23 @@ pub struct CaptureArguments {
     pub quality: Option<u8>,
 }
 
-/// Refuses everything while the camera is turned off; `what` names the refused use.
-fn camera_enabled(camera: &CameraConfig, what: &str) -> Result<(), ToolError> {
-    if camera.enabled {
-        Ok(())
-    } else {
-        Err(ToolError::forbidden(format!(
-            "the camera is turned off on this server: an administrator sets camera.enabled to true to allow {what}"
-        )))
-    }
-}
-
-/// The width and height asked for, or their defaults shrunk to the configured maximum.
+/// The width and height asked for, or their defaults shrunk to the configured maximum, when
+/// `camera` allows that size.
 fn frame_size(
     camera: &CameraConfig,
     width: Option<u32>,
     height: Option<u32>,
     default: (u32, u32),
 ) -> Result<(u32, u32), ToolError> {
-    let side = |what: &str, value: Option<u32>, default: u32, max: u32, key: &str| {
-        let value = value.unwrap_or(default.min(max));
-        if value == 0 || value > max {
-            Err(ToolError::invalid_argument(format!(
-                "argument `{what}`: {value} pixels is outside 1 to {max} ({key} on this server)"
-            )))
-        } else {
-            Ok(value)
-        }
-    };
-    Ok((
-        side("width", width, default.0, camera.max_width, "camera.max_width")?,
-        side("height", height, default.1, camera.max_height, "camera.max_height")?,
-    ))
+    let width = width.unwrap_or(default.0.min(camera.max_width));
+    let height = height.unwrap_or(default.1.min(camera.max_height));
+    camera.check_size(width, height)?;
+    Ok((width, height))
 }
 
 /// The size and quality to ask the agent for, or why the camera may not be used so.
 fn capture_request(camera: &CameraConfig, args: &CaptureArguments) -> Result<(u32, u32, u8), ToolError> {
-    camera_enabled(camera, "captures")?;
+    camera.check_enabled("captures")?;
     let (width, height) = frame_size(camera, args.width, args.height, (DEFAULT_WIDTH, DEFAULT_HEIGHT))?;
     let quality = args.quality.unwrap_or(DEFAULT_QUALITY);
     if !(1..=100).contains(&quality) {
@@ -187,7 +167,7 @@ fn record_request(
     request_timeout_ms: u64,
     args: &RecordArguments,
 ) -> Result<VideoRequest, ToolError> {
-    camera_enabled(camera, "recordings")?;
+    camera.check_enabled("recordings")?;
     let (width, height) = frame_size(camera, args.width, args.height, (DEFAULT_VIDEO_WIDTH, DEFAULT_VIDEO_HEIGHT))?;
     let framerate = args.framerate.unwrap_or(DEFAULT_FRAMERATE);
     if !(1..=MAX_FRAMERATE).contains(&framerate) {
@@ -196,13 +176,7 @@ fn record_request(
         )));
     }
     let seconds = args.duration_seconds;
-    let max_seconds = camera.max_video_seconds;
-    if !seconds.is_finite() || seconds <= 0.0 || seconds > f64::from(max_seconds) {
-        return Err(ToolError::invalid_argument(format!(
-            "argument `duration_seconds`: {seconds} is outside 0.001 to {max_seconds} seconds \
-             (camera.max_video_seconds on this server)"
-        )));
-    }
+    camera.check_video_seconds(seconds)?;
     // Within 0 to u32::MAX seconds, so the product fits in a u64; `as` saturates besides.
     let duration_ms = (seconds * 1000.0).round() as u64;
     if duration_ms == 0 {
@@ -363,13 +337,14 @@ mod tests {
     fn a_duration_beyond_the_configured_maximum_is_refused_naming_the_key() {
         let camera = CameraConfig { max_video_seconds: 3, ..CameraConfig::default() };
         assert_eq!(record_request(&camera, TIMEOUT_MS, &record_args(3.0, None, None, None)).unwrap().duration_ms, 3000);
-        for bad in [3.001, 0.0, -1.0, 0.0004, f64::NAN, f64::INFINITY] {
+        for bad in [3.001, 4.0, 0.0, -1.0, f64::NAN, f64::INFINITY] {
             let e = record_request(&camera, TIMEOUT_MS, &record_args(bad, None, None, None)).unwrap_err();
             assert_eq!(e.code, "invalid_argument", "{bad}");
-            assert!(e.message.contains("duration_seconds"), "{bad}: {}", e.message);
+            assert!(e.message.contains("camera.max_video_seconds"), "{bad}: {}", e.message);
         }
-        let e = record_request(&camera, TIMEOUT_MS, &record_args(4.0, None, None, None)).unwrap_err();
-        assert!(e.message.contains("camera.max_video_seconds"), "{}", e.message);
+        let e = record_request(&camera, TIMEOUT_MS, &record_args(0.0004, None, None, None)).unwrap_err();
+        assert_eq!(e.code, "invalid_argument");
+        assert!(e.message.contains("duration_seconds") && e.message.contains("shortest recording"), "{}", e.message);
     }
 
     #[test]

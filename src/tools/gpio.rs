@@ -14,55 +14,12 @@ use serde::{Deserialize, Deserializer, Serialize};
 use super::system::read_only_spec;
 use super::{Cx, Deprecation, Maturity, NoArguments, Tool, ToolError, ToolSpec};
 use crate::agent_client::AgentError;
-use crate::config::{GpioConfig, PinRule, Role};
+use crate::config::Role;
 use crate::ipc::{Request, Response};
 use crate::platform::{Level, PinMode, PinNumber, PinState, Pull, PwmState};
 
 /// The highest PWM frequency the Pi's PWM clock can produce, in Hz.
 const MAX_PWM_FREQUENCY_HZ: f64 = 125e6;
-
-/// The rule for `pin`, or a refusal naming the pins `gpio.pins` allows.
-fn pin_rule(gpio: &GpioConfig, pin: PinNumber) -> Result<&PinRule, ToolError> {
-    gpio.rule(pin).ok_or_else(|| {
-        let allowed: Vec<String> = gpio.pins.iter().map(|r| r.pin.get().to_string()).collect();
-        ToolError::forbidden(if allowed.is_empty() {
-            format!(
-                "GPIO {} is not on gpio.pins, which lists no pins: an administrator adds the pin there to allow it",
-                pin.get()
-            )
-        } else {
-            format!(
-                "GPIO {} is not on gpio.pins; allowed: {}. An administrator adds the pin there to allow it.",
-                pin.get(),
-                allowed.join(", ")
-            )
-        })
-    })
-}
-
-/// The rule for `pin` when it may be used as `mode`.
-fn require_mode(gpio: &GpioConfig, pin: PinNumber, mode: PinMode) -> Result<&PinRule, ToolError> {
-    let rule = pin_rule(gpio, pin)?;
-    if rule.modes.contains(&mode) {
-        return Ok(rule);
-    }
-    let modes: Vec<&str> = rule.modes.iter().map(|m| mode_name(*m)).collect();
-    Err(ToolError::forbidden(format!(
-        "GPIO {} may not be used as {}: gpio.pins allows only {} for it. An administrator adds {} to its modes.",
-        pin.get(),
-        mode_name(mode),
-        if modes.is_empty() { "nothing".to_string() } else { modes.join(", ") },
-        mode_name(mode)
-    )))
-}
-
-fn mode_name(mode: PinMode) -> &'static str {
-    match mode {
-        PinMode::Input => "input",
-        PinMode::Output => "output",
-        PinMode::Pwm => "pwm",
-    }
-}
 
 fn unexpected(op: &str, response: &Response) -> ToolError {
     ToolError::internal(format!("unexpected answer from the ops agent to {op}: {}", response.kind()))
@@ -182,7 +139,7 @@ impl Tool for ReadPin {
     );
 
     async fn call(cx: Cx, args: PinArguments) -> Result<PinState, ToolError> {
-        pin_rule(&cx.app.config.gpio, args.pin)?;
+        cx.app.config.gpio.check_pin(args.pin)?;
         pin_request(&cx, Request::GpioRead { pin: args.pin }).await
     }
 }
@@ -245,7 +202,7 @@ impl Tool for SetMode {
     async fn call(cx: Cx, args: SetModeArguments) -> Result<PinState, ToolError> {
         let pull = pull_for(args.mode, args.pull)?;
         let mode = PinMode::from(args.mode);
-        require_mode(&cx.app.config.gpio, args.pin, mode)?;
+        cx.app.config.gpio.check_mode(args.pin, mode)?;
         pin_request(&cx, Request::GpioSetMode { pin: args.pin, mode, pull }).await
     }
 }
@@ -333,7 +290,7 @@ impl Tool for WritePin {
     };
 
     async fn call(cx: Cx, args: WritePinArguments) -> Result<PinState, ToolError> {
-        require_mode(&cx.app.config.gpio, args.pin, PinMode::Output)?;
+        cx.app.config.gpio.check_mode(args.pin, PinMode::Output)?;
         pin_request(&cx, Request::GpioWrite { pin: args.pin, level: args.level.0 }).await
     }
 }
@@ -372,7 +329,7 @@ impl Tool for PwmEnable {
 
     async fn call(cx: Cx, args: PwmEnableArguments) -> Result<PinState, ToolError> {
         let pwm = check_pwm(args.frequency_hz, args.duty_cycle)?;
-        require_mode(&cx.app.config.gpio, args.pin, PinMode::Pwm)?;
+        cx.app.config.gpio.check_mode(args.pin, PinMode::Pwm)?;
         pin_request(&cx, Request::GpioPwmEnable { pin: args.pin, pwm }).await
     }
 }
@@ -394,7 +351,7 @@ impl Tool for PwmDisable {
     };
 
     async fn call(cx: Cx, args: PinArguments) -> Result<PinState, ToolError> {
-        require_mode(&cx.app.config.gpio, args.pin, PinMode::Pwm)?;
+        cx.app.config.gpio.check_mode(args.pin, PinMode::Pwm)?;
         pin_request(&cx, Request::GpioPwmDisable { pin: args.pin }).await
     }
 }
@@ -440,40 +397,6 @@ impl Tool for PwmStart {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-
-    fn config(yaml: &str) -> GpioConfig {
-        serde_saphyr::from_str(yaml).unwrap()
-    }
-
-    fn pin(n: u64) -> PinNumber {
-        PinNumber::new(n).unwrap()
-    }
-
-    const PINS: &str = "pins:\n  - {pin: 17, modes: [input, output]}\n  - {pin: 18, modes: [pwm], label: fan}\n  - {pin: 27, modes: [input]}\n";
-
-    #[test]
-    fn a_pin_off_the_allowlist_is_refused_with_the_pins_that_are_allowed() {
-        let e = pin_rule(&config(PINS), pin(5)).unwrap_err();
-        assert_eq!(e.code, "permission_denied");
-        assert!(e.message.starts_with("GPIO 5 is not on gpio.pins; allowed: 17, 18, 27."), "{}", e.message);
-    }
-
-    #[test]
-    fn an_empty_allowlist_says_so() {
-        let e = pin_rule(&GpioConfig::default(), pin(5)).unwrap_err();
-        assert!(e.message.contains("lists no pins"), "{}", e.message);
-    }
-
-    #[test]
-    fn a_mode_the_pin_does_not_allow_is_refused_naming_the_modes_it_does() {
-        let gpio = config(PINS);
-        assert!(require_mode(&gpio, pin(17), PinMode::Output).is_ok());
-        let e = require_mode(&gpio, pin(27), PinMode::Output).unwrap_err();
-        assert_eq!(e.code, "permission_denied");
-        assert!(e.message.contains("GPIO 27 may not be used as output: gpio.pins allows only input"), "{}", e.message);
-        assert!(require_mode(&gpio, pin(17), PinMode::Pwm).is_err());
-        assert_eq!(require_mode(&gpio, pin(18), PinMode::Pwm).unwrap().label.as_deref(), Some("fan"));
-    }
 
     #[test]
     fn a_level_is_accepted_as_a_word_or_as_zero_and_one() {

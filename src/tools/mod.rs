@@ -121,6 +121,17 @@ impl From<crate::host::HostError> for ToolError {
     }
 }
 
+/// A refusal of the configuration's allowlists, with the code the ops agent would answer
+/// the same refusal with.
+impl From<crate::config::Denied> for ToolError {
+    fn from(d: crate::config::Denied) -> Self {
+        match d.kind {
+            crate::config::DenialKind::Forbidden => ToolError::forbidden(d.message),
+            crate::config::DenialKind::Invalid => ToolError::invalid_argument(d.message),
+        }
+    }
+}
+
 /// What a tool handler receives besides its arguments.
 #[derive(Clone)]
 pub struct Cx {
@@ -417,3 +428,21 @@ impl Default for Catalogue {
 #[derive(Debug, Default, serde::Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NoArguments {}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::config::{CameraConfig, GpioConfig};
+    use crate::platform::{PinMode, PinNumber};
+
+    #[test]
+    fn an_allowlist_refusal_is_permission_denied_and_a_limit_invalid_argument_in_the_same_words() {
+        let denied = GpioConfig::default().check_mode(PinNumber::new(5).unwrap(), PinMode::Output).unwrap_err();
+        let e = ToolError::from(denied.clone());
+        assert_eq!((e.code, e.message), ("permission_denied", denied.message));
+        let denied = CameraConfig::default().check_size(0, 480).unwrap_err();
+        let e = ToolError::from(denied.clone());
+        assert_eq!((e.code, e.message), ("invalid_argument", denied.message));
+    }
+}

@@ -49,12 +49,7 @@ impl Tool for CheckUpdates {
     };
 
     async fn call(cx: Cx, _: NoArguments) -> Result<UpdateList, ToolError> {
-        if !cx.app.config.updates.os.check_enabled {
-            return Err(ToolError::forbidden(
-                "checking for OS updates is turned off on this server: an administrator sets \
-                 updates.os.check_enabled to true to allow it",
-            ));
-        }
+        cx.app.config.updates.os.check_listing()?;
         match cx.app.agent.call(Request::OsListUpgradable).await? {
             Response::Upgradable { packages } => Ok(UpdateList {
                 total: packages.len(),
@@ -81,12 +76,7 @@ pub struct ApplyArguments {
 
 /// Checks that upgrading is turned on, the wait allowed and the upgrade confirmed.
 fn check_apply(updates: &OsUpdatesConfig, args: &ApplyArguments) -> Result<Duration, ToolError> {
-    if !updates.apply_enabled {
-        return Err(ToolError::forbidden(
-            "applying OS updates is turned off on this server: an administrator sets updates.os.apply_enabled \
-             to true to allow it",
-        ));
-    }
+    updates.check_upgrading()?;
     if args.wait_seconds > MAX_WAIT_SECONDS {
         return Err(ToolError::invalid_argument(format!(
             "argument `wait_seconds`: {} is more than {MAX_WAIT_SECONDS}",

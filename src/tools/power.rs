@@ -26,22 +26,13 @@ pub struct PowerArguments {
 
 /// Checks that `action` is turned on, the delay allowed and the action confirmed.
 fn check(power: &PowerConfig, action: PowerAction, args: &PowerArguments) -> Result<(), ToolError> {
-    let (enabled, key, verb) = match action {
-        PowerAction::Reboot => (power.reboot_enabled, "power.reboot_enabled", "reboot"),
-        PowerAction::Shutdown => (power.shutdown_enabled, "power.shutdown_enabled", "shut down"),
-    };
-    if !enabled {
-        return Err(ToolError::forbidden(format!(
-            "this server may not {verb} the machine: an administrator sets {key} to true to allow it"
-        )));
-    }
-    if args.delay_seconds > power.max_delay_seconds {
-        return Err(ToolError::invalid_argument(format!(
-            "argument `delay_seconds`: {} is more than {} (power.max_delay_seconds on this server)",
-            args.delay_seconds, power.max_delay_seconds
-        )));
-    }
+    power.check_action(action)?;
+    power.check_delay(args.delay_seconds)?;
     if !args.confirm {
+        let verb = match action {
+            PowerAction::Reboot => "reboot",
+            PowerAction::Shutdown => "shut down",
+        };
         return Err(ToolError::invalid_argument(format!(
             "nothing was done: to {verb} the machine, call again with confirm: true"
         )));

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::system::read_only_spec;
 use super::{Cx, Deprecation, NoArguments, Tool, ToolError, ToolSpec};
-use crate::config::{Role, ServicesConfig};
+use crate::config::Role;
 use crate::ipc::{Request, Response};
 use crate::platform::{JournalEntry, UnitAction, UnitName, UnitState};
 
@@ -19,21 +19,6 @@ const MAX_JOURNAL_LINES: u32 = 1000;
 
 fn unexpected(op: &str, response: &Response) -> ToolError {
     ToolError::internal(format!("unexpected answer from the ops agent to {op}: {}", response.kind()))
-}
-
-/// Checks that `unit` is on `services.allowed_units`.
-fn check_unit(services: &ServicesConfig, unit: &UnitName) -> Result<(), ToolError> {
-    if services.allowed_units.contains(unit) {
-        return Ok(());
-    }
-    let allowed: Vec<&str> = services.allowed_units.iter().map(UnitName::as_str).collect();
-    Err(ToolError::forbidden(if allowed.is_empty() {
-        format!(
-            "{unit} is not on services.allowed_units, which lists no units: an administrator adds it there to allow it"
-        )
-    } else {
-        format!("{unit} is not on services.allowed_units; allowed: {}", allowed.join(", "))
-    }))
 }
 
 async fn unit_request(cx: &Cx, request: Request) -> Result<UnitState, ToolError> {
@@ -89,7 +74,7 @@ impl Tool for GetStatus {
     );
 
     async fn call(cx: Cx, args: UnitArguments) -> Result<UnitState, ToolError> {
-        check_unit(&cx.app.config.services, &args.unit)?;
+        cx.app.config.services.check_unit(&args.unit)?;
         unit_request(&cx, Request::ServiceStatus { unit: args.unit }).await
     }
 }
@@ -103,7 +88,7 @@ pub struct UnitChange {
 }
 
 async fn control(cx: &Cx, unit: UnitName, action: UnitAction) -> Result<UnitChange, ToolError> {
-    check_unit(&cx.app.config.services, &unit)?;
+    cx.app.config.services.check_unit(&unit)?;
     let state = unit_request(cx, Request::ServiceControl { unit, action }).await?;
     Ok(UnitChange { action, state })
 }
@@ -339,7 +324,7 @@ impl Tool for QueryJournal {
         if let Some(since) = &args.since {
             check_since(since)?;
         }
-        check_unit(&cx.app.config.services, &args.unit)?;
+        cx.app.config.services.check_unit(&args.unit)?;
         let unit = args.unit.to_string();
         let request = Request::JournalQuery { unit: args.unit, lines: args.lines, since: args.since };
         match cx.app.agent.call(request).await? {
@@ -353,27 +338,6 @@ impl Tool for QueryJournal {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-
-    fn unit(s: &str) -> UnitName {
-        UnitName::parse(s).unwrap()
-    }
-
-    fn services() -> ServicesConfig {
-        ServicesConfig { allowed_units: vec![unit("nginx.service"), unit("mosquitto")] }
-    }
-
-    #[test]
-    fn a_unit_off_the_allowlist_is_refused_with_the_units_that_are_allowed() {
-        assert!(check_unit(&services(), &unit("nginx")).is_ok());
-        let e = check_unit(&services(), &unit("ssh.service")).unwrap_err();
-        assert_eq!(e.code, "permission_denied");
-        assert_eq!(
-            e.message,
-            "ssh.service is not on services.allowed_units; allowed: nginx.service, mosquitto.service"
-        );
-        let e = check_unit(&ServicesConfig::default(), &unit("ssh")).unwrap_err();
-        assert!(e.message.contains("lists no units"), "{}", e.message);
-    }
 
     #[test]
     fn since_accepts_the_three_documented_forms() {
