@@ -554,7 +554,7 @@ def build_rows(r):
         for key in ("session", "stateless"):
             label, w = run_label(run_key(schedule, key)), r["wrk"][run_key(schedule, key)]
             share = w["rps"] / health["rps"] if health["rps"] else 0.0
-            rows.append((f"{label}, throughput", f"{w['rps']:,.0f} req/s ({share:.0%} of /healthz)",
+            rows.append((f"{label}, throughput", f"{w['rps']:,.0f} req/s ({share:.1%} of /healthz)",
                          f"≥ {TARGET_CALL_SHARE:.0%} of /healthz", share >= TARGET_CALL_SHARE))
             rows.append((f"{label}, latency p50", f"{w['p50']:.2f} ms", "", None))
             rows.append((f"{label}, latency p99", f"{w['p99']:.2f} ms", f"≤ {TARGET_CALL_P99_MS:.0f} ms",
