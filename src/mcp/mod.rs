@@ -453,26 +453,52 @@ async fn call_tool(app: &Arc<App>, call: &Call, name: &str, arguments: Value) ->
     Ok(call_tool_reply(call.version, &result))
 }
 
-/// `CallToolResult` as written on the wire, with what [`finish`] adds for the stateless
-/// revision (tool results are never cacheable). The structured content is spliced in and
-/// escaped into the text block straight from its one serialization.
-fn call_tool_reply(version: Version, result: &ToolResult) -> Json {
-    let structured_len = result.structured_content.as_ref().map_or(0, Json::len);
-    let mut content = Vec::with_capacity(1 + result.extra_content.len());
-    let mut text = json::Object::with_capacity(result.text_prefix.len() + structured_len * 5 / 4 + 32);
-    text.value("type", "text");
-    match (&result.text_prefix, &result.structured_content) {
-        (prefix, Some(structured)) if prefix.is_empty() => text.value("text", structured.as_str()),
-        (prefix, Some(structured)) => text.value("text", &format!("{prefix}{structured}")),
-        (prefix, None) => text.value("text", prefix),
-    };
-    content.push(text.finish());
-    content.extend(result.extra_content.iter().map(Json::of));
-    let content = json::array(&content);
+/// The text block of a tool result.
+#[derive(serde::Serialize)]
+struct TextBlock<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    text: &'a str,
+}
 
-    let mut reply = json::Object::with_capacity(content.len() + structured_len + 192);
-    reply.json("content", &content);
-    if let Some(structured) = &result.structured_content {
+/// A tool result's content: the text block, then any further blocks.
+struct Content<'a> {
+    text: TextBlock<'a>,
+    extra: &'a [rmcp::model::ContentBlock],
+}
+
+impl serde::Serialize for Content<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut seq = serializer.serialize_seq(Some(1 + self.extra.len()))?;
+        seq.serialize_element(&self.text)?;
+        for block in self.extra {
+            seq.serialize_element(block)?;
+        }
+        seq.end()
+    }
+}
+
+/// `CallToolResult` as written on the wire, with what [`finish`] adds for the stateless
+/// revision (tool results are never cacheable). Written into one buffer: the structured
+/// content is escaped into the text block and spliced in straight from its one
+/// serialization.
+fn call_tool_reply(version: Version, result: &ToolResult) -> Json {
+    let structured = result.structured_content.as_ref();
+    let prefixed;
+    let text = match structured {
+        Some(json) if result.text_prefix.is_empty() => json.as_str(),
+        Some(json) => {
+            prefixed = format!("{}{json}", result.text_prefix);
+            &prefixed
+        }
+        None => &result.text_prefix,
+    };
+    // The text escapes the JSON's quotes: about a quarter longer than the JSON.
+    let size = text.len() * 5 / 4 + structured.map_or(0, Json::len) + 256;
+    let mut reply = json::Object::with_capacity(size);
+    reply.value("content", &Content { text: TextBlock { kind: "text", text }, extra: &result.extra_content });
+    if let Some(structured) = structured {
         reply.json("structuredContent", structured);
     }
     reply.value("isError", &result.is_error);
