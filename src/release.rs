@@ -722,13 +722,23 @@ mod tests {
         let payload = dir.join("payload");
         fs::create_dir_all(payload.join("bin")).unwrap();
         fs::create_dir_all(payload.join("share/doc")).unwrap();
-        fs::write(payload.join("bin/mcp-raspi-server"), format!("server {marker}")).unwrap();
-        fs::set_permissions(payload.join("bin/mcp-raspi-server"), fs::Permissions::from_mode(0o755)).unwrap();
-        fs::write(payload.join("bin/raspi-ops-agent"), "agent").unwrap();
-        fs::set_permissions(payload.join("bin/raspi-ops-agent"), fs::Permissions::from_mode(0o755)).unwrap();
+        write_executable(&payload.join("bin/mcp-raspi-server"), &format!("server {marker}"));
+        write_executable(&payload.join("bin/raspi-ops-agent"), "agent");
         fs::write(payload.join("share/doc/README"), "read me").unwrap();
         symlink("mcp-raspi-server", payload.join("bin/server-alias")).unwrap();
         payload
+    }
+
+    fn write_executable(path: &Path, contents: &str) {
+        fs::write(path, contents).unwrap();
+        fs::set_permissions(path, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    /// An empty install root, `opt` under `dir`.
+    fn install_root(dir: &Path) -> PathBuf {
+        let root = dir.join("opt");
+        fs::create_dir(&root).unwrap();
+        root
     }
 
     fn link_of(root: &Path) -> PathBuf {
@@ -758,8 +768,7 @@ mod tests {
     fn installing_a_payload_creates_the_release_and_leaves_no_partial_directory() {
         let dir = tempfile::tempdir().unwrap();
         let payload = payload(dir.path(), "a");
-        let root = dir.path().join("opt");
-        fs::create_dir(&root).unwrap();
+        let root = install_root(dir.path());
         let release = install_release(&payload, &root, "0.1.0").unwrap();
         assert_eq!(release, root.join("releases/0.1.0"));
         assert_eq!(fs::read_to_string(release.join("bin/mcp-raspi-server")).unwrap(), "server a");
@@ -803,14 +812,12 @@ mod tests {
     fn installing_the_same_version_again_is_a_no_op_when_the_contents_match() {
         let dir = tempfile::tempdir().unwrap();
         let payload = payload(dir.path(), "a");
-        let root = dir.path().join("opt");
-        fs::create_dir(&root).unwrap();
+        let root = install_root(dir.path());
         install_release(&payload, &root, "0.1.0").unwrap();
         // Like an upgrade by dpkg: the payload's file is replaced, with the same contents.
         let server = payload.join("bin/mcp-raspi-server");
         fs::remove_file(&server).unwrap();
-        fs::write(&server, "server a").unwrap();
-        fs::set_permissions(&server, fs::Permissions::from_mode(0o755)).unwrap();
+        write_executable(&server, "server a");
         assert_eq!(install_release(&payload, &root, "0.1.0").unwrap(), root.join("releases/0.1.0"));
     }
 
@@ -818,13 +825,11 @@ mod tests {
     fn installing_different_contents_under_an_installed_version_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let payload = payload(dir.path(), "a");
-        let root = dir.path().join("opt");
-        fs::create_dir(&root).unwrap();
+        let root = install_root(dir.path());
         install_release(&payload, &root, "0.1.0").unwrap();
         let server = payload.join("bin/mcp-raspi-server");
         fs::remove_file(&server).unwrap();
-        fs::write(&server, "server b").unwrap();
-        fs::set_permissions(&server, fs::Permissions::from_mode(0o755)).unwrap();
+        write_executable(&server, "server b");
         let err = install_release(&payload, &root, "0.1.0").unwrap_err();
         assert!(matches!(err, ReleaseError::Conflict { .. }), "{err}");
         assert!(err.to_string().contains("other contents"), "{err}");
@@ -859,8 +864,7 @@ mod tests {
     fn a_releases_directory_swapped_for_a_symlink_is_refused_by_every_operation() {
         let dir = tempfile::tempdir().unwrap();
         let outside = bystander(dir.path());
-        let root = dir.path().join("opt");
-        fs::create_dir(&root).unwrap();
+        let root = install_root(dir.path());
         symlink(&outside, root.join("releases")).unwrap();
         assert!(install_release(&payload(dir.path(), "a"), &root, "1.0").is_err());
         assert!(flip_current(&root, "1.0").is_err());
@@ -873,8 +877,7 @@ mod tests {
     #[test]
     fn a_lock_file_that_is_a_symlink_is_not_followed() {
         let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().join("opt");
-        fs::create_dir(&root).unwrap();
+        let root = install_root(dir.path());
         symlink(dir.path().join("created-by-root"), root.join(LOCK_FILE)).unwrap();
         assert!(install_release(&payload(dir.path(), "a"), &root, "1.0").is_err());
         assert!(!dir.path().join("created-by-root").exists());
@@ -903,8 +906,7 @@ mod tests {
     fn flipping_points_current_at_the_release_with_a_relative_link() {
         let dir = tempfile::tempdir().unwrap();
         let payload = payload(dir.path(), "a");
-        let root = dir.path().join("opt");
-        fs::create_dir(&root).unwrap();
+        let root = install_root(dir.path());
         install_release(&payload, &root, "0.1.0").unwrap();
         assert_eq!(flip_current(&root, "0.1.0").unwrap(), None);
         assert_eq!(link_of(&root), Path::new("releases/0.1.0"));
@@ -916,8 +918,7 @@ mod tests {
     #[test]
     fn flipping_again_moves_current_and_answers_the_previous_version() {
         let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().join("opt");
-        fs::create_dir(&root).unwrap();
+        let root = install_root(dir.path());
         install_release(&payload(&dir.path().join("a"), "a"), &root, "0.1.0").unwrap();
         install_release(&payload(&dir.path().join("b"), "b"), &root, "0.2.0").unwrap();
         flip_current(&root, "0.1.0").unwrap();
@@ -931,8 +932,7 @@ mod tests {
     #[test]
     fn flipping_to_a_release_that_is_not_installed_leaves_current_alone() {
         let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().join("opt");
-        fs::create_dir(&root).unwrap();
+        let root = install_root(dir.path());
         install_release(&payload(dir.path(), "a"), &root, "0.1.0").unwrap();
         flip_current(&root, "0.1.0").unwrap();
         let err = flip_current(&root, "0.9.0").unwrap_err();
@@ -943,8 +943,7 @@ mod tests {
     #[test]
     fn a_current_that_is_a_real_directory_is_never_replaced() {
         let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().join("opt");
-        fs::create_dir(&root).unwrap();
+        let root = install_root(dir.path());
         install_release(&payload(dir.path(), "a"), &root, "0.1.0").unwrap();
         fs::create_dir_all(root.join("current/bin")).unwrap();
         let err = flip_current(&root, "0.1.0").unwrap_err();
@@ -964,8 +963,7 @@ mod tests {
     #[test]
     fn pruning_keeps_the_newest_releases_and_always_the_current_one() {
         let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().join("opt");
-        fs::create_dir(&root).unwrap();
+        let root = install_root(dir.path());
         for (i, v) in ["0.9.0", "0.10.0", "0.10.0~rc1", "0.2.0", "1:0.1.0"].iter().enumerate() {
             install_release(&payload(&dir.path().join(i.to_string()), v), &root, v).unwrap();
         }
@@ -1005,8 +1003,7 @@ mod tests {
     #[test]
     fn the_owner_gets_the_directories_and_the_link_but_not_the_files() {
         let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().join("opt");
-        fs::create_dir(&root).unwrap();
+        let root = install_root(dir.path());
         // As root, another user; otherwise this user, which still exercises every call.
         let me = nix::unistd::geteuid();
         let owner = if me.is_root() {

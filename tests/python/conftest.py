@@ -208,6 +208,18 @@ def server() -> Iterator[RunningServer]:
         _finish(proc, root)
 
 
+def _dev_paths(root: Path) -> ServerPaths:
+    """Where a --dev server keeps its files when XDG_STATE_HOME is `root`."""
+    home = root / "mcp-raspi"
+    return ServerPaths(
+        root=root,
+        config=None,
+        app_log=home / "log" / "app.log",
+        audit_log=home / "log" / "audit.log",
+        state_dir=home / "state",
+    )
+
+
 @pytest.fixture(scope="session")
 def dev_server() -> Iterator[RunningServer]:
     """mcp-raspi-server --dev: no authentication, simulated hardware, state under a
@@ -215,14 +227,7 @@ def dev_server() -> Iterator[RunningServer]:
     root = _private_dir("mcp-raspi-dev-")
     env = _child_environment(root, {})
     proc, url = _start(["--dev", "--listen", "127.0.0.1:0"], env, root)
-    home = root / "mcp-raspi"
-    paths = ServerPaths(
-        root=root,
-        config=None,
-        app_log=home / "log" / "app.log",
-        audit_log=home / "log" / "audit.log",
-        state_dir=home / "state",
-    )
+    paths = _dev_paths(root)
     try:
         yield RunningServer(url=url, tokens={}, paths=paths, pid=proc.pid)
     finally:
@@ -267,14 +272,7 @@ def dev_stack() -> Iterator[RunningServer]:
     except BaseException:
         _stop(agent)
         raise
-    home = root / "mcp-raspi"
-    paths = ServerPaths(
-        root=root,
-        config=None,
-        app_log=home / "log" / "app.log",
-        audit_log=home / "log" / "audit.log",
-        state_dir=home / "state",
-    )
+    paths = _dev_paths(root)
     try:
         yield RunningServer(url=url, tokens={}, paths=paths, pid=proc.pid)
     finally:
