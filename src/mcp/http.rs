@@ -4,6 +4,7 @@
 //! limit, body size, JSON, JSON-RPC envelope, protocol era and version, session. Each
 //! refusal is a JSON-RPC error body with the HTTP status the specification asks for.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -36,7 +37,7 @@ type Reply = warp::reply::Response;
 
 /// A JSON reply; the message was serialized once and becomes the body as it is.
 fn json_reply(status: u16, body: Json) -> Reply {
-    let mut r = Response::new(Bytes::from(body.into_string()).into());
+    let mut r = Response::new(Bytes::from(body.into_bytes()).into());
     *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     r.headers_mut().insert("content-type", HeaderValue::from_static("application/json"));
     r
@@ -67,13 +68,18 @@ fn header<'a>(headers: &'a HeaderMap, name: &warp::http::HeaderName) -> Option<&
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-/// The host part of a `Host` header or origin authority, lower case, without port.
-fn host_part(authority: &str) -> String {
-    let a = authority.trim().to_ascii_lowercase();
+/// The host part of a `Host` header or origin authority, without port.
+fn host_of(authority: &str) -> &str {
+    let a = authority.trim();
     if let Some(rest) = a.strip_prefix('[') {
-        return rest.split(']').next().unwrap_or("").to_string();
+        return rest.split(']').next().unwrap_or("");
     }
-    a.rsplit_once(':').filter(|(_, p)| p.chars().all(|c| c.is_ascii_digit())).map(|(h, _)| h.to_string()).unwrap_or(a)
+    a.rsplit_once(':').filter(|(_, p)| p.bytes().all(|c| c.is_ascii_digit())).map_or(a, |(h, _)| h)
+}
+
+/// [`host_of`], lower case.
+fn host_part(authority: &str) -> String {
+    host_of(authority).to_ascii_lowercase()
 }
 
 fn is_loopback_name(host: &str) -> bool {
@@ -103,8 +109,8 @@ impl HttpServer {
     fn check_origin(&self, headers: &HeaderMap) -> Result<Option<String>, String> {
         let forbidden = |m: String| Err(m);
         if !self.allowed_hosts.is_empty() {
-            let host = header(headers, &name::HOST).map(host_part).unwrap_or_default();
-            if !self.allowed_hosts.contains(&host) {
+            let host = header(headers, &name::HOST).map(host_of).unwrap_or_default();
+            if !self.allowed_hosts.iter().any(|h| h.eq_ignore_ascii_case(host)) {
                 return forbidden(format!(
                     "Forbidden: Host {host:?} is not served here; add it to server.allowed_hosts if this is intended"
                 ));
@@ -231,7 +237,7 @@ impl HttpServer {
             Err(e) => return Self::unauthorized(e),
         };
         if let Some(ct) = header(&headers, &name::CONTENT_TYPE) {
-            if !ct.to_ascii_lowercase().starts_with("application/json") {
+            if !ct.as_bytes().get(..16).is_some_and(|t| t.eq_ignore_ascii_case(b"application/json")) {
                 let e = RpcError::invalid_request(format!("Unsupported media type {ct:?}: send application/json"))
                     .status(415);
                 return error_reply(&Value::Null, &e);
@@ -366,15 +372,19 @@ impl HttpServer {
         };
         let token = super::progress_token(params.as_ref());
         let stream = accepts_sse && (token.is_some() || log_level.is_some());
-        let (abort, registration) = AbortHandle::new_pair();
-        // Untracks the request from its session however it ends, client disconnects included.
-        let tracked = session.clone().map(|s| {
-            let key = id.to_string();
-            s.track(key.clone(), abort.clone());
-            Untrack(s, key)
-        });
-        let app = self.app.clone();
+        // Tracked in its session (if any) so that notifications/cancelled can abort it;
+        // untracked however it ends, client disconnects included.
+        let track = |abort: &AbortHandle| {
+            session.clone().map(|s| {
+                let key = id.to_string();
+                s.track(key.clone(), abort.clone());
+                Untrack(s, key)
+            })
+        };
         if stream {
+            let (abort, registration) = AbortHandle::new_pair();
+            let tracked = track(&abort);
+            let app = self.app.clone();
             let (tx, rx) = mpsc::unbounded_channel();
             let progress = Progress::new(tx.clone(), token, log_level);
             let call = Call { identity, version, session, progress, transport: "http", request_id: id.clone() };
@@ -385,27 +395,32 @@ impl HttpServer {
                 },
                 registration,
             ));
-            sse_reply(rx, (AbortOnDrop(abort), tracked))
-        } else {
-            // Answered in place: dropping this future (the client went away) or aborting it
-            // (notifications/cancelled) stops the work without a task of its own.
-            let call = Call {
-                identity,
-                version,
-                session,
-                progress: Progress::none(),
-                transport: "http",
-                request_id: id.clone(),
-            };
-            let outcome = Abortable::new(dispatch(&app, &call, &method, params), registration).await;
-            drop(tracked);
-            match outcome {
-                Ok(result) => {
-                    let status = result.as_ref().err().map(|e| e.http_status).unwrap_or(200);
-                    json_reply(status, response(&id, result))
-                }
-                Err(Aborted) => error_reply(&id, &RpcError::new(rmcp::model::ErrorCode(-32800), "Request cancelled")),
+            return sse_reply(rx, (AbortOnDrop(abort), tracked));
+        }
+        // Answered in place: dropping this future (the client went away) or aborting it
+        // (notifications/cancelled) stops the work without a task of its own. Without a
+        // session nothing can cancel it, so it need not be abortable.
+        let abortable = session.is_some().then(|| {
+            let (abort, registration) = AbortHandle::new_pair();
+            (track(&abort), registration)
+        });
+        let call =
+            Call { identity, version, session, progress: Progress::none(), transport: "http", request_id: id.clone() };
+        let work = dispatch(&self.app, &call, &method, params);
+        let outcome = match abortable {
+            Some((tracked, registration)) => {
+                let outcome = Abortable::new(work, registration).await;
+                drop(tracked);
+                outcome
             }
+            None => Ok(work.await),
+        };
+        match outcome {
+            Ok(result) => {
+                let status = result.as_ref().err().map(|e| e.http_status).unwrap_or(200);
+                json_reply(status, response(&id, result))
+            }
+            Err(Aborted) => error_reply(&id, &RpcError::new(rmcp::model::ErrorCode(-32800), "Request cancelled")),
         }
     }
 
@@ -524,14 +539,14 @@ impl HttpServer {
 }
 
 /// Header values that are not plain ASCII arrive as `=?base64?...?=`.
-fn decode_header_value(v: &str) -> Option<String> {
+fn decode_header_value(v: &str) -> Option<Cow<'_, str>> {
     match v.strip_prefix("=?base64?").and_then(|r| r.strip_suffix("?=")) {
         Some(b64) => {
             use base64::Engine;
             let bytes = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
-            String::from_utf8(bytes).ok()
+            String::from_utf8(bytes).ok().map(Cow::Owned)
         }
-        None => Some(v.to_string()),
+        None => Some(Cow::Borrowed(v)),
     }
 }
 

@@ -10,9 +10,10 @@ use std::fmt;
 
 use serde::Serialize;
 
-/// A serialized JSON value, sent as it is.
+/// A serialized JSON value, sent as it is. Its bytes are UTF-8: they come from serde_json
+/// and from `&str`s only, so they are not checked again on their way out.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Json(String);
+pub struct Json(Vec<u8>);
 
 impl Json {
     /// Serializes `value`.
@@ -28,11 +29,16 @@ impl Json {
     }
 
     fn from_buf(buf: Vec<u8>) -> Json {
-        // serde_json writes UTF-8 only; the fallback keeps the promise of valid JSON.
-        Json(String::from_utf8(buf).unwrap_or_else(|_| "null".to_string()))
+        Json(buf)
     }
 
+    /// The text. (The fallbacks here and in [`Json::into_string`] keep the promise of valid
+    /// JSON should the bytes ever not be UTF-8.)
     pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).unwrap_or("null")
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
         &self.0
     }
 
@@ -45,19 +51,24 @@ impl Json {
     }
 
     pub fn into_string(self) -> String {
+        String::from_utf8(self.0).unwrap_or_else(|_| "null".to_string())
+    }
+
+    /// The text's bytes, for a body that is sent as it is.
+    pub fn into_bytes(self) -> Vec<u8> {
         self.0
     }
 }
 
 impl fmt::Debug for Json {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
     }
 }
 
 impl fmt::Display for Json {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
     }
 }
 
@@ -65,10 +76,92 @@ impl fmt::Display for Json {
 /// say) becomes `null` rather than a torn text.
 fn write_value<T: Serialize + ?Sized>(buf: &mut Vec<u8>, value: &T) {
     let start = buf.len();
-    if let Err(e) = serde_json::to_writer(&mut *buf, value) {
+    if let Err(e) = serde_json::to_writer(Appender(&mut *buf), value) {
         log::error!("cannot encode a JSON value: {e}");
         buf.truncate(start);
         buf.extend_from_slice(b"null");
+    }
+}
+
+/// What a byte of a string becomes inside a JSON string literal: 0 for itself, `u` for a
+/// `\u00XX` escape, otherwise the letter after the backslash.
+const ESCAPE: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        table[b] = b'u';
+        b += 1;
+    }
+    table[0x08] = b'b';
+    table[0x09] = b't';
+    table[0x0a] = b'n';
+    table[0x0c] = b'f';
+    table[0x0d] = b'r';
+    table[b'"' as usize] = b'"';
+    table[b'\\' as usize] = b'\\';
+    table
+};
+
+/// Appends the concatenation of `parts` (UTF-8 texts) as a JSON string literal, escaped as
+/// serde_json escapes it. One pass byte by byte: JSON texts put in a text block escape
+/// every few bytes, where writing the runs between escapes one by one costs more than
+/// the bytes.
+fn write_str(buf: &mut Vec<u8>, parts: &[&[u8]]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    // Pushes onto a local vector: its length stays in a register. Byte pushes rather than
+    // slices: a two-byte slice costs a call to memcpy in a build optimized for size.
+    let mut out = std::mem::take(buf);
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    out.reserve(len + len / 8 + 2);
+    out.push(b'"');
+    for part in parts {
+        for &b in *part {
+            match ESCAPE[b as usize] {
+                0 => out.push(b),
+                b'u' => {
+                    for e in [b'\\', b'u', b'0', b'0', HEX[(b >> 4) as usize], HEX[(b & 0xf) as usize]] {
+                        out.push(e);
+                    }
+                }
+                letter => {
+                    out.push(b'\\');
+                    out.push(letter);
+                }
+            }
+        }
+    }
+    out.push(b'"');
+    *buf = out;
+}
+
+/// A byte buffer for serde_json to write into. serde_json writes a text in many small
+/// pieces (a quote, a key, a colon); appending those byte by byte, inline, costs less than
+/// a call to memcpy for each, which is what `Vec<u8>`'s writer becomes in a build
+/// optimized for size.
+pub struct Appender<'a>(pub &'a mut Vec<u8>);
+
+impl std::io::Write for Appender<'_> {
+    #[inline(always)]
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.write_all(bytes)?;
+        Ok(bytes.len())
+    }
+
+    #[inline(always)]
+    fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        if bytes.len() <= 16 {
+            self.0.reserve(16);
+            for &b in bytes {
+                self.0.push(b);
+            }
+        } else {
+            self.0.extend_from_slice(bytes);
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -91,8 +184,40 @@ impl Object {
             self.buf.push(b',');
         }
         self.empty = false;
-        write_value(&mut self.buf, key);
+        write_str(&mut self.buf, &[key.as_bytes()]);
         self.buf.push(b':');
+    }
+
+    /// Adds a member whose value is the string `text`.
+    pub fn string(&mut self, key: &str, text: &str) -> &mut Object {
+        self.key(key);
+        write_str(&mut self.buf, &[text.as_bytes()]);
+        self
+    }
+
+    /// Adds a member whose value is a string: `prefix` followed by the text of `json`.
+    pub fn string_of(&mut self, key: &str, prefix: &str, json: &Json) -> &mut Object {
+        self.key(key);
+        write_str(&mut self.buf, &[prefix.as_bytes(), json.as_bytes()]);
+        self
+    }
+
+    /// Adds a member that is an array: an object written by `first`, then `rest`
+    /// serialized.
+    pub fn objects<T: Serialize>(&mut self, key: &str, first: impl FnOnce(&mut Object), rest: &[T]) -> &mut Object {
+        self.key(key);
+        self.buf.push(b'[');
+        let mut inner = Object { buf: std::mem::take(&mut self.buf), empty: true };
+        inner.buf.push(b'{');
+        first(&mut inner);
+        inner.buf.push(b'}');
+        self.buf = inner.buf;
+        for item in rest {
+            self.buf.push(b',');
+            write_value(&mut self.buf, item);
+        }
+        self.buf.push(b']');
+        self
     }
 
     /// Adds a member serialized from `value`.
@@ -105,7 +230,7 @@ impl Object {
     /// Adds a member whose value is already serialized.
     pub fn json(&mut self, key: &str, value: &Json) -> &mut Object {
         self.key(key);
-        self.buf.extend_from_slice(value.as_str().as_bytes());
+        self.buf.extend_from_slice(value.as_bytes());
         self
     }
 
@@ -123,7 +248,7 @@ pub fn array(items: &[Json]) -> Json {
         if i > 0 {
             buf.push(b',');
         }
-        buf.extend_from_slice(item.as_str().as_bytes());
+        buf.extend_from_slice(item.as_bytes());
     }
     buf.push(b']');
     Json::from_buf(buf)
@@ -151,6 +276,40 @@ mod tests {
         assert_eq!(parse(&text), json!({"id": 7, "result": {"a": [1, 2], "b": "x\"y"}, "note": "line\nbreak \u{e9}"}));
         assert!(text.as_str().starts_with(r#"{"id":7,"result":"#));
         assert_eq!(Object::with_capacity(0).finish().as_str(), "{}");
+    }
+
+    #[test]
+    fn strings_are_escaped_as_serde_escapes_them() {
+        let mut texts: Vec<String> = (0u8..0x80).map(|b| format!("a{}b", b as char)).collect();
+        texts.push(String::new());
+        texts.push("\u{e9}t\u{e9} \u{1f600} \u{7f} \u{2028}".into());
+        texts.push(Json::of(&json!({"k": "say \"hi\"\\n", "n": null})).into_string());
+        for text in texts {
+            let mut ours = Vec::new();
+            write_str(&mut ours, &[text.as_bytes()]);
+            assert_eq!(String::from_utf8(ours).unwrap(), serde_json::to_string(&text).unwrap(), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn an_array_of_objects_holds_the_built_object_then_the_rest() {
+        let mut o = Object::with_capacity(8);
+        o.objects(
+            "content",
+            |first| {
+                first.string("type", "text").string("text", "{\"a\":1}");
+            },
+            &[json!({"type": "image"})],
+        )
+        .value("isError", &false);
+        let text = o.finish();
+        assert_eq!(
+            parse(&text),
+            json!({"content": [{"type": "text", "text": "{\"a\":1}"}, {"type": "image"}], "isError": false})
+        );
+        let mut o = Object::with_capacity(8);
+        o.objects::<Value>("content", |_| {}, &[]);
+        assert_eq!(o.finish().as_str(), r#"{"content":[{}]}"#);
     }
 
     #[test]

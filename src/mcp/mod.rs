@@ -416,10 +416,11 @@ pub async fn dispatch(app: &Arc<App>, call: &Call, method: &str, params: Option<
         "logging/setLevel" if !version.is_stateless() => set_level(call, &params),
         "tools/list" => catalog::list_tools(app, &params),
         "tools/call" => {
+            let mut params = params;
+            let arguments = params.as_object_mut().and_then(|p| p.remove("arguments")).unwrap_or(Value::Null);
             let name = params.get("name").and_then(Value::as_str).ok_or_else(|| {
                 RpcError::invalid_params("Invalid params: tools/call needs \"name\", the tool to call")
             })?;
-            let arguments = params.get("arguments").cloned().unwrap_or(Value::Null);
             return call_tool(app, call, name, arguments).await;
         }
         "resources/list" => catalog::list_resources(call),
@@ -453,51 +454,27 @@ async fn call_tool(app: &Arc<App>, call: &Call, name: &str, arguments: Value) ->
     Ok(call_tool_reply(call.version, &result))
 }
 
-/// The text block of a tool result.
-#[derive(serde::Serialize)]
-struct TextBlock<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    text: &'a str,
-}
-
-/// A tool result's content: the text block, then any further blocks.
-struct Content<'a> {
-    text: TextBlock<'a>,
-    extra: &'a [rmcp::model::ContentBlock],
-}
-
-impl serde::Serialize for Content<'_> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeSeq;
-        let mut seq = serializer.serialize_seq(Some(1 + self.extra.len()))?;
-        seq.serialize_element(&self.text)?;
-        for block in self.extra {
-            seq.serialize_element(block)?;
-        }
-        seq.end()
-    }
-}
-
 /// `CallToolResult` as written on the wire, with what [`finish`] adds for the stateless
 /// revision (tool results are never cacheable). Written into one buffer: the structured
 /// content is escaped into the text block and spliced in straight from its one
 /// serialization.
 fn call_tool_reply(version: Version, result: &ToolResult) -> Json {
     let structured = result.structured_content.as_ref();
-    let prefixed;
-    let text = match structured {
-        Some(json) if result.text_prefix.is_empty() => json.as_str(),
-        Some(json) => {
-            prefixed = format!("{}{json}", result.text_prefix);
-            &prefixed
-        }
-        None => &result.text_prefix,
-    };
     // The text escapes the JSON's quotes: about a quarter longer than the JSON.
-    let size = text.len() * 5 / 4 + structured.map_or(0, Json::len) + 256;
+    let text_len = result.text_prefix.len() + structured.map_or(0, Json::len);
+    let size = text_len * 5 / 4 + structured.map_or(0, Json::len) + 256;
     let mut reply = json::Object::with_capacity(size);
-    reply.value("content", &Content { text: TextBlock { kind: "text", text }, extra: &result.extra_content });
+    reply.objects(
+        "content",
+        |block| {
+            block.string("type", "text");
+            match structured {
+                Some(json) => block.string_of("text", &result.text_prefix, json),
+                None => block.string("text", &result.text_prefix),
+            };
+        },
+        &result.extra_content,
+    );
     if let Some(structured) = structured {
         reply.json("structuredContent", structured);
     }
