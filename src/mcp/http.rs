@@ -260,13 +260,21 @@ impl HttpServer {
                 )
             }
         };
-        let value: Value = match serde_json::from_slice(&bytes) {
-            Ok(v) => v,
-            Err(e) => return error_reply(&Value::Null, &RpcError::parse_error(e)),
+        // `Ok`: a well-formed request or notification; `Err`: anything else, as a tree.
+        let message = match Incoming::from_slice(&bytes) {
+            Some(msg) => Ok(msg),
+            None => match serde_json::from_slice::<Value>(&bytes) {
+                Ok(v) => Err(v),
+                Err(e) => return error_reply(&Value::Null, &RpcError::parse_error(e)),
+            },
         };
         if let Err(wait) = self.app.rate_limiter.check(&identity.name) {
             let secs = wait.ceil().max(1.0) as u64;
-            let id = value.get("id").cloned().unwrap_or(Value::Null);
+            let id = match &message {
+                Ok(Incoming::Request { id, .. }) => id.clone(),
+                Ok(_) => Value::Null,
+                Err(value) => value.get("id").cloned().unwrap_or(Value::Null),
+            };
             let e = RpcError::new(rmcp::model::ErrorCode(-32000), format!("Rate limit exceeded: retry in {secs} s"))
                 .data(json!({"reason": "rate_limited", "retry_after_seconds": secs}))
                 .status(429);
@@ -275,9 +283,10 @@ impl HttpServer {
             return r;
         }
         let accepts_sse = header(&headers, &name::ACCEPT).is_some_and(|a| a.contains("text/event-stream"));
-        match value {
-            Value::Array(items) => self.batch(identity, &headers, items).await,
-            single => match Incoming::parse(single) {
+        match message {
+            Ok(msg) => self.single(identity, &headers, msg, accepts_sse).await,
+            Err(Value::Array(items)) => self.batch(identity, &headers, items).await,
+            Err(single) => match Incoming::parse(single) {
                 Err((id, e)) => error_reply(&id, &e),
                 Ok(msg) => self.single(identity, &headers, msg, accepts_sse).await,
             },

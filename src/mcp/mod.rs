@@ -12,12 +12,14 @@ pub mod json;
 mod session;
 pub mod stdio;
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use rmcp::model::{
     ErrorCode, Implementation, InitializeResult, PromptsCapability, ProtocolVersion, ResourcesCapability,
     ServerCapabilities, ToolsCapability,
 };
+use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use tokio::sync::mpsc;
 
@@ -221,6 +223,43 @@ pub enum Incoming {
 }
 
 impl Incoming {
+    /// The common case, read without building a tree of the envelope: a well-formed
+    /// request or notification. `None` for anything else — not JSON, a batch, a response,
+    /// an envelope [`Incoming::parse`] refuses, duplicate members — which is then parsed
+    /// into a `Value` and judged by [`Incoming::parse`], as if this had not been tried.
+    pub fn from_slice(bytes: &[u8]) -> Option<Incoming> {
+        /// A member's value, `Some(Value::Null)` when it is `null`.
+        fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+            Value::deserialize(d).map(Some)
+        }
+        #[derive(Deserialize)]
+        struct Envelope<'a> {
+            #[serde(borrow)]
+            jsonrpc: Cow<'a, str>,
+            #[serde(default, deserialize_with = "present")]
+            id: Option<Value>,
+            #[serde(borrow)]
+            method: Cow<'a, str>,
+            #[serde(default, deserialize_with = "present")]
+            params: Option<Value>,
+        }
+        // A struct would also be read from an array of its members' values.
+        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return None;
+        }
+        let e: Envelope = serde_json::from_slice(bytes).ok()?;
+        let id_ok = e.id.as_ref().is_none_or(|id| id.is_string() || id.is_i64() || id.is_u64());
+        let params_ok = e.params.as_ref().is_none_or(|p| p.is_object() || p.is_array());
+        if e.jsonrpc != "2.0" || !id_ok || !params_ok {
+            return None;
+        }
+        let (method, params) = (e.method.into_owned(), e.params);
+        Some(match e.id {
+            Some(id) => Incoming::Request { id, method, params },
+            None => Incoming::Notification { method, params },
+        })
+    }
+
     /// Checks the JSON-RPC 2.0 envelope.
     pub fn parse(v: Value) -> Result<Incoming, (Value, RpcError)> {
         let Value::Object(mut obj) = v else {
@@ -565,6 +604,35 @@ mod tests {
             let v = Version::parse(name).unwrap_or_else(|| unreachable!("{name}"));
             assert_eq!(v.as_str(), name);
             assert_eq!(v.protocol().to_string(), name);
+        }
+    }
+
+    #[test]
+    fn the_fast_envelope_reader_takes_what_the_tree_reader_takes_and_leaves_the_rest_to_it() {
+        let cases = [
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x","arguments":{}}}"#,
+            r#"{"jsonrpc":"2.0","id":"a\"b","method":"p\u0069ng"}"#,
+            r#"{"method":"notifications/initialized","jsonrpc":"2.0"}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"ping","params":[1]}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"ping","extra":{"x":[1]}}"#,
+            r#"{"jsonrpc":"2.0","id":null,"method":"ping"}"#,
+            r#"{"jsonrpc":"2.0","id":1.5,"method":"ping"}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"ping","params":null}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"ping","params":3}"#,
+            r#"{"jsonrpc":"1.0","id":1,"method":"ping"}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"a","method":"b"}"#,
+            r#"{"jsonrpc":"2.0","id":1,"result":{}}"#,
+            r#"[{"jsonrpc":"2.0","id":1,"method":"ping"}]"#,
+            r#" ["2.0", 1, "ping"]"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"ping""#,
+        ];
+        let fast: Vec<bool> = cases.iter().map(|c| Incoming::from_slice(c.as_bytes()).is_some()).collect();
+        assert_eq!(fast, [[true; 5].as_slice(), &[false; 10]].concat());
+        for case in &cases[..5] {
+            let fast = Incoming::from_slice(case.as_bytes()).unwrap_or_else(|| unreachable!());
+            let tree =
+                Incoming::parse(serde_json::from_str(case).unwrap_or_default()).unwrap_or_else(|_| unreachable!());
+            assert_eq!(format!("{fast:?}"), format!("{tree:?}"), "{case}");
         }
     }
 
