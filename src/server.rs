@@ -114,6 +114,8 @@ pub fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(format!("cannot start the runtime: {e}")),
     };
+    // Outlives the serving future, to write the audit records still waiting once it ended.
+    let app_at_exit = app.clone();
     let result = runtime.block_on(async move {
         if args.stdio {
             return crate::mcp::stdio::serve(app).await.map_err(|e| format!("stdio: {e}"));
@@ -128,6 +130,8 @@ pub fn main() -> ExitCode {
         log::info!("stopped");
         Ok(())
     });
+    // Audit records waiting for a grouped write reach the file before the process ends.
+    app_at_exit.audit.flush();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
