@@ -45,8 +45,13 @@ impl App {
         let config = loaded.config;
         let auth = Authenticator::new(&config, secrets)?;
         let max_bytes = config.logging.file.max_size_mb.saturating_mul(1024 * 1024);
-        let audit = AuditLog::open(&config.logging.audit_path, max_bytes, config.logging.file.backup_count)
-            .map_err(|e| format!("cannot open the audit log {}: {e}", config.logging.audit_path.display()))?;
+        let audit = AuditLog::open(
+            &config.logging.audit_path,
+            max_bytes,
+            config.logging.file.backup_count,
+            Duration::from_millis(config.logging.audit_write_delay_ms),
+        )
+        .map_err(|e| format!("cannot open the audit log {}: {e}", config.logging.audit_path.display()))?;
         let roots = Roots {
             proc: config.platform.proc_root.clone(),
             sys: config.platform.sys_root.clone(),

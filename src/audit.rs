@@ -8,7 +8,9 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::config::Role;
-use crate::logs::{timestamp, RotatingFile};
+use crate::logs::{timestamp, GroupedFile};
+
+pub use crate::logs::Urgency;
 
 /// Replaces the value of every argument whose name looks like a secret.
 pub fn redact(arguments: &Value) -> Value {
@@ -59,29 +61,79 @@ pub struct Record<'a> {
     pub deprecated: bool,
 }
 
+/// Whether the record of a call may wait to be written together with others: only a call
+/// that succeeded and changed nothing. The record of a call that changes the system, or
+/// is denied, or fails, is in the file before the call answers.
+pub fn urgency(outcome: Outcome, read_only: bool) -> Urgency {
+    if outcome == Outcome::Ok && read_only {
+        Urgency::MayWait
+    } else {
+        Urgency::Immediate
+    }
+}
+
 /// Writes audit records.
+///
+/// With a non-zero `logging.audit_write_delay_ms`, records that may wait are written
+/// together by the `audit-writer` thread at most that delay after the first of them (group
+/// commit: a burst of read-only calls costs one `write`); any other record is written
+/// before its call answers, after every record waiting before it. Waiting records are
+/// written by [`AuditLog::flush`], which the server calls before reading the log back and
+/// when it stops (SIGTERM, SIGINT, end of stdin), and when the log is dropped. A process
+/// that dies otherwise loses them: release builds abort on panic, which runs no `Drop`,
+/// and neither do `SIGKILL` or a power cut. That window, at most the delay and only for
+/// records of successful read-only calls, is the accepted price of group commit.
 pub struct AuditLog {
-    file: RotatingFile,
+    file: GroupedFile,
 }
 
 impl AuditLog {
-    pub fn open(path: &Path, max_bytes: u64, backups: u32) -> std::io::Result<AuditLog> {
-        Ok(AuditLog { file: RotatingFile::open(path, max_bytes, backups)? })
+    /// Opens (creating) the audit log; `write_delay` is how long a record may wait.
+    pub fn open(path: &Path, max_bytes: u64, backups: u32, write_delay: Duration) -> std::io::Result<AuditLog> {
+        Ok(AuditLog { file: GroupedFile::open("audit", path, max_bytes, backups, write_delay)? })
     }
 
     pub fn path(&self) -> &Path {
         self.file.path()
     }
 
-    /// Appends a record. Audit failures are logged loudly but do not fail the call: the
-    /// operator sees them in the application log and journald.
+    /// Appends a record before returning, after every record waiting before it. Audit
+    /// failures are logged loudly but do not fail the call: the operator sees them in the
+    /// application log and journald.
     pub fn write(&self, record: &Record<'_>) {
+        self.with(Urgency::Immediate).write(record);
+    }
+
+    /// Writes with `urgency`: `log.with(urgency).write(&record)`.
+    #[must_use = "nothing is written until `write` is called"]
+    pub fn with(&self, urgency: Urgency) -> AuditWrite<'_> {
+        AuditWrite { log: self, urgency }
+    }
+
+    /// Writes every record waiting, and returns once they are in the file.
+    pub fn flush(&self) {
+        if let Err(e) = self.file.flush() {
+            log::error!("cannot write the audit log {}: {e}", self.file.path().display());
+        }
+    }
+}
+
+/// A write to the audit log with its urgency chosen, from [`AuditLog::with`].
+pub struct AuditWrite<'a> {
+    log: &'a AuditLog,
+    urgency: Urgency,
+}
+
+impl AuditWrite<'_> {
+    /// Appends a record, at once or (when the urgency allows) within the write delay.
+    /// Failures are logged, as [`AuditLog::write`] does.
+    pub fn write(self, record: &Record<'_>) {
         // Records are a few hundred bytes: one buffer of that size, written to once.
         let mut line = Vec::with_capacity(512);
         match serde_json::to_writer(&mut line, record) {
             Ok(()) => {
-                if let Err(e) = self.file.write_line(&line) {
-                    log::error!("cannot write the audit log {}: {e}", self.file.path().display());
+                if let Err(e) = self.log.file.write_line(&line, self.urgency) {
+                    log::error!("cannot write the audit log {}: {e}", self.log.path().display());
                 }
             }
             Err(e) => log::error!("cannot encode an audit record: {e}"),
@@ -101,8 +153,82 @@ pub fn now() -> String {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
     use serde_json::json;
+
+    fn record(tool: &'static str, outcome: Outcome) -> Record<'static> {
+        Record {
+            time: now(),
+            request_id: "1",
+            identity: "admin",
+            role: Some(Role::Admin),
+            transport: "http",
+            tool,
+            arguments: json!({}),
+            outcome,
+            error_code: None,
+            error: None,
+            duration_ms: 0.1,
+            deprecated: false,
+        }
+    }
+
+    fn tools_in(path: &Path) -> Vec<String> {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap()["tool"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn only_successful_read_only_calls_may_wait() {
+        assert_eq!(urgency(Outcome::Ok, true), Urgency::MayWait);
+        assert_eq!(urgency(Outcome::Ok, false), Urgency::Immediate);
+        for outcome in [Outcome::Error, Outcome::Denied] {
+            assert_eq!(urgency(outcome, true), Urgency::Immediate);
+            assert_eq!(urgency(outcome, false), Urgency::Immediate);
+        }
+    }
+
+    #[test]
+    fn a_denied_call_is_written_at_once_after_the_reads_waiting_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let log = AuditLog::open(&path, u64::MAX, 1, Duration::from_secs(600)).unwrap();
+        log.with(urgency(Outcome::Ok, true)).write(&record("system.get_info", Outcome::Ok));
+        log.with(urgency(Outcome::Ok, true)).write(&record("metrics.get_snapshot", Outcome::Ok));
+        assert!(tools_in(&path).is_empty(), "successful reads wait");
+        log.with(urgency(Outcome::Denied, true)).write(&record("logs.get_recent_audit_logs", Outcome::Denied));
+        assert_eq!(tools_in(&path), ["system.get_info", "metrics.get_snapshot", "logs.get_recent_audit_logs"]);
+        log.with(urgency(Outcome::Ok, false)).write(&record("gpio.write_pin", Outcome::Ok));
+        log.write(&record("no.such_tool", Outcome::Error));
+        assert_eq!(tools_in(&path).len(), 5, "changes and unknown tools are written at once");
+    }
+
+    #[test]
+    fn flush_writes_the_records_waiting_and_dropping_the_log_does_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let log = AuditLog::open(&path, u64::MAX, 1, Duration::from_secs(600)).unwrap();
+        log.with(Urgency::MayWait).write(&record("system.get_info", Outcome::Ok));
+        assert!(tools_in(&path).is_empty());
+        log.flush();
+        assert_eq!(tools_in(&path), ["system.get_info"]);
+        log.with(Urgency::MayWait).write(&record("process.list", Outcome::Ok));
+        drop(log);
+        assert_eq!(tools_in(&path), ["system.get_info", "process.list"]);
+    }
+
+    #[test]
+    fn with_no_delay_every_record_is_written_before_write_returns() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let log = AuditLog::open(&path, u64::MAX, 1, Duration::ZERO).unwrap();
+        log.with(Urgency::MayWait).write(&record("system.get_info", Outcome::Ok));
+        assert_eq!(tools_in(&path), ["system.get_info"]);
+    }
 
     #[test]
     fn secrets_are_redacted_at_any_depth_and_other_arguments_are_kept() {

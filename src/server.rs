@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
 
@@ -114,9 +115,16 @@ pub fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(format!("cannot start the runtime: {e}")),
     };
+    // Outlives the runtime, to write the audit records still waiting once it has stopped.
+    let app_at_exit = app.clone();
     let result = runtime.block_on(async move {
         if args.stdio {
-            return crate::mcp::stdio::serve(app).await.map_err(|e| format!("stdio: {e}"));
+            // A stdio client stops its server by closing stdin, or with SIGTERM after a
+            // while: either way the server stops as it does over HTTP.
+            return tokio::select! {
+                served = crate::mcp::stdio::serve(app) => served.map_err(|e| format!("stdio: {e}")),
+                () = shutdown_signal() => Ok(()),
+            };
         }
         let listener = crate::mcp::http::bind(app.config.listen_addr()).await?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
@@ -128,6 +136,11 @@ pub fn main() -> ExitCode {
         log::info!("stopped");
         Ok(())
     });
+    // Calls still running (their client gone) get a moment to finish; the read of stdin,
+    // which cannot be cancelled, must not hold the exit.
+    runtime.shutdown_timeout(Duration::from_millis(250));
+    // Audit records waiting for a grouped write reach the file before the process ends.
+    app_at_exit.audit.flush();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -72,6 +72,51 @@ fn the_server_refuses_to_run_as_root() {
 }
 
 #[test]
+fn stdio_stops_on_sigterm_and_writes_the_audit_records_still_waiting() {
+    let dir = temp_dir();
+    let mut child = server_command()
+        .args(["--dev", "--stdio"])
+        .env("XDG_STATE_HOME", dir.path())
+        .env("MCP_RASPI_LOGGING__AUDIT_WRITE_DELAY_MS", "1000")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut send = |v: Value| writeln!(stdin, "{v}").unwrap();
+    send(
+        json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}),
+    );
+    lines.next().unwrap().unwrap();
+    send(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}));
+    send(
+        json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "system.get_info", "arguments": {}}}),
+    );
+    let call: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(call["result"]["isError"], false);
+    // stdin stays open: the signal alone stops the server.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::SIGTERM).unwrap();
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(10), "still running after SIGTERM");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status}");
+    let audit = std::fs::read_to_string(dir.path().join("mcp-raspi/log/audit.log")).unwrap();
+    let tools: Vec<String> = audit
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["tool"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(tools, ["system.get_info"]);
+    drop(stdin);
+}
+
+#[test]
 fn stdio_speaks_mcp_line_by_line() {
     let dir = temp_dir();
     let mut child = server_command()

@@ -1,5 +1,7 @@
 //! The Streamable HTTP transport across protocol versions.
 
+use std::time::{Duration, Instant};
+
 use serde_json::{json, Value};
 
 use crate::support::{Server, VIEWER_TOKEN};
@@ -282,6 +284,42 @@ fn a_viewer_is_denied_admin_tools_and_the_denial_is_audited() {
     assert!(result["content"][0]["text"].as_str().unwrap().contains("admin role"), "{result}");
     let denied = server.audit_records().into_iter().find(|r| r["outcome"] == "denied").unwrap();
     assert_eq!((denied["identity"].as_str(), denied["role"].as_str()), (Some("watcher"), Some("viewer")));
+}
+
+#[test]
+fn records_of_read_only_calls_that_wait_are_read_back_by_the_audit_tool_and_resource() {
+    let server = Server::with_audit_write_delay(1000);
+    let called = Instant::now();
+    server.call_tool("system.get_info", json!({}));
+    let on_disk = server.audit_records();
+    if called.elapsed() < Duration::from_millis(1000) {
+        assert!(on_disk.is_empty(), "a successful read-only call waits: {on_disk:?}");
+    }
+    let audit = server.call_tool("logs.get_recent_audit_logs", json!({"tool": "system.get_info"}));
+    assert_eq!(audit["structuredContent"]["count"], 1, "{audit}");
+    server.call_tool("metrics.get_snapshot", json!({"sample_ms": 0}));
+    let session = server.initialize("2025-11-25");
+    let read = server.rpc(&session, "2025-11-25", "resources/read", json!({"uri": "raspi://logs/audit"}));
+    let text = read["result"]["contents"][0]["text"].as_str().unwrap();
+    let entries: Value = serde_json::from_str(text).unwrap();
+    let tools: Vec<&str> = entries["entries"].as_array().unwrap().iter().map(|e| e["tool"].as_str().unwrap()).collect();
+    assert!(tools.contains(&"metrics.get_snapshot"), "{tools:?}");
+}
+
+#[test]
+fn sigterm_writes_the_audit_records_still_waiting() {
+    let mut server = Server::with_audit_write_delay(1000);
+    let called = Instant::now();
+    server.call_tool("system.get_info", json!({}));
+    server.call_tool("process.list", json!({"limit": 1, "sample_ms": 0}));
+    let on_disk = server.audit_records();
+    if called.elapsed() < Duration::from_millis(1000) {
+        assert!(on_disk.is_empty(), "successful read-only calls wait: {on_disk:?}");
+    }
+    let status = server.terminate().expect("the server stops on SIGTERM");
+    assert!(status.success(), "{status}");
+    let tools: Vec<String> = server.audit_records().iter().map(|r| r["tool"].as_str().unwrap().to_string()).collect();
+    assert_eq!(tools, ["system.get_info", "process.list"]);
 }
 
 #[test]

@@ -179,6 +179,11 @@ pub struct LoggingConfig {
     pub level: LogLevel,
     pub app_path: PathBuf,
     pub audit_path: PathBuf,
+    /// Milliseconds the audit record of a successful read-only call may wait, so that a
+    /// burst of calls is written with one system call; 0 writes each record before its
+    /// call answers.
+    #[serde(deserialize_with = "values::audit_write_delay_ms")]
+    pub audit_write_delay_ms: u64,
     pub file: LogFileConfig,
     /// Also log to journald: `auto` does when started by systemd.
     pub journald: Tristate,
@@ -190,6 +195,7 @@ impl Default for LoggingConfig {
             level: LogLevel::Info,
             app_path: PathBuf::from("/var/log/mcp-raspi/app.log"),
             audit_path: PathBuf::from("/var/log/mcp-raspi/audit.log"),
+            audit_write_delay_ms: 10,
             file: LogFileConfig::default(),
             journald: Tristate::Auto,
         }
@@ -410,7 +416,10 @@ impl Config {
         Config::deserialize(de).map_err(|e| {
             let key = track.path().to_string();
             let var = format!("{ENV_PREFIX}{}", key.replace('.', "__").to_ascii_uppercase());
-            ConfigError::Env { var, message: format!("{key}: {e}") }
+            // Values whose check names its key already say it once.
+            let message = e.to_string();
+            let message = if message.starts_with(&format!("{key}: ")) { message } else { format!("{key}: {message}") };
+            ConfigError::Env { var, message }
         })
     }
 
@@ -451,6 +460,9 @@ impl Config {
         }
         if !(1..=500).contains(&self.server.page_size) {
             return invalid("server.page_size", format!("{} is outside 1 to 500", self.server.page_size));
+        }
+        if let Err(message) = values::check_audit_write_delay_ms(self.logging.audit_write_delay_ms) {
+            return invalid("logging.audit_write_delay_ms", message);
         }
         if self.logging.file.max_size_mb == 0 {
             return invalid("logging.file.max_size_mb", "must be at least 1".into());

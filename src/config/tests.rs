@@ -106,3 +106,37 @@ fn device_allowlists_are_checked() {
         .to_string();
     assert!(e.contains("0 to 27"), "{e}");
 }
+
+#[test]
+fn the_audit_write_delay_defaults_to_10_ms_in_files_and_in_the_development_config() {
+    let c = Config::from_yaml("config_version: \"1.2\"\n", "t").unwrap();
+    assert_eq!(c.logging.audit_write_delay_ms, 10);
+    let dir = tempfile::tempdir().unwrap();
+    assert_eq!(Config::dev(dir.path(), &BTreeMap::new()).unwrap().config.logging.audit_write_delay_ms, 10);
+    let c = Config::from_yaml("config_version: \"1.2\"\nlogging:\n  audit_write_delay_ms: 0\n", "t").unwrap();
+    assert_eq!(c.logging.audit_write_delay_ms, 0);
+    let c = Config::from_yaml("config_version: \"1.2\"\nlogging:\n  audit_write_delay_ms: 1000\n", "t").unwrap();
+    c.validate().unwrap();
+}
+
+#[test]
+fn an_audit_write_delay_out_of_range_is_named_with_its_line_and_the_range() {
+    for bad in ["1001", "-1"] {
+        let e =
+            parse_err(&format!("config_version: \"1.2\"\nlogging:\n  level: info\n  audit_write_delay_ms: {bad}\n"));
+        assert!(e.contains("logging.audit_write_delay_ms"), "{e}");
+        assert!(e.contains("0 to 1000"), "{e}");
+        assert!(e.contains("line 4"), "{e}");
+    }
+    let e = Config::from_yaml("config_version: \"1.2\"\n", "t")
+        .unwrap()
+        .with_env_overrides(&env(&[("MCP_RASPI_LOGGING__AUDIT_WRITE_DELAY_MS", "5000")]))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("MCP_RASPI_LOGGING__AUDIT_WRITE_DELAY_MS") && e.contains("0 to 1000"), "{e}");
+    assert_eq!(e.matches("logging.audit_write_delay_ms").count(), 1, "the key once: {e}");
+    let mut c = Config::from_yaml("config_version: \"1.2\"\n", "t").unwrap();
+    c.logging.audit_write_delay_ms = 5000;
+    let e = c.validate().unwrap_err().to_string();
+    assert!(e.contains("logging.audit_write_delay_ms") && e.contains("0 to 1000"), "{e}");
+}

@@ -126,3 +126,29 @@ impl LogLevel {
         }
     }
 }
+
+/// The longest an audit record may wait for a grouped write, in milliseconds.
+pub const MAX_AUDIT_WRITE_DELAY_MS: u64 = 1000;
+
+/// Checks `logging.audit_write_delay_ms`.
+pub fn check_audit_write_delay_ms(ms: u64) -> Result<u64, String> {
+    if ms <= MAX_AUDIT_WRITE_DELAY_MS {
+        Ok(ms)
+    } else {
+        Err(audit_write_delay_out_of_range(ms))
+    }
+}
+
+fn audit_write_delay_out_of_range(ms: impl fmt::Display) -> String {
+    format!("{ms} is outside the allowed range 0 to {MAX_AUDIT_WRITE_DELAY_MS} (milliseconds)")
+}
+
+/// Reads `logging.audit_write_delay_ms`, so that a value out of range is reported with its
+/// line. Negative numbers are read too, to get the same message rather than a type error.
+pub fn audit_write_delay_ms<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let ms = i64::deserialize(d)?;
+    u64::try_from(ms)
+        .map_err(|_| audit_write_delay_out_of_range(ms))
+        .and_then(check_audit_write_delay_ms)
+        .map_err(|message| serde::de::Error::custom(format!("logging.audit_write_delay_ms: {message}")))
+}

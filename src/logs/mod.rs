@@ -14,7 +14,7 @@ use std::time::SystemTime;
 use crate::config::{LogLevel, LoggingConfig, Tristate};
 
 pub use reader::{read_recent, LogFilter};
-pub use rotate::{backup_path, RotatingFile};
+pub use rotate::{backup_path, GroupedFile, RotatingFile, Urgency};
 
 /// RFC 3339 UTC time with milliseconds, as written in every log line.
 pub fn timestamp(t: SystemTime) -> String {

@@ -83,6 +83,8 @@ pub fn app_entries(cx: &Cx, filter: &LogFilter, limit: usize) -> Result<LogEntri
 
 /// Reads the audit log for a tool or resource.
 pub fn audit_entries(cx: &Cx, filter: &LogFilter, limit: usize) -> Result<LogEntries, ToolError> {
+    // Records waiting for a grouped write are part of the log as the caller knows it.
+    cx.app.audit.flush();
     let logging = &cx.app.config.logging;
     read(cx.app.audit.path(), logging.file.backup_count, filter, limit)
 }

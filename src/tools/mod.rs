@@ -379,7 +379,7 @@ impl Catalogue {
             Err(e) if e.code == "permission_denied" => (Outcome::Denied, Some(e)),
             Err(e) => (Outcome::Error, Some(e)),
         };
-        app.audit.write(&Record {
+        app.audit.with(audit::urgency(outcome, spec.read_only)).write(&Record {
             time: audit::now(),
             request_id,
             identity: &identity.name,

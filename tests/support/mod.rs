@@ -92,6 +92,14 @@ updates:
     apply_enabled: true
 ";
 
+/// The `logging` section of the test configuration, with `keys` (indented lines) added.
+pub fn logging_yaml(dir: &Path, keys: &str) -> String {
+    format!(
+        "logging:\n  level: debug\n  journald: off\n  app_path: {0}/log/app.log\n  audit_path: {0}/log/audit.log\n{keys}",
+        dir.display()
+    )
+}
+
 /// The configuration tests start from: token auth with an admin and a viewer token,
 /// simulated hardware, everything under `dir`. `extra` is appended YAML (top-level
 /// sections it names replace these).
@@ -102,13 +110,7 @@ pub fn config_yaml(dir: &Path, roots: Option<&Path>, extra: &str) -> String {
             "security",
             "security:\n  auth_mode: token\n  secrets_file: null\n  rate_limit:\n    requests_per_minute: 0\n  tokens:\n    - { identity: admin, role: admin, env: TEST_ADMIN_TOKEN }\n    - { identity: watcher, role: viewer, env: TEST_VIEWER_TOKEN }\n".to_string(),
         ),
-        (
-            "logging",
-            format!(
-                "logging:\n  level: debug\n  journald: off\n  app_path: {0}/log/app.log\n  audit_path: {0}/log/audit.log\n",
-                dir.display()
-            ),
-        ),
+        ("logging", logging_yaml(dir, "")),
         ("paths", format!("paths:\n  state_dir: {0}/state\n  install_dir: {0}/opt\n", dir.display())),
         (
             "ops_agent",
@@ -159,6 +161,15 @@ impl Server {
         let dir = temp_dir();
         let config = dir.path().join("config.yml");
         std::fs::write(&config, config_yaml(dir.path(), roots, extra)).unwrap();
+        Server::spawn(dir, None)
+    }
+
+    /// The standard test server, with the audit records of successful read-only calls
+    /// waiting up to `ms` to be written.
+    pub fn with_audit_write_delay(ms: u64) -> Server {
+        let dir = temp_dir();
+        let logging = logging_yaml(dir.path(), &format!("  audit_write_delay_ms: {ms}\n"));
+        std::fs::write(dir.path().join("config.yml"), config_yaml(dir.path(), None, &logging)).unwrap();
         Server::spawn(dir, None)
     }
 
@@ -301,6 +312,22 @@ impl Server {
         self.post(&body, &headers)
     }
 
+    /// Stops the server with SIGTERM, as systemd does; its exit status, or `None` when it
+    /// is still running five seconds later.
+    pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            return Some(status);
+        }
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::SIGTERM);
+        for _ in 0..250 {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
     /// Audit records written so far.
     pub fn audit_records(&self) -> Vec<Value> {
         std::fs::read_to_string(self.log_dir().join("audit.log"))
@@ -322,15 +349,10 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.kill_agent();
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::SIGTERM);
-        for _ in 0..50 {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        if self.terminate().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
