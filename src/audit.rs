@@ -130,7 +130,7 @@ impl AuditWrite<'_> {
     pub fn write(self, record: &Record<'_>) {
         // Records are a few hundred bytes: one buffer of that size, written to once.
         let mut line = Vec::with_capacity(512);
-        match serde_json::to_writer(&mut line, record) {
+        match serde_json::to_writer(crate::mcp::json::Appender(&mut line), record) {
             Ok(()) => {
                 if let Err(e) = self.log.file.write_line(&line, self.urgency) {
                     log::error!("cannot write the audit log {}: {e}", self.log.path().display());
