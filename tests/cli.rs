@@ -71,18 +71,24 @@ fn the_server_refuses_to_run_as_root() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("refusing to run as root"));
 }
 
-#[test]
-fn stdio_stops_on_sigterm_and_writes_the_audit_records_still_waiting() {
-    let dir = temp_dir();
-    let mut child = server_command()
+/// `mcp-raspi-server --dev --stdio` with its state under `state` and `env` set, stdin
+/// and stdout piped.
+fn stdio_server(state: &std::path::Path, env: &[(&str, &str)]) -> std::process::Child {
+    server_command()
         .args(["--dev", "--stdio"])
-        .env("XDG_STATE_HOME", dir.path())
-        .env("MCP_RASPI_LOGGING__AUDIT_WRITE_DELAY_MS", "1000")
+        .env("XDG_STATE_HOME", state)
+        .envs(env.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
-        .unwrap();
+        .unwrap()
+}
+
+#[test]
+fn stdio_stops_on_sigterm_and_writes_the_audit_records_still_waiting() {
+    let dir = temp_dir();
+    let mut child = stdio_server(dir.path(), &[("MCP_RASPI_LOGGING__AUDIT_WRITE_DELAY_MS", "1000")]);
     let mut stdin = child.stdin.take().unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut send = |v: Value| writeln!(stdin, "{v}").unwrap();
@@ -119,14 +125,7 @@ fn stdio_stops_on_sigterm_and_writes_the_audit_records_still_waiting() {
 #[test]
 fn stdio_speaks_mcp_line_by_line() {
     let dir = temp_dir();
-    let mut child = server_command()
-        .args(["--dev", "--stdio"])
-        .env("XDG_STATE_HOME", dir.path())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = stdio_server(dir.path(), &[]);
     let mut stdin = child.stdin.take().unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut send = |v: Value| writeln!(stdin, "{v}").unwrap();

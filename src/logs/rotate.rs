@@ -436,6 +436,14 @@ mod tests {
     /// A delay no test waits out: lines stay waiting until something else writes them.
     const FOREVER: Duration = Duration::from_secs(600);
 
+    /// A grouped `audit.log` in a new temporary directory, never rotated.
+    fn grouped(delay: Duration) -> (tempfile::TempDir, PathBuf, GroupedFile) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let file = GroupedFile::open("audit", &path, u64::MAX, 1, delay).unwrap();
+        (dir, path, file)
+    }
+
     fn read(path: &Path) -> String {
         std::fs::read_to_string(path).unwrap_or_default()
     }
@@ -472,9 +480,7 @@ mod tests {
 
     #[test]
     fn an_immediate_line_first_writes_the_lines_waiting_before_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("audit.log");
-        let file = GroupedFile::open("audit", &path, u64::MAX, 1, FOREVER).unwrap();
+        let (_dir, path, file) = grouped(FOREVER);
         file.write_line(b"read 1", Urgency::MayWait).unwrap();
         file.write_line(b"read 2", Urgency::MayWait).unwrap();
         assert_eq!(read(&path), "");
@@ -516,9 +522,7 @@ mod tests {
 
     #[test]
     fn flush_writes_every_line_waiting() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("audit.log");
-        let file = GroupedFile::open("audit", &path, u64::MAX, 1, FOREVER).unwrap();
+        let (_dir, path, file) = grouped(FOREVER);
         file.write_line(b"one", Urgency::MayWait).unwrap();
         file.write_line(b"two", Urgency::MayWait).unwrap();
         assert_eq!(read(&path), "");
@@ -531,9 +535,7 @@ mod tests {
 
     #[test]
     fn with_no_delay_every_line_is_written_before_write_line_returns() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("audit.log");
-        let file = GroupedFile::open("audit", &path, u64::MAX, 1, Duration::ZERO).unwrap();
+        let (_dir, path, file) = grouped(Duration::ZERO);
         assert!(file.writer.is_none(), "no thread without a delay");
         file.write_line(b"may wait", Urgency::MayWait).unwrap();
         assert_eq!(read(&path), "may wait\n");
@@ -543,9 +545,7 @@ mod tests {
 
     #[test]
     fn the_line_that_passes_64_kib_of_waiting_lines_writes_them_all_at_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("audit.log");
-        let file = GroupedFile::open("audit", &path, u64::MAX, 1, FOREVER).unwrap();
+        let (_dir, path, file) = grouped(FOREVER);
         let line = [b'x'; 999];
         // 1000 bytes a line with its newline: 65 lines stay within the bound, the 66th passes it.
         let within = MAX_WAITING_BYTES / 1000;
@@ -561,9 +561,7 @@ mod tests {
 
     #[test]
     fn dropping_the_file_writes_what_waits_without_waiting_for_the_delay() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("audit.log");
-        let file = GroupedFile::open("audit", &path, u64::MAX, 1, FOREVER).unwrap();
+        let (_dir, path, file) = grouped(FOREVER);
         file.write_line(b"last words", Urgency::MayWait).unwrap();
         let started = Instant::now();
         drop(file);
