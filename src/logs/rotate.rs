@@ -412,11 +412,7 @@ mod tests {
             t.join().unwrap();
         }
         let text = std::fs::read_to_string(&path).unwrap();
-        let mut lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines.len(), 2000);
-        lines.sort_unstable();
-        lines.dedup();
-        assert_eq!(lines.len(), 2000, "every line once");
+        assert_every_line_once(&text, 2000);
         for t in 0..4 {
             // Each thread's lines keep their order.
             let mine: Vec<usize> = text
@@ -435,6 +431,15 @@ mod tests {
     const MARGIN: Duration = Duration::from_secs(3);
     /// A delay no test waits out: lines stay waiting until something else writes them.
     const FOREVER: Duration = Duration::from_secs(600);
+
+    /// Asserts that `text` holds `count` lines, none twice.
+    fn assert_every_line_once(text: &str, count: usize) {
+        let mut lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), count);
+        lines.sort_unstable();
+        lines.dedup();
+        assert_eq!(lines.len(), count, "every line once");
+    }
 
     /// A grouped `audit.log` in a new temporary directory, never rotated.
     fn grouped(delay: Duration) -> (tempfile::TempDir, PathBuf, GroupedFile) {
@@ -593,11 +598,7 @@ mod tests {
         // No flush: the delayed writer must get the last lines out by itself.
         wait_for_lines(&path, 2000, MARGIN);
         let text = read(&path);
-        let mut lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines.len(), 2000);
-        lines.sort_unstable();
-        lines.dedup();
-        assert_eq!(lines.len(), 2000, "every line once");
+        assert_every_line_once(&text, 2000);
         for t in 0..4 {
             let mine: Vec<(usize, usize)> = text
                 .lines()
