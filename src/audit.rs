@@ -8,7 +8,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::config::Role;
-use crate::logs::{timestamp, GroupedFile};
+use crate::logs::GroupedFile;
 
 pub use crate::logs::Urgency;
 
@@ -45,8 +45,11 @@ pub enum Outcome {
 /// One audit record.
 #[derive(Debug, Serialize)]
 pub struct Record<'a> {
-    pub time: String,
-    pub request_id: &'a str,
+    #[serde(serialize_with = "rfc3339_millis")]
+    pub time: SystemTime,
+    /// The JSON-RPC id, written as a string whether the client sent a string or a number.
+    #[serde(serialize_with = "id_text")]
+    pub request_id: &'a Value,
     pub identity: &'a str,
     pub role: Option<Role>,
     pub transport: &'a str,
@@ -146,9 +149,22 @@ pub fn millis(d: Duration) -> f64 {
     (d.as_micros() as f64) / 1000.0
 }
 
-/// The current time as written in records.
-pub fn now() -> String {
-    timestamp(SystemTime::now())
+/// The current time, for [`Record::time`].
+pub fn now() -> SystemTime {
+    SystemTime::now()
+}
+
+/// Writes a time as [`crate::logs::timestamp`] does, without building a string first.
+fn rfc3339_millis<S: serde::Serializer>(time: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&humantime::format_rfc3339_millis(*time))
+}
+
+/// Writes a JSON-RPC id as text: a string as it is, a number in its decimal form.
+fn id_text<S: serde::Serializer>(id: &&Value, s: S) -> Result<S::Ok, S::Error> {
+    match id {
+        Value::String(text) => s.serialize_str(text),
+        other => s.collect_str(other),
+    }
 }
 
 #[cfg(test)]
@@ -160,7 +176,7 @@ mod tests {
     fn record(tool: &'static str, outcome: Outcome) -> Record<'static> {
         Record {
             time: now(),
-            request_id: "1",
+            request_id: Box::leak(Box::new(json!("1"))),
             identity: "admin",
             role: Some(Role::Admin),
             transport: "http",
@@ -180,6 +196,18 @@ mod tests {
             .lines()
             .map(|l| serde_json::from_str::<Value>(l).unwrap()["tool"].as_str().unwrap().to_string())
             .collect()
+    }
+
+    #[test]
+    fn records_write_the_time_in_rfc3339_and_the_request_id_as_text() {
+        let at = std::time::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
+        for (id, text) in [(json!(7), "7"), (json!("a\"b"), "a\"b"), (json!(-3), "-3")] {
+            let r = Record { time: at, request_id: &id, ..record("system.get_info", Outcome::Ok) };
+            let line: Value = serde_json::from_slice(&serde_json::to_vec(&r).unwrap()).unwrap();
+            assert_eq!(line["request_id"], text);
+            assert_eq!(line["time"], crate::logs::timestamp(at));
+            assert_eq!(line["time"], "2023-11-14T22:13:20.123Z");
+        }
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use sha2::{Digest, Sha256};
@@ -13,8 +13,8 @@ use crate::config::{AuthMode, Config, RateLimitConfig, Role};
 /// An authenticated caller.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Identity {
-    /// The name in the audit log.
-    pub name: String,
+    /// The name in the audit log; shared, as every request of a caller carries it.
+    pub name: Arc<str>,
     pub role: Role,
 }
 
@@ -42,7 +42,8 @@ impl fmt::Display for AuthError {
 /// Checks credentials presented over HTTP.
 pub struct Authenticator {
     mode: AuthMode,
-    anonymous_role: Role,
+    /// Who callers are when `auth_mode` is `none`.
+    anonymous: Identity,
     /// SHA-256 of each token: compared in constant time, and the tokens themselves are not
     /// kept in memory longer than start-up.
     tokens: Vec<([u8; 32], Identity)>,
@@ -75,10 +76,11 @@ impl Authenticator {
                         t.identity, t.env
                     ));
                 }
-                tokens.push((digest(token), Identity { name: t.identity.clone(), role: t.role }));
+                tokens.push((digest(token), Identity { name: t.identity.as_str().into(), role: t.role }));
             }
         }
-        Ok(Authenticator { mode: config.security.auth_mode, anonymous_role: config.security.anonymous_role, tokens })
+        let anonymous = Identity { name: "anonymous".into(), role: config.security.anonymous_role };
+        Ok(Authenticator { mode: config.security.auth_mode, anonymous, tokens })
     }
 
     pub fn mode(&self) -> AuthMode {
@@ -88,7 +90,7 @@ impl Authenticator {
     /// Authenticates the value of an `Authorization` header.
     pub fn authenticate(&self, authorization: Option<&str>) -> Result<Identity, AuthError> {
         if self.mode == AuthMode::None {
-            return Ok(Identity { name: "anonymous".into(), role: self.anonymous_role });
+            return Ok(self.anonymous.clone());
         }
         let header = authorization.ok_or(AuthError::Missing)?;
         let (scheme, token) = header.trim().split_once(' ').ok_or(AuthError::Malformed)?;
@@ -180,7 +182,7 @@ mod tests {
     fn each_token_maps_to_its_identity_and_role() {
         let auth = Authenticator::new(&token_config(), &secrets()).unwrap();
         let alice = auth.authenticate(Some("Bearer alice-0123456789abcdef")).unwrap();
-        assert_eq!((alice.name.as_str(), alice.role), ("alice", Role::Operator));
+        assert_eq!((&*alice.name, alice.role), ("alice", Role::Operator));
         assert_eq!(auth.authenticate(Some("bearer bob-0123456789abcdef")).unwrap().role, Role::Viewer);
     }
 

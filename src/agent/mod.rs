@@ -88,7 +88,7 @@ pub fn main() -> ExitCode {
     };
     let platform = crate::platform::Platform::select(config.platform.backend, &roots);
     capabilities.backend = platform.backend.into();
-    capabilities.backend_reason = platform.reason.clone();
+    capabilities.backend_reason = platform.reason.to_string();
     log::info!(
         "raspi-ops-agent {VERSION} starting as uid {} groups {:?}: backend {} ({}); capabilities effective {:?} permitted {:?}; no_new_privs {}",
         capabilities.uid,

@@ -482,12 +482,8 @@ pub async fn dispatch(app: &Arc<App>, call: &Call, method: &str, params: Option<
 
 async fn call_tool(app: &Arc<App>, call: &Call, name: &str, arguments: Value) -> Result<Json, RpcError> {
     let cx = Cx { app: app.clone(), identity: call.identity.clone(), progress: call.progress.clone() };
-    let request_id = match &call.request_id {
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    };
     let result =
-        app.catalogue.call(cx, &request_id, call.transport, name, arguments).await.ok_or_else(|| {
+        app.catalogue.call(cx, &call.request_id, call.transport, name, arguments).await.ok_or_else(|| {
             RpcError::invalid_params(format!("Unknown tool: {name}. Call tools/list to see the tools."))
         })?;
     Ok(call_tool_reply(call.version, &result))

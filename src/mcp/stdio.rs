@@ -44,7 +44,7 @@ pub async fn serve(app: Arc<App>) -> std::io::Result<()> {
     });
     let user = nix::unistd::User::from_uid(nix::unistd::getuid()).ok().flatten().map(|u| u.name);
     let identity = Identity {
-        name: format!("local:{}", user.unwrap_or_else(|| "unknown".into())),
+        name: format!("local:{}", user.unwrap_or_else(|| "unknown".into())).into(),
         role: app.config.security.stdio_role,
     };
     let negotiated: Arc<Mutex<Option<Version>>> = Arc::new(Mutex::new(None));

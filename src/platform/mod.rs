@@ -55,7 +55,7 @@ pub struct Platform {
     /// Which backend is in use: `raspberry_pi` or `simulated`.
     pub backend: &'static str,
     /// Why that backend was chosen, shown by `system.get_info`.
-    pub reason: String,
+    pub reason: Arc<str>,
     pub gpio: Arc<dyn Gpio>,
     pub i2c: Arc<dyn I2c>,
     pub spi: Arc<dyn Spi>,

@@ -334,7 +334,7 @@ impl Catalogue {
     pub async fn call(
         &self,
         cx: Cx,
-        request_id: &str,
+        request_id: &Value,
         transport: &str,
         name: &str,
         arguments: Value,

@@ -32,15 +32,15 @@ pub(super) const fn read_only_spec(name: &'static str, title: &'static str, desc
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct BackendInfo {
     /// `raspberry_pi` (real hardware) or `simulated` (in-memory stand-ins).
-    pub name: String,
+    pub name: &'static str,
     /// Why this backend was chosen.
-    pub reason: String,
+    pub reason: Arc<str>,
 }
 
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct CpuSummary {
     /// CPU model name, when the kernel reports one.
-    pub model_name: Option<String>,
+    pub model_name: Option<Arc<str>>,
     /// Number of logical CPUs.
     pub cores: u32,
     /// Current frequency of CPU 0 in MHz.
@@ -49,7 +49,7 @@ pub struct CpuSummary {
 
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct SystemInfo {
-    pub hostname: String,
+    pub hostname: Arc<str>,
     /// Board identity (model, revision, serial, SoC) from the device tree and cpuinfo.
     pub board: Arc<board::Board>,
     pub os: Arc<os::OsInfo>,
@@ -59,7 +59,7 @@ pub struct SystemInfo {
     pub uptime_seconds: f64,
     pub backend: BackendInfo,
     /// Version of mcp-raspi.
-    pub server_version: String,
+    pub server_version: &'static str,
 }
 
 pub struct GetInfo;
@@ -83,7 +83,8 @@ impl Tool for GetInfo {
 pub struct StaticInfo {
     pub board: Arc<board::Board>,
     pub os: Arc<os::OsInfo>,
-    pub cpu_model: Option<String>,
+    pub hostname: Arc<str>,
+    pub cpu_model: Option<Arc<str>>,
     pub cores: u32,
     pub memory_total_bytes: u64,
     /// Uptime when read, and when: later uptimes need no file read.
@@ -94,10 +95,12 @@ pub struct StaticInfo {
 impl StaticInfo {
     pub fn read(roots: &crate::host::Roots) -> Result<StaticInfo, ToolError> {
         let info = cpu::read_cpuinfo(roots)?;
+        let os = os::read_os(roots)?;
         Ok(StaticInfo {
             board: Arc::new(board::read_board(roots)?),
-            os: Arc::new(os::read_os(roots)?),
-            cpu_model: info.model_name,
+            hostname: os.hostname.as_str().into(),
+            os: Arc::new(os),
+            cpu_model: info.model_name.map(Into::into),
             cores: info.cores,
             memory_total_bytes: memory::read_memory(roots)?.total_bytes,
             uptime_seconds: os::read_uptime_seconds(roots)?,
@@ -112,7 +115,7 @@ impl StaticInfo {
 pub fn system_info(cx: &Cx) -> Result<SystemInfo, ToolError> {
     let fixed = cx.app.static_info()?;
     Ok(SystemInfo {
-        hostname: fixed.os.hostname.clone(),
+        hostname: fixed.hostname.clone(),
         board: fixed.board.clone(),
         os: fixed.os.clone(),
         cpu: CpuSummary {
@@ -122,8 +125,8 @@ pub fn system_info(cx: &Cx) -> Result<SystemInfo, ToolError> {
         },
         memory_total_bytes: fixed.memory_total_bytes,
         uptime_seconds: fixed.uptime_seconds + fixed.read_at.elapsed().as_secs_f64(),
-        backend: BackendInfo { name: cx.app.platform.backend.into(), reason: cx.app.platform.reason.clone() },
-        server_version: crate::app::VERSION.into(),
+        backend: BackendInfo { name: cx.app.platform.backend, reason: cx.app.platform.reason.clone() },
+        server_version: crate::app::VERSION,
     })
 }
 
@@ -391,7 +394,7 @@ pub struct Capabilities {
 
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct Caller {
-    pub identity: String,
+    pub identity: Arc<str>,
     pub role: Role,
 }
 

@@ -19,7 +19,7 @@ pub use system::SystemdServices;
 pub fn platform(reason: String) -> Platform {
     Platform {
         backend: "raspberry_pi",
-        reason,
+        reason: reason.into(),
         gpio: Arc::new(gpio::RppalGpio::new()),
         i2c: Arc::new(bus::RppalI2c::new()),
         spi: Arc::new(bus::RppalSpi::new()),

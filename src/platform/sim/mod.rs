@@ -19,7 +19,7 @@ pub fn platform(reason: String) -> Platform {
     let services = Arc::new(SimServices::new());
     Platform {
         backend: "simulated",
-        reason,
+        reason: reason.into(),
         gpio: Arc::new(gpio::SimGpio::new()),
         i2c: Arc::new(bus::SimI2c::new()),
         spi: Arc::new(bus::SimSpi::new()),
