@@ -88,6 +88,53 @@ fn a_huge_body_is_refused_before_it_is_read() {
     server.assert_alive();
 }
 
+/// POSTs `chunks` to /mcp with chunked transfer encoding, each chunk written and flushed
+/// on its own so that they reach the server apart, and returns the status and body.
+fn post_chunked(server: &Server, chunks: &[&[u8]]) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(&server.addr).unwrap();
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(20))).unwrap();
+    let head = format!(
+        "POST /mcp HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\
+         Content-Type: application/json\r\nAccept: application/json, text/event-stream\r\n\
+         MCP-Protocol-Version: 2026-07-28\r\nMcp-Method: server/discover\r\nAuthorization: {}\r\n\r\n",
+        server.addr,
+        auth()
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    for chunk in chunks {
+        // The server may refuse (413) and close before the last chunks.
+        let _ = write!(stream, "{:x}\r\n", chunk.len());
+        let _ = stream.write_all(chunk);
+        let _ = stream.write_all(b"\r\n");
+        let _ = stream.flush();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = stream.write_all(b"0\r\n\r\n");
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw);
+    let response = crate::support::Response::parse(&raw);
+    (response.status, response.text())
+}
+
+#[test]
+fn a_body_in_chunks_is_read_whole_and_held_to_the_limit() {
+    let server = Server::start();
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "server/discover", "params": {"_meta": {
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {}}}})
+    .to_string();
+    let (a, b) = body.as_bytes().split_at(body.len() / 3);
+    let (b, c) = b.split_at(b.len() / 2);
+    let (status, text) = post_chunked(&server, &[a, b, c]);
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("supportedVersions"), "{text}");
+    let piece = vec![b' '; 400 * 1024];
+    let (status, text) = post_chunked(&server, &[&piece, &piece, &piece]);
+    assert_eq!(status, 413, "{text}");
+    server.assert_alive();
+}
+
 #[test]
 fn foreign_origins_and_hosts_are_forbidden() {
     let server = Server::start();

@@ -53,19 +53,45 @@ fn empty(status: StatusCode) -> Reply {
     r
 }
 
-/// Header names, parsed once rather than at every lookup.
-mod name {
-    pub use warp::http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HOST, ORIGIN};
-    use warp::http::HeaderName;
-
-    pub const MCP_SESSION_ID: HeaderName = HeaderName::from_static("mcp-session-id");
-    pub const MCP_PROTOCOL_VERSION: HeaderName = HeaderName::from_static("mcp-protocol-version");
-    pub const MCP_METHOD: HeaderName = HeaderName::from_static("mcp-method");
-    pub const MCP_NAME: HeaderName = HeaderName::from_static("mcp-name");
+/// The request headers this transport reads, found in one pass over the request's
+/// headers. Each is the first value of its name, `None` when absent or not visible ASCII.
+#[derive(Default)]
+struct Headers<'a> {
+    host: Option<&'a str>,
+    origin: Option<&'a str>,
+    authorization: Option<&'a str>,
+    content_type: Option<&'a str>,
+    accept: Option<&'a str>,
+    session_id: Option<&'a str>,
+    protocol_version: Option<&'a str>,
+    method: Option<&'a str>,
+    name: Option<&'a str>,
 }
 
-fn header<'a>(headers: &'a HeaderMap, name: &warp::http::HeaderName) -> Option<&'a str> {
-    headers.get(name).and_then(|v| v.to_str().ok())
+impl<'a> Headers<'a> {
+    fn read(map: &'a HeaderMap) -> Headers<'a> {
+        let mut h = Headers::default();
+        let mut seen = 0u16;
+        for (name, value) in map {
+            let (bit, slot) = match name.as_str() {
+                "host" => (1, &mut h.host),
+                "origin" => (2, &mut h.origin),
+                "authorization" => (4, &mut h.authorization),
+                "content-type" => (8, &mut h.content_type),
+                "accept" => (16, &mut h.accept),
+                "mcp-session-id" => (32, &mut h.session_id),
+                "mcp-protocol-version" => (64, &mut h.protocol_version),
+                "mcp-method" => (128, &mut h.method),
+                "mcp-name" => (256, &mut h.name),
+                _ => continue,
+            };
+            if seen & bit == 0 {
+                seen |= bit;
+                *slot = value.to_str().ok();
+            }
+        }
+        h
+    }
 }
 
 /// The host part of a `Host` header or origin authority, without port.
@@ -106,17 +132,17 @@ impl HttpServer {
 
     /// Checks `Host` and `Origin`; `Ok` holds the origin to answer CORS for, `Err` why the
     /// request is forbidden.
-    fn check_origin(&self, headers: &HeaderMap) -> Result<Option<String>, String> {
+    fn check_origin(&self, headers: &Headers) -> Result<Option<String>, String> {
         let forbidden = |m: String| Err(m);
         if !self.allowed_hosts.is_empty() {
-            let host = header(headers, &name::HOST).map(host_of).unwrap_or_default();
+            let host = headers.host.map(host_of).unwrap_or_default();
             if !self.allowed_hosts.iter().any(|h| h.eq_ignore_ascii_case(host)) {
                 return forbidden(format!(
                     "Forbidden: Host {host:?} is not served here; add it to server.allowed_hosts if this is intended"
                 ));
             }
         }
-        let Some(origin) = header(headers, &name::ORIGIN) else { return Ok(None) };
+        let Some(origin) = headers.origin else { return Ok(None) };
         let cors = &self.app.config.server.cors;
         if cors.enabled && cors.allowed_origins.iter().any(|o| o == origin) {
             return Ok(Some(origin.to_string()));
@@ -132,8 +158,8 @@ impl HttpServer {
         }
     }
 
-    fn authenticate(&self, headers: &HeaderMap) -> Result<Identity, AuthError> {
-        self.app.auth.authenticate(header(headers, &name::AUTHORIZATION))
+    fn authenticate(&self, headers: &Headers) -> Result<Identity, AuthError> {
+        self.app.auth.authenticate(headers.authorization)
     }
 
     fn unauthorized(e: AuthError) -> Reply {
@@ -153,8 +179,8 @@ impl HttpServer {
         }
     }
 
-    async fn handle(self: Arc<Self>, method: Method, path: String, headers: HeaderMap, body: BodyStream) -> Reply {
-        match (path.as_str(), method.clone()) {
+    async fn handle(self: Arc<Self>, method: Method, path: &str, headers: HeaderMap, body: BodyStream) -> Reply {
+        match (path, method.clone()) {
             ("/healthz", Method::GET) => {
                 return json_reply(200, Json::of(&json!({"status": "ok", "version": crate::app::VERSION})));
             }
@@ -164,13 +190,14 @@ impl HttpServer {
                 return json_reply(404, Json::of(&body));
             }
         }
+        let headers = Headers::read(&headers);
         let cors_origin = match self.check_origin(&headers) {
             Ok(o) => o,
             Err(m) => return error_reply(&Value::Null, &RpcError::invalid_request(m).status(403)),
         };
         let mut reply = match method {
             Method::OPTIONS => self.preflight(cors_origin.is_some()),
-            Method::POST => self.post(headers, body).await,
+            Method::POST => self.post(&headers, body).await,
             Method::DELETE => self.delete(&headers),
             _ => {
                 let mut r = error_reply(
@@ -213,12 +240,12 @@ impl HttpServer {
         r
     }
 
-    fn delete(&self, headers: &HeaderMap) -> Reply {
+    fn delete(&self, headers: &Headers) -> Reply {
         let identity = match self.authenticate(headers) {
             Ok(i) => i,
             Err(e) => return Self::unauthorized(e),
         };
-        match header(headers, &name::MCP_SESSION_ID) {
+        match headers.session_id {
             None => error_reply(
                 &Value::Null,
                 &RpcError::invalid_request("Bad request: DELETE needs the Mcp-Session-Id header").status(400),
@@ -231,12 +258,12 @@ impl HttpServer {
         }
     }
 
-    async fn post(self: Arc<Self>, headers: HeaderMap, body: BodyStream) -> Reply {
-        let identity = match self.authenticate(&headers) {
+    async fn post(self: Arc<Self>, headers: &Headers<'_>, body: BodyStream) -> Reply {
+        let identity = match self.authenticate(headers) {
             Ok(i) => i,
             Err(e) => return Self::unauthorized(e),
         };
-        if let Some(ct) = header(&headers, &name::CONTENT_TYPE) {
+        if let Some(ct) = headers.content_type {
             if !ct.as_bytes().get(..16).is_some_and(|t| t.eq_ignore_ascii_case(b"application/json")) {
                 let e = RpcError::invalid_request(format!("Unsupported media type {ct:?}: send application/json"))
                     .status(415);
@@ -282,20 +309,20 @@ impl HttpServer {
             r.headers_mut().insert("retry-after", HeaderValue::from(secs));
             return r;
         }
-        let accepts_sse = header(&headers, &name::ACCEPT).is_some_and(|a| a.contains("text/event-stream"));
+        let accepts_sse = headers.accept.is_some_and(|a| a.contains("text/event-stream"));
         match message {
-            Ok(msg) => self.single(identity, &headers, msg, accepts_sse).await,
-            Err(Value::Array(items)) => self.batch(identity, &headers, items).await,
+            Ok(msg) => self.single(identity, headers, msg, accepts_sse).await,
+            Err(Value::Array(items)) => self.batch(identity, headers, items).await,
             Err(single) => match Incoming::parse(single) {
                 Err((id, e)) => error_reply(&id, &e),
-                Ok(msg) => self.single(identity, &headers, msg, accepts_sse).await,
+                Ok(msg) => self.single(identity, headers, msg, accepts_sse).await,
             },
         }
     }
 
     /// Finds the session named by the headers, checking the protocol version header.
-    fn legacy_session(&self, headers: &HeaderMap, identity: &Identity) -> Result<Arc<Session>, RpcError> {
-        let Some(sid) = header(headers, &name::MCP_SESSION_ID) else {
+    fn legacy_session(&self, headers: &Headers, identity: &Identity) -> Result<Arc<Session>, RpcError> {
+        let Some(sid) = headers.session_id else {
             return Err(RpcError::invalid_request(
                 "Bad request: missing Mcp-Session-Id header; send initialize first, or use protocol 2026-07-28 with _meta",
             )
@@ -304,7 +331,7 @@ impl HttpServer {
         let session = self.sessions.get(sid, &identity.name).ok_or_else(|| {
             RpcError::invalid_request("Session not found: it expired or was closed; initialize again").status(404)
         })?;
-        if let Some(hv) = header(headers, &name::MCP_PROTOCOL_VERSION) {
+        if let Some(hv) = headers.protocol_version {
             let v = Version::parse(hv).ok_or_else(|| RpcError::unsupported_version(hv))?;
             if v != session.version {
                 return Err(RpcError::header_mismatch(format!(
@@ -319,11 +346,11 @@ impl HttpServer {
     async fn single(
         self: Arc<Self>,
         identity: Identity,
-        headers: &HeaderMap,
+        headers: &Headers<'_>,
         msg: Incoming,
         accepts_sse: bool,
     ) -> Reply {
-        let header_version = header(headers, &name::MCP_PROTOCOL_VERSION);
+        let header_version = headers.protocol_version;
         let (id, method, params) = match msg {
             Incoming::Response => return empty(StatusCode::ACCEPTED),
             Incoming::Notification { method, params } => {
@@ -436,12 +463,12 @@ impl HttpServer {
     /// Checks the headers of a stateless request against its body: the version header
     /// must equal `_meta`'s version (compared before the version itself is judged), and
     /// the routing headers must be present and name the body's method and target.
-    fn check_stateless(&self, headers: &HeaderMap, method: &str, params: Option<&Value>) -> Result<Version, RpcError> {
+    fn check_stateless(&self, headers: &Headers, method: &str, params: Option<&Value>) -> Result<Version, RpcError> {
         let meta_version = params
             .and_then(|p| p.get("_meta"))
             .and_then(|m| m.get(super::meta::PROTOCOL_VERSION))
             .and_then(Value::as_str);
-        match (header(headers, &name::MCP_PROTOCOL_VERSION), meta_version) {
+        match (headers.protocol_version, meta_version) {
             (None, _) => return Err(RpcError::header_mismatch("MCP-Protocol-Version header is required")),
             (Some(hv), Some(mv)) if hv != mv => {
                 return Err(RpcError::header_mismatch(format!(
@@ -451,7 +478,7 @@ impl HttpServer {
             _ => {}
         }
         let version = super::stateless_version(params)?;
-        match header(headers, &name::MCP_METHOD) {
+        match headers.method {
             None => return Err(RpcError::header_mismatch("Mcp-Method header is required")),
             Some(hm) if hm != method => {
                 return Err(RpcError::header_mismatch(format!(
@@ -463,7 +490,7 @@ impl HttpServer {
         if matches!(method, "tools/call" | "resources/read" | "prompts/get") {
             let key = if method == "resources/read" { "uri" } else { "name" };
             let body_name = params.and_then(|p| p.get(key)).and_then(Value::as_str);
-            match (header(headers, &name::MCP_NAME), body_name) {
+            match (headers.name, body_name) {
                 (None, _) => {
                     return Err(RpcError::header_mismatch(format!("Mcp-Name header is required for {method}")))
                 }
@@ -479,14 +506,14 @@ impl HttpServer {
         Ok(version)
     }
 
-    async fn batch(self: Arc<Self>, identity: Identity, headers: &HeaderMap, items: Vec<Value>) -> Reply {
+    async fn batch(self: Arc<Self>, identity: Identity, headers: &Headers<'_>, items: Vec<Value>) -> Reply {
         if items.is_empty() {
             return error_reply(&Value::Null, &RpcError::invalid_request("Invalid request: an empty batch"));
         }
         let session = match self.legacy_session(headers, &identity) {
             Ok(s) => s,
             Err(e) => {
-                let e = if header(headers, &name::MCP_SESSION_ID).is_none() {
+                let e = if headers.session_id.is_none() {
                     RpcError::invalid_request("Invalid request: batches are only allowed within a 2025-03-26 session; send initialize alone first").status(400)
                 } else {
                     e
@@ -601,16 +628,27 @@ enum ReadError {
     Broken(String),
 }
 
+/// Reads the body, refusing more than `limit` bytes. A body that arrives in one chunk, as
+/// small ones do, is returned as it came, without a copy.
 async fn read_limited(mut body: BodyStream, limit: usize) -> Result<Bytes, ReadError> {
-    let mut buf = BytesMut::new();
+    let mut first: Option<Bytes> = None;
+    let mut joined = BytesMut::new();
+    let mut len = 0;
     while let Some(chunk) = body.next().await {
         let chunk = chunk.map_err(|e| ReadError::Broken(e.to_string()))?;
-        if buf.len() + chunk.remaining() > limit {
+        len += chunk.len();
+        if len > limit {
             return Err(ReadError::TooLarge);
         }
-        buf.extend_from_slice(chunk.chunk());
+        match first.take() {
+            None if joined.is_empty() => first = Some(chunk),
+            earlier => {
+                joined.extend_from_slice(earlier.as_deref().unwrap_or_default());
+                joined.extend_from_slice(&chunk);
+            }
+        }
     }
-    Ok(buf.freeze())
+    Ok(first.unwrap_or_else(|| joined.freeze()))
 }
 
 /// Serves HTTP on `listener` until `shutdown` completes.
@@ -644,7 +682,7 @@ pub async fn serve(
                             Buf::copy_to_bytes(&mut b, len)
                         })
                     }));
-                server.handle(method, path.as_str().to_string(), headers, body).await
+                server.handle(method, path.as_str(), headers, body).await
             }
         });
     warp::serve(routes).incoming(listener).graceful(shutdown).run().await;
@@ -666,6 +704,22 @@ mod tests {
         assert_eq!(host_part("evil.example"), "evil.example");
         assert!(is_loopback_name("127.0.0.2"));
         assert!(!is_loopback_name("evil.example"));
+    }
+
+    #[test]
+    fn each_header_read_is_the_first_value_of_its_name() {
+        let mut map = HeaderMap::new();
+        map.append("Host", HeaderValue::from_bytes(b"caf\xe9").unwrap_or_else(|_| unreachable!()));
+        map.append("host", HeaderValue::from_static("localhost"));
+        map.append("MCP-Protocol-Version", HeaderValue::from_static("2025-11-25"));
+        map.append("mcp-protocol-version", HeaderValue::from_static("2026-07-28"));
+        map.append("Mcp-Name", HeaderValue::from_static("system.get_info"));
+        map.append("x-other", HeaderValue::from_static("ignored"));
+        let h = Headers::read(&map);
+        assert_eq!(h.host, None, "the first Host is not ASCII: the second is not read instead");
+        assert_eq!(h.protocol_version, Some("2025-11-25"));
+        assert_eq!(h.name, Some("system.get_info"));
+        assert_eq!((h.origin, h.method, h.session_id), (None, None, None));
     }
 
     #[test]
