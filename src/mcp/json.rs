@@ -58,6 +58,23 @@ impl Json {
     pub fn into_bytes(self) -> Vec<u8> {
         self.0
     }
+
+    /// An object of the members `head` writes and then `key`, whose value is this text.
+    /// The object is built in this text's buffer: the members are written after the text
+    /// and rotated in front of it, so a large text is moved once rather than copied into
+    /// a new buffer.
+    pub fn into_last_member(self, head: impl FnOnce(&mut Object), key: &str) -> Json {
+        let len = self.0.len();
+        let mut object = Object { buf: self.0, empty: true };
+        object.buf.push(b'{');
+        head(&mut object);
+        object.key(key);
+        let mut buf = object.buf;
+        let members = buf.len() - len;
+        buf.rotate_right(members);
+        buf.push(b'}');
+        Json(buf)
+    }
 }
 
 impl fmt::Debug for Json {
@@ -310,6 +327,20 @@ mod tests {
         let mut o = Object::with_capacity(8);
         o.objects::<Value>("content", |_| {}, &[]);
         assert_eq!(o.finish().as_str(), r#"{"content":[{}]}"#);
+    }
+
+    #[test]
+    fn a_text_becomes_the_last_member_of_an_object_written_around_it() {
+        let inner = Json::of(&json!({"content": [{"type": "text", "text": "x"}], "isError": false}));
+        let wrapped = inner.clone().into_last_member(
+            |o| {
+                o.value("jsonrpc", "2.0").value("id", &json!("a\"b"));
+            },
+            "result",
+        );
+        assert_eq!(parse(&wrapped), json!({"jsonrpc": "2.0", "id": "a\"b", "result": parse(&inner)}));
+        assert!(wrapped.as_str().ends_with(&format!(",\"result\":{inner}}}")));
+        assert_eq!(Json::of(&1).into_last_member(|_| {}, "only").as_str(), r#"{"only":1}"#);
     }
 
     #[test]

@@ -175,14 +175,13 @@ impl RpcError {
 
 /// A JSON-RPC response to `id`: the result or error is spliced in as it was serialized.
 pub fn response(id: &Value, result: Result<Json, RpcError>) -> Json {
-    let size = result.as_ref().map_or(128, |r| r.len() + 48);
-    let mut envelope = json::Object::with_capacity(size);
-    envelope.value("jsonrpc", "2.0").value("id", id);
-    match &result {
-        Ok(result) => envelope.json("result", result),
-        Err(e) => envelope.json("error", &e.to_json()),
+    let head = |envelope: &mut json::Object| {
+        envelope.value("jsonrpc", "2.0").value("id", id);
     };
-    envelope.finish()
+    match result {
+        Ok(result) => result.into_last_member(head, "result"),
+        Err(e) => e.to_json().into_last_member(head, "error"),
+    }
 }
 
 /// Several responses as one JSON-RPC batch reply.
