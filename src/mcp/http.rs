@@ -19,8 +19,8 @@ use warp::http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
 use warp::Filter;
 
 use super::{
-    batch_response, dispatch, initialize_result, response, Call, Incoming, Json, Outgoing, Progress, RpcError, Session,
-    Sessions, Version,
+    batch_response, dispatch, initialize_result, response, Call, Incoming, Json, Meta, Outgoing, Progress, RpcError,
+    Session, Sessions, Version,
 };
 use crate::app::App;
 use crate::auth::{AuthError, Identity};
@@ -351,9 +351,9 @@ impl HttpServer {
         accepts_sse: bool,
     ) -> Reply {
         let header_version = headers.protocol_version;
-        let (id, method, params) = match msg {
+        let (id, method, params, meta) = match msg {
             Incoming::Response => return empty(StatusCode::ACCEPTED),
-            Incoming::Notification { method, params } => {
+            Incoming::Notification { method, params, .. } => {
                 // Notifications of a legacy session: cancellation is the one that matters.
                 if let Ok(session) = self.legacy_session(headers, &identity) {
                     if method == "notifications/cancelled" {
@@ -364,11 +364,9 @@ impl HttpServer {
                 }
                 return empty(StatusCode::ACCEPTED);
             }
-            Incoming::Request { id, method, params } => (id, method, params),
+            Incoming::Request { id, method, params, meta } => (id, method, params, meta),
         };
-        let meta_version =
-            params.as_ref().and_then(|p| p.get("_meta")).and_then(|m| m.get(super::meta::PROTOCOL_VERSION));
-        let stateless = header_version == Some("2026-07-28") || meta_version.is_some();
+        let stateless = header_version == Some("2026-07-28") || meta.protocol_version.is_some();
 
         if method == "initialize" && !stateless {
             if let Some(hv) = header_version {
@@ -391,7 +389,7 @@ impl HttpServer {
         }
 
         let (version, session) = if stateless {
-            match self.check_stateless(headers, &method, params.as_ref()) {
+            match self.check_stateless(headers, &method, params.as_ref(), &meta) {
                 Ok(v) => (v, None),
                 Err(e) => return error_reply(&id, &e),
             }
@@ -402,11 +400,11 @@ impl HttpServer {
             }
         };
         let log_level = if version.is_stateless() {
-            super::requested_log_level(params.as_ref())
+            super::requested_log_level(&meta)
         } else {
             session.as_ref().and_then(|s| s.log_level())
         };
-        let token = super::progress_token(params.as_ref());
+        let token = super::progress_token(&meta);
         let stream = accepts_sse && (token.is_some() || log_level.is_some());
         // Tracked in its session (if any) so that notifications/cancelled can abort it;
         // untracked however it ends, client disconnects included.
@@ -463,11 +461,14 @@ impl HttpServer {
     /// Checks the headers of a stateless request against its body: the version header
     /// must equal `_meta`'s version (compared before the version itself is judged), and
     /// the routing headers must be present and name the body's method and target.
-    fn check_stateless(&self, headers: &Headers, method: &str, params: Option<&Value>) -> Result<Version, RpcError> {
-        let meta_version = params
-            .and_then(|p| p.get("_meta"))
-            .and_then(|m| m.get(super::meta::PROTOCOL_VERSION))
-            .and_then(Value::as_str);
+    fn check_stateless(
+        &self,
+        headers: &Headers,
+        method: &str,
+        params: Option<&Value>,
+        meta: &Meta,
+    ) -> Result<Version, RpcError> {
+        let meta_version = meta.protocol_version.as_ref().and_then(Value::as_str);
         match (headers.protocol_version, meta_version) {
             (None, _) => return Err(RpcError::header_mismatch("MCP-Protocol-Version header is required")),
             (Some(hv), Some(mv)) if hv != mv => {
@@ -477,7 +478,7 @@ impl HttpServer {
             }
             _ => {}
         }
-        let version = super::stateless_version(params)?;
+        let version = super::stateless_version(meta)?;
         match headers.method {
             None => return Err(RpcError::header_mismatch("Mcp-Method header is required")),
             Some(hm) if hm != method => {
@@ -540,7 +541,7 @@ impl HttpServer {
                         &id,
                         Err(RpcError::invalid_request("Invalid request: initialize must not be part of a batch")),
                     )),
-                    Ok(Incoming::Request { id, method, params }) => {
+                    Ok(Incoming::Request { id, method, params, .. }) => {
                         let call = Call {
                             identity,
                             version: session.version,
@@ -551,7 +552,7 @@ impl HttpServer {
                         };
                         Some(response(&id, dispatch(&app, &call, &method, params).await))
                     }
-                    Ok(Incoming::Notification { method, params }) => {
+                    Ok(Incoming::Notification { method, params, .. }) => {
                         if method == "notifications/cancelled" {
                             if let Some(rid) = params.as_ref().and_then(|p| p.get("requestId")) {
                                 session.cancel(&rid.to_string());

@@ -205,17 +205,87 @@ impl Outgoing {
     }
 }
 
-/// One parsed JSON-RPC message from a client.
+/// What a request's `params._meta` tells this server; its other members are not read.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+pub struct Meta {
+    /// The stateless revision's protocol version; `Some` whatever its type, so that a
+    /// version that is not a string is refused rather than taken for a session request.
+    #[serde(rename = "io.modelcontextprotocol/protocolVersion", default, deserialize_with = "present")]
+    pub protocol_version: Option<Value>,
+    #[serde(rename = "io.modelcontextprotocol/clientCapabilities", default)]
+    pub client_capabilities: Option<Value>,
+    #[serde(rename = "io.modelcontextprotocol/logLevel", default)]
+    pub log_level: Option<Value>,
+    #[serde(rename = "progressToken", default)]
+    pub progress_token: Option<Value>,
+}
+
+impl Meta {
+    /// Takes `_meta` out of `params`; `_meta` that is not an object says nothing.
+    fn take_from(params: &mut Option<Value>) -> Meta {
+        match params.as_mut().and_then(Value::as_object_mut).and_then(|p| p.remove("_meta")) {
+            Some(meta) => serde_json::from_value(meta).unwrap_or_default(),
+            None => Meta::default(),
+        }
+    }
+}
+
+/// A member's value, `Some(Value::Null)` when it is `null`.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
+}
+
+/// `params` read in one pass: `_meta` into a [`Meta`], the other members into a tree.
+/// Anything but an object or an array is refused, as is a key with escapes (the tree
+/// reader then takes the whole message).
+struct Params {
+    rest: Value,
+    meta: Meta,
+}
+
+impl<'de> Deserialize<'de> for Params {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Params, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Params;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object or an array")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Params, A::Error> {
+                let mut rest = Map::new();
+                let mut meta = None;
+                while let Some(key) = map.next_key::<&'de str>()? {
+                    if key == "_meta" {
+                        meta = Some(map.next_value()?);
+                    } else {
+                        rest.insert(key.to_owned(), map.next_value()?);
+                    }
+                }
+                Ok(Params { rest: Value::Object(rest), meta: meta.unwrap_or_default() })
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<Params, A::Error> {
+                let items = Vec::<Value>::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))?;
+                Ok(Params { rest: Value::Array(items), meta: Meta::default() })
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+/// One parsed JSON-RPC message from a client. `params` comes without its `_meta`, which
+/// is read into `meta`.
 #[derive(Debug, Clone)]
 pub enum Incoming {
     Request {
         id: Value,
         method: String,
         params: Option<Value>,
+        meta: Meta,
     },
     Notification {
         method: String,
         params: Option<Value>,
+        meta: Meta,
     },
     /// A response to a server request; this server sends none, so these are dropped.
     Response,
@@ -227,9 +297,9 @@ impl Incoming {
     /// an envelope [`Incoming::parse`] refuses, duplicate members — which is then parsed
     /// into a `Value` and judged by [`Incoming::parse`], as if this had not been tried.
     pub fn from_slice(bytes: &[u8]) -> Option<Incoming> {
-        /// A member's value, `Some(Value::Null)` when it is `null`.
-        fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
-            Value::deserialize(d).map(Some)
+        /// `params`, refused when `null`.
+        fn params<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Params>, D::Error> {
+            Params::deserialize(d).map(Some)
         }
         #[derive(Deserialize)]
         struct Envelope<'a> {
@@ -239,8 +309,8 @@ impl Incoming {
             id: Option<Value>,
             #[serde(borrow)]
             method: Cow<'a, str>,
-            #[serde(default, deserialize_with = "present")]
-            params: Option<Value>,
+            #[serde(default, deserialize_with = "params")]
+            params: Option<Params>,
         }
         // A struct would also be read from an array of its members' values.
         if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
@@ -248,14 +318,17 @@ impl Incoming {
         }
         let e: Envelope = serde_json::from_slice(bytes).ok()?;
         let id_ok = e.id.as_ref().is_none_or(|id| id.is_string() || id.is_i64() || id.is_u64());
-        let params_ok = e.params.as_ref().is_none_or(|p| p.is_object() || p.is_array());
-        if e.jsonrpc != "2.0" || !id_ok || !params_ok {
+        if e.jsonrpc != "2.0" || !id_ok {
             return None;
         }
-        let (method, params) = (e.method.into_owned(), e.params);
+        let method = e.method.into_owned();
+        let (params, meta) = match e.params {
+            Some(Params { rest, meta }) => (Some(rest), meta),
+            None => (None, Meta::default()),
+        };
         Some(match e.id {
-            Some(id) => Incoming::Request { id, method, params },
-            None => Incoming::Notification { method, params },
+            Some(id) => Incoming::Request { id, method, params, meta },
+            None => Incoming::Notification { method, params, meta },
         })
     }
 
@@ -278,15 +351,16 @@ impl Incoming {
                 return bad("\"id\" must be a string or an integer");
             }
         }
-        let params = obj.remove("params");
+        let mut params = obj.remove("params");
         if let Some(p) = &params {
             if !(p.is_object() || p.is_array()) {
                 return bad("\"params\" must be an object");
             }
         }
+        let meta = Meta::take_from(&mut params);
         match (obj.remove("method"), id) {
-            (Some(Value::String(method)), Some(id)) => Ok(Incoming::Request { id, method, params }),
-            (Some(Value::String(method)), None) => Ok(Incoming::Notification { method, params }),
+            (Some(Value::String(method)), Some(id)) => Ok(Incoming::Request { id, method, params, meta }),
+            (Some(Value::String(method)), None) => Ok(Incoming::Notification { method, params, meta }),
             (Some(_), _) => bad("\"method\" must be a string"),
             (None, Some(_)) if obj.contains_key("result") || obj.contains_key("error") => Ok(Incoming::Response),
             (None, _) => bad("a request needs a \"method\""),
@@ -468,11 +542,7 @@ pub async fn dispatch(app: &Arc<App>, call: &Call, method: &str, params: Option<
         "prompts/get" => catalog::get_prompt(&params),
         other if app.catalogue.get(other).is_some() => {
             // The spec's examples call tools as methods; their params are the arguments.
-            let mut arguments = params;
-            if let Some(o) = arguments.as_object_mut() {
-                o.remove("_meta");
-            }
-            return call_tool(app, call, other, arguments).await;
+            return call_tool(app, call, other, params).await;
         }
         other => Err(RpcError::method_not_found(other, version)),
     }?;
@@ -539,9 +609,8 @@ fn set_level(call: &Call, params: &Value) -> Result<Value, RpcError> {
 }
 
 /// Checks the `_meta` of a stateless request and returns its version.
-pub fn stateless_version(params: Option<&Value>) -> Result<Version, RpcError> {
-    let meta = params.and_then(|p| p.get("_meta"));
-    let requested = meta.and_then(|m| m.get(meta::PROTOCOL_VERSION)).and_then(Value::as_str);
+pub fn stateless_version(meta: &Meta) -> Result<Version, RpcError> {
+    let requested = meta.protocol_version.as_ref().and_then(Value::as_str);
     let Some(requested) = requested else {
         return Err(RpcError::invalid_params(format!(
             "Invalid params: _meta[\"{}\"] is required (or send initialize first for a session)",
@@ -553,7 +622,7 @@ pub fn stateless_version(params: Option<&Value>) -> Result<Version, RpcError> {
     if !version.is_stateless() {
         return Err(RpcError::unsupported_version(requested));
     }
-    if meta.and_then(|m| m.get(meta::CLIENT_CAPABILITIES)).is_none_or(|c| !c.is_object()) {
+    if meta.client_capabilities.as_ref().is_none_or(|c| !c.is_object()) {
         return Err(RpcError::invalid_params(format!(
             "Invalid params: _meta[\"{}\"] is required (an object; {{}} when the client has none)",
             meta::CLIENT_CAPABILITIES
@@ -564,8 +633,8 @@ pub fn stateless_version(params: Option<&Value>) -> Result<Version, RpcError> {
 }
 
 /// The log level a stateless request asked for in `_meta`.
-pub fn requested_log_level(params: Option<&Value>) -> Option<LogLevel> {
-    let level = params?.get("_meta")?.get(meta::LOG_LEVEL)?.as_str()?;
+pub fn requested_log_level(meta: &Meta) -> Option<LogLevel> {
+    let level = meta.log_level.as_ref()?.as_str()?;
     Some(match level {
         "debug" => LogLevel::Debug,
         "info" | "notice" => LogLevel::Info,
@@ -575,8 +644,8 @@ pub fn requested_log_level(params: Option<&Value>) -> Option<LogLevel> {
 }
 
 /// The progress token of a request, if it asked for progress.
-pub fn progress_token(params: Option<&Value>) -> Option<Value> {
-    params?.get("_meta")?.get("progressToken").filter(|t| t.is_string() || t.is_number()).cloned()
+pub fn progress_token(meta: &Meta) -> Option<Value> {
+    meta.progress_token.as_ref().filter(|t| t.is_string() || t.is_number()).cloned()
 }
 
 #[cfg(test)]
@@ -610,6 +679,12 @@ mod tests {
             r#"{"method":"notifications/initialized","jsonrpc":"2.0"}"#,
             r#"{"jsonrpc":"2.0","id":1,"method":"ping","params":[1]}"#,
             r#"{"jsonrpc":"2.0","id":1,"method":"ping","extra":{"x":[1]}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x","_meta":{"progressToken":"p",
+                "io.modelcontextprotocol/protocolVersion":"2026-07-28","other":[{"a":1}],
+                "io.modelcontextprotocol/clientCapabilities":{},"io.modelcontextprotocol/logLevel":"debug"}}}"#,
+            r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":3,"_meta":{}}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"ping","params":{"_meta":5}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"ping","params":{"n\u0061me":"x","_meta":{"progressToken":1}}}"#,
             r#"{"jsonrpc":"2.0","id":null,"method":"ping"}"#,
             r#"{"jsonrpc":"2.0","id":1.5,"method":"ping"}"#,
             r#"{"jsonrpc":"2.0","id":1,"method":"ping","params":null}"#,
@@ -622,13 +697,32 @@ mod tests {
             r#"{"jsonrpc":"2.0","id":1,"method":"ping""#,
         ];
         let fast: Vec<bool> = cases.iter().map(|c| Incoming::from_slice(c.as_bytes()).is_some()).collect();
-        assert_eq!(fast, [[true; 5].as_slice(), &[false; 10]].concat());
-        for case in &cases[..5] {
+        assert_eq!(fast, [[true; 7].as_slice(), &[false; 12]].concat());
+        for case in &cases[..7] {
             let fast = Incoming::from_slice(case.as_bytes()).unwrap_or_else(|| unreachable!());
             let tree =
                 Incoming::parse(serde_json::from_str(case).unwrap_or_default()).unwrap_or_else(|_| unreachable!());
             assert_eq!(format!("{fast:?}"), format!("{tree:?}"), "{case}");
         }
+    }
+
+    #[test]
+    fn meta_is_read_out_of_the_params_by_both_readers() {
+        let Some(Incoming::Request { params, meta, .. }) = Incoming::from_slice(
+            br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x","arguments":{"a":1},
+                "_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","progressToken":7,
+                "io.modelcontextprotocol/clientCapabilities":{},"io.modelcontextprotocol/logLevel":"info"}}}"#,
+        ) else {
+            unreachable!()
+        };
+        assert_eq!(params, Some(json!({"name": "x", "arguments": {"a": 1}})));
+        assert_eq!(stateless_version(&meta), Ok(Version::V2026_07_28));
+        assert_eq!(progress_token(&meta), Some(json!(7)));
+        assert_eq!(requested_log_level(&meta), Some(LogLevel::Info));
+        // `_meta` that is not an object says nothing; the rest of the params stay.
+        let tree = json!({"jsonrpc": "2.0", "id": 1, "method": "ping", "params": {"n": 1, "_meta": 5}});
+        let Ok(Incoming::Request { params, meta, .. }) = Incoming::parse(tree) else { unreachable!() };
+        assert_eq!((params, meta), (Some(json!({"n": 1})), Meta::default()));
     }
 
     #[test]
@@ -652,12 +746,16 @@ mod tests {
 
     #[test]
     fn stateless_requests_need_their_version_and_capabilities_in_meta() {
-        let ok = json!({"_meta": {meta::PROTOCOL_VERSION: "2026-07-28", meta::CLIENT_CAPABILITIES: {}}});
-        assert_eq!(stateless_version(Some(&ok)), Ok(Version::V2026_07_28));
-        let missing_caps = json!({"_meta": {meta::PROTOCOL_VERSION: "2026-07-28"}});
-        assert_eq!(stateless_version(Some(&missing_caps)).map_err(|e| e.code), Err(-32602));
-        let future = json!({"_meta": {meta::PROTOCOL_VERSION: "2099-01-01", meta::CLIENT_CAPABILITIES: {}}});
-        assert_eq!(stateless_version(Some(&future)).map_err(|e| e.code), Err(-32022));
+        let meta_of = |params: Value| Meta::take_from(&mut Some(params));
+        let ok = meta_of(json!({"_meta": {meta::PROTOCOL_VERSION: "2026-07-28", meta::CLIENT_CAPABILITIES: {}}}));
+        assert_eq!(stateless_version(&ok), Ok(Version::V2026_07_28));
+        let missing_caps = meta_of(json!({"_meta": {meta::PROTOCOL_VERSION: "2026-07-28"}}));
+        assert_eq!(stateless_version(&missing_caps).map_err(|e| e.code), Err(-32602));
+        let future = meta_of(json!({"_meta": {meta::PROTOCOL_VERSION: "2099-01-01", meta::CLIENT_CAPABILITIES: {}}}));
+        assert_eq!(stateless_version(&future).map_err(|e| e.code), Err(-32022));
+        let not_text = meta_of(json!({"_meta": {meta::PROTOCOL_VERSION: 20260728, meta::CLIENT_CAPABILITIES: {}}}));
+        assert!(not_text.protocol_version.is_some(), "a version of the wrong type still marks the request stateless");
+        assert_eq!(stateless_version(&not_text).map_err(|e| e.code), Err(-32602));
     }
 
     fn tool_result(prefix: &str, structured: Option<Value>, is_error: bool) -> ToolResult {

@@ -83,13 +83,13 @@ pub async fn serve(app: Arc<App>) -> std::io::Result<()> {
             single => vec![single],
         };
         for message in messages {
-            let (id, method, params) = match Incoming::parse(message) {
+            let (id, method, params, meta) = match Incoming::parse(message) {
                 Err((id, e)) => {
                     let _ = out_tx.send(reply(&id, Err(e)));
                     continue;
                 }
                 Ok(Incoming::Response) => continue,
-                Ok(Incoming::Notification { method, params }) => {
+                Ok(Incoming::Notification { method, params, .. }) => {
                     if method == "notifications/cancelled" {
                         let rid = params.as_ref().and_then(|p| p.get("requestId")).map(Value::to_string);
                         if let Some(handle) = rid.and_then(|r| inflight.lock().ok().and_then(|mut m| m.remove(&r))) {
@@ -98,13 +98,9 @@ pub async fn serve(app: Arc<App>) -> std::io::Result<()> {
                     }
                     continue;
                 }
-                Ok(Incoming::Request { id, method, params }) => (id, method, params),
+                Ok(Incoming::Request { id, method, params, meta }) => (id, method, params, meta),
             };
-            let has_meta_version = params
-                .as_ref()
-                .and_then(|p| p.get("_meta"))
-                .and_then(|m| m.get(super::meta::PROTOCOL_VERSION))
-                .is_some();
+            let has_meta_version = meta.protocol_version.is_some();
             if method == "initialize" && !has_meta_version {
                 let requested = params.as_ref().and_then(|p| p.get("protocolVersion")).and_then(Value::as_str);
                 let version = Version::negotiate(requested);
@@ -115,7 +111,7 @@ pub async fn serve(app: Arc<App>) -> std::io::Result<()> {
                 continue;
             }
             let version = if has_meta_version {
-                super::stateless_version(params.as_ref())
+                super::stateless_version(&meta)
             } else {
                 negotiated.lock().ok().and_then(|v| *v).ok_or_else(|| {
                     RpcError::invalid_request(
@@ -130,8 +126,8 @@ pub async fn serve(app: Arc<App>) -> std::io::Result<()> {
                     continue;
                 }
             };
-            let log_level = if version.is_stateless() { super::requested_log_level(params.as_ref()) } else { None };
-            let progress = Progress::new(out_tx.clone(), super::progress_token(params.as_ref()), log_level);
+            let log_level = if version.is_stateless() { super::requested_log_level(&meta) } else { None };
+            let progress = Progress::new(out_tx.clone(), super::progress_token(&meta), log_level);
             let call = Call {
                 identity: identity.clone(),
                 version,
