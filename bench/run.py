@@ -18,7 +18,11 @@ What is measured, all on 127.0.0.1:
     to the simulated GPIO backend and back;
   * every load run twice: first with wrk under SCHED_BATCH, so that its wake-ups do not
     preempt the server it shares the CPUs with, then with default scheduling. The server
-    CPU time per request (from /proc/PID/stat) is reported beside each run.
+    CPU time per request (from /proc/PID/stat) is reported beside each run;
+  * the load runs in ROUNDS rounds of WRK_SECONDS each: every figure is the median over
+    the rounds, and a call's share of /healthz is the median of its share in each round,
+    against the /healthz run of the same round, so that one disturbed run does not decide
+    a target.
 
 Exit status: 0 when every figure was measured (whether or not it meets its target),
 1 when a load run saw errors (the report is still written and says so), 2 when the
@@ -53,7 +57,8 @@ START_TIMEOUT = 10.0  # seconds for one start before giving up
 IDLE_SECONDS = 5
 WRK_THREADS = 2
 WRK_CONNECTIONS = 50
-WRK_SECONDS = 10
+WRK_SECONDS = 5
+ROUNDS = 3
 AGENT_WRK_CONNECTIONS = 10  # the gpio.read_pin run through the agent
 
 # The server and the agent refuse to run as root; as root they are started as this user
@@ -485,6 +490,25 @@ def run_wrk(wrk, url, script_args=None, connections=WRK_CONNECTIONS, schedule="d
     }
 
 
+def combine(rounds, healthz_rounds=None):
+    """One run's figures over its rounds: median throughput and latencies, counts summed;
+    with `healthz_rounds`, the median share of /healthz, round by round."""
+    w = {
+        "rps": statistics.median(x["rps"] for x in rounds),
+        "p50": statistics.median(x["p50"] for x in rounds),
+        "p99": statistics.median(x["p99"] for x in rounds),
+        "requests": sum(x["requests"] for x in rounds),
+        "non2xx": sum(x["non2xx"] for x in rounds),
+        "socket_errors": sum(x["socket_errors"] for x in rounds),
+        "server_cpu_s": sum(x["server_cpu_s"] for x in rounds),
+        "connections": rounds[0]["connections"],
+    }
+    if healthz_rounds:
+        w["shares"] = [x["rps"] / h["rps"] if h["rps"] else 0.0 for x, h in zip(rounds, healthz_rounds)]
+        w["share"] = statistics.median(w["shares"])
+    return w
+
+
 # ---------------------------------------------------------------- the report
 
 
@@ -558,8 +582,10 @@ def build_rows(r):
         rows.append((f"{label}, server CPU time per request", cpu_per_request(health), "", None))
         for key in ("session", "stateless"):
             label, w = run_label(run_key(schedule, key)), r["wrk"][run_key(schedule, key)]
-            share = w["rps"] / health["rps"] if health["rps"] else 0.0
-            rows.append((f"{label}, throughput", f"{w['rps']:,.0f} req/s ({share:.1%} of /healthz)",
+            share = w["share"]
+            rounds = ", ".join(f"{x:.1%}" for x in w["shares"])
+            rows.append((f"{label}, throughput",
+                         f"{w['rps']:,.0f} req/s ({share:.1%} of /healthz; rounds {rounds})",
                          f"≥ {TARGET_CALL_SHARE:.0%} of /healthz", share >= TARGET_CALL_SHARE))
             rows.append((f"{label}, latency p50", f"{w['p50']:.2f} ms", "", None))
             rows.append((f"{label}, latency p99", f"{w['p99']:.2f} ms", f"≤ {TARGET_CALL_P99_MS:.0f} ms",
@@ -647,8 +673,8 @@ def render(r, rows, problems):
         f"| Agent | {r['agent_version'] or 'raspi-ops-agent'}, release build |",
         f"| Agent binary size | {r['agent_binary_size'] / 1e6:.1f} MB ({r['agent_binary_size']:,} bytes) |",
         f"| Load generator | {r['wrk_version'] or 'wrk'}: {WRK_THREADS} threads, {WRK_CONNECTIONS} connections "
-        f"({AGENT_WRK_CONNECTIONS} for `{AGENT_TOOL}`), {WRK_SECONDS} s per run, each run under SCHED_BATCH "
-        "and under default scheduling |",
+        f"({AGENT_WRK_CONNECTIONS} for `{AGENT_TOOL}`), {ROUNDS} rounds of {WRK_SECONDS} s per run, each run under "
+        "SCHED_BATCH and under default scheduling |",
         "",
         "## Results",
         "",
@@ -696,7 +722,7 @@ def render(r, rows, problems):
         f"  as soon as each process prints its `listening on` line, after {IDLE_SECONDS} s without requests,",
         "  and after all the load runs. MB are 10^6 bytes.",
         f"- Load: `wrk -t{WRK_THREADS} -c{WRK_CONNECTIONS} -d{WRK_SECONDS}s --latency`, runs one after the other",
-        "  against the same server: `GET /healthz`; `tools/call system.get_info` in a session opened",
+        "  against the same server, in rounds: `GET /healthz`; `tools/call system.get_info` in a session opened",
         f"  with `initialize` (protocol {SESSION_VERSION}, `Mcp-Session-Id` header); the same call in",
         f"  stateless form (protocol {STATELESS_VERSION}, version and capabilities in `_meta`).",
         f"- Through the agent: `wrk -t{WRK_THREADS} -c{AGENT_WRK_CONNECTIONS} -d{WRK_SECONDS}s --latency` of",
@@ -710,6 +736,12 @@ def render(r, rows, problems):
         "  socket error counts are checked, the audit log is checked for calls that did not end ok and",
         "  for at least one ok record per answer wrk counted, and the agent's log for refused",
         "  connections. Latencies are wrk's percentiles.",
+        f"- Rounds: the four runs are made {ROUNDS} times in turn, {WRK_SECONDS} s each. Throughput and latency",
+        "  are the medians over the rounds and the request counts their sums. A call's share of",
+        "  `/healthz` is taken round by round, against the `/healthz` run of the same round, and the",
+        "  median of those shares is judged; every round's share is listed. On a machine this size",
+        "  one run now and then loses a tenth of its throughput to something else, and a single",
+        "  pair of runs then reads several points too high or too low.",
         "- Scheduling of the load generator: the four runs are made twice, first with wrk under",
         "  `SCHED_BATCH`, then with the default policy. wrk shares the CPUs with the server; under",
         "  the default policy each wrk thread that wakes for a response preempts the server in the",
@@ -739,7 +771,7 @@ def render(r, rows, problems):
         "It needs `wrk` (installed with apt-get when missing and run as root) and Python 3.11.",
         "The server and the agent refuse to run as root; when the script runs as root it starts both",
         f"as uid/gid {UNPRIVILEGED}. The agent admits only that uid and gives its socket to that gid.",
-        f"A run takes about {IDLE_SECONDS + 4 * len(SCHEDULES) * WRK_SECONDS + 10} s.",
+        f"A run takes about {IDLE_SECONDS + 4 * len(SCHEDULES) * ROUNDS * WRK_SECONDS + 10} s.",
         "",
     ]
     return "\n".join(lines)
@@ -784,16 +816,22 @@ def bench(binary, agent_binary, wrk):
                 ("agent", f"{base}/mcp", ["stateless", AGENT_TOOL, json.dumps(AGENT_ARGUMENTS)],
                  AGENT_WRK_CONNECTIONS))
         for schedule in SCHEDULES:
-            for key, url, args, connections in runs:
-                log(f"wrk ({SCHEDULES[schedule]}): {key}, {connections} connections, {WRK_SECONDS} s")
-                cpu_before = server.cpu_seconds()
-                w = run_wrk(wrk, url, args, connections, schedule)
-                w["server_cpu_s"] = server.cpu_seconds() - cpu_before
-                r["wrk"][run_key(schedule, key)] = w
-            if server.proc.poll() is not None:
-                raise server.died(f"the server stopped during the {key} load run")
-            if agent.proc.poll() is not None:
-                raise agent.died(f"the agent stopped during the {key} load run")
+            rounds = {key: [] for key, *_ in runs}
+            for n in range(1, ROUNDS + 1):
+                for key, url, args, connections in runs:
+                    log(f"wrk ({SCHEDULES[schedule]}), round {n} of {ROUNDS}: {key}, {connections} connections, "
+                        f"{WRK_SECONDS} s")
+                    cpu_before = server.cpu_seconds()
+                    w = run_wrk(wrk, url, args, connections, schedule)
+                    w["server_cpu_s"] = server.cpu_seconds() - cpu_before
+                    rounds[key].append(w)
+                    if server.proc.poll() is not None:
+                        raise server.died(f"the server stopped during the {key} load run")
+                    if agent.proc.poll() is not None:
+                        raise agent.died(f"the agent stopped during the {key} load run")
+            for key, _, _, _ in runs:
+                calls = key in ("session", "stateless")
+                r["wrk"][run_key(schedule, key)] = combine(rounds[key], rounds["healthz"] if calls else None)
         r["mem_load"] = server.memory()
         r["agent_mem_load"] = agent.memory()
         if not healthz_ok(port):
