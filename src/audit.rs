@@ -149,14 +149,9 @@ pub fn millis(d: Duration) -> f64 {
     (d.as_micros() as f64) / 1000.0
 }
 
-/// The current time, for [`Record::time`].
-pub fn now() -> SystemTime {
-    SystemTime::now()
-}
-
 /// Writes a time as [`crate::logs::timestamp`] does, without building a string first.
 fn rfc3339_millis<S: serde::Serializer>(time: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(&humantime::format_rfc3339_millis(*time))
+    s.collect_str(&crate::logs::rfc3339(*time))
 }
 
 /// Writes a JSON-RPC id as text: a string as it is, a number in its decimal form.
@@ -175,7 +170,7 @@ mod tests {
 
     fn record(tool: &'static str, outcome: Outcome) -> Record<'static> {
         Record {
-            time: now(),
+            time: SystemTime::now(),
             request_id: Box::leak(Box::new(json!("1"))),
             identity: "admin",
             role: Some(Role::Admin),

@@ -18,7 +18,12 @@ pub use rotate::{backup_path, GroupedFile, RotatingFile, Urgency};
 
 /// RFC 3339 UTC time with milliseconds, as written in every log line.
 pub fn timestamp(t: SystemTime) -> String {
-    humantime::format_rfc3339_millis(t).to_string()
+    rfc3339(t).to_string()
+}
+
+/// [`timestamp`] before it becomes a string, for writers that take text piece by piece.
+pub fn rfc3339(t: SystemTime) -> humantime::Rfc3339Timestamp {
+    humantime::format_rfc3339_millis(t)
 }
 
 /// Where application log records go.

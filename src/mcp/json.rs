@@ -25,10 +25,6 @@ impl Json {
     pub fn with_capacity<T: Serialize + ?Sized>(value: &T, capacity: usize) -> Json {
         let mut buf = Vec::with_capacity(capacity);
         write_value(&mut buf, value);
-        Json::from_buf(buf)
-    }
-
-    fn from_buf(buf: Vec<u8>) -> Json {
         Json(buf)
     }
 
@@ -253,7 +249,7 @@ impl Object {
 
     pub fn finish(mut self) -> Json {
         self.buf.push(b'}');
-        Json::from_buf(self.buf)
+        Json(self.buf)
     }
 }
 
@@ -268,7 +264,7 @@ pub fn array(items: &[Json]) -> Json {
         buf.extend_from_slice(item.as_bytes());
     }
     buf.push(b']');
-    Json::from_buf(buf)
+    Json(buf)
 }
 
 #[cfg(test)]

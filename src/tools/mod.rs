@@ -343,7 +343,7 @@ impl Catalogue {
         let audited_args = audit::redact(&arguments);
         let Some(entry) = self.get(name) else {
             cx.app.audit.write(&Record {
-                time: audit::now(),
+                time: std::time::SystemTime::now(),
                 request_id,
                 identity: &cx.identity.name,
                 role: Some(cx.identity.role),
@@ -380,7 +380,7 @@ impl Catalogue {
             Err(e) => (Outcome::Error, Some(e)),
         };
         app.audit.with(audit::urgency(outcome, spec.read_only)).write(&Record {
-            time: audit::now(),
+            time: std::time::SystemTime::now(),
             request_id,
             identity: &identity.name,
             role: Some(identity.role),
