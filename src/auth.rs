@@ -144,7 +144,11 @@ impl RateLimiter {
             // Identities are configured, so this only grows under misuse: start afresh.
             buckets.clear();
         }
-        let (tokens, last) = buckets.entry(identity.to_string()).or_insert((self.burst, now));
+        // Looked up by `&str` first: the identity's name is copied once, when it first calls.
+        if !buckets.contains_key(identity) {
+            buckets.insert(identity.to_owned(), (self.burst, now));
+        }
+        let Some((tokens, last)) = buckets.get_mut(identity) else { return Ok(()) };
         *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * self.per_second).min(self.burst);
         *last = now;
         if *tokens >= 1.0 {
