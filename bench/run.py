@@ -16,9 +16,11 @@ What is measured, all on 127.0.0.1:
   * then, with AGENT_WRK_CONNECTIONS connections, tools/call gpio.read_pin in stateless
     form: a round trip from the client through the server and the agent's Unix socket
     to the simulated GPIO backend and back;
-  * every load run twice: first with wrk under SCHED_BATCH, so that its wake-ups do not
-    preempt the server it shares the CPUs with, then with default scheduling. The server
-    CPU time per request (from /proc/PID/stat) is reported beside each run;
+  * every load run three times: with wrk under SCHED_BATCH, so that its wake-ups do not
+    preempt the server it shares the CPUs with; with default scheduling; and with the CPUs
+    split, the server and the agent on one half and wrk on the other (machines with two
+    CPUs or more). The server CPU time per request (from /proc/PID/stat) is reported
+    beside each run;
   * the load runs in ROUNDS rounds of WRK_SECONDS each: every figure is the median over
     the rounds, and a call's share of /healthz is the median of its share in each round,
     against the /healthz run of the same round, so that one disturbed run does not decide
@@ -458,6 +460,31 @@ def batch_scheduling():
     os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
 
 
+def cpu_halves():
+    """The CPUs this script may use, split in two: (the server's, the load generator's)."""
+    cpus = sorted(os.sched_getaffinity(0))
+    return set(cpus[:len(cpus) // 2]), set(cpus[len(cpus) // 2:])
+
+
+def pin(pid, cpus):
+    """Puts every thread of process `pid` on `cpus` (threads it starts later inherit it)."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            os.sched_setaffinity(int(tid), cpus)
+        except ProcessLookupError:
+            pass  # a thread that has just ended
+
+
+def load_generator_setup(schedule):
+    """What to do in wrk's process before exec, for `schedule`."""
+    if schedule == "batch":
+        return batch_scheduling
+    if schedule == "split":
+        load_cpus = cpu_halves()[1]
+        return lambda: os.sched_setaffinity(0, load_cpus)
+    return None
+
+
 def run_wrk(wrk, url, script_args=None, connections=WRK_CONNECTIONS, schedule="default"):
     """Runs wrk and returns requests/s, p50/p99 in ms, request and error counts."""
     argv = [wrk, f"-t{WRK_THREADS}", f"-c{connections}", f"-d{WRK_SECONDS}s", "--latency"]
@@ -467,7 +494,7 @@ def run_wrk(wrk, url, script_args=None, connections=WRK_CONNECTIONS, schedule="d
     if script_args:
         argv += ["--", *script_args]
     r = subprocess.run(argv, capture_output=True, text=True, timeout=WRK_SECONDS + 30,
-                       preexec_fn=batch_scheduling if schedule == "batch" else None)
+                       preexec_fn=load_generator_setup(schedule))
     out = r.stdout
     if r.returncode != 0 or "Requests/sec" not in out:
         raise BenchError(f"wrk failed (status {r.returncode}):\n{out}\n{r.stderr}")
@@ -533,13 +560,18 @@ RUN_LABELS = {
 RUN_TOOLS = {"session": "system.get_info", "stateless": "system.get_info", "agent": AGENT_TOOL}
 
 # How wrk is scheduled, in the order the runs are made. Under SCHED_BATCH the kernel does
-# not let wrk preempt a running task when it wakes (it still gets its fair share of CPU),
-# which is what a server whose clients are on other machines sees; the default policy
-# shows what sharing the CPUs with the load generator costs.
+# not let wrk preempt a running task when it wakes (it still gets its fair share of CPU);
+# the default policy shows what sharing the CPUs with the load generator costs; with the
+# CPUs split, wrk can neither preempt the server nor take its CPU time, so a run is
+# bounded by the server's own time per request: the nearest this machine comes to clients
+# on other machines. The split needs two CPUs.
 SCHEDULES = {
     "batch": "wrk SCHED_BATCH",
     "default": "wrk default scheduling",
+    "split": "CPUs split between server and wrk",
 }
+if len(os.sched_getaffinity(0)) < 2:
+    del SCHEDULES["split"]
 
 
 def run_key(schedule, key):
@@ -673,8 +705,8 @@ def render(r, rows, problems):
         f"| Agent | {r['agent_version'] or 'raspi-ops-agent'}, release build |",
         f"| Agent binary size | {r['agent_binary_size'] / 1e6:.1f} MB ({r['agent_binary_size']:,} bytes) |",
         f"| Load generator | {r['wrk_version'] or 'wrk'}: {WRK_THREADS} threads, {WRK_CONNECTIONS} connections "
-        f"({AGENT_WRK_CONNECTIONS} for `{AGENT_TOOL}`), {ROUNDS} rounds of {WRK_SECONDS} s per run, each run under "
-        "SCHED_BATCH and under default scheduling |",
+        f"({AGENT_WRK_CONNECTIONS} for `{AGENT_TOOL}`), {ROUNDS} rounds of {WRK_SECONDS} s per run, each run "
+        + ", ".join(SCHEDULES.values()) + " |",
         "",
         "## Results",
         "",
@@ -742,17 +774,20 @@ def render(r, rows, problems):
         "  median of those shares is judged; every round's share is listed. On a machine this size",
         "  one run now and then loses a tenth of its throughput to something else, and a single",
         "  pair of runs then reads several points too high or too low.",
-        "- Scheduling of the load generator: the four runs are made twice, first with wrk under",
-        "  `SCHED_BATCH`, then with the default policy. wrk shares the CPUs with the server; under",
-        "  the default policy each wrk thread that wakes for a response preempts the server in the",
-        "  middle of its work. The more time an answer takes, the more often wrk sleeps and wakes,",
-        "  so this cost grows with the answer and is not the server's: `GET /healthz` is barely",
+        "- Scheduling of the load generator: the four runs are made three times over. First with wrk",
+        "  under `SCHED_BATCH`, then with the default policy, sharing the CPUs with the server; last",
+        "  with the CPUs split (on a machine with two or more): the server and the agent on the first",
+        "  half, wrk on the other. Under the default policy each wrk thread that wakes for a response",
+        "  preempts the server in the middle of its work. The more time an answer takes, the more",
+        "  often wrk sleeps and wakes, so this cost grows with the answer: `GET /healthz` is barely",
         "  affected, `tools/call` loses a quarter to a third of its throughput. `SCHED_BATCH` tells the",
-        "  kernel not to preempt on wrk's wake-ups; wrk keeps its fair share of the CPUs. It is the",
-        "  nearer picture of a server whose clients are on other machines; both are reported, and",
-        "  every target is judged on both. The other side of it: under `SCHED_BATCH` a wrk thread",
-        "  that wakes waits for a CPU instead of taking one, and its latency percentiles include",
-        "  that wait, so they read worse than the server's own time.",
+        "  kernel not to preempt on wrk's wake-ups; wrk keeps its fair share of the CPUs, and that",
+        "  share is what holds `GET /healthz` back, so a call's share of it reads high. With the CPUs",
+        "  split neither happens: each run is bounded by the server's own CPU time per request (wrk",
+        "  on its half keeps up with `/healthz` or nearly), the nearest this machine comes to clients",
+        "  on other machines, with the server on half the CPUs. Every target is judged on each.",
+        "  Under `SCHED_BATCH` a wrk thread that wakes waits for a CPU instead of taking one, and its",
+        "  latency percentiles include that wait, so they read worse than the server's own time.",
         "- Server CPU time per request: user plus system time of the server process from",
         "  `/proc/PID/stat` over the run, divided by the requests wrk counted. It includes the",
         "  kernel's work for the server's sockets, and the cost of being preempted by the load",
@@ -816,6 +851,9 @@ def bench(binary, agent_binary, wrk):
                 ("agent", f"{base}/mcp", ["stateless", AGENT_TOOL, json.dumps(AGENT_ARGUMENTS)],
                  AGENT_WRK_CONNECTIONS))
         for schedule in SCHEDULES:
+            server_cpus = cpu_halves()[0] if schedule == "split" else os.sched_getaffinity(0)
+            pin(server.pid, server_cpus)
+            pin(agent.pid, server_cpus)
             rounds = {key: [] for key, *_ in runs}
             for n in range(1, ROUNDS + 1):
                 for key, url, args, connections in runs:
