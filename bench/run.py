@@ -705,8 +705,8 @@ def render(r, rows, problems):
         f"| Agent | {r['agent_version'] or 'raspi-ops-agent'}, release build |",
         f"| Agent binary size | {r['agent_binary_size'] / 1e6:.1f} MB ({r['agent_binary_size']:,} bytes) |",
         f"| Load generator | {r['wrk_version'] or 'wrk'}: {WRK_THREADS} threads, {WRK_CONNECTIONS} connections "
-        f"({AGENT_WRK_CONNECTIONS} for `{AGENT_TOOL}`), {ROUNDS} rounds of {WRK_SECONDS} s per run, each run "
-        + ", ".join(SCHEDULES.values()) + " |",
+        f"({AGENT_WRK_CONNECTIONS} for `{AGENT_TOOL}`), {ROUNDS} rounds of {WRK_SECONDS} s per run, each run made "
+        f"{len(SCHEDULES)} ways: " + "; ".join(SCHEDULES.values()) + " |",
         "",
         "## Results",
         "",
