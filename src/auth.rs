@@ -121,7 +121,7 @@ fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
 pub struct RateLimiter {
     per_second: f64,
     burst: f64,
-    buckets: Mutex<HashMap<String, (f64, Instant)>>,
+    buckets: Mutex<HashMap<Arc<str>, (f64, Instant)>>,
 }
 
 impl RateLimiter {
@@ -134,7 +134,7 @@ impl RateLimiter {
     }
 
     /// Takes one request from `identity`'s bucket; `Err(seconds)` says when to retry.
-    pub fn check(&self, identity: &str) -> Result<(), f64> {
+    pub fn check(&self, identity: &Arc<str>) -> Result<(), f64> {
         if self.per_second <= 0.0 {
             return Ok(());
         }
@@ -144,11 +144,7 @@ impl RateLimiter {
             // Identities are configured, so this only grows under misuse: start afresh.
             buckets.clear();
         }
-        // Looked up by `&str` first: the identity's name is copied once, when it first calls.
-        if !buckets.contains_key(identity) {
-            buckets.insert(identity.to_owned(), (self.burst, now));
-        }
-        let Some((tokens, last)) = buckets.get_mut(identity) else { return Ok(()) };
+        let (tokens, last) = buckets.entry(Arc::clone(identity)).or_insert((self.burst, now));
         *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * self.per_second).min(self.burst);
         *last = now;
         if *tokens >= 1.0 {
@@ -211,9 +207,10 @@ mod tests {
     #[test]
     fn the_rate_limiter_allows_the_burst_then_asks_to_wait() {
         let limiter = RateLimiter::new(&RateLimitConfig { requests_per_minute: 60, burst: 3 });
-        assert!((0..3).all(|_| limiter.check("a").is_ok()));
-        let wait = limiter.check("a").unwrap_err();
+        let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
+        assert!((0..3).all(|_| limiter.check(&a).is_ok()));
+        let wait = limiter.check(&a).unwrap_err();
         assert!(wait > 0.0 && wait <= 1.0, "{wait}");
-        assert!(limiter.check("b").is_ok());
+        assert!(limiter.check(&b).is_ok());
     }
 }

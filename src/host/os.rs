@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use schemars::JsonSchema;
 use serde::Serialize;
@@ -27,7 +28,7 @@ pub struct OsInfo {
     /// Kernel build description, as `uname -v` prints it.
     pub kernel_version: Option<String>,
     /// Host name of the machine.
-    pub hostname: String,
+    pub hostname: Arc<str>,
     /// CPU architecture this server was built for, such as "aarch64" or "arm".
     pub architecture: String,
 }
@@ -46,7 +47,7 @@ pub fn read_os(roots: &Roots) -> Result<OsInfo> {
         codename: release.remove("VERSION_CODENAME"),
         kernel_release: read_text(&release_path)?.trim().to_string(),
         kernel_version: read_attr(&kernel.join("version"))?.filter(|v| !v.is_empty()),
-        hostname: read_text(&hostname_path)?.trim().to_string(),
+        hostname: read_text(&hostname_path)?.trim().into(),
         architecture: std::env::consts::ARCH.to_string(),
     })
 }
@@ -159,7 +160,7 @@ mod tests {
         assert_eq!(os.codename.as_deref(), Some("bookworm"));
         assert_eq!(os.kernel_release, "6.6.31-v8+");
         assert_eq!(os.kernel_version.as_deref(), Some("#1774 SMP PREEMPT Mon Jun 10 13:42:25 BST 2024"));
-        assert_eq!(os.hostname, "raspi4");
+        assert_eq!(&*os.hostname, "raspi4");
         assert_eq!(os.architecture, std::env::consts::ARCH);
     }
 
@@ -167,7 +168,7 @@ mod tests {
     fn reads_the_kernel_of_a_pi5() {
         let os = read_os(&fixture("pi5")).unwrap();
         assert_eq!(os.kernel_release, "6.12.25+rpt-rpi-2712");
-        assert_eq!(os.hostname, "raspi5");
+        assert_eq!(&*os.hostname, "raspi5");
     }
 
     #[test]

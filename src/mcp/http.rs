@@ -641,12 +641,14 @@ async fn read_limited(mut body: BodyStream, limit: usize) -> Result<Bytes, ReadE
         if len > limit {
             return Err(ReadError::TooLarge);
         }
-        match first.take() {
-            None if joined.is_empty() => first = Some(chunk),
-            earlier => {
-                joined.extend_from_slice(earlier.as_deref().unwrap_or_default());
-                joined.extend_from_slice(&chunk);
-            }
+        // From the second chunk on, the chunks are joined.
+        if let Some(earlier) = first.take() {
+            joined.extend_from_slice(&earlier);
+        }
+        if joined.is_empty() {
+            first = Some(chunk);
+        } else {
+            joined.extend_from_slice(&chunk);
         }
     }
     Ok(first.unwrap_or_else(|| joined.freeze()))

@@ -83,7 +83,6 @@ impl Tool for GetInfo {
 pub struct StaticInfo {
     pub board: Arc<board::Board>,
     pub os: Arc<os::OsInfo>,
-    pub hostname: Arc<str>,
     pub cpu_model: Option<Arc<str>>,
     pub cores: u32,
     pub memory_total_bytes: u64,
@@ -95,11 +94,9 @@ pub struct StaticInfo {
 impl StaticInfo {
     pub fn read(roots: &crate::host::Roots) -> Result<StaticInfo, ToolError> {
         let info = cpu::read_cpuinfo(roots)?;
-        let os = os::read_os(roots)?;
         Ok(StaticInfo {
             board: Arc::new(board::read_board(roots)?),
-            hostname: os.hostname.as_str().into(),
-            os: Arc::new(os),
+            os: Arc::new(os::read_os(roots)?),
             cpu_model: info.model_name.map(Into::into),
             cores: info.cores,
             memory_total_bytes: memory::read_memory(roots)?.total_bytes,
@@ -115,7 +112,7 @@ impl StaticInfo {
 pub fn system_info(cx: &Cx) -> Result<SystemInfo, ToolError> {
     let fixed = cx.app.static_info()?;
     Ok(SystemInfo {
-        hostname: fixed.hostname.clone(),
+        hostname: fixed.os.hostname.clone(),
         board: fixed.board.clone(),
         os: fixed.os.clone(),
         cpu: CpuSummary {
@@ -445,7 +442,7 @@ impl Tool for GetCapabilities {
 
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct NetworkInfo {
-    pub hostname: String,
+    pub hostname: Arc<str>,
     pub interfaces: Vec<net::Interface>,
 }
 
