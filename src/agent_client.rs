@@ -15,7 +15,6 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::config::OpsAgentConfig;
 use crate::ipc::{self, AgentCapabilities, ErrorCode, Request, RequestFrame, Response, ResponseFrame};
-use crate::tools::ToolError;
 
 /// Why a request to the agent did not get an answer.
 #[derive(Debug, Clone, PartialEq)]
@@ -51,23 +50,6 @@ impl AgentError {
         match self {
             AgentError::Unavailable(m) => m.clone(),
             other => other.to_string(),
-        }
-    }
-}
-
-impl From<AgentError> for ToolError {
-    fn from(e: AgentError) -> ToolError {
-        let message = e.to_string();
-        match e {
-            AgentError::Remote { code: ErrorCode::Denied, .. } => ToolError::forbidden(message),
-            AgentError::Remote { code: ErrorCode::Invalid | ErrorCode::BadRequest, .. } => {
-                ToolError::invalid_argument(message)
-            }
-            AgentError::Remote { code: ErrorCode::Failed, .. } => ToolError { code: "failed", message },
-            AgentError::Timeout(_) | AgentError::Remote { code: ErrorCode::Timeout, .. } => {
-                ToolError { code: "timeout", message }
-            }
-            _ => ToolError::unavailable(message),
         }
     }
 }
@@ -243,7 +225,7 @@ impl AgentClient {
             ipc::read_frame(&mut stream).await.map_err(|e| AgentError::Protocol(e.to_string()))?;
         let (version, capabilities) = match answer.map(|f| f.response) {
             Some(Response::Hello { package_version, ipc_version, capabilities }) => {
-                ipc::check_compatible(crate::app::VERSION, ipc::IPC_VERSION, &package_version, &ipc_version)
+                ipc::check_compatible(crate::base::VERSION, ipc::IPC_VERSION, &package_version, &ipc_version)
                     .map_err(AgentError::VersionMismatch)?;
                 (package_version, capabilities)
             }

@@ -2,7 +2,7 @@
 //!
 //! It holds what the package needs at install time, in Rust rather than in shell so that
 //! it is tested and shared with the self-update: installing a release and flipping
-//! `current` ([`crate::release`]), the polkit rule generated from the configuration's unit
+//! `current` ([`crate::update::release`]), the polkit rule generated from the configuration's unit
 //! allowlist (the allowlist lives in the configuration, so the rule can only be written at
 //! configure time), and the man pages and shell completions of the three programs,
 //! generated from their clap definitions so that they cannot drift from the options.
@@ -19,9 +19,9 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand};
 
-use crate::app::VERSION;
+use crate::base::VERSION;
 use crate::config::Config;
-use crate::release;
+use crate::update::release;
 
 /// Default install root of releases and the `current` symlink.
 const DEFAULT_ROOT: &str = "/opt/mcp-raspi";

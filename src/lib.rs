@@ -6,9 +6,9 @@
 
 pub mod agent;
 pub mod agent_client;
-pub mod app;
 pub mod audit;
 pub mod auth;
+pub mod base;
 pub mod cli;
 pub mod config;
 pub mod host;
@@ -16,6 +16,6 @@ pub mod ipc;
 pub mod logs;
 pub mod mcp;
 pub mod platform;
-pub mod release;
 pub mod server;
 pub mod tools;
+pub mod update;

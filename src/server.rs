@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use crate::app::{App, VERSION};
+use crate::base::VERSION;
 use crate::config::{parse_env_file, AuthMode, Config, ListenAddr};
+use crate::tools::App;
 
 /// MCP server for inspecting and safely controlling a Raspberry Pi.
 #[derive(Debug, Parser)]
@@ -88,7 +89,7 @@ pub fn main() -> ExitCode {
         println!("configuration OK: {} (sha256 {})", loaded.origin, loaded.sha256);
         return ExitCode::SUCCESS;
     }
-    if let Err(e) = crate::logs::init(&loaded.config.logging) {
+    if let Err(e) = crate::logs::init(loaded.config.logging.app_log()) {
         return fail(e);
     }
     let app = match App::new(loaded, &secrets) {

@@ -232,7 +232,7 @@ fn enforce_retention(dir: &Path, max_files: usize, max_bytes: u64, keep: &Path) 
 mod tests {
     #![allow(clippy::unwrap_used, clippy::panic)]
     use super::*;
-    use crate::config::Backend;
+    use crate::base::Backend;
     use crate::host::Roots;
     use crate::platform::{Level, PinNumber, PowerAction, UnitAction, UnitName};
 

@@ -17,7 +17,7 @@ use clap::Parser;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
 
-use crate::app::VERSION;
+use crate::base::VERSION;
 use crate::config::Config;
 use crate::ipc::{self, ErrorCode, Request, RequestFrame, Response, ResponseFrame};
 

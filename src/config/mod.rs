@@ -16,12 +16,13 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+pub use crate::base::{Backend, LogLevel, Tristate};
 pub use devices::{
     CameraConfig, ExperimentalConfig, FeatureFlag, GpioConfig, I2cBusRule, I2cConfig, OpsAgentConfig, OsUpdatesConfig,
     PinRule, PowerConfig, ServicesConfig, SpiConfig, SpiDeviceRule, UartConfig, UartPortRule, UpdatesConfig,
 };
 pub use policy::{DenialKind, Denied};
-pub use values::{ListenAddr, LogLevel, Role};
+pub use values::{ListenAddr, Role};
 
 /// The configuration schema this build reads and writes.
 pub const CONFIG_VERSION: &str = "1.2";
@@ -202,6 +203,19 @@ impl Default for LoggingConfig {
     }
 }
 
+impl LoggingConfig {
+    /// The application log's settings, as the logger takes them.
+    pub fn app_log(&self) -> crate::logs::AppLogSettings<'_> {
+        crate::logs::AppLogSettings {
+            path: &self.app_path,
+            max_bytes: self.file.max_size_mb.saturating_mul(1024 * 1024),
+            backup_count: self.file.backup_count,
+            level: self.level,
+            journald: self.journald,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogFileConfig {
@@ -213,25 +227,6 @@ impl Default for LogFileConfig {
     fn default() -> Self {
         LogFileConfig { max_size_mb: 50, backup_count: 5 }
     }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Tristate {
-    Auto,
-    #[serde(alias = "true")]
-    On,
-    #[serde(alias = "false")]
-    Off,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Backend {
-    /// The real backend on a Raspberry Pi, the simulated one elsewhere.
-    Auto,
-    RaspberryPi,
-    Simulated,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]

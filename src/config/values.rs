@@ -79,54 +79,6 @@ impl fmt::Display for Role {
     }
 }
 
-/// Severity threshold of the application log.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize, schemars::JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum LogLevel {
-    #[serde(alias = "TRACE")]
-    Trace,
-    #[serde(alias = "DEBUG")]
-    Debug,
-    #[serde(alias = "INFO")]
-    Info,
-    #[serde(alias = "WARNING", alias = "warning", alias = "WARN")]
-    Warn,
-    #[serde(alias = "ERROR")]
-    Error,
-}
-
-impl LogLevel {
-    pub fn to_filter(self) -> log::LevelFilter {
-        match self {
-            LogLevel::Trace => log::LevelFilter::Trace,
-            LogLevel::Debug => log::LevelFilter::Debug,
-            LogLevel::Info => log::LevelFilter::Info,
-            LogLevel::Warn => log::LevelFilter::Warn,
-            LogLevel::Error => log::LevelFilter::Error,
-        }
-    }
-
-    pub fn from_level(level: log::Level) -> LogLevel {
-        match level {
-            log::Level::Trace => LogLevel::Trace,
-            log::Level::Debug => LogLevel::Debug,
-            log::Level::Info => LogLevel::Info,
-            log::Level::Warn => LogLevel::Warn,
-            log::Level::Error => LogLevel::Error,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LogLevel::Trace => "trace",
-            LogLevel::Debug => "debug",
-            LogLevel::Info => "info",
-            LogLevel::Warn => "warn",
-            LogLevel::Error => "error",
-        }
-    }
-}
-
 /// The longest an audit record may wait for a grouped write, in milliseconds.
 pub const MAX_AUDIT_WRITE_DELAY_MS: u64 = 1000;
 

@@ -152,7 +152,7 @@ pub enum Request {
 impl Request {
     /// The `Hello` this build sends.
     pub fn hello() -> Request {
-        Request::Hello { package_version: crate::app::VERSION.to_string(), ipc_version: IPC_VERSION.to_string() }
+        Request::Hello { package_version: crate::base::VERSION.to_string(), ipc_version: IPC_VERSION.to_string() }
     }
 
     /// The operation's wire name, the same string as the `op` tag.

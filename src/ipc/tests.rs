@@ -543,7 +543,7 @@ fn a_malformed_version_is_refused_naming_the_bad_string() {
 #[test]
 fn this_build_is_compatible_with_itself() {
     let Request::Hello { package_version, ipc_version } = Request::hello() else { panic!("not a hello") };
-    assert_eq!(check_compatible(crate::app::VERSION, IPC_VERSION, &package_version, &ipc_version), Ok(()));
+    assert_eq!(check_compatible(crate::base::VERSION, IPC_VERSION, &package_version, &ipc_version), Ok(()));
 }
 
 #[test]

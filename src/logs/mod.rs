@@ -11,7 +11,9 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use crate::config::{LogLevel, LoggingConfig, Tristate};
+use std::path::Path;
+
+use crate::base::{LogLevel, Tristate};
 
 pub use reader::{read_recent, LogFilter};
 pub use rotate::{backup_path, GroupedFile, RotatingFile, Urgency};
@@ -73,21 +75,30 @@ pub fn under_systemd() -> bool {
     std::env::var_os("JOURNAL_STREAM").is_some() || std::env::var_os("INVOCATION_ID").is_some()
 }
 
+/// Where the application log goes: a size-rotated file, and journald as `journald` says.
+#[derive(Debug, Clone, Copy)]
+pub struct AppLogSettings<'a> {
+    pub path: &'a Path,
+    pub max_bytes: u64,
+    pub backup_count: u32,
+    pub level: LogLevel,
+    pub journald: Tristate,
+}
+
 /// Installs the global logger. Returns an error naming the file when it cannot be opened.
-pub fn init(cfg: &LoggingConfig) -> Result<(), String> {
-    let max_bytes = cfg.file.max_size_mb.saturating_mul(1024 * 1024);
-    let file = RotatingFile::open(&cfg.app_path, max_bytes, cfg.file.backup_count)
-        .map_err(|e| format!("cannot open the application log {}: {e}", cfg.app_path.display()))?;
-    let journald = match cfg.journald {
+pub fn init(settings: AppLogSettings) -> Result<(), String> {
+    let AppLogSettings { path, max_bytes, backup_count, level, journald } = settings;
+    let file = RotatingFile::open(path, max_bytes, backup_count)
+        .map_err(|e| format!("cannot open the application log {}: {e}", path.display()))?;
+    let journald = match journald {
         Tristate::On => true,
         Tristate::Off => false,
         Tristate::Auto => under_systemd(),
     };
     let journal = if journald { systemd_journal_logger::JournalLog::new().ok() } else { None };
-    let logger =
-        AppLogger { file: Some(Arc::new(file)), stderr: journal.is_none(), journal, level: cfg.level.to_filter() };
+    let logger = AppLogger { file: Some(Arc::new(file)), stderr: journal.is_none(), journal, level: level.to_filter() };
     log::set_boxed_logger(Box::new(logger)).map_err(|e| format!("cannot install the logger: {e}"))?;
-    log::set_max_level(cfg.level.to_filter());
+    log::set_max_level(level.to_filter());
     Ok(())
 }
 

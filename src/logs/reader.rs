@@ -10,7 +10,7 @@ use std::time::SystemTime;
 use serde_json::Value;
 
 use super::backup_path;
-use crate::config::LogLevel;
+use crate::base::LogLevel;
 
 /// Which entries to return.
 #[derive(Clone, Debug, Default)]

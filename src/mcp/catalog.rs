@@ -5,9 +5,9 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use super::{Call, RpcError, Version};
-use crate::app::App;
 use crate::config::Role;
 use crate::logs::LogFilter;
+use crate::tools::App;
 use crate::tools::Cx;
 
 /// Cursors are opaque to clients; ours are an offset into the catalogue.

@@ -22,8 +22,8 @@ use super::{
     batch_response, dispatch, initialize_result, response, Call, Incoming, Json, Meta, Outgoing, Progress, RpcError,
     Session, Sessions, Version,
 };
-use crate::app::App;
 use crate::auth::{AuthError, Identity};
+use crate::tools::App;
 
 /// The HTTP transport's state.
 pub struct HttpServer {
@@ -182,7 +182,7 @@ impl HttpServer {
     async fn handle(self: Arc<Self>, method: Method, path: &str, headers: HeaderMap, body: BodyStream) -> Reply {
         match (path, method.clone()) {
             ("/healthz", Method::GET) => {
-                return json_reply(200, Json::of(&json!({"status": "ok", "version": crate::app::VERSION})));
+                return json_reply(200, Json::of(&json!({"status": "ok", "version": crate::base::VERSION})));
             }
             ("/mcp", _) => {}
             _ => {

@@ -23,9 +23,9 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use tokio::sync::mpsc;
 
-use crate::app::App;
 use crate::auth::Identity;
-use crate::config::LogLevel;
+use crate::base::LogLevel;
+use crate::tools::App;
 use crate::tools::{Cx, ToolResult};
 
 pub use json::Json;
@@ -435,7 +435,7 @@ pub struct Call {
 }
 
 fn server_info() -> Implementation {
-    Implementation::new("mcp-raspi", crate::app::VERSION).with_title("mcp-raspi: Raspberry Pi inspection and control")
+    Implementation::new("mcp-raspi", crate::base::VERSION).with_title("mcp-raspi: Raspberry Pi inspection and control")
 }
 
 fn capabilities(version: Version) -> ServerCapabilities {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use futures_util::future::AbortHandle;
 
 use super::Version;
-use crate::config::LogLevel;
+use crate::base::LogLevel;
 
 /// One client's session.
 pub struct Session {

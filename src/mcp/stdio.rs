@@ -11,8 +11,8 @@ use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
 use super::{dispatch, initialize_result, response, Call, Incoming, Json, Outgoing, Progress, RpcError, Version};
-use crate::app::App;
 use crate::auth::Identity;
+use crate::tools::App;
 
 /// A response on its way to stdout.
 fn reply(id: &Value, result: Result<Json, RpcError>) -> Outgoing {

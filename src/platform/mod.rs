@@ -15,7 +15,7 @@ pub mod system;
 use std::fmt;
 use std::sync::Arc;
 
-use crate::config::Backend;
+use crate::base::Backend;
 use crate::host::Roots;
 
 pub use bus::{I2c, Spi, SpiSettings, Uart};

@@ -79,7 +79,7 @@ impl Tool for GetServerStatus {
             Err(e) => (VersionState::default(), Some(format!("cannot read {}: {e}", path.display()))),
         };
         Ok(ServerStatus {
-            version: crate::app::VERSION.into(),
+            version: crate::base::VERSION.into(),
             previous_good_version: state.previous_good_version,
             last_update: state.last_update,
             version_state_error: error,

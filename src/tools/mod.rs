@@ -2,6 +2,7 @@
 //! else — `tools/list`, argument checking, role checks, audit, the capability report and
 //! `docs/TOOLS.md` — derives from that declaration.
 
+mod app;
 mod bus;
 mod camera;
 mod docs;
@@ -28,12 +29,12 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::app::App;
 use crate::audit::{self, Outcome, Record};
 use crate::auth::Identity;
 use crate::config::Role;
 use crate::mcp::{Json, Progress};
 
+pub use app::App;
 pub use docs::tools_markdown;
 pub use logs::{app_entries, audit_entries};
 pub use metrics::snapshot as metrics_snapshot;
@@ -117,6 +118,30 @@ impl From<crate::host::HostError> for ToolError {
         match e {
             crate::host::HostError::NotFound { .. } => ToolError::not_found(e.to_string()),
             _ => ToolError::unavailable(e.to_string()),
+        }
+    }
+}
+
+/// An ops agent failure, with the code a model can act on.
+impl From<crate::agent_client::AgentError> for ToolError {
+    fn from(e: crate::agent_client::AgentError) -> ToolError {
+        let message = e.to_string();
+        match e {
+            crate::agent_client::AgentError::Remote { code: crate::ipc::ErrorCode::Denied, .. } => {
+                ToolError::forbidden(message)
+            }
+            crate::agent_client::AgentError::Remote {
+                code: crate::ipc::ErrorCode::Invalid | crate::ipc::ErrorCode::BadRequest,
+                ..
+            } => ToolError::invalid_argument(message),
+            crate::agent_client::AgentError::Remote { code: crate::ipc::ErrorCode::Failed, .. } => {
+                ToolError { code: "failed", message }
+            }
+            crate::agent_client::AgentError::Timeout(_)
+            | crate::agent_client::AgentError::Remote { code: crate::ipc::ErrorCode::Timeout, .. } => {
+                ToolError { code: "timeout", message }
+            }
+            _ => ToolError::unavailable(message),
         }
     }
 }

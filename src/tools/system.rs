@@ -123,7 +123,7 @@ pub fn system_info(cx: &Cx) -> Result<SystemInfo, ToolError> {
         memory_total_bytes: fixed.memory_total_bytes,
         uptime_seconds: fixed.uptime_seconds + fixed.read_at.elapsed().as_secs_f64(),
         backend: BackendInfo { name: cx.app.platform.backend, reason: cx.app.platform.reason.clone() },
-        server_version: crate::app::VERSION,
+        server_version: crate::base::VERSION,
     })
 }
 
@@ -427,7 +427,7 @@ impl Tool for GetCapabilities {
             })
             .collect();
         Ok(Capabilities {
-            server_version: crate::app::VERSION.into(),
+            server_version: crate::base::VERSION.into(),
             protocol_versions: crate::mcp::SUPPORTED_VERSIONS.iter().map(|v| v.to_string()).collect(),
             tools,
             agent: cx.app.agent.refresh().await,

@@ -1,19 +1,17 @@
-//! The server's shared state, built once at start from the configuration.
+//! The server's shared state, built once at start from the configuration: what every
+//! tool handler and transport reaches through [`App`].
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use super::{Catalogue, StaticInfo, ToolError};
 use crate::audit::AuditLog;
 use crate::auth::{Authenticator, RateLimiter};
 use crate::config::{Config, Loaded};
 use crate::host::cpu::CpuTimes;
 use crate::host::{LiveAttr, Roots};
 use crate::platform::Platform;
-use crate::tools::{Catalogue, StaticInfo, ToolError};
-
-/// The package version, shared by every binary of the package.
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// Everything a request handler needs, shared by all connections.
 pub struct App {
@@ -80,8 +78,8 @@ impl App {
     }
 
     /// Whether a tool is offered: experimental tools only when the operator turned them on.
-    pub fn tool_enabled(&self, spec: &crate::tools::ToolSpec) -> bool {
-        spec.maturity != crate::tools::Maturity::Experimental || self.config.experimental_features.allows(spec.name)
+    pub fn tool_enabled(&self, spec: &super::ToolSpec) -> bool {
+        spec.maturity != super::Maturity::Experimental || self.config.experimental_features.allows(spec.name)
     }
 
     /// Board, OS and CPU identity, re-read at most once a minute.

@@ -1,0 +1,77 @@
+//! The bottom of the library: the package version and the small value types that every
+//! layer above shares (configuration, platform, logs, IPC). It imports nothing of the crate,
+//! so that dependencies run one way, from the binaries down to here.
+
+use serde::{Deserialize, Serialize};
+
+/// The package version, shared by every binary of the package and by the IPC handshake.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Which implementation of the hardware and OS seam to use (`platform.backend`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Backend {
+    /// The real backend on a Raspberry Pi, the simulated one elsewhere.
+    Auto,
+    RaspberryPi,
+    Simulated,
+}
+
+/// A switch that can also be left to the situation (`auto`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Tristate {
+    Auto,
+    #[serde(alias = "true")]
+    On,
+    #[serde(alias = "false")]
+    Off,
+}
+
+/// Severity threshold of the application log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    #[serde(alias = "TRACE")]
+    Trace,
+    #[serde(alias = "DEBUG")]
+    Debug,
+    #[serde(alias = "INFO")]
+    Info,
+    #[serde(alias = "WARNING", alias = "warning", alias = "WARN")]
+    Warn,
+    #[serde(alias = "ERROR")]
+    Error,
+}
+
+impl LogLevel {
+    pub fn to_filter(self) -> log::LevelFilter {
+        match self {
+            LogLevel::Trace => log::LevelFilter::Trace,
+            LogLevel::Debug => log::LevelFilter::Debug,
+            LogLevel::Info => log::LevelFilter::Info,
+            LogLevel::Warn => log::LevelFilter::Warn,
+            LogLevel::Error => log::LevelFilter::Error,
+        }
+    }
+
+    pub fn from_level(level: log::Level) -> LogLevel {
+        match level {
+            log::Level::Trace => LogLevel::Trace,
+            log::Level::Debug => LogLevel::Debug,
+            log::Level::Info => LogLevel::Info,
+            log::Level::Warn => LogLevel::Warn,
+            log::Level::Error => LogLevel::Error,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Trace => "trace",
+            LogLevel::Debug => "debug",
+            LogLevel::Info => "info",
+            LogLevel::Warn => "warn",
+            LogLevel::Error => "error",
+        }
+    }
+}

@@ -1,0 +1,7 @@
+//! Installing releases and updating the server itself.
+//!
+//! [`release`] keeps the install root (`/opt/mcp-raspi`): one directory per installed
+//! version and the `current` symlink the units run through. The package's postinst and the
+//! self-update both go through it.
+
+pub mod release;
