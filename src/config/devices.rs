@@ -179,11 +179,51 @@ impl Default for PowerConfig {
     }
 }
 
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+/// Updates of mcp-raspi itself (signed releases from `server_url`) and of the OS packages.
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UpdatesConfig {
+    /// Base URL of the update repository (`<url>/<channel>/manifest.json`); empty turns
+    /// self-update off.
+    pub server_url: String,
+    /// Channel followed when none is asked for: `stable` or `beta`.
+    pub channel: String,
+    /// Directory of the trusted release keys (`*.pub`); an update never brings its own.
+    pub keys_dir: PathBuf,
+    /// Installed releases kept under releases/ (the current and the previous good one
+    /// always are).
+    pub keep_versions: usize,
+    /// Largest package a manifest may announce, in megabytes.
+    pub max_download_mb: u64,
+    /// Seconds a new release has to prove healthy before it is rolled back.
+    pub health_timeout_seconds: u64,
+    /// Starts of the ops agent an update not yet committed may take; past that it is rolled back.
+    pub max_failed_starts: u32,
+    /// manage.update_server and manage.rollback may be used over MCP. Switch off while
+    /// investigating a failed update; `mcp-raspi update` and `mcp-raspi manage rollback`
+    /// (root, on the device) keep working.
+    pub remote_enabled: bool,
     pub os: OsUpdatesConfig,
 }
+
+impl Default for UpdatesConfig {
+    fn default() -> Self {
+        UpdatesConfig {
+            server_url: String::new(),
+            channel: "stable".into(),
+            keys_dir: PathBuf::from("/etc/mcp-raspi/keys"),
+            keep_versions: 3,
+            max_download_mb: 20,
+            health_timeout_seconds: 90,
+            max_failed_starts: 3,
+            remote_enabled: true,
+            os: OsUpdatesConfig::default(),
+        }
+    }
+}
+
+/// Channels a release can be published on.
+pub const CHANNELS: [&str; 2] = ["stable", "beta"];
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]

@@ -511,6 +511,39 @@ impl Config {
         if self.ops_agent.request_timeout_ms == 0 {
             return invalid("ops_agent.request_timeout_ms", "must be at least 1".into());
         }
+        let updates = &self.updates;
+        if !updates.server_url.is_empty()
+            && !(updates.server_url.starts_with("https://") || updates.server_url.starts_with("http://"))
+        {
+            return invalid(
+                "updates.server_url",
+                format!(
+                    "{:?} is not an http:// or https:// URL (leave it empty to turn self-update off)",
+                    updates.server_url
+                ),
+            );
+        }
+        if !devices::CHANNELS.contains(&updates.channel.as_str()) {
+            return invalid(
+                "updates.channel",
+                format!("{:?} is not one of {}", updates.channel, devices::CHANNELS.join(", ")),
+            );
+        }
+        if !(1..=20).contains(&updates.keep_versions) {
+            return invalid("updates.keep_versions", format!("{} is outside 1 to 20", updates.keep_versions));
+        }
+        if !(1..=1024).contains(&updates.max_download_mb) {
+            return invalid("updates.max_download_mb", format!("{} is outside 1 to 1024", updates.max_download_mb));
+        }
+        if !(5..=3600).contains(&updates.health_timeout_seconds) {
+            return invalid(
+                "updates.health_timeout_seconds",
+                format!("{} is outside 5 to 3600", updates.health_timeout_seconds),
+            );
+        }
+        if !(1..=20).contains(&updates.max_failed_starts) {
+            return invalid("updates.max_failed_starts", format!("{} is outside 1 to 20", updates.max_failed_starts));
+        }
         for unit in &self.health.services {
             if !crate::platform::UnitName::is_valid(unit) {
                 return invalid("health.services", format!("{unit:?} is not a systemd unit name"));

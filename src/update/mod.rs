@@ -4,4 +4,6 @@
 //! version and the `current` symlink the units run through. The package's postinst and the
 //! self-update both go through it.
 
+pub mod activate;
 pub mod release;
+pub mod state;

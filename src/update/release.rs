@@ -604,6 +604,12 @@ pub fn list_releases(install_root: &Path) -> Result<Vec<String>, ReleaseError> {
 /// Removes all releases but the `keep` newest and the one `current` names, and whatever an
 /// interrupted install or flip left behind. Returns the versions removed.
 pub fn prune(install_root: &Path, keep: usize) -> Result<Vec<String>, ReleaseError> {
+    prune_protecting(install_root, keep, &[])
+}
+
+/// [`prune`], never removing the versions in `protect` either (the previous good release,
+/// which a rollback needs).
+pub fn prune_protecting(install_root: &Path, keep: usize, protect: &[&str]) -> Result<Vec<String>, ReleaseError> {
     let root = open_root(install_root)?;
     let _lock = lock_at(&root, install_root)?;
     let current = current_version(install_root)?;
@@ -625,7 +631,7 @@ pub fn prune(install_root: &Path, keep: usize) -> Result<Vec<String>, ReleaseErr
     let mut removed = Vec::new();
     let old = versions.len().saturating_sub(keep);
     for version in &versions[..old] {
-        if Some(version) == current.as_ref() {
+        if Some(version) == current.as_ref() || protect.contains(&version.as_str()) {
             continue;
         }
         remove_tree_at(&releases, OsStr::new(version), &shown.join(version))?;
@@ -635,6 +641,30 @@ pub fn prune(install_root: &Path, keep: usize) -> Result<Vec<String>, ReleaseErr
         sync_fd(&releases, &shown)?;
     }
     Ok(removed)
+}
+
+/// The bytes a release's files take (its directory tree, symlinks not followed).
+pub fn release_size(install_root: &Path, version: &str) -> Result<u64, ReleaseError> {
+    validate_version(version)?;
+    fn walk(dir: &OwnedFd, shown: &Path) -> Result<u64, ReleaseError> {
+        let mut total = 0;
+        for name in entries_at(dir, shown)? {
+            let path = shown.join(&name);
+            let Some(st) = stat_at(dir, &name, &path)? else { continue };
+            if is_dir(&st) {
+                total += walk(&open_dir_at(dir, &name, &path)?, &path)?;
+            } else {
+                total += u64::try_from(st.st_size).unwrap_or(0);
+            }
+        }
+        Ok(total)
+    }
+    let root = open_root(install_root)?;
+    let shown = release_dir(install_root, version);
+    let not_installed = || ReleaseError::NotInstalled { version: version.to_string(), path: shown.clone() };
+    let releases = open_releases(&root, install_root, false)?.ok_or_else(not_installed)?;
+    let dir = open_dir_at(&releases, OsStr::new(version), &shown).map_err(|_| not_installed())?;
+    walk(&dir, &shown)
 }
 
 // --- versions ---------------------------------------------------------------------------------
@@ -978,6 +1008,21 @@ mod tests {
         assert!(fs::symlink_metadata(root.join(".current.new-1")).is_err());
         assert_eq!(prune(&root, 0).unwrap(), ["0.10.0", "1:0.1.0"]);
         assert_eq!(list_releases(&root).unwrap(), ["0.2.0"]);
+    }
+
+    #[test]
+    fn pruning_never_removes_a_protected_release() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = install_root(dir.path());
+        for (i, v) in ["0.1.0", "0.2.0", "0.3.0", "0.4.0"].iter().enumerate() {
+            install_release(&payload(&dir.path().join(i.to_string()), v), &root, v).unwrap();
+        }
+        flip_current(&root, "0.4.0").unwrap();
+        assert_eq!(prune_protecting(&root, 1, &["0.1.0"]).unwrap(), ["0.2.0", "0.3.0"]);
+        assert_eq!(list_releases(&root).unwrap(), ["0.1.0", "0.4.0"]);
+        let size = release_size(&root, "0.4.0").unwrap();
+        assert_eq!(size, ("server 0.4.0".len() + "agent".len() + "read me".len() + "mcp-raspi-server".len()) as u64);
+        assert!(matches!(release_size(&root, "0.2.0"), Err(ReleaseError::NotInstalled { .. })));
     }
 
     #[test]
