@@ -127,18 +127,23 @@ impl AgentClient {
 
     /// Sends one request and waits for its answer (at most `request_timeout_ms`).
     pub async fn call(&self, request: Request) -> Result<Response, AgentError> {
+        self.call_with_timeout(request, self.timeout).await
+    }
+
+    /// Sends one request that may take up to `timeout` (installing a release).
+    pub async fn call_with_timeout(&self, request: Request, timeout: Duration) -> Result<Response, AgentError> {
         let conn = self.connection().await?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         if let Ok(mut p) = conn.pending.lock() {
             p.insert(id, tx);
         }
-        let frame = RequestFrame::with_timeout(id, request, self.timeout);
+        let frame = RequestFrame::with_timeout(id, request, timeout);
         if conn.tx.send(frame).is_err() {
             self.forget(&conn);
             return Err(AgentError::Unavailable("the connection to the agent closed".into()));
         }
-        match tokio::time::timeout(self.timeout, rx).await {
+        match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(Response::Error { code, message })) => Err(AgentError::Remote { code, message }),
             Ok(Ok(response)) => Ok(response),
             Ok(Err(_)) => Err(AgentError::Unavailable("the agent closed the connection before answering".into())),
@@ -146,7 +151,7 @@ impl AgentClient {
                 if let Ok(mut p) = conn.pending.lock() {
                     p.remove(&id);
                 }
-                Err(AgentError::Timeout(self.timeout))
+                Err(AgentError::Timeout(timeout))
             }
         }
     }

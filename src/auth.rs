@@ -47,7 +47,12 @@ pub struct Authenticator {
     /// SHA-256 of each token: compared in constant time, and the tokens themselves are not
     /// kept in memory longer than start-up.
     tokens: Vec<([u8; 32], Identity)>,
+    /// The digest of the one-time token of a self-check in progress (see [`Self::begin_probe`]).
+    probe: std::sync::RwLock<Option<[u8; 32]>>,
 }
+
+/// The identity of the server's own check of itself after an update, in the audit log.
+pub const PROBE_IDENTITY: &str = "update-health-check";
 
 impl fmt::Debug for Authenticator {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -80,7 +85,7 @@ impl Authenticator {
             }
         }
         let anonymous = Identity { name: "anonymous".into(), role: config.security.anonymous_role };
-        Ok(Authenticator { mode: config.security.auth_mode, anonymous, tokens })
+        Ok(Authenticator { mode: config.security.auth_mode, anonymous, tokens, probe: std::sync::RwLock::new(None) })
     }
 
     pub fn mode(&self) -> AuthMode {
@@ -105,7 +110,36 @@ impl Authenticator {
                 found = Some(identity);
             }
         }
-        found.cloned().ok_or(AuthError::Invalid)
+        match found {
+            Some(identity) => Ok(identity.clone()),
+            None => self.probe_identity(&presented).ok_or(AuthError::Invalid),
+        }
+    }
+
+    /// Creates a random one-time token with the viewer role, valid until [`Self::end_probe`]:
+    /// the server's check of its own HTTP listener after an update, which must pass whatever
+    /// the authentication mode. The token exists only in this process's memory.
+    pub fn begin_probe(&self) -> Result<String, String> {
+        let mut bytes = [0u8; 32];
+        getrandom::fill(&mut bytes).map_err(|e| format!("no randomness for a probe token: {e}"))?;
+        let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        if let Ok(mut probe) = self.probe.write() {
+            *probe = Some(digest(&token));
+        }
+        Ok(token)
+    }
+
+    /// Withdraws the probe token.
+    pub fn end_probe(&self) {
+        if let Ok(mut probe) = self.probe.write() {
+            *probe = None;
+        }
+    }
+
+    fn probe_identity(&self, presented: &[u8; 32]) -> Option<Identity> {
+        let probe = self.probe.read().ok()?;
+        let hash = probe.as_ref()?;
+        constant_time_eq(hash, presented).then(|| Identity { name: PROBE_IDENTITY.into(), role: Role::Viewer })
     }
 }
 
@@ -192,6 +226,20 @@ mod tests {
         assert_eq!(auth.authenticate(None), Err(AuthError::Missing));
         assert_eq!(auth.authenticate(Some("Basic abc")), Err(AuthError::Malformed));
         assert_eq!(auth.authenticate(Some("Bearer nope-0123456789abcdef")), Err(AuthError::Invalid));
+    }
+
+    #[test]
+    fn the_probe_token_is_a_viewer_only_while_the_probe_lasts() {
+        let auth = Authenticator::new(&token_config(), &secrets()).unwrap();
+        let token = auth.begin_probe().unwrap();
+        let header = format!("Bearer {token}");
+        let probe = auth.authenticate(Some(&header)).unwrap();
+        assert_eq!((&*probe.name, probe.role), (PROBE_IDENTITY, Role::Viewer));
+        assert_eq!(auth.authenticate(Some("Bearer alice-0123456789abcdef")).unwrap().role, Role::Operator);
+        auth.end_probe();
+        assert_eq!(auth.authenticate(Some(&header)), Err(AuthError::Invalid));
+        // A new probe gets a new token.
+        assert_ne!(auth.begin_probe().unwrap(), token);
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod ipc;
 pub mod logs;
 pub mod mcp;
 pub mod platform;
+pub mod selfcheck;
 pub mod server;
 pub mod tools;
 pub mod update;

@@ -133,6 +133,9 @@ pub fn main() -> ExitCode {
         // Supervisors and tests read the bound address (the port may have been 0) here.
         println!("listening on http://{addr}/mcp");
         let _ = std::io::stdout().flush();
+        if crate::selfcheck::due(&app) {
+            tokio::spawn(crate::selfcheck::run(app.clone(), addr));
+        }
         crate::mcp::http::serve(app, listener, shutdown_signal()).await;
         log::info!("stopped");
         Ok(())

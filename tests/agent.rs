@@ -37,7 +37,7 @@ fn receive(stream: &mut UnixStream) -> Option<Value> {
 }
 
 fn hello(version: &str) -> Value {
-    json!({"id": 0, "deadline_unix_ms": now_ms() + 5000, "request": {"op": "hello", "package_version": version, "ipc_version": "1.0"}})
+    json!({"id": 0, "deadline_unix_ms": now_ms() + 5000, "request": {"op": "hello", "package_version": version, "ipc_version": mcp_raspi::ipc::IPC_VERSION}})
 }
 
 /// An agent whose socket also admits this test process (to speak raw IPC to it).

@@ -16,6 +16,7 @@ pub struct AgentState {
     pub config: Config,
     pub platform: Platform,
     pub capabilities: AgentCapabilities,
+    pub updates: super::update::Updates,
 }
 
 fn invalid(message: String) -> Response {
@@ -131,6 +132,11 @@ impl AgentState {
                 Response::Upgrade { status: p.packages.start_upgrade().map_err(fail)? }
             }
             Request::OsUpgradeStatus => Response::Upgrade { status: p.packages.upgrade_status().map_err(fail)? },
+            Request::UpdateApply { manifest, signature } => self.update_apply(&manifest, &signature)?,
+            Request::UpdateRollback { to_version, reason } => self.update_rollback(to_version.as_deref(), &reason)?,
+            Request::UpdateHealth { version, healthy, detail } => {
+                self.update_health(super::update::HealthReport { version, healthy, detail })
+            }
         })
     }
 
@@ -240,8 +246,10 @@ mod tests {
     /// extra keys of the camera section.
     fn agent(media: &Path, camera: &str) -> Arc<AgentState> {
         let yaml = format!("config_version: \"1.2\"\ncamera:\n  media_dir: {}\n{camera}", media.display());
+        let config = Config::from_yaml(&yaml, "test").unwrap();
         Arc::new(AgentState {
-            config: Config::from_yaml(&yaml, "test").unwrap(),
+            updates: crate::agent::update::Updates::new(&config),
+            config,
             platform: Platform::select(Backend::Simulated, &Roots::system()),
             capabilities: AgentCapabilities::default(),
         })
@@ -249,8 +257,10 @@ mod tests {
 
     /// An agent on simulated hardware configured by `yaml` (after the version line).
     fn configured(yaml: &str) -> Arc<AgentState> {
+        let config = Config::from_yaml(&format!("config_version: \"1.2\"\n{yaml}"), "test").unwrap();
         Arc::new(AgentState {
-            config: Config::from_yaml(&format!("config_version: \"1.2\"\n{yaml}"), "test").unwrap(),
+            updates: crate::agent::update::Updates::new(&config),
+            config,
             platform: Platform::select(Backend::Simulated, &Roots::system()),
             capabilities: AgentCapabilities::default(),
         })

@@ -5,6 +5,7 @@
 
 mod dispatch;
 pub mod privileges;
+pub mod update;
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -100,7 +101,8 @@ pub fn main() -> ExitCode {
         capabilities.no_new_privs
     );
     let socket = config.ops_agent.socket_path.clone();
-    let state = Arc::new(AgentState { config, platform, capabilities });
+    let updates = update::Updates::new(&config);
+    let state = Arc::new(AgentState { config, platform, capabilities, updates });
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => return fail(format!("cannot start the runtime: {e}")),
@@ -109,6 +111,7 @@ pub fn main() -> ExitCode {
         let listener = bind(&socket, group).await?;
         println!("listening on {}", socket.display());
         let _ = std::io::stdout().flush();
+        tokio::spawn(update::check_after_start(state.clone()));
         serve(state, listener, allowed_uids, crate::server::shutdown_signal()).await;
         let _ = std::fs::remove_file(&socket);
         log::info!("stopped");

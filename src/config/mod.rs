@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 pub use crate::base::{Backend, LogLevel, Tristate};
 pub use devices::{
     CameraConfig, ExperimentalConfig, FeatureFlag, GpioConfig, I2cBusRule, I2cConfig, OpsAgentConfig, OsUpdatesConfig,
-    PinRule, PowerConfig, ServicesConfig, SpiConfig, SpiDeviceRule, UartConfig, UartPortRule, UpdatesConfig,
+    PinRule, PowerConfig, ServicesConfig, SpiConfig, SpiDeviceRule, UartConfig, UartPortRule, UpdatesConfig, CHANNELS,
 };
 pub use policy::{DenialKind, Denied};
 pub use values::{ListenAddr, Role};
@@ -512,9 +512,8 @@ impl Config {
             return invalid("ops_agent.request_timeout_ms", "must be at least 1".into());
         }
         let updates = &self.updates;
-        if !updates.server_url.is_empty()
-            && !(updates.server_url.starts_with("https://") || updates.server_url.starts_with("http://"))
-        {
+        let url = &updates.server_url;
+        if !(url.is_empty() || url.starts_with("https://") || url.starts_with("http://")) {
             return invalid(
                 "updates.server_url",
                 format!(

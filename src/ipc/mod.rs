@@ -25,12 +25,13 @@ use crate::platform::{
     Capture, JournalEntry, Level, PinMode, PinNumber, PinState, PlatformError, PowerAction, PowerReceipt, Pull,
     PwmState, UnitAction, UnitName, UnitState, Upgradable, UpgradeStatus,
 };
+use crate::update::state::VersionState;
 
 pub use codec::{read_frame, write_frame, FrameError};
 
 /// The wire protocol's version, major.minor. Bump the minor for additions both sides of one
 /// release understand, the major for anything an older peer would misread.
-pub const IPC_VERSION: &str = "1.0";
+pub const IPC_VERSION: &str = "1.1";
 
 /// The largest frame either side writes or accepts. A camera preview is the biggest
 /// payload and stays far below this; the limit exists so a corrupt or hostile length
@@ -147,6 +148,29 @@ pub enum Request {
     OsStartUpgrade,
     #[serde(deserialize_with = "no_arguments")]
     OsUpgradeStatus,
+    /// Install the release that `manifest` describes from the package the server downloaded
+    /// into the state directory's `downloads/`, switch `current` to it and restart the
+    /// services. The agent trusts neither the manifest nor the file: it checks the
+    /// signature against its own keys, the policy, and the package's size and SHA-256 again.
+    UpdateApply {
+        /// The exact bytes of `manifest.json`.
+        manifest: String,
+        /// The exact bytes of `manifest.json.sig`.
+        signature: String,
+    },
+    /// Move `current` back to `to_version` (an installed release) or to the previous good
+    /// version, and restart the services.
+    UpdateRollback {
+        to_version: Option<String>,
+        reason: String,
+    },
+    /// The server's report, after a start into a release under update, of its own check:
+    /// `/healthz` and a `tools/call` answered over its HTTP listener.
+    UpdateHealth {
+        version: String,
+        healthy: bool,
+        detail: String,
+    },
 }
 
 impl Request {
@@ -181,6 +205,9 @@ impl Request {
             Request::OsListUpgradable => "os_list_upgradable",
             Request::OsStartUpgrade => "os_start_upgrade",
             Request::OsUpgradeStatus => "os_upgrade_status",
+            Request::UpdateApply { .. } => "update_apply",
+            Request::UpdateRollback { .. } => "update_rollback",
+            Request::UpdateHealth { .. } => "update_health",
         }
     }
 
@@ -239,6 +266,13 @@ impl Request {
                 None => write!(s, " unit={unit} lines={lines}"),
             },
             Request::Power { action, delay_seconds } => write!(s, " action={action:?} delay_seconds={delay_seconds}"),
+            Request::UpdateApply { manifest, signature } => {
+                write!(s, " manifest=<{} bytes> signature=<{} bytes>", manifest.len(), signature.len())
+            }
+            Request::UpdateRollback { to_version, reason } => write!(s, " to_version={to_version:?} reason={reason:?}"),
+            Request::UpdateHealth { version, healthy, detail } => {
+                write!(s, " version={version:?} healthy={healthy} detail={detail:?}")
+            }
         };
         s
     }
@@ -371,6 +405,19 @@ pub enum Response {
     Upgrade {
         status: UpgradeStatus,
     },
+    /// A release was installed and `current` switched to it; the services restart after
+    /// `restart_in_ms`, and the new release's health check then commits or rolls back.
+    UpdateApplied {
+        from: Option<String>,
+        to: String,
+        restart_in_ms: u32,
+    },
+    /// `version.json` after a rollback.
+    VersionState {
+        state: VersionState,
+    },
+    /// The request was done and has nothing to report.
+    Done,
     Error {
         code: ErrorCode,
         message: String,
@@ -396,6 +443,9 @@ impl Response {
             Response::Power { .. } => "power",
             Response::Upgradable { .. } => "upgradable",
             Response::Upgrade { .. } => "upgrade",
+            Response::UpdateApplied { .. } => "update_applied",
+            Response::VersionState { .. } => "version_state",
+            Response::Done => "done",
             Response::Error { .. } => "error",
         }
     }

@@ -75,9 +75,12 @@ fn request_variant(r: &Request) -> usize {
         Request::OsStartUpgrade => 20,
         Request::OsUpgradeStatus => 21,
         Request::CameraRecord { .. } => 22,
+        Request::UpdateApply { .. } => 23,
+        Request::UpdateRollback { .. } => 24,
+        Request::UpdateHealth { .. } => 25,
     }
 }
-const REQUEST_VARIANTS: usize = 23;
+const REQUEST_VARIANTS: usize = 26;
 
 fn response_variant(r: &Response) -> usize {
     match r {
@@ -96,9 +99,12 @@ fn response_variant(r: &Response) -> usize {
         Response::Upgrade { .. } => 12,
         Response::Error { .. } => 13,
         Response::Video { .. } => 14,
+        Response::UpdateApplied { .. } => 15,
+        Response::VersionState { .. } => 16,
+        Response::Done => 17,
     }
 }
-const RESPONSE_VARIANTS: usize = 15;
+const RESPONSE_VARIANTS: usize = 18;
 
 fn sample_requests() -> Vec<RequestFrame> {
     let requests = vec![
@@ -125,6 +131,12 @@ fn sample_requests() -> Vec<RequestFrame> {
         Request::OsStartUpgrade,
         Request::OsUpgradeStatus,
         Request::CameraRecord { duration_ms: 5000, width: 640, height: 480, framerate: 15 },
+        Request::UpdateApply {
+            manifest: "{\"name\":\"mcp-raspi\",\"version\":\"0.2.0\"}\n".into(),
+            signature: "{\"key_id\":\"0123456789abcdef\"}\n".into(),
+        },
+        Request::UpdateRollback { to_version: Some("0.1.0".into()), reason: "operator".into() },
+        Request::UpdateHealth { version: "0.2.0".into(), healthy: true, detail: "/healthz 200; tools/call ok".into() },
     ];
     requests
         .into_iter()
@@ -217,6 +229,27 @@ fn sample_responses() -> Vec<ResponseFrame> {
                 source: "rpicam-vid".into(),
             },
         },
+        Response::UpdateApplied { from: Some("0.1.0".into()), to: "0.2.0".into(), restart_in_ms: 1000 },
+        Response::VersionState {
+            state: crate::update::state::VersionState {
+                current_version: Some("0.1.0".into()),
+                previous_good_version: None,
+                highest_installed: Some("0.2.0".into()),
+                last_update: Some(crate::update::state::LastUpdate {
+                    status: crate::update::state::UpdateStatus::RolledBack,
+                    from: Some("0.2.0".into()),
+                    to: "0.1.0".into(),
+                    source: "rollback".into(),
+                    phase: None,
+                    started_at: "2026-01-01T00:00:00Z".into(),
+                    finished_at: Some("2026-01-01T00:00:02Z".into()),
+                    reason: Some("operator".into()),
+                }),
+                failed_starts: 0,
+                reconciled: None,
+            },
+        },
+        Response::Done,
     ];
     responses.into_iter().zip(1u64..).map(|(response, id)| ResponseFrame { id, response }).collect()
 }

@@ -21,7 +21,7 @@ use crate::host::Roots;
 pub use bus::{I2c, Spi, SpiSettings, Uart};
 pub use camera::{Camera, Capture, CaptureRequest};
 pub use gpio::{Gpio, Level, PinMode, PinNumber, PinState, Pull, PwmState};
-pub use real::polkit::polkit_rules;
+pub use real::polkit::{polkit_rules, PRODUCT_UNITS};
 pub use system::{
     JournalEntry, Packages, Power, PowerAction, PowerReceipt, Services, UnitAction, UnitName, UnitState, Upgradable,
     UpgradeStatus,

@@ -116,6 +116,11 @@ pub trait Services: Send + Sync {
     }
     /// Starts, stops, restarts, enables or disables a unit; returns its new state.
     fn control(&self, unit: &UnitName, action: UnitAction) -> Result<UnitState, PlatformError>;
+    /// Asks for `units` to be restarted and returns at once, for a caller that is one of
+    /// them (the ops agent restarting itself into a new release).
+    fn restart_without_waiting(&self, units: &[UnitName]) -> Result<(), PlatformError> {
+        units.iter().try_for_each(|u| self.control(u, UnitAction::Restart).map(drop))
+    }
     /// The newest `lines` journal entries of a unit, oldest first, optionally since a
     /// time (`journalctl --since` syntax, validated by the caller).
     fn journal(&self, unit: &UnitName, lines: usize, since: Option<&str>) -> Result<Vec<JournalEntry>, PlatformError>;

@@ -1,32 +1,12 @@
 //! `manage.*`: the server's own version, update state and health.
 
 use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::system::read_only_spec;
 use super::{Cx, NoArguments, Tool, ToolError, ToolSpec};
 use crate::agent_client::AgentStatus;
-
-/// The last update attempt, as recorded in `version.json`.
-#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
-pub struct LastUpdate {
-    /// The version the update went to (or tried to).
-    pub version: Option<String>,
-    /// `succeeded`, `failed` or `rolled_back`.
-    pub status: Option<String>,
-    /// When it ended, RFC 3339 UTC.
-    pub time: Option<String>,
-    /// Why it failed or was rolled back.
-    pub reason: Option<String>,
-}
-
-/// The update state kept in `version.json`.
-#[derive(Debug, Default, Deserialize, Serialize, JsonSchema)]
-pub struct VersionState {
-    pub current_version: Option<String>,
-    pub previous_good_version: Option<String>,
-    pub last_update: Option<LastUpdate>,
-}
+use crate::update::state::{LastUpdate, VersionState, STATE_FILE};
 
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct ConfigStatus {
@@ -40,7 +20,10 @@ pub struct ConfigStatus {
 pub struct ServerStatus {
     /// Version of the running server.
     pub version: String,
+    /// The release a rollback goes to (version.json).
     pub previous_good_version: Option<String>,
+    /// The last update: status `in_progress`, `succeeded`, `failed` or `rolled_back`, from,
+    /// to, when it started and ended, and why it failed.
     pub last_update: Option<LastUpdate>,
     /// Set when version.json exists but could not be read.
     pub version_state_error: Option<String>,
@@ -69,14 +52,10 @@ impl Tool for GetServerStatus {
 
     async fn call(cx: Cx, _: NoArguments) -> Result<ServerStatus, ToolError> {
         let app = &cx.app;
-        let path = app.config.paths.state_dir.join("version.json");
-        let (state, error) = match std::fs::read(&path) {
-            Ok(bytes) => match serde_json::from_slice::<VersionState>(&bytes) {
-                Ok(s) => (s, None),
-                Err(e) => (VersionState::default(), Some(format!("{} is not valid: {e}", path.display()))),
-            },
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (VersionState::default(), None),
-            Err(e) => (VersionState::default(), Some(format!("cannot read {}: {e}", path.display()))),
+        let path = app.config.paths.state_dir.join(STATE_FILE);
+        let (state, error) = match VersionState::load(&path) {
+            Ok(state) => (state.unwrap_or_default(), None),
+            Err(e) => (VersionState::default(), Some(e.to_string())),
         };
         Ok(ServerStatus {
             version: crate::base::VERSION.into(),

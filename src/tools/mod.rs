@@ -16,6 +16,7 @@ mod power;
 mod process;
 mod service;
 mod system;
+mod update;
 
 use std::fmt;
 use std::future::Future;
@@ -269,6 +270,9 @@ static TOOLS: &[&dyn DynTool] = &[
     &os::CheckUpdates,
     &os::ApplyUpdates,
     &manage::GetServerStatus,
+    &update::UpdateServer,
+    &update::Rollback,
+    &update::ListVersions,
 ];
 
 /// JSON Schema (2020-12) of a Rust type, as MCP wants it: an object schema without the

@@ -112,7 +112,18 @@ impl Installation {
 
     /// Compares the state with the link at start and repairs what can be repaired: see
     /// [`state::reconcile`]. Returns what was found, after storing any correction.
+    ///
+    /// While another process holds the update lock (an install under way), nothing is
+    /// changed: its record is not stale.
     pub fn reconcile(&self) -> Result<(Reconciled, VersionState), SwitchError> {
+        match self.lock() {
+            Ok(_lock) => self.reconcile_locked(),
+            Err(SwitchError::Refused(_)) => Ok((Reconciled::Consistent, self.state()?)),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn reconcile_locked(&self) -> Result<(Reconciled, VersionState), SwitchError> {
         let mut state = self.state()?;
         let before = state.clone();
         let link = self.current()?;
@@ -198,7 +209,7 @@ impl Installation {
     /// Records that an update to `to` starts (before anything is written to the tree), and
     /// refuses when another one is under way. The caller holds the update lock.
     pub fn begin(&self, _lock: &UpdateLock, to: &str, source: &str) -> Result<VersionState, SwitchError> {
-        let (_, mut state) = self.reconcile()?;
+        let (_, mut state) = self.reconcile_locked()?;
         if let Some(update) = state.in_progress() {
             return Err(SwitchError::Refused(format!(
                 "an update to {} is already under way (started {}, {}); wait for it to end, or roll back",
@@ -293,7 +304,7 @@ impl Installation {
     /// none under way, the rollback is recorded as an update of its own (`source`).
     pub fn rollback(&self, to: Option<&str>, reason: &str, source: &str) -> Result<VersionState, SwitchError> {
         let _lock = self.lock()?;
-        let (_, mut state) = self.reconcile()?;
+        let (_, mut state) = self.reconcile_locked()?;
         let current = self.current()?;
         let installed = release::list_releases(&self.install_root)?;
         let pending = state.in_progress().cloned();
@@ -354,6 +365,9 @@ impl Installation {
 
     /// The installed releases, oldest first, with what protects them from pruning.
     pub fn list(&self) -> Result<Vec<InstalledRelease>, SwitchError> {
+        if !self.install_root.exists() {
+            return Ok(Vec::new());
+        }
         let state = self.state()?;
         let current = self.current()?;
         let mut out = Vec::new();

@@ -5,5 +5,10 @@
 //! self-update both go through it.
 
 pub mod activate;
+pub mod deb;
+pub mod download;
+pub mod install;
+pub mod manifest;
 pub mod release;
+pub mod resolve;
 pub mod state;

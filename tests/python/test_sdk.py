@@ -62,6 +62,9 @@ TOOLS = {
     "os.check_updates",
     "os.apply_updates",
     "manage.get_server_status",
+    "manage.update_server",
+    "manage.rollback",
+    "manage.list_versions",
 }
 
 # Arguments of one valid call of each tool (process.get_info also gets a pid), and the
@@ -86,11 +89,20 @@ TOOL_CALLS: dict[str, tuple[dict[str, Any], set[str]]] = {
     "logs.get_recent_app_logs": ({"level": "info", "limit": 20}, {"count", "entries", "source"}),
     "logs.get_recent_audit_logs": ({"limit": 20}, {"count", "entries", "source"}),
     "manage.get_server_status": ({}, {"version", "pid", "started_at", "uptime_seconds", "backend", "config", "agent"}),
+    "manage.list_versions": ({}, {"releases", "keep_versions"}),
 }
 # The tools above that only read: they need no ops agent, so this suite calls each of them.
 READ_ONLY_TOOLS = set(TOOL_CALLS)
 assert READ_ONLY_TOOLS <= TOOLS
-DESTRUCTIVE_TOOLS = {"system.reboot", "system.shutdown", "service.stop", "service.disable", "os.apply_updates"}
+DESTRUCTIVE_TOOLS = {
+    "system.reboot",
+    "system.shutdown",
+    "service.stop",
+    "service.disable",
+    "os.apply_updates",
+    "manage.update_server",
+    "manage.rollback",
+}
 
 RESOURCES = {"raspi://system/info", "raspi://metrics/snapshot", "raspi://logs/app", "raspi://logs/audit"}
 PROCESS_TEMPLATE = "raspi://process/{pid}"

@@ -31,6 +31,10 @@ use crate::platform::UnitName;
 /// The verbs systemd reports for the operations the agent performs on units.
 const UNIT_VERBS: [&str; 3] = ["start", "stop", "restart"];
 
+/// The product's own units, which the agent restarts after it installs or rolls back a
+/// release (restart only: starting and stopping them stays with the administrator).
+pub const PRODUCT_UNITS: [&str; 2] = ["mcp-raspi-server.service", "raspi-ops-agent.service"];
+
 /// logind's actions for scheduling a reboot or power-off, also when others are logged in.
 const POWER_ACTIONS: [&str; 4] = [
     "org.freedesktop.login1.reboot",
@@ -61,6 +65,13 @@ pub fn polkit_rules(agent_user: &str, units: &[UnitName], allow_power: bool) -> 
     out.push_str(&format!("        var verbs = {};\n", js_array(UNIT_VERBS, "        ")));
     out.push_str(
         "        if (units.indexOf(action.lookup(\"unit\")) >= 0 && verbs.indexOf(action.lookup(\"verb\")) >= 0) {\n\
+         \x20           return polkit.Result.YES;\n\
+         \x20       }\n",
+    );
+    out.push_str("        // mcp-raspi's own units, restarted into a new release by the self-update.\n");
+    out.push_str(&format!("        var own = {};\n", js_array(PRODUCT_UNITS, "        ")));
+    out.push_str(
+        "        if (own.indexOf(action.lookup(\"unit\")) >= 0 && action.lookup(\"verb\") === \"restart\") {\n\
          \x20           return polkit.Result.YES;\n\
          \x20       }\n\
          \x20       return polkit.Result.NOT_HANDLED;\n\
@@ -126,7 +137,7 @@ mod tests {
     #[test]
     fn the_rule_grants_only_to_the_agent_user_and_never_unit_files() {
         let text = polkit_rules("mcp-ops", &units(&["nginx"]), true);
-        assert_eq!(text.matches("polkit.Result.YES").count(), 2, "{text}");
+        assert_eq!(text.matches("polkit.Result.YES").count(), 3, "{text}");
         assert!(!text.contains("isInGroup"), "{text}");
         assert!(!text.contains("\"org.freedesktop.systemd1.manage-unit-files\""), "{text}");
         assert!(!text.contains("ignore-inhibit"), "{text}");
@@ -208,11 +219,16 @@ console.log(JSON.stringify(answers));
             ["mcp-ops", "org.freedesktop.login1.reboot-ignore-inhibit", {}],
             ["alice", manage, {"unit": "nginx.service", "verb": "restart"}],
             ["alice", "org.freedesktop.login1.reboot", {}],
+            ["mcp-ops", manage, {"unit": "mcp-raspi-server.service", "verb": "restart"}],
+            ["mcp-ops", manage, {"unit": "raspi-ops-agent.service", "verb": "restart"}],
+            ["mcp-ops", manage, {"unit": "mcp-raspi-server.service", "verb": "stop"}],
+            ["mcp-ops", manage, {"unit": "raspi-ops-agent.service", "verb": "start"}],
+            ["alice", manage, {"unit": "mcp-raspi-server.service", "verb": "restart"}],
         ]);
         let out = Command::new(node).arg(&harness).arg(&rules).arg(cases.to_string()).output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let answers: Vec<String> = serde_json::from_slice(&out.stdout).unwrap();
         let (yes, no) = ("yes", "not handled");
-        assert_eq!(answers, [yes, yes, no, no, no, no, yes, yes, no, no, no]);
+        assert_eq!(answers, [yes, yes, no, no, no, no, yes, yes, no, no, no, yes, yes, no, no, no]);
     }
 }

@@ -137,6 +137,17 @@ impl Services for SystemdServices {
         self.status(unit)
     }
 
+    fn restart_without_waiting(&self, units: &[UnitName]) -> Result<(), PlatformError> {
+        require_systemd()?;
+        let mut args = vec!["--no-ask-password", "--no-block", "restart", "--"];
+        args.extend(units.iter().map(UnitName::as_str));
+        let output = run("systemctl", &args)?;
+        match units.first() {
+            Some(unit) if !output.status.success() => Err(systemctl_failure("restart", unit, &output)),
+            _ => Ok(()),
+        }
+    }
+
     fn journal(&self, unit: &UnitName, lines: usize, since: Option<&str>) -> Result<Vec<JournalEntry>, PlatformError> {
         // Validated before the systemd check so that a bad value is reported as such anywhere.
         let since = since.map(parse_since).transpose()?;

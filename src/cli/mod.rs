@@ -23,10 +23,18 @@ use crate::base::VERSION;
 use crate::config::Config;
 use crate::update::release;
 
+mod publish;
+mod update;
+
+pub use update::{ManageCommand, UpdateCommand};
+
 /// Default install root of releases and the `current` symlink.
 const DEFAULT_ROOT: &str = "/opt/mcp-raspi";
 /// Default configuration file.
 const DEFAULT_CONFIG: &str = "/etc/mcp-raspi/config.yml";
+/// Names the program is also installed under (the runbook's), each standing for a
+/// subcommand: `mcp-raspi-update server ...` is `mcp-raspi update server ...`.
+const ALIASES: [(&str, Option<&str>); 2] = [("mcp-raspi-update", Some("update")), ("mcp-raspi-cli", None)];
 
 /// Operator command line of mcp-raspi: releases, the ops agent's polkit rule, man pages and
 /// shell completions.
@@ -43,6 +51,12 @@ pub enum Command {
     /// Install releases under the install root and choose the one the services run.
     #[command(subcommand)]
     Release(ReleaseCommand),
+    /// Update mcp-raspi itself from the signed update repository.
+    #[command(subcommand)]
+    Update(UpdateCommand),
+    /// Roll back to an installed release, list the installed releases.
+    #[command(subcommand)]
+    Manage(ManageCommand),
     /// Print the polkit rule that lets the ops agent start, stop and restart the units on
     /// services.allowed_units (and reboot or power off when the power section allows it).
     PolkitRules {
@@ -91,6 +105,14 @@ pub enum ReleaseCommand {
         #[arg(long, value_name = "USER")]
         owner: Option<String>,
     },
+    /// Create a release signing key pair (ed25519).
+    Keygen(publish::Keygen),
+    /// Build a release's manifest.json from its packages.
+    Manifest(publish::BuildManifest),
+    /// Sign a manifest (writes MANIFEST.sig).
+    Sign(publish::Sign),
+    /// Check a manifest's signature against trusted keys, and optionally packages against it.
+    Verify(publish::Verify),
     /// Point current at an installed release, atomically.
     Activate {
         /// Install root holding releases/ and current.
@@ -99,9 +121,16 @@ pub enum ReleaseCommand {
         /// Version to activate.
         #[arg(long = "version", value_name = "VERSION")]
         release_version: String,
-        /// Give the current link to this user and its group.
+        /// Give the current link (and version.json) to this user and its group.
         #[arg(long, value_name = "USER")]
         owner: Option<String>,
+        /// Record the switch in DIR/version.json as a package install (the postinst does),
+        /// and prune to --keep releases, keeping the previous good one.
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
+        /// Releases kept when pruning with --state-dir.
+        #[arg(long, value_name = "KEEP", default_value_t = 3, requires = "state_dir")]
+        keep: usize,
     },
     /// Print the version current points at.
     Current {
@@ -128,7 +157,7 @@ pub enum ReleaseCommand {
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = Args::parse_from(with_alias(std::env::args_os().collect()));
     let mut stdout = std::io::stdout().lock();
     match run(args.command, &mut stdout) {
         Ok(()) => ExitCode::SUCCESS,
@@ -140,11 +169,26 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// The arguments as `mcp-raspi` takes them: a program called by one of its other names
+/// gets that name's subcommand put in front.
+fn with_alias(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let called = args.first().and_then(|a| Path::new(a).file_name()).map(|n| n.to_string_lossy().into_owned());
+    if let Some((_, sub)) = ALIASES.iter().find(|(name, _)| called.as_deref() == Some(*name)) {
+        args[0] = "mcp-raspi".into();
+        if let Some(sub) = sub {
+            args.insert(1, (*sub).into());
+        }
+    }
+    args
+}
+
 /// Runs one command, writing its answer to `out`.
 pub fn run(command: Command, out: &mut dyn Write) -> Result<(), String> {
     let print = |out: &mut dyn Write, text: &str| out.write_all(text.as_bytes()).map_err(|e| e.to_string());
     match command {
         Command::Release(command) => run_release(command, out),
+        Command::Update(command) => update::run_update(command, out),
+        Command::Manage(command) => update::run_manage(command, out),
         Command::PolkitRules { config, agent_user, output } => {
             let text = polkit_rules_for(&config, &agent_user)?;
             match output {
@@ -166,9 +210,18 @@ fn run_release(command: ReleaseCommand, out: &mut dyn Write) -> Result<(), Strin
                 release::install_release_owned(&payload, &root, &release_version, owner).map_err(|e| e.to_string())?;
             say(dir.display().to_string())
         }
-        ReleaseCommand::Activate { root, release_version, owner } => {
+        ReleaseCommand::Keygen(args) => publish::keygen(args, out),
+        ReleaseCommand::Manifest(args) => publish::build(args, out),
+        ReleaseCommand::Sign(args) => publish::sign(args, out),
+        ReleaseCommand::Verify(args) => publish::verify(args, out),
+        ReleaseCommand::Activate { root, release_version, owner, state_dir, keep } => {
             let owner = owner.as_deref().map(resolve_owner).transpose()?;
-            let previous = release::flip_current_owned(&root, &release_version, owner).map_err(|e| e.to_string())?;
+            let previous = match state_dir {
+                Some(dir) => crate::update::activate::Installation::new(&root, &dir, owner, keep)
+                    .record_package_install(&release_version)
+                    .map_err(|e| e.to_string())?,
+                None => release::flip_current_owned(&root, &release_version, owner).map_err(|e| e.to_string())?,
+            };
             match previous {
                 Some(p) if p != release_version => say(format!("current: {release_version} (was {p})")),
                 _ => say(format!("current: {release_version}")),
@@ -196,7 +249,7 @@ fn run_release(command: ReleaseCommand, out: &mut dyn Write) -> Result<(), Strin
 }
 
 /// The uid and primary gid of `name` (a user name or a number).
-fn resolve_owner(name: &str) -> Result<release::Owner, String> {
+pub(crate) fn resolve_owner(name: &str) -> Result<release::Owner, String> {
     let user = match name.parse::<u32>() {
         Ok(uid) => nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)),
         Err(_) => nix::unistd::User::from_name(name),
@@ -223,7 +276,7 @@ pub fn polkit_rules_for(path: &Path, agent_user: &str) -> Result<String, String>
 
 /// Writes `bytes` to `path` through a temporary file in the same directory, synced and
 /// renamed, so a reader sees the old file or the new one and never a part.
-fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<(), String> {
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<(), String> {
     let name = path.file_name().ok_or_else(|| format!("{} names no file", path.display()))?;
     let tmp = path.with_file_name(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
     let result = (|| {

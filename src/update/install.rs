@@ -1,0 +1,295 @@
+//! Installing a downloaded release: what the ops agent (or root, through `mcp-raspi update`)
+//! does with a package the network-facing server fetched.
+//!
+//! Nothing the server hands over is trusted. The manifest's signature is checked against
+//! this side's own keys and the policy applied again; the package is copied into a private
+//! staging directory while its SHA-256 is computed, so that the bytes checked are the bytes
+//! installed (the server can still write the file it downloaded); its control fields must
+//! name the same package, version and architecture. Only then does the install tree change:
+//! the state records the update, the payload is extracted, installed as
+//! `releases/<version>` and `current` is switched. Every refusal before that point leaves
+//! the install tree and `version.json` exactly as they were.
+
+use std::fmt;
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use super::activate::{Installation, SwitchError};
+use super::deb::{self, DebError, DebInfo};
+use super::manifest::{self, Keyring, ManifestError, Policy};
+use super::release::{self, ReleaseError};
+
+/// A step of an install, reported as it completes (progress, and the seams at which the
+/// tests stop the process).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// The manifest's signature and the policy were checked.
+    Verified { version: String },
+    /// The package was copied into the staging directory and its size and digest match.
+    Copied { bytes: u64 },
+    /// The package's control fields match, and the state records the update.
+    Begun,
+    /// The payload was extracted into the staging directory.
+    Extracted,
+    /// `releases/<version>` is complete.
+    Installed,
+    /// `current` names the new release.
+    Switched,
+}
+
+/// Why a package was not installed.
+#[derive(Debug)]
+pub enum InstallError {
+    /// The manifest, its signature or the policy refused it.
+    Manifest(Box<ManifestError>),
+    /// The package file is not the one the manifest describes.
+    Package(String),
+    /// The package's archive or control fields are wrong.
+    Deb(Box<DebError>),
+    /// The install tree or the state refused.
+    Switch(Box<SwitchError>),
+    /// Reading or writing the staging directory failed.
+    Io { action: &'static str, path: PathBuf, source: io::Error },
+}
+
+impl fmt::Display for InstallError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            InstallError::Manifest(e) => e.fmt(f),
+            InstallError::Package(m) => f.write_str(m),
+            InstallError::Deb(e) => e.fmt(f),
+            InstallError::Switch(e) => e.fmt(f),
+            InstallError::Io { action, path, source } => write!(f, "cannot {action} {}: {source}", path.display()),
+        }
+    }
+}
+
+impl std::error::Error for InstallError {}
+
+impl From<ManifestError> for InstallError {
+    fn from(e: ManifestError) -> Self {
+        InstallError::Manifest(Box::new(e))
+    }
+}
+
+impl From<DebError> for InstallError {
+    fn from(e: DebError) -> Self {
+        InstallError::Deb(Box::new(e))
+    }
+}
+
+impl From<SwitchError> for InstallError {
+    fn from(e: SwitchError) -> Self {
+        InstallError::Switch(Box::new(e))
+    }
+}
+
+impl From<ReleaseError> for InstallError {
+    fn from(e: ReleaseError) -> Self {
+        InstallError::Switch(Box::new(SwitchError::Release(e)))
+    }
+}
+
+/// What to install, and what it is checked against.
+pub struct InstallRequest<'a> {
+    /// The exact bytes of `manifest.json` and `manifest.json.sig`.
+    pub manifest: &'a [u8],
+    pub signature: &'a [u8],
+    /// The downloaded package.
+    pub package: &'a Path,
+    /// This side's trusted keys.
+    pub keyring: &'a Keyring,
+    /// This side's policy (architecture, versions, expiry, size cap).
+    pub policy: Policy,
+    /// A directory only this process writes, for the package's copy and its payload.
+    pub staging_dir: &'a Path,
+    /// Who started the update (`mcp`, `cli`), for the state.
+    pub source: &'a str,
+}
+
+/// A release installed and switched to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Installed {
+    pub from: Option<String>,
+    pub to: String,
+}
+
+/// The file name a release's package has in the downloads directory.
+pub fn package_file_name(version: &str, architecture: &str) -> String {
+    format!("{}_{version}_{architecture}.deb", manifest::PACKAGE_NAME)
+}
+
+/// Verifies, installs and switches to the release `request` describes, reporting each step
+/// to `observe`. See the module documentation for what is checked before anything changes.
+pub fn install(
+    installation: &Installation,
+    request: InstallRequest,
+    observe: &mut dyn FnMut(&Step),
+) -> Result<Installed, InstallError> {
+    let manifest = manifest::verify(request.manifest, request.signature, request.keyring)?;
+    let artifact = manifest::check(&manifest, &request.policy)?;
+    let version = manifest.version.to_string();
+    observe(&Step::Verified { version: version.clone() });
+
+    fs::create_dir_all(request.staging_dir).map_err(io_err("create", request.staging_dir))?;
+    let copy = request.staging_dir.join(package_file_name(&version, &request.policy.architecture));
+    let payload = request.staging_dir.join(format!("{version}.payload"));
+    let result = (|| {
+        let bytes = copy_checked(request.package, &copy, artifact.size, &artifact.sha256)?;
+        observe(&Step::Copied { bytes });
+        let expected = DebInfo {
+            package: manifest::PACKAGE_NAME.to_string(),
+            version: version.clone(),
+            architecture: request.policy.architecture.clone(),
+        };
+        let info = deb::read_info(&copy)?;
+        if info != expected {
+            return Err(InstallError::Package(format!(
+                "the package is {} {} for {}, but the manifest describes {} {} for {}",
+                info.package,
+                info.version,
+                info.architecture,
+                expected.package,
+                expected.version,
+                expected.architecture
+            )));
+        }
+        let lock = installation.lock()?;
+        let begun = installation.begin(&lock, &version, request.source)?;
+        observe(&Step::Begun);
+        let from = begun.in_progress().and_then(|u| u.from.clone());
+        let installed = (|| -> Result<Installed, InstallError> {
+            remove_dir_if_present(&payload)?;
+            deb::extract_payload(&copy, &payload, &expected, deb::Limits::default())?;
+            observe(&Step::Extracted);
+            release::install_release_owned(&payload, &installation.install_root, &version, installation.owner)?;
+            observe(&Step::Installed);
+            installation.switch()?;
+            observe(&Step::Switched);
+            Ok(Installed { from, to: version.clone() })
+        })();
+        if let Err(e) = &installed {
+            // `current` has not moved (switching is the last step and reports its own
+            // failure): the old release still runs.
+            let _ = installation.fail(&e.to_string());
+        }
+        drop(lock);
+        installed
+    })();
+    let _ = fs::remove_file(&copy);
+    let _ = remove_dir_if_present(&payload);
+    result
+}
+
+fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> InstallError + 'a {
+    move |source| InstallError::Io { action, path: path.to_path_buf(), source }
+}
+
+fn remove_dir_if_present(path: &Path) -> Result<(), InstallError> {
+    match fs::remove_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_err("remove", path)(e)),
+    }
+}
+
+/// Copies `from` (a regular file, never through a symlink) to `to` (created afresh, 0600)
+/// while hashing it, reading at most one byte more than `size`; the copy must be exactly
+/// `size` bytes with digest `sha256`. Returns the size.
+fn copy_checked(from: &Path, to: &Path, size: u64, sha256: &[u8; 32]) -> Result<u64, InstallError> {
+    let source = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+        .open(from)
+        .map_err(|e| match e.raw_os_error() {
+            Some(nix::libc::ELOOP) => {
+                InstallError::Package(format!("{} is a symlink; the downloaded package must be a file", from.display()))
+            }
+            _ => io_err("open the downloaded package", from)(e),
+        })?;
+    let meta = source.metadata().map_err(io_err("read", from))?;
+    if !meta.is_file() {
+        return Err(InstallError::Package(format!("{} is not a regular file", from.display())));
+    }
+    let _ = fs::remove_file(to);
+    let mut target = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(to)
+        .map_err(io_err("create", to))?;
+    let mut hasher = Sha256::new();
+    let mut copied = 0u64;
+    let mut buffer = vec![0u8; 64 * 1024];
+    let mut limited = source.take(size.saturating_add(1));
+    loop {
+        let n = limited.read(&mut buffer).map_err(io_err("read", from))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buffer[..n]);
+        target.write_all(&buffer[..n]).map_err(io_err("write", to))?;
+        copied += n as u64;
+    }
+    if copied != size {
+        let _ = fs::remove_file(to);
+        let what = if copied > size { "larger" } else { "smaller" };
+        return Err(InstallError::Package(format!(
+            "{} is {what} than the {size} bytes the manifest gives (read {copied}); download it again",
+            from.display()
+        )));
+    }
+    let digest: [u8; 32] = hasher.finalize().into();
+    if &digest != sha256 {
+        let _ = fs::remove_file(to);
+        return Err(InstallError::Package(format!(
+            "{} has SHA-256 {}, not {} as the manifest says; it was altered or damaged",
+            from.display(),
+            hex(&digest),
+            hex(sha256)
+        )));
+    }
+    target.sync_all().map_err(io_err("sync", to))?;
+    Ok(copied)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Reads a whole small file, refusing one larger than `max` bytes.
+pub fn read_small(path: &Path, max: usize) -> Result<Vec<u8>, InstallError> {
+    let file = File::open(path).map_err(io_err("read", path))?;
+    let mut bytes = Vec::new();
+    file.take(max as u64 + 1).read_to_end(&mut bytes).map_err(io_err("read", path))?;
+    if bytes.len() > max {
+        return Err(InstallError::Package(format!("{} is larger than {max} bytes", path.display())));
+    }
+    Ok(bytes)
+}
+
+/// What this device accepts: the release `current` names as the installed version (the
+/// package's own version when there is none yet), the highest version ever installed from
+/// the state, this machine's architecture, and the download cap.
+pub fn device_policy(installation: &Installation, max_download_bytes: u64) -> Result<Policy, String> {
+    let state = installation.state().map_err(|e| e.to_string())?;
+    let current = installation.current().map_err(|e| e.to_string())?;
+    let running = current.as_deref().unwrap_or(crate::base::VERSION);
+    let parse = |v: &str| {
+        semver::Version::parse(v).map_err(|e| format!("the installed version {v:?} is not a semantic version: {e}"))
+    };
+    Ok(Policy {
+        architecture: manifest::this_architecture().to_string(),
+        installed: parse(running)?,
+        highest_installed: state.highest_installed.as_deref().map(parse).transpose()?,
+        channel: None,
+        target_version: None,
+        now: std::time::SystemTime::now(),
+        max_download_bytes,
+    })
+}
