@@ -92,8 +92,9 @@ PKG_VERSION := $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' Cargo.toml | head -
 DEB_DIR := target/packages
 DEBS := $(foreach arch,amd64 arm64 armhf,$(DEB_DIR)/mcp-raspi_$(PKG_VERSION)_$(arch).deb)
 APT_REPO := target/apt-repo
+UPDATE_REPO := target/update-repo
 
-.PHONY: deb deb-arm64 deb-armhf lintian apt-repo test-package cargo-deb generated
+.PHONY: deb deb-arm64 deb-armhf lintian apt-repo update-repo test-package cargo-deb generated
 
 cargo-deb:
 	@if [ "$$($(CARGO) deb --version 2>/dev/null)" != "cargo-deb $(CARGO_DEB_VERSION)" ]; then \
@@ -127,6 +128,13 @@ apt-repo: deb deb-arm64 deb-armhf
 	@packaging/need.sh apt-utils gnupg
 	rm -rf $(APT_REPO)
 	packaging/apt-repo.sh $(APT_REPO) $(DEBS)
+
+# The self-update repository (packaging/update-repo.sh): the three packages and a signed
+# manifest per channel, for any static HTTP server; devices point updates.server_url at it.
+update-repo: deb deb-arm64 deb-armhf
+	$(CARGO) build --bin mcp-raspi
+	rm -rf $(UPDATE_REPO)
+	packaging/update-repo.sh target/debug/mcp-raspi $(UPDATE_REPO) $(DEBS)
 
 # The chroots are made while the three packages build, in parallel (each target triple has
 # its own build directory, so the three cargo builds only share the host build scripts).

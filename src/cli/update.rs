@@ -171,15 +171,16 @@ pub fn run_manage(command: ManageCommand, out: &mut dyn Write) -> Result<(), Str
 /// The agent unit's ExecStartPre. It never stops the agent from starting: problems are
 /// printed (to the journal) and the start goes on.
 fn pre_start(config: &Config, out: &mut dyn Write) -> Result<(), String> {
+    if let Err(e) = count_and_judge_start(config, out) {
+        let _ = writeln!(out, "cannot check the update state before the start: {e}");
+    }
+    Ok(())
+}
+
+fn count_and_judge_start(config: &Config, out: &mut dyn Write) -> Result<(), String> {
     let inst =
         Installation::new(&config.paths.install_dir, &config.paths.state_dir, None, config.updates.keep_versions);
-    let (_, state) = match inst.reconcile() {
-        Ok(found) => found,
-        Err(e) => {
-            let _ = writeln!(out, "cannot check the version state: {e}");
-            return Ok(());
-        }
-    };
+    let (_, state) = inst.reconcile().map_err(|e| e.to_string())?;
     let Some(update) = state.in_progress().cloned() else { return Ok(()) };
     let starts = inst.count_start().map_err(|e| e.to_string())?;
     let max = config.updates.max_failed_starts;
@@ -303,7 +304,8 @@ fn server(args: ServerArgs, out: &mut dyn Write) -> Result<(), String> {
         let text = format!("{version} can be installed ({} bytes); nothing was downloaded", resolved.artifact.size);
         return report(out, args.json, &outcome, &text);
     }
-    let downloads = config.paths.state_dir.join("downloads");
+    // Not the server's downloads/: what root creates there the server could not resume.
+    let downloads = config.paths.state_dir.join("staging").join("root-downloads");
     let package = runtime
         .block_on(resolve::download(&fetcher, &resolved, &downloads, &policy.architecture, &mut |p| {
             reporter.bytes(p.done, p.total)
@@ -371,8 +373,11 @@ fn describe(step: &Step) -> String {
         Step::Verified { version } => format!("verify: the manifest of {version} is signed by a trusted key"),
         Step::Copied { bytes } => format!("verify: the package's {bytes} bytes match the manifest"),
         Step::Begun => "install: started".into(),
+        Step::Extracting { entries } => format!("install: extracting ({entries} entries)"),
         Step::Extracted => "install: payload extracted".into(),
+        Step::Renaming => "install: release written".into(),
         Step::Installed => "install: release complete".into(),
+        Step::Switching => "switch: moving current".into(),
         Step::Switched => "switch: current names the new release".into(),
     }
 }

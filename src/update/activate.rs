@@ -197,6 +197,14 @@ impl Installation {
             .custom_flags(nix::libc::O_NOFOLLOW)
             .open(&path)
             .map_err(|source| StateError::Io { action: "open", path: path.clone(), source })?;
+        if let Some(o) = self.owner {
+            // Root creates it for the agent, which must be able to take it later.
+            std::os::unix::fs::fchown(&file, Some(o.uid), Some(o.gid)).map_err(|source| StateError::Io {
+                action: "change the owner of",
+                path: path.clone(),
+                source,
+            })?;
+        }
         match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             Ok(lock) => Ok(UpdateLock { _lock: lock }),
             Err((_, nix::errno::Errno::EWOULDBLOCK)) => Err(SwitchError::Refused(
@@ -245,6 +253,12 @@ impl Installation {
     /// Moves `current` to the installed release the update under way goes to. The state
     /// says `switching` before the link moves and `restarting` after.
     pub fn switch(&self) -> Result<VersionState, SwitchError> {
+        self.switch_observed(&mut || {})
+    }
+
+    /// [`Self::switch`], calling `before_flip` once the state says `switching`, just before
+    /// the link moves (a seam for the tests that interrupt an update).
+    pub fn switch_observed(&self, before_flip: &mut dyn FnMut()) -> Result<VersionState, SwitchError> {
         let mut state = self.state()?;
         let to = state
             .in_progress()
@@ -252,6 +266,7 @@ impl Installation {
             .ok_or_else(|| SwitchError::Refused("no update is under way".into()))?;
         set_phase(&mut state, Phase::Switching);
         self.store(&state)?;
+        before_flip();
         release::flip_current_owned(&self.install_root, &to, self.owner)?;
         state.current_version = Some(to.clone());
         state.saw_installed(&to);

@@ -33,10 +33,16 @@ pub enum Step {
     Copied { bytes: u64 },
     /// The package's control fields match, and the state records the update.
     Begun,
+    /// Extracting the payload into the staging directory: archive entries read so far.
+    Extracting { entries: usize },
     /// The payload was extracted into the staging directory.
     Extracted,
+    /// `releases/<version>.partial` is complete and about to be renamed.
+    Renaming,
     /// `releases/<version>` is complete.
     Installed,
+    /// The state says `switching`; `current` is about to move.
+    Switching,
     /// `current` names the new release.
     Switched,
 }
@@ -135,7 +141,15 @@ pub fn install(
     let version = manifest.version.to_string();
     observe(&Step::Verified { version: version.clone() });
 
-    fs::create_dir_all(request.staging_dir).map_err(io_err("create", request.staging_dir))?;
+    if !request.staging_dir.is_dir() {
+        fs::create_dir_all(request.staging_dir).map_err(io_err("create", request.staging_dir))?;
+        fs::set_permissions(request.staging_dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .map_err(io_err("set the mode of", request.staging_dir))?;
+        if let Some(o) = installation.owner {
+            std::os::unix::fs::chown(request.staging_dir, Some(o.uid), Some(o.gid))
+                .map_err(io_err("change the owner of", request.staging_dir))?;
+        }
+    }
     let copy = request.staging_dir.join(package_file_name(&version, &request.policy.architecture));
     let payload = request.staging_dir.join(format!("{version}.payload"));
     let result = (|| {
@@ -164,11 +178,17 @@ pub fn install(
         let from = begun.in_progress().and_then(|u| u.from.clone());
         let installed = (|| -> Result<Installed, InstallError> {
             remove_dir_if_present(&payload)?;
-            deb::extract_payload(&copy, &payload, &expected, deb::Limits::default())?;
+            let limits = deb::Limits::default();
+            deb::extract_payload_observed(&copy, &payload, &expected, limits, &mut |entries| {
+                observe(&Step::Extracting { entries })
+            })?;
             observe(&Step::Extracted);
-            release::install_release_owned(&payload, &installation.install_root, &version, installation.owner)?;
+            let root = &installation.install_root;
+            release::install_release_observed(&payload, root, &version, installation.owner, &mut || {
+                observe(&Step::Renaming)
+            })?;
             observe(&Step::Installed);
-            installation.switch()?;
+            installation.switch_observed(&mut || observe(&Step::Switching))?;
             observe(&Step::Switched);
             Ok(Installed { from, to: version.clone() })
         })();

@@ -277,6 +277,18 @@ pub fn install_release_owned(
     version: &str,
     owner: Option<Owner>,
 ) -> Result<PathBuf, ReleaseError> {
+    install_release_observed(payload_dir, install_root, version, owner, &mut || {})
+}
+
+/// [`install_release_owned`], calling `before_rename` once `<version>.partial` is complete
+/// and synced, just before it is renamed (a seam for the tests that interrupt an install).
+pub fn install_release_observed(
+    payload_dir: &Path,
+    install_root: &Path,
+    version: &str,
+    owner: Option<Owner>,
+    before_rename: &mut dyn FnMut(),
+) -> Result<PathBuf, ReleaseError> {
     validate_version(version)?;
     let bin = payload_dir.join("bin");
     if !fs::metadata(&bin).map(|m| m.is_dir()).unwrap_or(false) {
@@ -325,6 +337,7 @@ pub fn install_release_owned(
         }
     }
     finish_dir(&partial, 0o755, owner, &partial_shown)?;
+    before_rename();
     nix::fcntl::renameat(&releases, partial_name.as_str(), &releases, version)
         .map_err(errno_err("rename the finished release to", &target))?;
     sync_fd(&releases, &releases_shown)?;
