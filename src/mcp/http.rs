@@ -182,6 +182,12 @@ impl HttpServer {
     async fn handle(self: Arc<Self>, method: Method, path: &str, headers: HeaderMap, body: BodyStream) -> Reply {
         match (path, method.clone()) {
             ("/healthz", Method::GET) => {
+                // A release built to fail its health check, for the proof that a bad update
+                // is rolled back (tests/package/prove.py); never part of a published package.
+                if cfg!(feature = "proof-unhealthy") {
+                    let body = json!({"status": "unhealthy", "version": crate::base::VERSION});
+                    return json_reply(503, Json::of(&body));
+                }
                 return json_reply(200, Json::of(&json!({"status": "ok", "version": crate::base::VERSION})));
             }
             ("/mcp", _) => {}
