@@ -15,17 +15,15 @@ use std::time::{Duration, Instant};
 
 use clap::{Args as ClapArgs, Subcommand};
 
-use super::{resolve_owner, DEFAULT_CONFIG};
+use super::DEFAULT_CONFIG;
 use crate::config::{Config, CHANNELS};
 use crate::update::activate::Installation;
 use crate::update::download::{FetchSettings, Fetcher};
 use crate::update::install::{self, InstallRequest, Step};
 use crate::update::manifest::Keyring;
+use crate::update::release::Owner;
 use crate::update::resolve::{self, Resolution, Target};
 use crate::update::state::{UpdateStatus, VersionState};
-
-/// The agent's user, given what root creates in the install root and the state.
-const AGENT_USER: &str = "mcp-ops";
 
 /// `mcp-raspi update`.
 #[derive(Debug, Subcommand)]
@@ -94,10 +92,18 @@ fn load(path: &Path) -> Result<Config, String> {
     Config::load(path, &env).map(|l| l.config).map_err(|e| e.to_string())
 }
 
-/// The installation, owned by the agent's user when root works on it.
+/// The installation. What root creates there is given to the owner of the install root
+/// (the agent's user, `mcp-ops`, on an installed system), so that the agent can go on
+/// managing it.
 fn installation(config: &Config) -> Result<Installation, String> {
-    let owner = if nix::unistd::geteuid().is_root() { Some(resolve_owner(AGENT_USER)?) } else { None };
-    Ok(Installation::new(&config.paths.install_dir, &config.paths.state_dir, owner, config.updates.keep_versions))
+    use std::os::unix::fs::MetadataExt;
+    let root = &config.paths.install_dir;
+    let owner = match std::fs::metadata(root) {
+        Ok(meta) if nix::unistd::geteuid().is_root() => Some(Owner { uid: meta.uid(), gid: meta.gid() }),
+        Ok(_) => None,
+        Err(e) => return Err(format!("cannot read the install root {}: {e}", root.display())),
+    };
+    Ok(Installation::new(root, &config.paths.state_dir, owner, config.updates.keep_versions))
 }
 
 /// Whether systemd manages this machine (it does on a Pi; it does not in a container
