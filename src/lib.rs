@@ -8,6 +8,7 @@ pub mod agent;
 pub mod agent_client;
 pub mod audit;
 pub mod auth;
+pub mod auto_update;
 pub mod base;
 pub mod cli;
 pub mod config;

@@ -136,6 +136,9 @@ pub fn main() -> ExitCode {
         if crate::selfcheck::due(&app) {
             tokio::spawn(crate::selfcheck::run(app.clone(), addr));
         }
+        if app.config.updates.auto.enabled {
+            tokio::spawn(crate::auto_update::run(app.clone()));
+        }
         crate::mcp::http::serve(app, listener, shutdown_signal()).await;
         log::info!("stopped");
         Ok(())

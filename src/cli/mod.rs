@@ -356,6 +356,45 @@ mod tests {
     }
 
     #[test]
+    fn the_runbooks_names_of_the_program_stand_for_its_subcommands() {
+        let args = |list: &[&str]| list.iter().map(std::ffi::OsString::from).collect::<Vec<_>>();
+        let update = with_alias(args(&["/usr/bin/mcp-raspi-update", "server", "--channel", "stable"]));
+        assert_eq!(update, args(&["mcp-raspi", "update", "server", "--channel", "stable"]));
+        let parsed = Args::try_parse_from(update).unwrap();
+        assert!(
+            matches!(parsed.command, Command::Update(UpdateCommand::Server(ref a)) if a.channel.as_deref() == Some("stable"))
+        );
+        let rollback = with_alias(args(&["mcp-raspi-cli", "manage", "rollback"]));
+        assert!(matches!(
+            Args::try_parse_from(rollback).unwrap().command,
+            Command::Manage(ManageCommand::Rollback { .. })
+        ));
+        assert_eq!(with_alias(args(&["mcp-raspi", "release", "list"])), args(&["mcp-raspi", "release", "list"]));
+    }
+
+    #[test]
+    fn activating_with_a_state_directory_records_the_install_in_version_json() {
+        let dir = tempfile::tempdir().unwrap();
+        let payload = dir.path().join("payload");
+        fs::create_dir_all(payload.join("bin")).unwrap();
+        fs::write(payload.join("bin/mcp-raspi-server"), "x").unwrap();
+        let (root, state) = (dir.path().join("opt"), dir.path().join("state"));
+        fs::create_dir_all(&state).unwrap();
+        let (p, r, s) = (payload.to_str().unwrap(), root.to_str().unwrap(), state.to_str().unwrap());
+        for v in ["0.1.0", "0.2.0"] {
+            run_args(&["release", "install", "--payload", p, "--root", r, "--version", v]).unwrap();
+            run_args(&["release", "activate", "--root", r, "--version", v, "--state-dir", s, "--keep", "3"]).unwrap();
+        }
+        let text = fs::read_to_string(state.join("version.json")).unwrap();
+        let recorded: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(recorded["current_version"], "0.2.0");
+        assert_eq!(recorded["previous_good_version"], "0.1.0");
+        assert_eq!(recorded["last_update"]["source"], "package");
+        let versions = run_args(&["manage", "versions", "--config", "/nonexistent.yml"]).unwrap_err();
+        assert!(versions.contains("nonexistent"), "{versions}");
+    }
+
+    #[test]
     fn version_prints_the_package_version() {
         let err = Args::try_parse_from(["mcp-raspi", "--version"]).unwrap_err();
         assert_eq!(err.kind(), clap::error::ErrorKind::DisplayVersion);

@@ -203,7 +203,75 @@ pub struct UpdatesConfig {
     /// investigating a failed update; `mcp-raspi update` and `mcp-raspi manage rollback`
     /// (root, on the device) keep working.
     pub remote_enabled: bool,
+    /// Checking for and installing updates by themselves.
+    pub auto: AutoUpdateConfig,
     pub os: OsUpdatesConfig,
+}
+
+/// Automatic updates: the server checks the channel every `check_interval_hours` and
+/// installs a newer release inside the maintenance window.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AutoUpdateConfig {
+    pub enabled: bool,
+    pub check_interval_hours: u64,
+    /// `HH:MM-HH:MM` in UTC (it may wrap past midnight); empty for any time.
+    pub window: String,
+}
+
+impl Default for AutoUpdateConfig {
+    fn default() -> Self {
+        AutoUpdateConfig { enabled: false, check_interval_hours: 24, window: "03:00-05:00".into() }
+    }
+}
+
+/// A daily maintenance window, in seconds after midnight UTC: `start` inclusive, `end`
+/// exclusive; `start > end` wraps past midnight.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Window {
+    pub start: u64,
+    pub end: u64,
+}
+
+impl Window {
+    /// Parses `HH:MM-HH:MM`; `None` for an empty text (any time).
+    pub fn parse(text: &str) -> Result<Option<Window>, String> {
+        if text.trim().is_empty() {
+            return Ok(None);
+        }
+        let minute = |t: &str| -> Option<u64> {
+            let (h, m) = t.trim().split_once(':')?;
+            let (h, m): (u64, u64) = (h.parse().ok()?, m.parse().ok()?);
+            (h < 24 && m < 60 && t.trim().len() == 5).then_some((h * 60 + m) * 60)
+        };
+        let parsed = text.split_once('-').and_then(|(a, b)| Some(Window { start: minute(a)?, end: minute(b)? }));
+        match parsed {
+            Some(w) if w.start != w.end => Ok(Some(w)),
+            _ => Err(format!(
+                "{text:?} is not a window such as \"03:00-05:00\" (UTC, HH:MM-HH:MM, start and end differ)"
+            )),
+        }
+    }
+
+    /// Whether `seconds` after midnight is inside the window.
+    pub fn contains(&self, seconds: u64) -> bool {
+        if self.start < self.end {
+            (self.start..self.end).contains(&seconds)
+        } else {
+            seconds >= self.start || seconds < self.end
+        }
+    }
+
+    /// Seconds from `seconds` after midnight until the window opens (0 inside it).
+    pub fn wait_from(&self, seconds: u64) -> u64 {
+        if self.contains(seconds) {
+            0
+        } else if seconds < self.start {
+            self.start - seconds
+        } else {
+            86_400 - seconds + self.start
+        }
+    }
 }
 
 impl Default for UpdatesConfig {
@@ -217,6 +285,7 @@ impl Default for UpdatesConfig {
             health_timeout_seconds: 90,
             max_failed_starts: 3,
             remote_enabled: true,
+            auto: AutoUpdateConfig::default(),
             os: OsUpdatesConfig::default(),
         }
     }

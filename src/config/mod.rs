@@ -18,8 +18,9 @@ use sha2::{Digest, Sha256};
 
 pub use crate::base::{Backend, LogLevel, Tristate};
 pub use devices::{
-    CameraConfig, ExperimentalConfig, FeatureFlag, GpioConfig, I2cBusRule, I2cConfig, OpsAgentConfig, OsUpdatesConfig,
-    PinRule, PowerConfig, ServicesConfig, SpiConfig, SpiDeviceRule, UartConfig, UartPortRule, UpdatesConfig, CHANNELS,
+    AutoUpdateConfig, CameraConfig, ExperimentalConfig, FeatureFlag, GpioConfig, I2cBusRule, I2cConfig, OpsAgentConfig,
+    OsUpdatesConfig, PinRule, PowerConfig, ServicesConfig, SpiConfig, SpiDeviceRule, UartConfig, UartPortRule,
+    UpdatesConfig, Window, CHANNELS,
 };
 pub use policy::{DenialKind, Denied};
 pub use values::{ListenAddr, Role};
@@ -539,6 +540,18 @@ impl Config {
                 "updates.health_timeout_seconds",
                 format!("{} is outside 5 to 3600", updates.health_timeout_seconds),
             );
+        }
+        if !(1..=720).contains(&updates.auto.check_interval_hours) {
+            return invalid(
+                "updates.auto.check_interval_hours",
+                format!("{} is outside 1 to 720", updates.auto.check_interval_hours),
+            );
+        }
+        if let Err(message) = devices::Window::parse(&updates.auto.window) {
+            return invalid("updates.auto.window", message);
+        }
+        if updates.auto.enabled && updates.server_url.is_empty() {
+            return invalid("updates.auto.enabled", "automatic updates need updates.server_url".into());
         }
         if !(1..=20).contains(&updates.max_failed_starts) {
             return invalid("updates.max_failed_starts", format!("{} is outside 1 to 20", updates.max_failed_starts));

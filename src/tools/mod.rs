@@ -41,6 +41,7 @@ pub use logs::{app_entries, audit_entries};
 pub use metrics::snapshot as metrics_snapshot;
 pub use process::detail as process_detail;
 pub use system::{system_info, SampleArguments, StaticInfo};
+pub use update::update;
 
 /// How settled a tool's interface is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, JsonSchema)]

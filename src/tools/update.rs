@@ -13,10 +13,11 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::system::read_only_spec;
-use super::{Cx, NoArguments, Tool, ToolError, ToolSpec};
+use super::{App, Cx, NoArguments, Tool, ToolError, ToolSpec};
 use crate::base::VERSION;
 use crate::config::{Config, Role, CHANNELS};
 use crate::ipc::{Request, Response};
+use crate::mcp::Progress;
 use crate::update::activate::{Installation, InstalledRelease};
 use crate::update::download::{FetchSettings, Fetcher};
 use crate::update::manifest::{self, Keyring, Policy};
@@ -115,8 +116,8 @@ fn policy(config: &Config) -> Result<Policy, ToolError> {
     })
 }
 
-fn step(cx: &Cx, index: usize, message: &str) {
-    cx.progress.report(index as f64, Some(STEPS.len() as f64), &format!("{}: {message}", STEPS[index]));
+fn step(progress: &Progress, index: usize, message: &str) {
+    progress.report(index as f64, Some(STEPS.len() as f64), &format!("{}: {message}", STEPS[index]));
 }
 
 pub struct UpdateServer;
@@ -137,106 +138,112 @@ impl Tool for UpdateServer {
     };
 
     async fn call(cx: Cx, args: UpdateArguments) -> Result<UpdateStatus, ToolError> {
-        let config = &cx.app.config;
-        require_remote(config)?;
-        if config.updates.server_url.is_empty() {
-            return Err(ToolError::unavailable(
-                "self-update is not configured on this server: set updates.server_url to the update repository",
-            ));
-        }
-        let target = target(config, &args)?;
-        let channel = match &target {
-            Target::Channel(c) => Some(c.clone()),
-            Target::Version(_) => None,
-        };
-        let policy = policy(config)?;
-        step(&cx, 0, &target.manifest_url(&config.updates.server_url));
-        let keyring = Keyring::load(&config.updates.keys_dir).map_err(|e| ToolError::unavailable(e.to_string()))?;
-        let fetcher = Fetcher::new(FetchSettings::default());
-        let resolution = resolve::resolve(&fetcher, &config.updates.server_url, &target, &keyring, &policy)
-            .await
-            .map_err(|e| ToolError { code: "failed", message: e.to_string() })?;
-        let resolved = match resolution {
-            Resolution::UpToDate { offered } => {
-                return Ok(UpdateStatus {
-                    status: "up_to_date",
-                    current_version: VERSION.into(),
-                    target_version: Some(offered.to_string()),
-                    channel,
-                    phase: None,
-                    download_bytes: None,
-                    released_at: None,
-                    message: format!("{VERSION} is up to date: the newest release offered is {offered}"),
-                });
-            }
-            Resolution::Available(resolved) => resolved,
-        };
-        let version = resolved.manifest.version.to_string();
-        let released_at = Some(humantime::format_rfc3339_seconds(resolved.manifest.released_at).to_string());
-        let size = resolved.artifact.size;
-        if args.dry_run {
-            return Ok(UpdateStatus {
-                status: "available",
-                current_version: VERSION.into(),
-                target_version: Some(version.clone()),
-                channel,
-                phase: Some("checked"),
-                download_bytes: Some(size),
-                released_at,
-                message: format!(
-                    "{version} can be installed ({size} bytes, signature and policy checked); nothing was downloaded"
-                ),
-            });
-        }
-        let downloads = config.paths.state_dir.join("downloads");
-        let progress = cx.progress.clone();
-        let mut last_reported = 0u64;
-        resolve::download(&fetcher, &resolved, &downloads, &policy.architecture, &mut |p| {
-            // A notification per percent at most.
-            if p.done == p.total || p.done.saturating_sub(last_reported) > p.total / 100 {
-                last_reported = p.done;
-                let fraction = if p.total == 0 { 1.0 } else { p.done as f64 / p.total as f64 };
-                progress.report(
-                    1.0 + fraction,
-                    Some(STEPS.len() as f64),
-                    &format!("download: {} of {} bytes", p.done, p.total),
-                );
-            }
-        })
+        let target = target(&cx.app.config, &args)?;
+        update(&cx.app, &cx.progress, target, args.dry_run).await
+    }
+}
+
+/// Resolves `target` and, unless `dry_run`, downloads it and has the ops agent install it:
+/// the update of `manage.update_server` and of the automatic updates.
+pub async fn update(app: &App, progress: &Progress, target: Target, dry_run: bool) -> Result<UpdateStatus, ToolError> {
+    let config = &app.config;
+    require_remote(config)?;
+    if config.updates.server_url.is_empty() {
+        return Err(ToolError::unavailable(
+            "self-update is not configured on this server: set updates.server_url to the update repository",
+        ));
+    }
+    let channel = match &target {
+        Target::Channel(c) => Some(c.clone()),
+        Target::Version(_) => None,
+    };
+    let policy = policy(config)?;
+    step(progress, 0, &target.manifest_url(&config.updates.server_url));
+    let keyring = Keyring::load(&config.updates.keys_dir).map_err(|e| ToolError::unavailable(e.to_string()))?;
+    let fetcher = Fetcher::new(FetchSettings::default());
+    let resolution = resolve::resolve(&fetcher, &config.updates.server_url, &target, &keyring, &policy)
         .await
         .map_err(|e| ToolError { code: "failed", message: e.to_string() })?;
-        step(&cx, 2, "size and SHA-256 match the signed manifest");
-        step(&cx, 3, "the ops agent verifies the package again and installs it");
-        let request = Request::UpdateApply {
-            manifest: String::from_utf8_lossy(&resolved.manifest_bytes).into_owned(),
-            signature: String::from_utf8_lossy(&resolved.signature_bytes).into_owned(),
-        };
-        let (from, restart_in_ms) = match cx.app.agent.call_with_timeout(request, INSTALL_TIMEOUT).await? {
-            Response::UpdateApplied { from, restart_in_ms, .. } => (from, restart_in_ms),
-            other => {
-                return Err(ToolError::internal(format!(
-                    "unexpected answer from the ops agent to update_apply: {}",
-                    other.kind()
-                )))
-            }
-        };
-        step(&cx, 4, &format!("{version} is installed and current; the services restart in {restart_in_ms} ms"));
-        Ok(UpdateStatus {
-            status: "in_progress",
-            current_version: from.unwrap_or_else(|| VERSION.into()),
+    let resolved = match resolution {
+        Resolution::UpToDate { offered } => {
+            return Ok(UpdateStatus {
+                status: "up_to_date",
+                current_version: VERSION.into(),
+                target_version: Some(offered.to_string()),
+                channel,
+                phase: None,
+                download_bytes: None,
+                released_at: None,
+                message: format!("{VERSION} is up to date: the newest release offered is {offered}"),
+            });
+        }
+        Resolution::Available(resolved) => resolved,
+    };
+    let version = resolved.manifest.version.to_string();
+    let released_at = Some(humantime::format_rfc3339_seconds(resolved.manifest.released_at).to_string());
+    let size = resolved.artifact.size;
+    if dry_run {
+        return Ok(UpdateStatus {
+            status: "available",
+            current_version: VERSION.into(),
             target_version: Some(version.clone()),
             channel,
-            phase: Some("restarting"),
+            phase: Some("checked"),
             download_bytes: Some(size),
             released_at,
             message: format!(
-                "{version} is installed and the services are restarting into it; it must prove healthy within {} s \
-                 or it is rolled back. Poll manage.get_server_status: last_update.status becomes succeeded or \
-                 rolled_back.",
-                config.updates.health_timeout_seconds
+                "{version} can be installed ({size} bytes, signature and policy checked); nothing was downloaded"
             ),
-        })
+        });
     }
+    let downloads = config.paths.state_dir.join("downloads");
+    let download_progress = progress;
+    let mut last_reported = 0u64;
+    resolve::download(&fetcher, &resolved, &downloads, &policy.architecture, &mut |p| {
+        // A notification per percent at most.
+        if p.done == p.total || p.done.saturating_sub(last_reported) > p.total / 100 {
+            last_reported = p.done;
+            let fraction = if p.total == 0 { 1.0 } else { p.done as f64 / p.total as f64 };
+            download_progress.report(
+                1.0 + fraction,
+                Some(STEPS.len() as f64),
+                &format!("download: {} of {} bytes", p.done, p.total),
+            );
+        }
+    })
+    .await
+    .map_err(|e| ToolError { code: "failed", message: e.to_string() })?;
+    step(progress, 2, "size and SHA-256 match the signed manifest");
+    step(progress, 3, "the ops agent verifies the package again and installs it");
+    let request = Request::UpdateApply {
+        manifest: String::from_utf8_lossy(&resolved.manifest_bytes).into_owned(),
+        signature: String::from_utf8_lossy(&resolved.signature_bytes).into_owned(),
+    };
+    let (from, restart_in_ms) = match app.agent.call_with_timeout(request, INSTALL_TIMEOUT).await? {
+        Response::UpdateApplied { from, restart_in_ms, .. } => (from, restart_in_ms),
+        other => {
+            return Err(ToolError::internal(format!(
+                "unexpected answer from the ops agent to update_apply: {}",
+                other.kind()
+            )))
+        }
+    };
+    step(progress, 4, &format!("{version} is installed and current; the services restart in {restart_in_ms} ms"));
+    Ok(UpdateStatus {
+        status: "in_progress",
+        current_version: from.unwrap_or_else(|| VERSION.into()),
+        target_version: Some(version.clone()),
+        channel,
+        phase: Some("restarting"),
+        download_bytes: Some(size),
+        released_at,
+        message: format!(
+            "{version} is installed and the services are restarting into it; it must prove healthy within {} s \
+             or it is rolled back. Poll manage.get_server_status: last_update.status becomes succeeded or \
+             rolled_back.",
+            config.updates.health_timeout_seconds
+        ),
+    })
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
