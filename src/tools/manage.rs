@@ -27,6 +27,11 @@ pub struct ServerStatus {
     pub last_update: Option<LastUpdate>,
     /// Set when version.json exists but could not be read.
     pub version_state_error: Option<String>,
+    /// The release `current` names (the one the services start), when it can be read.
+    pub current_release: Option<String>,
+    /// What the last start found when `current` and version.json disagreed (a restore from
+    /// backup, a hand edit), and how it was reconciled.
+    pub reconciled: Option<String>,
     pub uptime_seconds: f64,
     /// When the server started (RFC 3339, UTC).
     pub started_at: String,
@@ -62,6 +67,8 @@ impl Tool for GetServerStatus {
             previous_good_version: state.previous_good_version,
             last_update: state.last_update,
             version_state_error: error,
+            current_release: crate::update::release::current_version(&app.config.paths.install_dir).ok().flatten(),
+            reconciled: state.reconciled,
             uptime_seconds: app.started.elapsed().as_secs_f64(),
             started_at: crate::logs::timestamp(app.started_at),
             pid: std::process::id(),
