@@ -194,10 +194,12 @@ const PROMPTS: [PromptDef; 3] = [
         description: "Why the last self-update failed or rolled back, and what to do next.",
         arguments: &[],
         template: "Find out why the last mcp-raspi update failed or was rolled back.\n\
-1. Call manage.get_server_status: note the version, previous_good_version and last_update (status and reason).\n\
-2. Call logs.get_recent_app_logs with text \"update\" and since \"7d\", then with level \"error\" and since \"24h\".\n\
-3. Call system.get_health_snapshot: disk space and memory are common causes.\n\
-4. Explain the cause and recommend either retrying, pinning a version or staying on the current one. Change nothing yourself.",
+1. Call manage.get_server_status: note the version, current_release, previous_good_version, last_update (status, from, to, phase, reason) and reconciled.\n\
+2. Call manage.list_versions: which releases are installed, which is current and which a rollback would go to.\n\
+3. Call manage.update_server with dry_run true: whether the channel's manifest still verifies and what it offers.\n\
+4. Call logs.get_recent_app_logs with text \"update\" and since \"7d\", then with level \"error\" and since \"24h\".\n\
+5. Call system.get_health_snapshot: disk space and memory are common causes.\n\
+6. Explain the cause and recommend either retrying, pinning a version (target_version), rolling back (manage.rollback) or staying on the current one. Change nothing yourself.",
     },
 ];
 
