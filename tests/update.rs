@@ -499,6 +499,26 @@ fn a_signed_release_for_this_device_is_installed_and_the_cli_offers_it() {
     assert_eq!(state.previous_good_version.as_deref(), Some(OLD));
 }
 
+#[test]
+fn root_without_the_agents_user_is_told_which_user_is_missing() {
+    if !crate::support::is_root() || nix::unistd::User::from_name("mcp-ops").ok().flatten().is_some() {
+        eprintln!("skipped: needs root on a machine without the mcp-ops user");
+        return;
+    }
+    let scene = Scene::new();
+    scene.release(NEW);
+    let before = scene.fingerprint();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mcp-raspi"));
+    cmd.args(["update", "server", "--no-wait", "--config"]).arg(scene.config(20));
+    cmd.env_clear().env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+    let out = crate::support::update_repo::run_bounded(cmd, CLI_LIMIT);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("the ops agent's user: no user named \"mcp-ops\""), "{stderr}");
+    assert!(!stderr.contains("--owner"), "the message names an option `update server` does not have: {stderr}");
+    assert_eq!(before, scene.fingerprint());
+}
+
 // --- kill points ---------------------------------------------------------------------------------
 
 const KILL_POINT: &str = "MCP_RASPI_TEST_KILL_POINT";

@@ -96,7 +96,13 @@ fn load(path: &Path) -> Result<Config, String> {
 
 /// The installation, owned by the agent's user when root works on it.
 fn installation(config: &Config) -> Result<Installation, String> {
-    let owner = if nix::unistd::geteuid().is_root() { Some(resolve_owner(AGENT_USER)?) } else { None };
+    let owner = if nix::unistd::geteuid().is_root() {
+        let owner = resolve_owner(AGENT_USER, "the ops agent's user")
+            .map_err(|e| format!("{e}; root gives that user what it installs, and the mcp-raspi package creates it"))?;
+        Some(owner)
+    } else {
+        None
+    };
     Ok(Installation::new(&config.paths.install_dir, &config.paths.state_dir, owner, config.updates.keep_versions))
 }
 
