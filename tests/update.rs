@@ -845,6 +845,16 @@ fn next_start(scene: &Scene, point: &str, after: &mut String) -> Result<(), Stri
     if !leftovers.is_empty() {
         return Err(format!("left in releases/ after the next update: {leftovers:?}"));
     }
+    // Nor does the installer's staging keep what the killed install copied and unpacked.
+    let staged: Vec<String> = std::fs::read_dir(scene.state_dir.join("staging"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    if !staged.is_empty() {
+        return Err(format!("left in staging/ after the next update: {staged:?}"));
+    }
     after.push_str(&format!(", next update to {next} ok + committed"));
     if point == "mid-download" {
         // The download the kill cut short was resumed, not started again.
