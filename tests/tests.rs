@@ -11,3 +11,4 @@ mod golden;
 mod http;
 mod malformed;
 mod ops;
+mod update;

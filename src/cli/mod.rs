@@ -205,7 +205,7 @@ fn run_release(command: ReleaseCommand, out: &mut dyn Write) -> Result<(), Strin
     let mut say = |text: String| writeln!(out, "{text}").map_err(|e| e.to_string());
     match command {
         ReleaseCommand::Install { payload, root, release_version, owner } => {
-            let owner = owner.as_deref().map(resolve_owner).transpose()?;
+            let owner = owner.as_deref().map(|o| resolve_owner(o, "--owner")).transpose()?;
             let dir =
                 release::install_release_owned(&payload, &root, &release_version, owner).map_err(|e| e.to_string())?;
             say(dir.display().to_string())
@@ -215,7 +215,7 @@ fn run_release(command: ReleaseCommand, out: &mut dyn Write) -> Result<(), Strin
         ReleaseCommand::Sign(args) => publish::sign(args, out),
         ReleaseCommand::Verify(args) => publish::verify(args, out),
         ReleaseCommand::Activate { root, release_version, owner, state_dir, keep } => {
-            let owner = owner.as_deref().map(resolve_owner).transpose()?;
+            let owner = owner.as_deref().map(|o| resolve_owner(o, "--owner")).transpose()?;
             let previous = match state_dir {
                 Some(dir) => crate::update::activate::Installation::new(&root, &dir, owner, keep)
                     .record_package_install(&release_version)
@@ -248,16 +248,17 @@ fn run_release(command: ReleaseCommand, out: &mut dyn Write) -> Result<(), Strin
     }
 }
 
-/// The uid and primary gid of `name` (a user name or a number).
-pub(crate) fn resolve_owner(name: &str) -> Result<release::Owner, String> {
+/// The uid and primary gid of `name` (a user name or a number); `what` says where the name
+/// comes from (`--owner`), for the message when it names nobody.
+pub(crate) fn resolve_owner(name: &str, what: &str) -> Result<release::Owner, String> {
     let user = match name.parse::<u32>() {
         Ok(uid) => nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)),
         Err(_) => nix::unistd::User::from_name(name),
     };
     match user {
         Ok(Some(u)) => Ok(release::Owner { uid: u.uid.as_raw(), gid: u.gid.as_raw() }),
-        Ok(None) => Err(format!("--owner: no user named {name:?} on this system")),
-        Err(e) => Err(format!("--owner: cannot look up {name:?}: {e}")),
+        Ok(None) => Err(format!("{what}: no user named {name:?} on this system")),
+        Err(e) => Err(format!("{what}: cannot look up {name:?}: {e}")),
     }
 }
 

@@ -173,6 +173,7 @@ pub fn install(
             )));
         }
         let lock = installation.lock()?;
+        remove_stale(request.staging_dir, &copy);
         let begun = installation.begin(&lock, &version, request.source)?;
         observe(&Step::Begun);
         let from = begun.in_progress().and_then(|u| u.from.clone());
@@ -203,6 +204,26 @@ pub fn install(
     let _ = fs::remove_file(&copy);
     let _ = remove_dir_if_present(&payload);
     result
+}
+
+/// Removes what an install killed before its own cleanup left in the staging directory:
+/// other package copies and payloads (a later install of the same version replaces them,
+/// but an update that went on to another version would leave them for good). Called with
+/// the update lock held, so no payload is being written. A concurrent install still
+/// copying its package loses its copy and fails; it would be refused anyway, by this
+/// install's lock or by the update it records, unless this one fails too.
+fn remove_stale(staging_dir: &Path, own_copy: &Path) {
+    let Ok(entries) = fs::read_dir(staging_dir) else { return };
+    let prefix = format!("{}_", manifest::PACKAGE_NAME);
+    for entry in entries.flatten() {
+        let (path, name) = (entry.path(), entry.file_name());
+        let name = name.to_string_lossy();
+        if name.ends_with(".payload") {
+            let _ = remove_dir_if_present(&path);
+        } else if name.starts_with(&prefix) && name.ends_with(".deb") && path != own_copy {
+            let _ = fs::remove_file(&path);
+        }
+    }
 }
 
 fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> InstallError + 'a {

@@ -13,6 +13,10 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+pub mod deb;
+pub mod file_server;
+pub mod update_repo;
+
 pub const ADMIN_TOKEN: &str = "admin-token-0123456789abcdef";
 pub const VIEWER_TOKEN: &str = "viewer-token-0123456789abcdef";
 /// The server refuses root, so tests running as root start it as this user.
