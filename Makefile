@@ -4,7 +4,8 @@
 #                hardware, no authentication, state under ~/.local/state/mcp-raspi)
 #   make test    formatting, lints, Rust unit and integration tests, and the suite driven
 #                by the official MCP Python SDK
-#   make bench   memory and latency figures, written to BENCHMARKS.md
+#   make bench   memory and latency figures, and those of a self-update into the package
+#                of this build, written to BENCHMARKS.md
 #   make docs    regenerate docs/TOOLS.md from the tool declarations
 
 SHELL := /bin/bash
@@ -72,8 +73,10 @@ pytest: venv build
 conformance: build
 	MCP_RASPI_SERVER_BIN=$(CURDIR)/target/debug/mcp-raspi-server RUN_AS_UID=$(RUN_AS_UID) tests/conformance/run.sh
 
-bench: release
-	$(PYTHON) bench/run.py --server target/release/mcp-raspi-server --agent target/release/raspi-ops-agent --out BENCHMARKS.md
+# The update scenario installs the package of this machine's architecture (make deb).
+bench: release deb
+	$(PYTHON) bench/run.py --server target/release/mcp-raspi-server --agent target/release/raspi-ops-agent \
+	  --cli target/release/mcp-raspi --packages $(DEB_DIR) --out BENCHMARKS.md
 
 docs:
 	MCP_RASPI_UPDATE_DOCS=1 $(CARGO) test --lib tools::docs

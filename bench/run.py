@@ -2,9 +2,16 @@
 """Measures mcp-raspi-server and raspi-ops-agent and writes the figures to a Markdown report.
 
     python3 bench/run.py --server target/release/mcp-raspi-server \
-        --agent target/release/raspi-ops-agent --out BENCHMARKS.md
+        --agent target/release/raspi-ops-agent --cli target/release/mcp-raspi \
+        --packages target/packages --out BENCHMARKS.md [--only update]
 
 What is measured, all on 127.0.0.1:
+  * self-update, first (UPDATE_RUNS runs through manage.update_server, as many through
+    `mcp-raspi update server`): a device on release OLD_RELEASE is updated into the package
+    of this build (make deb) from a signed repository served on 127.0.0.1, the script
+    restarting the services as systemd would; the time from the request to the new release
+    committed, the peak RSS of every process taking part, and the sizes of the packages.
+    `--only update` runs this alone and replaces its section of the existing report;
   * process start to first answer: the server is spawned (without an agent) and
     GET /healthz is polled until it answers 200 (START_RUNS runs);
   * then the agent is started, and the server with it (same configuration);
@@ -28,18 +35,24 @@ What is measured, all on 127.0.0.1:
 
 Exit status: 0 when every figure was measured (whether or not it meets its target),
 1 when a load run saw errors (the report is still written and says so), 2 when the
-benchmark could not run (server or agent failed, wrk missing, bad arguments).
+benchmark could not run (server or agent failed, wrk missing, bad arguments, the package
+missing, an update that did not commit).
 
-Standard library only (Python 3.11). Needs wrk; as root it is installed with apt-get.
+Standard library only (Python 3.11), Linux. Needs wrk (as root it is installed with apt-get)
+and, for the update scenario, the package of this machine's architecture under --packages.
 """
 
 import argparse
+import ctypes
 import datetime
+import functools
 import http.client
+import http.server
 import json
 import os
 import platform
 import re
+import secrets
 import select
 import shutil
 import signal
@@ -48,6 +61,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -165,6 +179,7 @@ class Workdir:
             (self.path / sub).mkdir()
         self.config = self.path / "config.yml"
         self.socket = self.path / "run" / "ops-agent.sock"
+        self.env = {}  # added to the environment of the processes
         self.config.write_text(self.config_text())
         self.config.chmod(0o644)
         if self.drop:
@@ -241,7 +256,7 @@ class Process:
     def __init__(self, argv, workdir, capture_stdout):
         self.workdir = workdir
         self.stderr_path = workdir.path / f"{self.name}.stderr"
-        env = dict(os.environ, XDG_STATE_HOME=str(workdir.path / "state"), HOME=str(workdir.path))
+        env = dict(os.environ, XDG_STATE_HOME=str(workdir.path / "state"), HOME=str(workdir.path), **workdir.env)
         drop = {"user": UNPRIVILEGED, "group": UNPRIVILEGED, "extra_groups": []} if workdir.drop else {}
         with open(self.stderr_path, "ab") as err:
             self.proc = subprocess.Popen(
@@ -536,6 +551,546 @@ def combine(rounds, healthz_rounds=None):
     return w
 
 
+# ---------------------------------------------------------------- the self-update scenario
+
+UPDATE_RUNS = 3  # of each update path
+UPDATE_WAIT = 60.0  # seconds any one wait of the scenario may take before it fails
+OLD_RELEASE = "0.0.1"  # the label of the release the update starts from
+TARGET_UPDATE_S = 10.0
+TARGET_UPDATE_RSS_MB = 20.0  # peak RSS of each process taking part
+TARGET_DEB_MB = 5.0
+DEB_ARCHITECTURES = ("amd64", "arm64", "armhf")
+# The Debian architecture of the package this machine installs.
+DEB_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "arm64": "arm64", "armv7l": "armhf", "armv6l": "armhf"}
+ADMIN_TOKEN_ENV = "MCP_RASPI_BENCH_ADMIN_TOKEN"
+UPDATE_TOOL = "manage.update_server"
+PR_SET_CHILD_SUBREAPER = 36  # prctl(2)
+UPDATE_REPO_SCRIPT = HERE.parent / "packaging" / "update-repo.sh"
+
+# The processes whose peak RSS is reported: key, label.
+UPDATE_PROCESSES = (
+    ("old_server", "old `mcp-raspi-server` (serves the call: resolves, downloads, verifies)"),
+    ("old_agent", "old `raspi-ops-agent` (verifies again, extracts, installs, switches)"),
+    ("new_server", "new `mcp-raspi-server` (checks itself, reports)"),
+    ("new_agent", "new `raspi-ops-agent` (waits for the report, commits)"),
+    ("cli", "`mcp-raspi update server --no-wait` (the whole update in one process)"),
+    ("pre_start", "`mcp-raspi update pre-start` (before the new agent starts)"),
+)
+
+
+def deb_architecture():
+    arch = DEB_ARCH.get(platform.machine())
+    if not arch:
+        raise BenchError(f"no Debian architecture is known for {platform.machine()}: the update scenario cannot run")
+    return arch
+
+
+def package_path(packages, version, arch):
+    return Path(packages) / f"mcp-raspi_{version}_{arch}.deb"
+
+
+class Subreaper:
+    """While active, processes orphaned below this one are re-parented to it, so that it can
+    wait for a grandchild itself (see run_measured)."""
+
+    def __init__(self):
+        self.libc = ctypes.CDLL(None, use_errno=True)
+
+    def set(self, on):
+        if self.libc.prctl(PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0) != 0:
+            raise BenchError(f"prctl(PR_SET_CHILD_SUBREAPER) failed: {os.strerror(ctypes.get_errno())}")
+
+
+def run_measured(argv, workdir, name, timeout=UPDATE_WAIT):
+    """Runs a program to its end, as the unprivileged user when root, and returns its exit
+    code, stdout, stderr and peak RSS in kB (ru_maxrss from wait4).
+
+    A process started from this script starts as a copy of it, and the kernel counts what
+    that copy had resident in the program's ru_maxrss: every child of this script would
+    report at least this script's own size. So a shell starts the program in the
+    background, prints its pid and exits; the program, a copy of the small shell, is
+    re-parented to this script (a subreaper) and waited for here."""
+    out, err = workdir.path / f"{name}.stdout", workdir.path / f"{name}.stderr"
+    script = 'out=$1; err=$2; shift 2; "$@" </dev/null >"$out" 2>"$err" & echo $!'
+    drop = {"user": workdir.uid, "group": workdir.gid, "extra_groups": []} if workdir.drop else {}
+    env = dict(os.environ, XDG_STATE_HOME=str(workdir.path / "state"), HOME=str(workdir.path), **workdir.env)
+    shell = subprocess.run(["sh", "-c", script, "sh", str(out), str(err), *argv], capture_output=True, text=True,
+                           env=env, cwd=workdir.path, timeout=10, **drop)
+    try:
+        pid = int(shell.stdout.strip())
+    except ValueError:
+        raise BenchError(f"could not start {argv[0]}: {shell.stdout!r} {shell.stderr!r}") from None
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            done, status, usage = os.wait4(pid, os.WNOHANG)
+        except ChildProcessError:
+            raise BenchError(f"{argv[0]} (pid {pid}) was not re-parented to this script; its peak RSS "
+                             "cannot be read") from None
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.wait4(pid, 0)
+            raise BenchError(f"`{' '.join(map(str, argv))}` did not end within {timeout:.0f} s")
+        time.sleep(0.002)
+    text = [p.read_text(errors="replace").strip() for p in (out, err)]
+    return os.waitstatus_to_exitcode(status), text[0], text[1], usage.ru_maxrss
+
+
+class RepoServer:
+    """The update repository, served over HTTP on 127.0.0.1 from a thread of this script;
+    it remembers the paths it served."""
+
+    def __init__(self, directory):
+        served = self.served = []
+
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def log_request(self, code="-", size="-"):
+                served.append((self.path, code if isinstance(code, int) else 0))
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
+                                                     functools.partial(Handler, directory=str(directory)))
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(timeout=5)
+
+
+class UpdateWorkdir:
+    """One run of the update: a device's configuration, state directory and install root
+    (`opt/`, whose `current` names the old release), and the logs of its processes."""
+
+    def __init__(self, path, repo_url, keys_dir, token):
+        self.path = path
+        self.path.mkdir()
+        self.drop = os.geteuid() == 0
+        self.uid, self.gid = (UNPRIVILEGED, UNPRIVILEGED) if self.drop else (os.getuid(), os.getgid())
+        for sub in ("log", "state", "opt", "run"):
+            (self.path / sub).mkdir()
+        self.state = self.path / "state"
+        self.root = self.path / "opt"
+        self.socket = self.path / "run" / "ops-agent.sock"
+        self.config = self.path / "config.yml"
+        self.env = {ADMIN_TOKEN_ENV: token}
+        d = self.path
+        self.config.write_text(f"""config_version: "1.2"
+server:
+  listen: "127.0.0.1:0"
+security:
+  auth_mode: token
+  secrets_file: null
+  rate_limit:
+    requests_per_minute: 0
+  tokens:
+    - {{ identity: admin, role: admin, env: {ADMIN_TOKEN_ENV} }}
+logging:
+  level: info
+  journald: off
+  app_path: "{d}/log/app.log"
+  audit_path: "{d}/log/audit.log"
+platform:
+  backend: simulated
+paths:
+  state_dir: "{self.state}"
+  install_dir: "{self.root}"
+ops_agent:
+  socket_path: "{self.socket}"
+  allowed_users: ["{self.uid}"]
+  socket_group: "{self.gid}"
+updates:
+  server_url: "{repo_url}"
+  keys_dir: "{keys_dir}"
+  max_download_mb: 100
+  health_timeout_seconds: {int(UPDATE_WAIT)}
+""")
+        self.config.chmod(0o644)
+        if self.drop:
+            for p in [self.path, *self.path.rglob("*")]:
+                os.chown(p, self.uid, self.gid)
+
+    def program(self, name):
+        """A program of the release `current` names, as the units start it."""
+        return str(self.root / "current" / "bin" / name)
+
+    def version_state(self):
+        try:
+            return json.loads((self.state / "version.json").read_text())
+        except FileNotFoundError:
+            return {}
+
+    def run_cli(self, cli, *args):
+        """Runs the CLI as the services' user and fails unless it succeeds; returns stdout."""
+        drop = {"user": self.uid, "group": self.gid, "extra_groups": []} if self.drop else {}
+        r = subprocess.run([cli, *args], capture_output=True, text=True, timeout=UPDATE_WAIT, cwd=self.path, **drop)
+        if r.returncode != 0:
+            raise BenchError(f"`mcp-raspi {' '.join(args)}` failed ({r.returncode}): {r.stderr.strip()}")
+        return r.stdout
+
+
+def healthz_version(port):
+    """The version GET /healthz reports, or None when it does not answer 200."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+    try:
+        conn.request("GET", "/healthz")
+        r = conn.getresponse()
+        body = r.read()
+        return json.loads(body).get("version") if r.status == 200 else None
+    except (OSError, ValueError):
+        return None
+    finally:
+        conn.close()
+
+
+def rpc(port, headers, body, timeout):
+    """POSTs one JSON-RPC message to /mcp; returns the HTTP status, the session id header
+    and the JSON-RPC answer (from a JSON body or the last answer of an event stream)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("POST", "/mcp", body=json.dumps(body),
+                     headers={"Content-Type": "application/json",
+                              "Accept": "application/json, text/event-stream", **headers})
+        r = conn.getresponse()
+        data = r.read().decode(errors="replace")
+        sid, ctype = r.getheader("Mcp-Session-Id"), r.getheader("Content-Type") or ""
+    except OSError as e:
+        raise BenchError(f"{body.get('method')} to 127.0.0.1:{port}: {e}") from None
+    finally:
+        conn.close()
+    if not data.strip():
+        return r.status, sid, None
+    try:
+        if ctype.startswith("text/event-stream"):
+            messages = [json.loads(line[5:]) for line in data.splitlines()
+                        if line.startswith("data:") and line[5:].strip()]
+            answers = [m for m in messages if "result" in m or "error" in m]
+            return r.status, sid, answers[-1] if answers else None
+        return r.status, sid, json.loads(data)
+    except ValueError:
+        raise BenchError(f"{body.get('method')} answered HTTP {r.status} with a body that is not JSON: "
+                         f"{data[:300]!r}") from None
+
+
+def admin_session(port, token):
+    """Opens a session as the admin; returns the headers of requests within it."""
+    headers = {"Authorization": f"Bearer {token}"}
+    status, sid, _ = rpc(port, headers, {
+        "jsonrpc": "2.0", "id": 1, "method": "initialize",
+        "params": {"protocolVersion": SESSION_VERSION, "capabilities": {},
+                   "clientInfo": {"name": "bench", "version": "1"}},
+    }, 10)
+    if status != 200 or not sid:
+        raise BenchError(f"initialize as admin failed: HTTP {status}, session id {sid!r}")
+    headers.update({"Mcp-Session-Id": sid, "MCP-Protocol-Version": SESSION_VERSION})
+    status, _, _ = rpc(port, headers, {"jsonrpc": "2.0", "method": "notifications/initialized"}, 10)
+    if status != 202:
+        raise BenchError(f"notifications/initialized answered HTTP {status}")
+    return headers
+
+
+def exe_of(pid):
+    try:
+        return os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        return "?"
+
+
+class UpdateScenario:
+    """Updates a device from OLD_RELEASE into the packaged release, on loopback, acting as
+    systemd: see render_update for the steps."""
+
+    def __init__(self, cli, packages):
+        self.publisher_cli = cli
+        # `mcp-raspi 0.1.0`: the version the package's programs report.
+        self.version = (command_output([cli, "--version"]).split() or [""])[-1]
+        self.arch = deb_architecture()
+        self.deb = package_path(packages, self.version, self.arch)
+        if not self.deb.is_file():
+            raise BenchError(f"{self.deb} is missing: build the package first (make deb)")
+        self.packages = packages
+        self.token = secrets.token_hex(24)
+
+    def prepare(self, base):
+        """The payload of the old release (the build's programs) and the signed repository."""
+        self.base = base
+        bin_dir = base / "payload" / "bin"
+        bin_dir.mkdir(parents=True)
+        release_dir = Path(self.publisher_cli).parent
+        for name in ("mcp-raspi-server", "raspi-ops-agent", "mcp-raspi"):
+            if not os.access(release_dir / name, os.X_OK):
+                raise BenchError(f"{release_dir / name} is missing: cargo build --release --bins")
+            shutil.copy2(release_dir / name, bin_dir / name)
+        # The dpkg-owned CLI of a device, which ExecStartPre and the operator run.
+        self.cli = str(bin_dir / "mcp-raspi")
+        repo = base / "repo"
+        env = dict(os.environ, UPDATE_KEY_DIR=str(base / "signing-key"))
+        r = subprocess.run([str(UPDATE_REPO_SCRIPT), self.publisher_cli, str(repo), str(self.deb)],
+                           capture_output=True, text=True, env=env, timeout=UPDATE_WAIT)
+        if r.returncode != 0:
+            raise BenchError(f"packaging/update-repo.sh failed ({r.returncode}):\n{r.stderr.strip()}")
+        self.keys_dir = repo / "keys"
+        if os.geteuid() == 0:
+            for p in [base, *(base / "payload").rglob("*"), base / "payload", repo, *repo.rglob("*")]:
+                os.chown(p, UNPRIVILEGED, UNPRIVILEGED)
+        self.repo = RepoServer(repo)
+
+    def device(self, name):
+        """A device whose `current` is OLD_RELEASE, recorded in version.json as a package
+        install would (the postinst)."""
+        w = UpdateWorkdir(self.base / name, self.repo.url, self.keys_dir, self.token)
+        w.run_cli(self.cli, "release", "install", "--payload", str(self.base / "payload"), "--root", str(w.root),
+                  "--version", OLD_RELEASE)
+        w.run_cli(self.cli, "release", "activate", "--root", str(w.root), "--version", OLD_RELEASE,
+                  "--state-dir", str(w.state))
+        return w
+
+    def start(self, w):
+        """The agent, then the server, from current/bin, as their units start them."""
+        agent = Agent(w.program("raspi-ops-agent"), w)
+        agent.wait_listening()
+        server = Server(w.program("mcp-raspi-server"), w, "127.0.0.1:0", capture_stdout=True)
+        port = server.listening_port()
+        return agent, server, port
+
+    def run(self, path, n):
+        """One update through `path` (`mcp` or `cli`); returns its figures."""
+        w = self.device(f"{path}-{n}")
+        agent = server = None
+        fig = {}
+        try:
+            agent, server, port = self.start(w)
+            before = w.version_state()
+            if before.get("current_version") != OLD_RELEASE or healthz_version(port) != self.version:
+                raise BenchError(f"the device did not start on {OLD_RELEASE}: version.json {before}")
+            headers = admin_session(port, self.token) if path == "mcp" else None
+            self.repo.served.clear()
+
+            t0 = time.perf_counter()
+            if path == "mcp":
+                status, _, reply = rpc(port, headers, {
+                    "jsonrpc": "2.0", "id": 2, "method": "tools/call",
+                    "params": {"name": UPDATE_TOOL, "arguments": {}}}, UPDATE_WAIT)
+                t1 = time.perf_counter()
+                result = (reply or {}).get("result") or {}
+                answer = result.get("structuredContent") or {}
+                if status != 200 or result.get("isError") or answer.get("status") != "in_progress":
+                    raise BenchError(f"{UPDATE_TOOL} did not answer in_progress: HTTP {status}, "
+                                     f"{json.dumps(reply)[:600]}")
+            else:
+                code, out, err, fig["cli"] = run_measured(
+                    [self.cli, "update", "server", "--no-wait", "--json", "--config", str(w.config)], w, "update")
+                t1 = time.perf_counter()
+                try:
+                    answer = json.loads(out.splitlines()[-1])
+                except (ValueError, IndexError):
+                    answer = {}
+                if code != 0 or answer.get("status") != "in_progress":
+                    raise BenchError(f"mcp-raspi update server did not end in_progress (exit {code}): {out} {err}")
+            state = (w.version_state().get("last_update") or {})
+            if (state.get("status"), state.get("phase"), state.get("to")) != ("in_progress", "restarting",
+                                                                                 self.version):
+                raise BenchError(f"after the install, version.json's last_update is {state}")
+            package = f"/pool/{self.deb.name}"
+            if (package, 200) not in self.repo.served:
+                raise BenchError(f"the update did not download {package}: the repository served {self.repo.served}")
+
+            # What systemd does when the agent restarts the units: stop both, run the agent's
+            # ExecStartPre, start the agent, then the server, from current/bin.
+            fig["old_server"], fig["old_agent"] = server.memory()["VmHWM"], agent.memory()["VmHWM"]
+            server.stop()
+            agent.stop()
+            server = agent = None
+            code, out, err, fig["pre_start"] = run_measured(
+                [self.cli, "update", "pre-start", "--config", str(w.config)], w, "pre-start")
+            if code != 0:
+                raise BenchError(f"mcp-raspi update pre-start failed ({code}): {out} {err}")
+            agent, server, port = self.start(w)
+            deadline = time.monotonic() + UPDATE_WAIT
+            while True:
+                last = w.version_state().get("last_update") or {}
+                if last.get("status") == "succeeded" and healthz_version(port) == self.version:
+                    break
+                if last.get("status") in ("rolled_back", "failed"):
+                    raise BenchError(f"the update was {last['status']}: {last.get('reason')}")
+                for p in (agent, server):
+                    if p.proc.poll() is not None:
+                        raise p.died("the update did not commit")
+                if time.monotonic() > deadline:
+                    raise BenchError(f"within {UPDATE_WAIT:.0f} s of the restart, the update was not committed "
+                                     f"with /healthz answering {self.version}: last_update {last}, /healthz "
+                                     f"version {healthz_version(port)}")
+                time.sleep(0.005)
+            t2 = time.perf_counter()
+
+            fig["new_server"], fig["new_agent"] = server.memory()["VmHWM"], agent.memory()["VmHWM"]
+            release = str(w.root / "releases" / self.version) + "/"
+            for p in (agent, server):
+                if not exe_of(p.pid).startswith(release):
+                    raise BenchError(f"the new {p.name} runs {exe_of(p.pid)}, not a program of {release}")
+            fig.update(install_s=t1 - t0, restart_s=t2 - t1, total_s=t2 - t0)
+            return fig
+        finally:
+            for p in (server, agent):
+                if p:
+                    p.stop()
+
+    def close(self):
+        if getattr(self, "repo", None):
+            self.repo.close()
+
+
+def bench_update(cli, packages):
+    """The update scenario, UPDATE_RUNS times through MCP and as many through the CLI."""
+    scenario = UpdateScenario(cli, packages)
+    u = {"machine": machine(), "version": scenario.version, "arch": scenario.arch, "from": OLD_RELEASE,
+         "deb": scenario.deb.name, "runs": {"mcp": [], "cli": []},
+         "debs": {a: (package_path(packages, scenario.version, a).stat().st_size
+                      if package_path(packages, scenario.version, a).is_file() else None)
+                  for a in DEB_ARCHITECTURES}}
+    base = Path(tempfile.mkdtemp(prefix="mcp-raspi-bench-update-"))
+    reaper = Subreaper()
+    try:
+        reaper.set(True)
+        scenario.prepare(base)
+        for n in range(1, UPDATE_RUNS + 1):
+            for path in ("mcp", "cli"):
+                log(f"update {OLD_RELEASE} -> {scenario.version} through {path}, run {n} of {UPDATE_RUNS}")
+                fig = scenario.run(path, n)
+                log(f"  {fig['total_s']:.2f} s: {fig['install_s']:.2f} s until installed, "
+                    f"{fig['restart_s']:.2f} s to commit")
+                u["runs"][path].append(fig)
+    finally:
+        scenario.close()
+        reaper.set(False)
+        shutil.rmtree(base, ignore_errors=True)
+    return u
+
+
+def update_rows(u):
+    """(measure, value, target, met) rows of the update scenario."""
+    rows = []
+    for path, what in (("mcp", f"`tools/call {UPDATE_TOOL}`"), ("cli", "`mcp-raspi update server --no-wait`")):
+        runs = u["runs"][path]
+        total = [r["total_s"] for r in runs]
+        listed = ", ".join(f"{x:.2f}" for x in total)
+        rows.append((f"Update end to end through {what}, median of {len(runs)}",
+                     f"{statistics.median(total):.2f} s (runs {listed} s)",
+                     f"≤ {TARGET_UPDATE_S:.0f} s", statistics.median(total) <= TARGET_UPDATE_S))
+        until = "until the call answers" if path == "mcp" else "until the command exits"
+        rows.append((f"… resolve, download, verify, install and switch ({until})",
+                     f"{statistics.median(r['install_s'] for r in runs):.2f} s", "", None))
+        rows.append(("… restart, health check and commit",
+                     f"{statistics.median(r['restart_s'] for r in runs):.2f} s", "", None))
+    for key, label in UPDATE_PROCESSES:
+        values = [r[key] for runs in u["runs"].values() for r in runs if key in r]
+        if key in ("old_server", "old_agent", "new_server", "new_agent"):
+            values = [r[key] for r in u["runs"]["mcp"]]  # the daemons of the MCP runs
+        peak = statistics.median(values)
+        rows.append((f"Peak RSS, {label}, median of {len(values)}",
+                     f"{mb(peak):.1f} MB (max {mb(max(values)):.1f} MB)",
+                     f"≤ {TARGET_UPDATE_RSS_MB:.0f} MB", mb(peak) <= TARGET_UPDATE_RSS_MB))
+    for arch, size in u["debs"].items():
+        name = f"mcp-raspi_{u['version']}_{arch}.deb"
+        if size is None:
+            make = "make deb" if arch == u["arch"] else f"make deb-{arch}"
+            rows.append((f"Package size, `{name}`", f"not built here (`{make}`)", f"≤ {TARGET_DEB_MB:.0f} MB", None))
+        else:
+            rows.append((f"Package size, `{name}`", f"{size / 1e6:.2f} MB ({size:,} bytes)",
+                         f"≤ {TARGET_DEB_MB:.0f} MB", size / 1e6 <= TARGET_DEB_MB))
+    return rows
+
+
+def render_update(u, rows):
+    """The `## Self-update` section of the report."""
+    m = u["machine"]
+    lines = [
+        "## Self-update",
+        "",
+        f"`bench/run.py` also updates a device from release {u['from']} into the release just packaged",
+        f"(`{u['deb']}`, version {u['version']}), from a signed update repository on 127.0.0.1, acting",
+        "as systemd for the restart; simulated hardware. Measured "
+        f"{m['date']} on {m['cpu']}, {m['nproc']} CPUs, {m['arch']}.",
+        "",
+        "| Measure | Value | Target | Met |",
+        "|---|---|---|---|",
+    ]
+    for measure, value, target, met in rows:
+        lines.append(f"| {measure} | {value} | {target or '–'} | {'–' if met is None else verdict(met)} |")
+    missed = [row[0] for row in rows if row[3] is False]
+    lines.append("")
+    if missed:
+        lines += [f"**{len(missed)} target(s) of the update missed:**", ""] + [f"- {x}" for x in missed]
+    else:
+        lines.append("Every target of the update is met.")
+    lines += [
+        "",
+        "### Method of the update scenario",
+        "",
+        f"- The repository: `packaging/update-repo.sh` publishes the package `make deb` built for this",
+        "  machine, signed with a key generated for the run, and Python's `http.server` serves it on a",
+        "  free port of 127.0.0.1. The device trusts that key (`updates.keys_dir`) and reads",
+        "  `updates.server_url` from it.",
+        f"- The device: a fresh state directory and install root per run. The release programs of the",
+        f"  build are installed as release {u['from']} (`mcp-raspi release install`) and made current",
+        "  with `mcp-raspi release activate --state-dir`, as the package's postinst records an",
+        f"  install in `version.json`. Release {u['from']} and the package hold the same programs, which",
+        f"  report version {u['version']}; what is installed is the release `current` names. Token",
+        f"  authentication, simulated hardware, the agent's Unix socket in the scratch directory.",
+        "  As root, the programs run as uid/gid " f"{UNPRIVILEGED}, as in the load runs.",
+        "- Acting as systemd: the agent, then the server, are started from `current/bin/`. Through",
+        f"  MCP, an admin session is opened (`initialize`), the clock starts, and `tools/call {UPDATE_TOOL}`",
+        "  (channel stable) is sent: the server resolves and verifies the signed manifest, downloads",
+        "  and checks the package, and the agent verifies it again, extracts it, installs it as",
+        f"  `releases/{u['version']}` and switches `current`. The call answers `in_progress`; the agent",
+        "  would ask systemd to restart both units a second later (with the simulated backend that",
+        "  request is only recorded), so the script restarts them at the answer: both stopped",
+        "  (SIGTERM), `mcp-raspi update pre-start` run (the agent unit's `ExecStartPre`), the agent",
+        "  then the server started again from `current/bin/`, now the new release. The new server",
+        "  checks its `/healthz` and a `tools/call` and reports to the new agent, which commits. The",
+        "  clock stops when `version.json` says `last_update.status: succeeded` and `/healthz` answers",
+        f"  version {u['version']} (polled every 5 ms). A device adds the agent's one-second restart",
+        "  delay and systemd's own work to these figures.",
+        "- Through the CLI: the same, with `mcp-raspi update server --no-wait` doing the resolve,",
+        "  download, verification, install and switch in one process while the old services run;",
+        "  the clock starts when it is started and the restart begins when it exits.",
+        "- Each run checks that the package was downloaded from the repository during the timed",
+        "  part, that `version.json` says `restarting` before the restart, and that the new",
+        f"  processes run programs of `releases/{u['version']}`. Every wait fails the run after "
+        f"{UPDATE_WAIT:.0f} s.",
+        f"- {UPDATE_RUNS} runs of each path, alternating; medians are reported.",
+        "- Peak RSS: for the servers and agents `VmHWM` from `/proc/PID/status`, of the old ones just",
+        "  before they are stopped (after the install), of the new ones after the commit, in the",
+        "  MCP runs. For the CLI programs `ru_maxrss` from `wait4`. Each is started by a shell in",
+        "  the background and waited for by the script as a subreaper: a program started directly",
+        "  by the script would count the script's own pages in its `ru_maxrss`. MB are 10^6 bytes.",
+        "- Package sizes: the files under `target/packages/` (`make deb`, `make deb-arm64`,",
+        "  `make deb-armhf`).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def merge_update_section(existing, section):
+    """`existing` with its `## Self-update` section replaced by `section` (or `section` put
+    before `## Reproduce`, or at the end)."""
+    lines = existing.splitlines()
+    start = next((i for i, line in enumerate(lines) if line == "## Self-update"), None)
+    if start is not None:
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    else:
+        start = end = next((i for i, line in enumerate(lines) if line == "## Reproduce"), len(lines))
+    return "\n".join(lines[:start] + section.rstrip("\n").split("\n") + [""] + lines[end:]).rstrip("\n") + "\n"
+
+
+
 # ---------------------------------------------------------------- the report
 
 
@@ -799,14 +1354,20 @@ def render(r, rows, problems):
         "make bench",
         "# which is:",
         "cargo build --release --bins",
+        "make deb    # the package the update scenario installs",
         "python3 bench/run.py --server target/release/mcp-raspi-server \\",
-        "    --agent target/release/raspi-ops-agent --out BENCHMARKS.md",
+        "    --agent target/release/raspi-ops-agent --cli target/release/mcp-raspi \\",
+        "    --packages target/packages --out BENCHMARKS.md",
+        "# the update scenario alone, replacing its section of BENCHMARKS.md:",
+        "python3 bench/run.py --server target/release/mcp-raspi-server \\",
+        "    --agent target/release/raspi-ops-agent --only update",
         "```",
         "",
         "It needs `wrk` (installed with apt-get when missing and run as root) and Python 3.11.",
         "The server and the agent refuse to run as root; when the script runs as root it starts both",
         f"as uid/gid {UNPRIVILEGED}. The agent admits only that uid and gives its socket to that gid.",
-        f"A run takes about {IDLE_SECONDS + 4 * len(SCHEDULES) * ROUNDS * WRK_SECONDS + 10} s.",
+        f"A run takes about {IDLE_SECONDS + 4 * len(SCHEDULES) * ROUNDS * WRK_SECONDS + 10} s, and the update "
+        "scenario about 10 s more.",
         "",
     ]
     return "\n".join(lines)
@@ -892,32 +1453,52 @@ def executable(path, what):
     return binary
 
 
+def print_rows(rows):
+    width = max(len(row[0]) for row in rows)
+    print()
+    for measure, value, target, met in rows:
+        mark = "" if met is None else ("  ok" if met else "  MISSED")
+        print(f"  {measure:<{width}}  {value}{'  (target ' + target + ')' if target else ''}{mark}")
+    return [row[0] for row in rows if row[3] is False]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--server", required=True, help="the mcp-raspi-server binary (a release build)")
     parser.add_argument("--agent", required=True, help="the raspi-ops-agent binary (a release build)")
+    parser.add_argument("--cli", help="the mcp-raspi program of the same build (default: beside --server)")
+    parser.add_argument("--packages", default="target/packages",
+                        help="directory of the .deb files of the build (make deb), for the update scenario")
+    parser.add_argument("--only", choices=["update"],
+                        help="run only the update scenario and replace its section of the existing report")
     parser.add_argument("--out", default="BENCHMARKS.md", help="Markdown report to write")
     args = parser.parse_args()
     began = time.monotonic()
     try:
         binary = executable(args.server, "server")
         agent_binary = executable(args.agent, "agent")
-        wrk = ensure_wrk()
-        r = bench(binary, agent_binary, wrk)
+        cli = executable(args.cli or os.path.join(os.path.dirname(binary), "mcp-raspi"), "mcp-raspi program")
+        wrk = ensure_wrk() if args.only is None else None
+        # The update scenario first: it is short, and fails early when the package is missing.
+        u = bench_update(cli, args.packages)
+        r = bench(binary, agent_binary, wrk) if args.only is None else None
     except (BenchError, OSError, subprocess.SubprocessError) as e:
         print(f"bench: FAILED: {e}", file=sys.stderr)
         return 2
 
-    rows = build_rows(r)
-    problems = load_problems(r)
-    Path(args.out).write_text(render(r, rows, problems))
-
-    width = max(len(row[0]) for row in rows)
-    print()
-    for measure, value, target, met in rows:
-        mark = "" if met is None else ("  ok" if met else "  MISSED")
-        print(f"  {measure:<{width}}  {value}{'  (target ' + target + ')' if target else ''}{mark}")
-    missed = [row[0] for row in rows if row[3] is False]
+    urows = update_rows(u)
+    section = render_update(u, urows)
+    out = Path(args.out)
+    if r is None:
+        existing = out.read_text() if out.exists() else "# Benchmarks\n"
+        out.write_text(merge_update_section(existing, section))
+        missed, problems, rows = [], [], []
+    else:
+        rows = build_rows(r)
+        problems = load_problems(r)
+        out.write_text(merge_update_section(render(r, rows, problems), section))
+        missed = print_rows(rows)
+    missed += print_rows(urows)
     print()
     print(f"bench: {len(missed)} target(s) missed" if missed else "bench: every target met")
     for p in problems:

@@ -7,7 +7,7 @@
 //! release's health check then commits the update or rolls it back, which
 //! `manage.get_server_status` shows as `last_update`.
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -20,7 +20,8 @@ use crate::ipc::{Request, Response};
 use crate::mcp::Progress;
 use crate::update::activate::{Installation, InstalledRelease};
 use crate::update::download::{FetchSettings, Fetcher};
-use crate::update::manifest::{self, Keyring, Policy};
+use crate::update::install;
+use crate::update::manifest::{Keyring, Policy};
 use crate::update::resolve::{self, Resolution, Target};
 use crate::update::state::VersionState;
 
@@ -100,20 +101,12 @@ fn target(config: &Config, args: &UpdateArguments) -> Result<Target, ToolError> 
     }
 }
 
-/// The policy of this server: the running version, the highest ever installed, this
-/// machine's architecture and the download cap.
+/// The policy of this device, as the ops agent applies it again when it installs: the
+/// release `current` names, the highest ever installed, this machine's architecture and the
+/// download cap.
 fn policy(config: &Config) -> Result<Policy, ToolError> {
-    let state = installation(config).state().map_err(|e| ToolError::unavailable(e.to_string()))?;
-    let parse = |v: &str| semver::Version::parse(v).map_err(|e| ToolError::internal(format!("version {v:?}: {e}")));
-    Ok(Policy {
-        architecture: manifest::this_architecture().to_string(),
-        installed: parse(VERSION)?,
-        highest_installed: state.highest_installed.as_deref().map(parse).transpose()?,
-        channel: None,
-        target_version: None,
-        now: SystemTime::now(),
-        max_download_bytes: config.updates.max_download_mb.saturating_mul(1024 * 1024),
-    })
+    let max_bytes = config.updates.max_download_mb.saturating_mul(1024 * 1024);
+    install::device_policy(&installation(config), max_bytes).map_err(ToolError::unavailable)
 }
 
 fn step(progress: &Progress, index: usize, message: &str) {
@@ -370,6 +363,24 @@ mod tests {
         assert!(target(&config, &args(Some("beta"), Some("0.2.0"))).unwrap_err().message.contains("not both"));
         assert!(target(&config, &args(Some("nightly"), None)).unwrap_err().message.contains("stable, beta"));
         assert!(target(&config, &args(None, Some("two"))).unwrap_err().message.contains("target_version"));
+    }
+
+    #[test]
+    fn the_installed_version_is_the_release_current_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let payload = dir.path().join("payload");
+        std::fs::create_dir_all(payload.join("bin")).unwrap();
+        let root = dir.path().join("opt");
+        crate::update::release::install_release(&payload, &root, "0.0.1").unwrap();
+        crate::update::release::flip_current(&root, "0.0.1").unwrap();
+        let yaml = format!(
+            "config_version: \"1.2\"\npaths:\n  install_dir: {}\n  state_dir: {}\n",
+            root.display(),
+            dir.path().join("state").display()
+        );
+        let config = Config::from_yaml(&yaml, "test").unwrap();
+        // What the ops agent checks again: this server's own version does not decide.
+        assert_eq!(policy(&config).unwrap().installed, semver::Version::new(0, 0, 1));
     }
 
     #[test]
