@@ -11,4 +11,5 @@ mod golden;
 mod http;
 mod malformed;
 mod ops;
+mod self_update;
 mod update;

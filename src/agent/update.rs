@@ -86,7 +86,7 @@ pub fn restart_later(platform: &Platform, delay: Duration) {
     let services = platform.services.clone();
     std::thread::spawn(move || {
         std::thread::sleep(delay);
-        log::info!("restarting {} into the new release", crate::platform::PRODUCT_UNITS.join(" and "));
+        log::info!("restarting {} into the release current names", crate::platform::PRODUCT_UNITS.join(" and "));
         if let Err(e) = services.restart_without_waiting(&product_units()) {
             log::error!("cannot restart the services: {e}");
         }

@@ -24,6 +24,9 @@ pub struct DebSpec {
     /// Bytes of incompressible data shipped as `share/padding.bin`, for packages of a given
     /// size (a download cap, progress reports).
     pub padding: usize,
+    /// When set, each program is a script that runs the program of that name in this
+    /// directory (the real binaries of the build), instead of one that prints the version.
+    pub exec_dir: Option<std::path::PathBuf>,
 }
 
 impl DebSpec {
@@ -34,7 +37,14 @@ impl DebSpec {
             version: version.to_string(),
             architecture: architecture.to_string(),
             padding: 0,
+            exec_dir: None,
         }
+    }
+
+    /// Programs that run the real ones found in `dir`.
+    pub fn running(mut self, dir: &Path) -> DebSpec {
+        self.exec_dir = Some(dir.to_path_buf());
+        self
     }
 
     pub fn padded(mut self, bytes: usize) -> DebSpec {
@@ -51,7 +61,10 @@ impl DebSpec {
         );
         let control_tar = tar_of(&[Entry::dir("./"), Entry::file("./control", 0o644, control.into_bytes())]);
 
-        let script = format!("#!/bin/sh\necho {}\n", self.version).into_bytes();
+        let script = |program: &str| match &self.exec_dir {
+            Some(dir) => format!("#!/bin/sh\nexec {} \"$@\"\n", dir.join(program).display()).into_bytes(),
+            None => format!("#!/bin/sh\necho {}\n", self.version).into_bytes(),
+        };
         let mut data = vec![
             Entry::dir("./"),
             Entry::dir("./usr/"),
@@ -60,7 +73,7 @@ impl DebSpec {
             Entry::dir("./usr/lib/mcp-raspi/bin/"),
         ];
         for program in PROGRAMS {
-            data.push(Entry::file(&format!("./usr/lib/mcp-raspi/bin/{program}"), 0o755, script.clone()));
+            data.push(Entry::file(&format!("./usr/lib/mcp-raspi/bin/{program}"), 0o755, script(program)));
         }
         data.push(Entry::dir("./usr/lib/mcp-raspi/share/"));
         let example = format!("# mcp-raspi {} example configuration\nconfig_version: \"1.2\"\n", self.version);

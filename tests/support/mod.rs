@@ -36,7 +36,13 @@ pub fn is_root() -> bool {
 
 /// A command for the server binary, dropped to an unprivileged user when tests run as root.
 pub fn server_command() -> Command {
-    let mut cmd = Command::new(server_bin());
+    program_command(Path::new(server_bin()))
+}
+
+/// A command for `program` (a daemon of this build, or a release's copy of one), dropped
+/// to an unprivileged user when tests run as root.
+pub fn program_command(program: &Path) -> Command {
+    let mut cmd = Command::new(program);
     if is_root() {
         cmd.uid(UNPRIVILEGED).gid(UNPRIVILEGED);
     }
@@ -186,11 +192,22 @@ impl Server {
         Server::spawn(dir, Some(agent))
     }
 
+    /// The server and its agent as a release installed under an install root runs them:
+    /// from `bin` (e.g. `<root>/current/bin`), on the configuration file `config`.
+    pub fn from_release(bin: &Path, config: &Path) -> Server {
+        let agent = start_agent_program(&bin.join("raspi-ops-agent"), config);
+        Server::spawn_program(&bin.join("mcp-raspi-server"), config, temp_dir(), Some(agent))
+    }
+
     fn spawn(dir: tempfile::TempDir, agent: Option<Child>) -> Server {
         let config = dir.path().join("config.yml");
-        let mut child = server_command()
+        Server::spawn_program(Path::new(server_bin()), &config, dir, agent)
+    }
+
+    fn spawn_program(program: &Path, config: &Path, dir: tempfile::TempDir, agent: Option<Child>) -> Server {
+        let mut child = program_command(program)
             .arg("--config")
-            .arg(&config)
+            .arg(config)
             .env("TEST_ADMIN_TOKEN", ADMIN_TOKEN)
             .env("TEST_VIEWER_TOKEN", VIEWER_TOKEN)
             .stdout(Stdio::piped())
@@ -366,18 +383,23 @@ pub fn agent_bin() -> &'static str {
 
 /// A command for the agent binary, dropped to the unprivileged test user when root.
 pub fn agent_command() -> Command {
-    let mut cmd = Command::new(agent_bin());
-    if is_root() {
-        cmd.uid(UNPRIVILEGED).gid(UNPRIVILEGED);
-    }
-    cmd.env_remove("INVOCATION_ID").env_remove("JOURNAL_STREAM");
-    cmd
+    program_command(Path::new(agent_bin()))
 }
 
 /// Starts the agent on `config` and waits until it listens.
 pub fn start_agent(config: &Path) -> Child {
-    let mut child =
-        agent_command().arg("--config").arg(config).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    start_agent_program(Path::new(agent_bin()), config)
+}
+
+/// Starts the agent `program` on `config` and waits until it listens.
+pub fn start_agent_program(program: &Path, config: &Path) -> Child {
+    let mut child = program_command(program)
+        .arg("--config")
+        .arg(config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
     assert!(line.starts_with("listening on"), "agent did not start: {line:?}");

@@ -156,6 +156,11 @@ impl Scene {
     /// Release 0.1.0 installed from its package and current, one trusted key, an empty
     /// repository being served.
     pub fn new() -> Scene {
+        Scene::starting_with(DebSpec::new(OLD, arch()))
+    }
+
+    /// Like [`Scene::new`], with the release `first` installed and current.
+    pub fn starting_with(first_spec: DebSpec) -> Scene {
         let dir = tempfile::tempdir().unwrap();
         let base = dir.path().to_path_buf();
         let repo = base.join("repo");
@@ -165,14 +170,15 @@ impl Scene {
             std::fs::create_dir_all(d).unwrap();
         }
 
-        let first = base.join("publisher").join(deb_name(OLD, arch()));
-        DebSpec::new(OLD, arch()).write(&first);
-        let payload = base.join("publisher/payload-0.1.0");
-        let info = deb::DebInfo { package: "mcp-raspi".into(), version: OLD.into(), architecture: arch().into() };
+        let version = first_spec.version.clone();
+        let first = base.join("publisher").join(deb_name(&version, arch()));
+        first_spec.write(&first);
+        let payload = base.join(format!("publisher/payload-{version}"));
+        let info = deb::DebInfo { package: "mcp-raspi".into(), version: version.clone(), architecture: arch().into() };
         deb::extract_payload(&first, &payload, &info, deb::Limits::default()).unwrap();
-        release::install_release(&payload, &device.install_root, OLD).unwrap();
+        release::install_release(&payload, &device.install_root, &version).unwrap();
         std::fs::remove_dir_all(&payload).unwrap();
-        device.installation().record_package_install(OLD).unwrap();
+        device.installation().record_package_install(&version).unwrap();
 
         let key = new_key(&base.join("publisher"));
         std::fs::write(device.keys_dir.join(format!("{}.pub", key.id())), key.public_key().to_file_text()).unwrap();
@@ -375,7 +381,7 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn chown_tree(path: &Path, id: u32) {
+pub fn chown_tree(path: &Path, id: u32) {
     std::os::unix::fs::lchown(path, Some(id), Some(id)).unwrap();
     let meta = std::fs::symlink_metadata(path).unwrap();
     if meta.is_dir() {

@@ -1,0 +1,159 @@
+//! Self-update end to end with the real programs: an MCP client asks the server to update,
+//! the server downloads a signed release from a loopback repository, the ops agent installs
+//! it and switches `current`, and, with the test standing in for systemd (restarting both
+//! programs from `current/bin`), the new release checks itself and the agent commits it, or
+//! rolls it back when the new server never reports.
+//!
+//! The releases' programs are scripts that run this build's binaries, so that the update
+//! goes from a release labelled 0.0.1 into one labelled with the programs' own version.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::support::deb::DebSpec;
+use crate::support::update_repo::{arch, chown_tree, Scene};
+use crate::support::{config_yaml, is_root, Server, UNPRIVILEGED};
+
+const OLD: &str = "0.0.1";
+const NEW: &str = env!("CARGO_PKG_VERSION");
+
+/// The directory of this build's programs.
+fn programs() -> PathBuf {
+    Path::new(env!("CARGO_BIN_EXE_mcp-raspi-server")).parent().unwrap().to_path_buf()
+}
+
+/// A device running release 0.0.1 with release NEW published, and the configuration of
+/// its server and agent.
+fn device(health_timeout_seconds: u64) -> (Scene, PathBuf) {
+    let scene = Scene::starting_with(DebSpec::new(OLD, arch()).running(&programs()));
+    let deb = scene.pool_deb(&DebSpec::new(NEW, arch()).running(&programs()));
+    scene.publish(&scene.manifest(NEW, &deb));
+    let base = scene.dir.path();
+    let paths = format!(
+        "paths:\n  state_dir: {}\n  install_dir: {}\n",
+        scene.state_dir.display(),
+        scene.install_root.display()
+    );
+    let updates = format!(
+        "updates:\n  server_url: \"{}\"\n  keys_dir: {}\n  health_timeout_seconds: {health_timeout_seconds}\n",
+        scene.server.url(),
+        scene.keys_dir.display()
+    );
+    // The test configuration has an `updates` section already (its OS updates): extend it.
+    let text = config_yaml(base, None, &paths).replacen("updates:\n", &updates, 1);
+    let config = base.join("daemons.yml");
+    std::fs::write(&config, text).unwrap();
+    if is_root() {
+        chown_tree(base, UNPRIVILEGED);
+    }
+    (scene, config)
+}
+
+fn state(scene: &Scene) -> Value {
+    serde_json::from_slice(&std::fs::read(scene.state_dir.join("version.json")).unwrap()).unwrap()
+}
+
+/// Waits until `version.json`'s last update ends, at most `limit`.
+fn wait_for_end(scene: &Scene, limit: Duration) -> Value {
+    let start = Instant::now();
+    loop {
+        let state = state(scene);
+        if state["last_update"]["status"] != "in_progress" || start.elapsed() > limit {
+            return state;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn structured(result: &Value) -> &Value {
+    assert_eq!(result["isError"], false, "{result}");
+    &result["structuredContent"]
+}
+
+/// Asks the running server for the update and checks what it answers at the restart.
+fn update_over_mcp(server: &Server) {
+    let answer = server.call_tool("manage.update_server", json!({"channel": "stable"}));
+    let status = structured(&answer);
+    assert_eq!(status["status"], "in_progress", "{status}");
+    assert_eq!(status["current_version"], OLD);
+    assert_eq!(status["target_version"], NEW);
+    assert_eq!(status["phase"], "restarting");
+}
+
+#[test]
+fn an_update_over_mcp_is_installed_proves_healthy_after_the_restart_and_is_committed() {
+    let (scene, config) = device(30);
+    let current = scene.install_root.join("current/bin");
+    let server = Server::from_release(&current, &config);
+    let dry = server.call_tool("manage.update_server", json!({"dry_run": true}));
+    assert_eq!(structured(&dry)["status"], "available", "{dry}");
+    update_over_mcp(&server);
+    let during = state(&scene);
+    assert_eq!(during["last_update"]["status"], "in_progress");
+    assert_eq!(during["current_version"], NEW);
+    assert_eq!(std::fs::read_link(scene.install_root.join("current")).unwrap(), Path::new("releases").join(NEW));
+
+    // systemd restarts both programs into the release `current` names now.
+    drop(server);
+    let server = Server::from_release(&current, &config);
+    let after = wait_for_end(&scene, Duration::from_secs(30));
+    assert_eq!(after["last_update"]["status"], "succeeded", "{after}");
+    assert_eq!(after["previous_good_version"], OLD);
+    let status = server.call_tool("manage.get_server_status", json!({}));
+    let status = structured(&status);
+    assert_eq!(status["version"], NEW);
+    assert_eq!(status["current_release"], NEW);
+    assert_eq!(status["last_update"]["status"], "succeeded");
+    assert_eq!(status["last_update"]["from"], OLD);
+    let versions = server.call_tool("manage.list_versions", json!({}));
+    let versions = structured(&versions);
+    let listed: Vec<(String, bool, bool)> = versions["releases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["version"].as_str().unwrap().to_string(), r["current"] == true, r["previous_good"] == true))
+        .collect();
+    assert_eq!(listed, [(OLD.to_string(), false, true), (NEW.to_string(), true, false)]);
+    // The new server's own check went through HTTP, authentication and the audit trail.
+    let audit = std::fs::read_to_string(scene.dir.path().join("log/audit.log")).unwrap();
+    let checked = audit
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .any(|r| r["tool"] == "system.get_info" && r["identity"] == "update-health-check" && r["outcome"] == "ok");
+    assert!(checked, "{audit}");
+
+    // The same release again is nothing to do; going back is a rollback.
+    let again = server.call_tool("manage.update_server", json!({}));
+    assert_eq!(structured(&again)["status"], "up_to_date", "{again}");
+    let refused = server.call_tool("manage.rollback", json!({}));
+    assert_eq!(refused["isError"], true, "{refused}");
+    let rolled = server.call_tool("manage.rollback", json!({"confirm": true}));
+    let rolled = structured(&rolled);
+    assert_eq!(rolled["state"]["current_version"], OLD);
+    assert_eq!(rolled["state"]["last_update"]["status"], "rolled_back");
+    assert_eq!(std::fs::read_link(scene.install_root.join("current")).unwrap(), Path::new("releases").join(OLD));
+}
+
+#[test]
+fn a_release_whose_server_never_reports_is_rolled_back_by_the_new_agent() {
+    let (scene, config) = device(5);
+    let current = scene.install_root.join("current/bin");
+    let server = Server::from_release(&current, &config);
+    update_over_mcp(&server);
+    drop(server);
+    // Only the agent comes back: the new server never starts (as if it crashed at once).
+    let agent = crate::support::start_agent_program(&current.join("raspi-ops-agent"), &config);
+    let after = wait_for_end(&scene, Duration::from_secs(20));
+    let mut agent = agent;
+    let _ = agent.kill();
+    let _ = agent.wait();
+    assert_eq!(after["last_update"]["status"], "rolled_back", "{after}");
+    let reason = after["last_update"]["reason"].as_str().unwrap();
+    assert!(reason.contains("did not report") && reason.contains("5 s"), "{reason}");
+    assert_eq!(after["current_version"], OLD);
+    assert_eq!(std::fs::read_link(scene.install_root.join("current")).unwrap(), Path::new("releases").join(OLD));
+    // The failed release stays installed, and a later update must go above it.
+    assert_eq!(after["highest_installed"], NEW);
+}
