@@ -1022,14 +1022,7 @@ def render_update(u, rows):
         "| Measure | Value | Target | Met |",
         "|---|---|---|---|",
     ]
-    for measure, value, target, met in rows:
-        lines.append(f"| {measure} | {value} | {target or '–'} | {'–' if met is None else verdict(met)} |")
-    missed = [row[0] for row in rows if row[3] is False]
-    lines.append("")
-    if missed:
-        lines += [f"**{len(missed)} target(s) of the update missed:**", ""] + [f"- {x}" for x in missed]
-    else:
-        lines.append("Every target of the update is met.")
+    lines += result_rows(rows, "of the update ")
     lines += [
         "",
         "### Method of the update scenario",
@@ -1096,6 +1089,20 @@ def merge_update_section(existing, section):
 
 def mb(kb):
     return kb * 1024 / 1e6
+
+
+def result_rows(rows, which):
+    """Table rows (measure, value, target, met) and the verdict line under them; `which`
+    names the targets in that line ("of the update ")."""
+    lines = [f"| {measure} | {value} | {target or '–'} | {'–' if met is None else verdict(met)} |"
+             for measure, value, target, met in rows]
+    missed = [row[0] for row in rows if row[3] is False]
+    lines.append("")
+    if missed:
+        lines += [f"**{len(missed)} target(s) {which}missed:**", ""] + [f"- {m}" for m in missed]
+    else:
+        lines.append(f"Every target {which}is met.")
+    return lines
 
 
 def verdict(ok):
@@ -1268,14 +1275,7 @@ def render(r, rows, problems):
         "| Measure | Value | Target | Met |",
         "|---|---|---|---|",
     ]
-    for measure, value, target, met in rows:
-        lines.append(f"| {measure} | {value} | {target or '–'} | {'–' if met is None else verdict(met)} |")
-    missed = [row[0] for row in rows if row[3] is False]
-    lines.append("")
-    if missed:
-        lines += [f"**{len(missed)} target(s) missed:**", ""] + [f"- {m}" for m in missed]
-    else:
-        lines.append("Every target is met.")
+    lines += result_rows(rows, "")
     lines.append("")
     if problems:
         lines += ["**The load runs reported errors; their figures are not reliable:**", ""]
