@@ -157,3 +157,33 @@ fn a_release_whose_server_never_reports_is_rolled_back_by_the_new_agent() {
     // The failed release stays installed, and a later update must go above it.
     assert_eq!(after["highest_installed"], NEW);
 }
+
+#[test]
+fn an_agent_that_keeps_failing_to_start_is_rolled_back_before_its_next_start() {
+    let (scene, config) = device(30);
+    let current = scene.install_root.join("current/bin");
+    let server = Server::from_release(&current, &config);
+    update_over_mcp(&server);
+    drop(server);
+    // systemd restarts the agent after each crash; its ExecStartPre runs before each start.
+    let pre_start = || {
+        let mut cmd = crate::support::program_command(Path::new(env!("CARGO_BIN_EXE_mcp-raspi")));
+        cmd.args(["update", "pre-start", "--config"]).arg(&config);
+        let out = crate::support::update_repo::run_bounded(cmd, Duration::from_secs(20));
+        assert!(out.status.success(), "pre-start must never stop a start: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    for start in 1..=3 {
+        let said = pre_start();
+        assert!(said.contains(&format!("start {start} of at most 3")), "{said}");
+        assert_eq!(state(&scene)["last_update"]["status"], "in_progress");
+    }
+    let said = pre_start();
+    assert!(said.contains("rolled back to 0.0.1"), "{said}");
+    let after = state(&scene);
+    assert_eq!(after["last_update"]["status"], "rolled_back", "{after}");
+    assert!(after["last_update"]["reason"].as_str().unwrap().contains("started 3 times"), "{after}");
+    assert_eq!(std::fs::read_link(scene.install_root.join("current")).unwrap(), Path::new("releases").join(OLD));
+    // The next start finds nothing to count.
+    assert_eq!(pre_start(), "");
+}
