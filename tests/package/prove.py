@@ -975,10 +975,9 @@ def check_update_over_mcp(box, port, token, repo, v1, v2, v2_deb):
         f"{release}/bin/mcp-raspi-server": ("mcp-ops", "mcp-ops", "755", "regular file"),
         f"{release}/bin/raspi-ops-agent": ("mcp-ops", "mcp-ops", "755", "regular file"),
     }, f"after the update to {v2}")
-    left = box.out("ls -A /var/lib/mcp-raspi/staging /var/lib/mcp-raspi/downloads", check=False)
-    print(f"    state directory after the update: {' '.join(left.split())}")
-    report.check("nothing is left in staging/ after the install",
-                 box.out("ls -A /var/lib/mcp-raspi/staging", check=False) == "")
+    for directory in ("staging", "downloads"):
+        left = box.out(f"ls -A /var/lib/mcp-raspi/{directory}", check=False)
+        report.check(f"nothing is left in {directory}/ once the agent installed the package", left == "", left)
 
 
 def check_unhealthy_rolled_back(box, port, token, repo, v1, v2, v3, v3_deb):
