@@ -967,6 +967,9 @@ def check_update_over_mcp(box, port, token, repo, v1, v2, v2_deb):
     counted = box.out("journalctl -b --no-pager -o cat -u raspi-ops-agent", check=False)
     report.check(f"the agent's ExecStartPre counted its first start of {v2} before the health check",
                  f"start 1 of at most 3 of the ops agent of {v2} before it proves healthy" in counted, counted[-1500:])
+    per_entry = counted.count("update: Extracting")
+    report.check("the agent logs the install step by step, not each archive entry", per_entry == 0,
+                 f"{per_entry} lines")
     report.check(f"the self-update leaves dpkg's record at {v1}",
                  box.out("dpkg-query -W -f '${Version}' mcp-raspi") == v1)
     release = f"/opt/mcp-raspi/releases/{v2}"
