@@ -1005,7 +1005,7 @@ def check_manual_rollback(box, port, token, v1, v2):
     box.sh("systemctl stop mcp-raspi-server.service raspi-ops-agent.service")
     code, out, err = box.sh("mcp-raspi manage rollback", check=False)
     report.check(f"`mcp-raspi manage rollback` as root with the services stopped succeeds: {out.strip()}",
-                 code == 0, out + err)
+                 code == 0 and "the services are stopped" in out, out + err)
     current = box.out("readlink /opt/mcp-raspi/current", check=False)
     report.check(f"the rollback points current at releases/{v1}", current == f"releases/{v1}", current)
     state = version_state(box)
