@@ -97,7 +97,7 @@ DEBS := $(foreach arch,amd64 arm64 armhf,$(DEB_DIR)/mcp-raspi_$(PKG_VERSION)_$(a
 APT_REPO := target/apt-repo
 UPDATE_REPO := target/update-repo
 
-.PHONY: deb deb-arm64 deb-armhf lintian apt-repo update-repo test-package cargo-deb generated
+.PHONY: deb deb-arm64 deb-armhf lintian apt-repo update-repo proof-releases test-package cargo-deb generated
 
 cargo-deb:
 	@if [ "$$($(CARGO) deb --version 2>/dev/null)" != "cargo-deb $(CARGO_DEB_VERSION)" ]; then \
@@ -139,8 +139,15 @@ update-repo: deb deb-arm64 deb-armhf
 	rm -rf $(UPDATE_REPO)
 	packaging/update-repo.sh target/debug/mcp-raspi $(UPDATE_REPO) $(DEBS)
 
-# The chroots are made while the three packages build, in parallel (each target triple has
-# its own build directory, so the three cargo builds only share the host build scripts).
+# The releases the package proof updates to (v2, v3 that fails its health check, v4): amd64
+# packages of the working tree with the version raised. They compile in the worktree's build
+# directory after the package under test, so only the crate itself is compiled again.
+proof-releases: cargo-deb deb
+	$(PYTHON) tests/package/prove.py releases --version $(PKG_VERSION)
+
+# The chroots are made while the three packages and the proof's releases build, in parallel
+# (each target triple has its own build directory, so the cargo builds only share the host
+# build scripts).
 test-package:
 	@packaging/need.sh debootstrap systemd-container qemu-user-static binutils lintian apt-utils gnupg \
 	  gcc-aarch64-linux-gnu libc6-dev-arm64-cross gcc-arm-linux-gnueabihf libc6-dev-armhf-cross
@@ -148,7 +155,7 @@ test-package:
 	@mkdir -p target/package-test
 	@set -e; start=$$(date +%s); \
 	$(PYTHON) tests/package/prove.py chroots >target/package-test/chroots.log 2>&1 & chroots=$$!; \
-	$(MAKE) --no-print-directory -j3 apt-repo || { wait $$chroots; exit 1; }; \
+	$(MAKE) --no-print-directory -j3 apt-repo proof-releases || { wait $$chroots; exit 1; }; \
 	wait $$chroots || { cat target/package-test/chroots.log; exit 1; }; \
 	$(PYTHON) tests/package/prove.py run --version $(PKG_VERSION) --repo $(APT_REPO) $(DEBS); \
 	echo "test-package: $$(( $$(date +%s) - start )) s"

@@ -119,8 +119,13 @@ impl AgentState {
             staging_dir: &updates.staging_dir,
             source: "mcp",
         };
-        let installed = install::install(&updates.installation, request, &mut |step| log::info!("update: {step:?}"))
-            .map_err(|e| failed(e.to_string()))?;
+        // One line per step; the extraction reports each archive entry, which is only worth
+        // a debug line.
+        let installed = install::install(&updates.installation, request, &mut |step| match step {
+            install::Step::Extracting { .. } => log::debug!("update: {step:?}"),
+            _ => log::info!("update: {step:?}"),
+        })
+        .map_err(|e| failed(e.to_string()))?;
         log::info!("installed {} (was {:?}); restarting the services", installed.to, installed.from);
         restart_later(&self.platform, RESTART_DELAY);
         Ok(Response::UpdateApplied {

@@ -113,17 +113,27 @@ fn under_systemd() -> bool {
 }
 
 /// Restarts the product's units that are running (`try-restart`: a stopped unit stays
-/// stopped), without waiting. Returns what was done, for the operator.
-fn restart_running_units() -> String {
+/// stopped), without waiting. Returns whether any was running, so that the new release is
+/// starting, and what was done, for the operator.
+fn restart_running_units() -> (bool, String) {
     if !under_systemd() {
-        return "systemd is not running here: restart mcp-raspi-server and raspi-ops-agent yourself".into();
+        return (false, "systemd is not running here: restart mcp-raspi-server and raspi-ops-agent yourself".into());
+    }
+    let running = crate::platform::PRODUCT_UNITS.iter().any(|unit| {
+        Command::new("systemctl").args(["--quiet", "is-active", "--", unit]).status().is_ok_and(|s| s.success())
+    });
+    if !running {
+        return (
+            false,
+            "the services are stopped; start them with `sudo systemctl start raspi-ops-agent mcp-raspi-server`".into(),
+        );
     }
     let mut args = vec!["--no-ask-password", "--no-block", "try-restart", "--"];
     args.extend(crate::platform::PRODUCT_UNITS);
     match Command::new("systemctl").args(&args).status() {
-        Ok(s) if s.success() => "the running services are restarting".into(),
-        Ok(s) => format!("systemctl try-restart failed ({s}); restart the services yourself"),
-        Err(e) => format!("cannot run systemctl ({e}); restart the services yourself"),
+        Ok(s) if s.success() => (true, "the running services are restarting".into()),
+        Ok(s) => (false, format!("systemctl try-restart failed ({s}); restart the services yourself")),
+        Err(e) => (false, format!("cannot run systemctl ({e}); restart the services yourself")),
     }
 }
 
@@ -142,7 +152,7 @@ pub fn run_manage(command: ManageCommand, out: &mut dyn Write) -> Result<(), Str
             let state = inst
                 .rollback(to.as_deref(), "rolled back with mcp-raspi manage rollback", "cli")
                 .map_err(|e| e.to_string())?;
-            let restarted = restart_running_units();
+            let (_, restarted) = restart_running_units();
             if json {
                 return writeln!(out, "{}", serde_json::to_string(&state).unwrap_or_default())
                     .map_err(|e| e.to_string());
@@ -330,9 +340,11 @@ fn server(args: ServerArgs, out: &mut dyn Write) -> Result<(), String> {
     let installed =
         install::install(&inst, request, &mut |step| reporter.step(&describe(step))).map_err(|e| e.to_string())?;
     let _ = std::fs::remove_file(&package);
-    let restarted = restart_running_units();
+    let (restarting, restarted) = restart_running_units();
     reporter.step(&restarted);
-    if args.no_wait {
+    // Nothing to wait for when the services are not starting into the release: its health
+    // check runs when they start.
+    if args.no_wait || !restarting {
         let outcome = Outcome {
             status: "in_progress".into(),
             from: installed.from,

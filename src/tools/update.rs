@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::system::read_only_spec;
 use super::{App, Cx, NoArguments, Tool, ToolError, ToolSpec};
+use crate::agent_client::AgentError;
 use crate::base::VERSION;
 use crate::config::{Config, Role, CHANNELS};
 use crate::ipc::{Request, Response};
@@ -192,7 +193,7 @@ pub async fn update(app: &App, progress: &Progress, target: Target, dry_run: boo
     let downloads = config.paths.state_dir.join("downloads");
     let download_progress = progress;
     let mut last_reported = 0u64;
-    resolve::download(&fetcher, &resolved, &downloads, &policy.architecture, &mut |p| {
+    let package = resolve::download(&fetcher, &resolved, &downloads, &policy.architecture, &mut |p| {
         // A notification per percent at most.
         if p.done == p.total || p.done.saturating_sub(last_reported) > p.total / 100 {
             last_reported = p.done;
@@ -212,7 +213,13 @@ pub async fn update(app: &App, progress: &Progress, target: Target, dry_run: boo
         manifest: String::from_utf8_lossy(&resolved.manifest_bytes).into_owned(),
         signature: String::from_utf8_lossy(&resolved.signature_bytes).into_owned(),
     };
-    let (from, restart_in_ms) = match app.agent.call_with_timeout(request, INSTALL_TIMEOUT).await? {
+    let answer = app.agent.call_with_timeout(request, INSTALL_TIMEOUT).await;
+    // The agent works on its own copy, made before it answers; without an answer it may
+    // still be reading the download.
+    if matches!(answer, Ok(_) | Err(AgentError::Remote { .. })) {
+        let _ = std::fs::remove_file(&package);
+    }
+    let (from, restart_in_ms) = match answer? {
         Response::UpdateApplied { from, restart_in_ms, .. } => (from, restart_in_ms),
         other => {
             return Err(ToolError::internal(format!(

@@ -1,18 +1,28 @@
 #!/usr/bin/env python3
-"""Proof that the mcp-raspi Debian packages install, run, upgrade, reinstall, remove and
-purge cleanly, on a real (booted) Debian system rather than by reading the scripts.
+"""Proof that the mcp-raspi Debian packages install, run, update themselves, roll back,
+upgrade, reinstall, remove and purge cleanly, on a real (booted) Debian system rather than by
+reading the scripts.
 
     prove.py chroots                 create the cached bookworm chroots (amd64, arm64)
+    prove.py releases --version V    build the newer releases the self-update goes to
     prove.py run --version V --repo DIR AMD64.deb ARM64.deb ARMHF.deb
+
+`releases` builds, from a copy of the working tree with a higher crate version, the amd64
+packages of three newer releases: v2 (V with patch+1), v3 (patch+2, built with the
+proof-unhealthy feature: its /healthz answers 503) and v4 (patch+3).
 
 `run` checks the three packages (size, lintian, glibc symbols), the units' exposure scores,
 then boots a bookworm amd64 chroot with `systemd-nspawn -b` and installs the package with apt
 from the signed repository built by `make apt-repo` (dependencies from Debian), and checks the
 running system: services, owners and modes, capabilities, MCP over loopback with and without
-the generated token, the real systemd backends through the agent and the polkit rule, an
-upgrade, a reinstall, remove and purge. In parallel it installs the arm64 package into an
-arm64 chroot under qemu-user-static and runs its programs. Every check is printed as PASS or
-FAIL; any failure makes the exit status non-zero.
+the generated token, the real systemd backends through the agent and the polkit rule. Then
+the self-update, from a signed update repository served over HTTP on the host's loopback:
+v1 (the package under test) to v2 over MCP (manage.update_server), v2 to v3 rolled back
+automatically, an apt upgrade to v2's package, `mcp-raspi manage rollback` to v1 with the
+services stopped, `mcp-raspi-update server --channel stable` to v4 and `mcp-raspi-cli manage
+rollback`; then a reinstall, remove and purge. In parallel it installs the arm64 package into
+an arm64 chroot under qemu-user-static and runs its programs. Every check is printed as PASS
+or FAIL; any failure makes the exit status non-zero.
 
 Needs root. Uses only the standard library. The chroots are cached under
 target/package-test/cache; delete that directory to start from scratch.
@@ -30,6 +40,9 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from functools import partial
+from http.client import HTTPException
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -183,6 +196,105 @@ def add_repo_source(rootfs, repo):
     (rootfs / "etc/apt/sources.list.d/mcp-raspi.list").write_text(source)
 
 
+# --- newer releases, for the self-update -------------------------------------------------
+
+RELEASES = WORK / "releases"
+RELEASES_INDEX = RELEASES / "releases.json"
+# What each release built from the working tree is for: the version's patch number above the
+# package under test, and the Cargo features it is built with.
+RELEASE_ROLES = (
+    ("v2", 1, ""),  # the update that must succeed
+    ("v3", 2, "proof-unhealthy"),  # answers /healthz with 503: rolled back
+    ("v4", 3, ""),  # what `mcp-raspi-update server` brings
+)
+
+
+def bump(version, by):
+    """The version with its patch number raised by `by` (pre-release and build dropped)."""
+    match = re.fullmatch(r"(\d+)\.(\d+)\.(\d+)(?:[-+].*)?", version)
+    if not match:
+        raise Fatal(f"{version!r} is not a semantic version")
+    major, minor, patch = (int(g) for g in match.groups())
+    return f"{major}.{minor}.{patch + by}"
+
+
+def copy_source(dest):
+    """The working tree as git sees it (tracked and new files, nothing ignored: no target/)."""
+    _, out, _ = run(["git", "-C", ROOT, "ls-files", "-z", "--cached", "--others", "--exclude-standard"])
+    if dest.exists():
+        shutil.rmtree(dest)
+    for name in sorted(set(filter(None, out.split("\0")))):
+        source = ROOT / name
+        if source.is_symlink() or not source.is_file():  # deleted in the working tree
+            continue
+        target = dest / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, target)
+
+
+def set_crate_version(src, version):
+    manifest = src / "Cargo.toml"
+    text, n = re.subn(r'(?m)^version = "[^"]*"$', f'version = "{version}"', manifest.read_text(), count=1)
+    if n != 1:
+        raise Fatal("Cargo.toml has no version line")
+    manifest.write_text(text)
+    lock = src / "Cargo.lock"
+    text, n = re.subn(r'(name = "mcp-raspi"\nversion = )"[^"]*"', rf'\1"{version}"', lock.read_text(), count=1)
+    if n != 1:
+        raise Fatal('Cargo.lock has no entry for "mcp-raspi"')
+    lock.write_text(text)
+
+
+def build_releases(version):
+    """Builds the amd64 packages of the releases that the package under test updates to
+    (RELEASE_ROLES), from a copy of the working tree whose crate version is raised, so that
+    the programs report the new version. Their final artefacts have their own target
+    directory, while the intermediate ones share the worktree's (build-dir): the
+    dependencies compiled for the package under test are reused, and only the crate is
+    compiled and linked again for each release. Writes RELEASES_INDEX."""
+    started = time.time()
+    RELEASES.mkdir(parents=True, exist_ok=True)
+    RELEASES_INDEX.unlink(missing_ok=True)
+    src = RELEASES / "src"
+    copy_source(src)
+    env = {
+        **os.environ,
+        "CARGO_TARGET_DIR": str(RELEASES / "target"),
+        "CARGO_BUILD_BUILD_DIR": os.environ.get("CARGO_TARGET_DIR") or str(ROOT / "target"),
+    }
+    index = {"base": version, "releases": {}}
+    for role, by, features in RELEASE_ROLES:
+        release = bump(version, by)
+        one = time.time()
+        set_crate_version(src, release)
+        feature_args = ["--features", features] if features else []
+        cmd = ["cargo", "build", "--release", "--bins", *feature_args]
+        with open(RELEASES / f"build-{role}.log", "w") as build_log:
+            code = subprocess.run(cmd, cwd=src, env=env, stdout=build_log, stderr=subprocess.STDOUT,
+                                  timeout=3600).returncode
+        if code != 0:
+            tail = (RELEASES / f"build-{role}.log").read_text()[-3000:]
+            raise Fatal(f"building {role} ({release}) failed: {' '.join(cmd)} in {src}:\n{tail}")
+        cli = RELEASES / "target/release/mcp-raspi"
+        generated = src / "target/generated"
+        shutil.rmtree(generated, ignore_errors=True)
+        run([cli, "man", "--out", generated / "man"])
+        run([cli, "completions", "--out", generated / "completions"])
+        # Its own directory: cargo-deb deletes the other versions of a package in its output.
+        out_dir = RELEASES / "debs" / release
+        shutil.rmtree(out_dir, ignore_errors=True)
+        out_dir.mkdir(parents=True)
+        p = subprocess.run(["cargo", "deb", "--no-build", "--output", f"{out_dir}/"], cwd=src, env=env,
+                           capture_output=True, text=True, timeout=600)
+        if p.returncode != 0:
+            raise Fatal(f"cargo deb for {role} ({release}) failed:\n{p.stdout[-2000:]}\n{p.stderr[-3000:]}")
+        deb = next(out_dir.glob("*.deb"))
+        index["releases"][role] = {"version": release, "deb": str(deb), "features": features}
+        print(f"{role}: {deb.name}{' with ' + features if features else ''} in {time.time() - one:.0f} s", flush=True)
+    RELEASES_INDEX.write_text(json.dumps(index, indent=2) + "\n")
+    print(f"releases built in {time.time() - started:.0f} s", flush=True)
+
+
 # --- the booted container -----------------------------------------------------------------
 
 
@@ -306,7 +418,7 @@ def initialize(port, token):
     return status, session
 
 
-def call_tool(port, token, name, arguments):
+def call_tool(port, token, name, arguments, timeout=60):
     """A tools/call in a fresh session; returns (http status, CallToolResult or error)."""
     status, session = initialize(port, token)
     if status != 200 or not session:
@@ -317,7 +429,7 @@ def call_tool(port, token, name, arguments):
         "MCP-Protocol-Version": "2025-11-25",
     }
     body = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": name, "arguments": arguments}}
-    status, _, data = http(port, "POST", "/mcp", body, headers, timeout=60)
+    status, _, data = http(port, "POST", "/mcp", body, headers, timeout=timeout)
     try:
         message = json.loads(data)
     except ValueError:
@@ -327,6 +439,10 @@ def call_tool(port, token, name, arguments):
 
 def tool_ok(result):
     return isinstance(result, dict) and result.get("isError") is False and "structuredContent" in result
+
+
+def structured(result):
+    return (result.get("structuredContent") or {}) if isinstance(result, dict) else {}
 
 
 def tool_text(result):
@@ -454,6 +570,10 @@ def check_install(box, version, port):
         "/etc/mcp-raspi/secrets.env": ("root", "root", "600", "regular file"),
         "/etc/mcp-raspi/keys": ("root", "root", "755", "directory"),
         "/var/lib/mcp-raspi": ("root", "mcp", "1770", "directory"),
+        "/var/lib/mcp-raspi/downloads": ("mcp", "mcp", "750", "directory"),
+        "/var/lib/mcp-raspi/staging": ("mcp-ops", "mcp-ops", "700", "directory"),
+        STATE_IN_BOX: ("mcp-ops", "mcp-ops", "644", "regular file"),
+        "/var/lib/mcp-raspi/.update.lock": ("mcp-ops", "mcp-ops", "644", "regular empty file"),
         "/var/log/mcp-raspi": ("mcp", "mcp", "750", "directory"),
         "/opt/mcp-raspi": ("mcp-ops", "mcp-ops", "755", "directory"),
         "/opt/mcp-raspi/releases": ("mcp-ops", "mcp-ops", "755", "directory"),
@@ -472,24 +592,39 @@ def check_install(box, version, port):
                  str(overrides))
     report.check("current points at the installed release",
                  box.out("readlink /opt/mcp-raspi/current") == f"releases/{version}")
+    state = version_state(box)
+    update = state.get("last_update") or {}
+    report.check(f"version.json records the package install of {version} as current",
+                 state.get("current_version") == version and state.get("highest_installed") == version
+                 and update.get("source") == "package" and update.get("status") == "succeeded"
+                 and update.get("to") == version and not update.get("from"), json.dumps(state))
     inodes = box.out(f"stat -c %i /usr/lib/mcp-raspi/bin/mcp-raspi-server {release}/bin/mcp-raspi-server").split()
     report.check("the release's files are hard links of the dpkg-owned payload", len(set(inodes)) == 1, str(inodes))
     links = {
         "/usr/bin/mcp-raspi-server": "/opt/mcp-raspi/current/bin/mcp-raspi-server",
         "/usr/bin/raspi-ops-agent": "/opt/mcp-raspi/current/bin/raspi-ops-agent",
         "/usr/bin/mcp-raspi": "../lib/mcp-raspi/bin/mcp-raspi",
+        # The runbook's names of the operator CLI, both the dpkg-owned program.
+        "/usr/bin/mcp-raspi-update": "../lib/mcp-raspi/bin/mcp-raspi",
+        "/usr/bin/mcp-raspi-cli": "../lib/mcp-raspi/bin/mcp-raspi",
     }
     for link, target in links.items():
         report.check(f"{link} links to {target}", box.out(f"readlink {link}") == target)
-    for program in ("mcp-raspi-server", "raspi-ops-agent", "mcp-raspi"):
-        page = f"/usr/share/man/man1/{program}.1.gz"
+    for page in ("mcp-raspi-server", "raspi-ops-agent", "mcp-raspi", "mcp-raspi-update", "mcp-raspi-cli",
+                 "mcp-raspi-update-server", "mcp-raspi-manage-rollback"):
+        page = f"/usr/share/man/man1/{page}.1.gz"
         report.check(f"the man page {page} is installed", box.sh(f"test -s {page}", check=False)[0] == 0)
+    for program in ("mcp-raspi-server", "raspi-ops-agent", "mcp-raspi"):
         out = box.out(f"{program} --version", check=False)
         report.check(f"{program} --version prints {version}", out == f"{program} {version}", out)
     for unit in ("raspi-ops-agent.service", "mcp-raspi-server.service"):
         exec_start = box.out(f"systemctl show -p ExecStart --value {unit}")
         report.check(f"{unit} runs through /opt/mcp-raspi/current", "path=/opt/mcp-raspi/current/bin/" in exec_start,
                      exec_start)
+    pre = box.out("systemctl show -p ExecStartPre --value raspi-ops-agent.service")
+    report.check("the agent's ExecStartPre is the dpkg-owned `mcp-raspi update pre-start`",
+                 "path=/usr/lib/mcp-raspi/bin/mcp-raspi" in pre and "argv[]=/usr/lib/mcp-raspi/bin/mcp-raspi update "
+                 "pre-start --config /etc/mcp-raspi/config.yml" in pre, pre)
     # cgroup v1 hosts cannot enforce these; systemd still reports what the unit asks for.
     memory = box.out("systemctl show -p MemoryHigh -p MemoryMax mcp-raspi-server.service").split()
     report.check("the server's memory budget is MemoryHigh=200M, MemoryMax=250M",
@@ -569,14 +704,16 @@ Environment=MCP_RASPI_SERVER__LISTEN=127.0.0.1:{port}
 """
 
 
-def test_config(box, port):
+def test_config(box, port, update_url):
     """The packaged configuration with the test's changes: the port, the real backends (the
-    device tree of this container names no Raspberry Pi) and the test unit on the allowlist."""
+    device tree of this container names no Raspberry Pi), the test unit on the allowlist and
+    the update repository."""
     text = box.out("cat /etc/mcp-raspi/config.yml")
     changes = [
         ('listen: "127.0.0.1:8000"', f'listen: "127.0.0.1:{port}"'),
         ("  backend: auto", "  backend: raspberry_pi"),
         ("  allowed_units: []", f"  allowed_units: [{TEST_UNIT}]"),
+        ('  server_url: ""', f'  server_url: "{update_url}"'),
     ]
     for old, new in changes:
         if old not in text:
@@ -585,8 +722,8 @@ def test_config(box, port):
     return text
 
 
-def check_real_backends(box, port, token):
-    box.sh("cat > /etc/mcp-raspi/config.yml", input=test_config(box, port))
+def check_real_backends(box, port, token, update_url):
+    box.sh("cat > /etc/mcp-raspi/config.yml", input=test_config(box, port, update_url))
     code, out, err = box.sh("dpkg-reconfigure mcp-raspi", check=False)
     report.check("dpkg-reconfigure runs the postinst again without error", code == 0, out + err)
     rule = box.out("cat /etc/polkit-1/rules.d/50-mcp-raspi.rules", check=False)
@@ -630,6 +767,295 @@ def check_real_backends(box, port, token):
     report.check("polkit refuses the server's user mcp even the allowlisted unit", code != 0, err)
 
 
+# --- self-update ---------------------------------------------------------------------------
+
+STATE_IN_BOX = "/var/lib/mcp-raspi/version.json"
+PROGRAMS = {"mcp-raspi-server.service": "mcp-raspi-server", "raspi-ops-agent.service": "raspi-ops-agent"}
+# From the call to the new release answering: download, install, restart, health check.
+UPDATE_TIMEOUT = 240
+timings = {}
+
+
+class QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, format, *args):
+        pass
+
+
+class UpdateRepo:
+    """The signed update repository as `packaging/update-repo.sh` builds it, published again
+    for each release, served by a static HTTP server on the host's loopback (which the
+    container shares). It remembers the paths asked for."""
+
+    def __init__(self, cli):
+        self.cli = cli
+        self.dir = WORK / "update-repo"
+        self.key_dir = WORK / "update-keys"
+        for d in (self.dir, self.key_dir):
+            shutil.rmtree(d, ignore_errors=True)
+        self.dir.mkdir(parents=True)
+        self.requests = []
+        repo = self
+
+        class Handler(QuietHandler):
+            def do_GET(self):
+                repo.requests.append(self.path)
+                super().do_GET()
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), partial(Handler, directory=str(self.dir)))
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def publish(self, deb, version):
+        """Makes `deb` the release of both channels (and versions/<version>)."""
+        env = {k: v for k, v in os.environ.items() if k != "UPDATE_KEY"}
+        env["UPDATE_KEY_DIR"] = str(self.key_dir)
+        code, out, err = run([ROOT / "packaging/update-repo.sh", self.cli, self.dir, deb], env=env, check=False)
+        try:
+            offered = json.loads((self.dir / "stable/manifest.json").read_text()).get("version")
+        except (OSError, ValueError):
+            offered = None
+        report.require(f"update-repo.sh publishes {version} signed on the stable channel",
+                       code == 0 and offered == version and (self.dir / f"versions/{version}/manifest.json.sig").exists(),
+                       out + err)
+
+    def public_key(self):
+        return sorted((self.dir / "keys").glob("*.pub"))[0]
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def host_cli(deb):
+    """The package's own `mcp-raspi`, run on the build host to sign the update repository."""
+    dest = WORK / "cli"
+    shutil.rmtree(dest, ignore_errors=True)
+    run(["dpkg-deb", "-x", deb, dest])
+    return dest / "usr/lib/mcp-raspi/bin/mcp-raspi"
+
+
+def version_state(box):
+    text = box.out(f"cat {STATE_IN_BOX}", check=False)
+    try:
+        return json.loads(text)
+    except ValueError:
+        return {"unreadable": text}
+
+
+def healthz_version(port):
+    try:
+        status, _, body = http(port, "GET", "/healthz", timeout=5)
+        return json.loads(body).get("version") if status == 200 else f"HTTP {status}"
+    except (OSError, HTTPException, ValueError) as e:
+        return repr(e)
+
+
+def unit_exes(box):
+    exes = {}
+    for unit in PROGRAMS:
+        pid = box.out(f"systemctl show -p MainPID --value {unit}", check=False)
+        exes[unit] = box.out(f"readlink -f /proc/{pid}/exe", check=False) if pid not in ("", "0") else "not running"
+    return exes
+
+
+def runs_release(box, version):
+    exes = unit_exes(box)
+    return all(exes[u] == f"/opt/mcp-raspi/releases/{version}/bin/{p}" for u, p in PROGRAMS.items()), exes
+
+
+def server_status(port, token):
+    """manage.get_server_status, or None while the server does not answer."""
+    try:
+        status, result = call_tool(port, token, "manage.get_server_status", {}, timeout=10)
+    except (OSError, HTTPException):
+        return None
+    return structured(result) if status == 200 and tool_ok(result) else None
+
+
+def wait_update_end(port, token, to, version, since, timeout=UPDATE_TIMEOUT):
+    """Polls manage.get_server_status until the update to `to` has ended and the server that
+    answers is `version` with a healthy /healthz; returns (the status, or the last one seen,
+    and the seconds since `since`, or None on timeout)."""
+    last = None
+    while time.time() - since < timeout:
+        state = server_status(port, token)
+        if state is not None:
+            last = state
+            update = state.get("last_update") or {}
+            if (update.get("to") == to and update.get("status") != "in_progress" and state.get("version") == version
+                    and healthz_version(port) == version):
+                return state, time.time() - since
+        time.sleep(0.5)
+    return last, None
+
+
+def wait_version(port, version, timeout):
+    deadline = time.time() + timeout
+    while time.time() < deadline and healthz_version(port) != version:
+        time.sleep(0.5)
+
+
+def journal(box, lines=60):
+    return box.out(f"journalctl -b --no-pager -n {lines} -u raspi-ops-agent -u mcp-raspi-server", check=False)
+
+
+def check_release_state(box, port, token, label, version, previous_good):
+    """The running system tells one story: /healthz, the units, `current`, version.json and
+    manage.list_versions all name `version`, with `previous_good` as where a rollback goes."""
+    report.check(f"{label}: /healthz reports {version}", healthz_version(port) == version, healthz_version(port))
+    ok, exes = runs_release(box, version)
+    report.check(f"{label}: both units run releases/{version}", ok, str(exes))
+    current = box.out("readlink /opt/mcp-raspi/current", check=False)
+    report.check(f"{label}: current names releases/{version}", current == f"releases/{version}", current)
+    state = version_state(box)
+    report.check(f"{label}: version.json has current_version {version}, previous_good_version {previous_good}",
+                 state.get("current_version") == version and state.get("previous_good_version") == previous_good,
+                 json.dumps(state))
+    status, result = call_tool(port, token, "manage.list_versions", {})
+    listed = structured(result)
+    report.check(f"{label}: manage.list_versions agrees",
+                 tool_ok(result) and listed.get("current_version") == version
+                 and listed.get("previous_good_version") == previous_good
+                 and any(r.get("version") == version and r.get("current") for r in listed.get("releases", [])),
+                 tool_text(result)[:800])
+    return state
+
+
+def start_update_over_mcp(port, token, repo, version, current):
+    """manage.update_server on the stable channel; returns when the call was made."""
+    asked = len(repo.requests)
+    started = time.time()
+    status, result = call_tool(port, token, "manage.update_server", {"channel": "stable"}, timeout=300)
+    answer = structured(result)
+    report.require(f"tools/call manage.update_server answers in_progress from {current} to {version}",
+                   tool_ok(result) and answer.get("status") == "in_progress" and answer.get("target_version") == version
+                   and answer.get("current_version") == current, f"{status} {tool_text(result)[:1500]}")
+    fetched = repo.requests[asked:]
+    report.check(f"the server fetched the stable manifest, its signature and the package of {version} over HTTP",
+                 "/stable/manifest.json" in fetched and "/stable/manifest.json.sig" in fetched
+                 and any(p.endswith(f"/mcp-raspi_{version}_amd64.deb") for p in fetched), str(fetched))
+    return started
+
+
+def check_update_over_mcp(box, port, token, repo, v1, v2, v2_deb):
+    repo.publish(v2_deb, v2)
+    key = repo.public_key()
+    box.sh(f"cat > /etc/mcp-raspi/keys/{key.name} && chmod 0644 /etc/mcp-raspi/keys/{key.name}",
+           input=key.read_text())
+    status, result = call_tool(port, token, "manage.update_server", {"channel": "stable", "dry_run": True})
+    answer = structured(result)
+    report.check(f"manage.update_server dry_run finds {v2} on stable, signed by the trusted key, and downloads nothing",
+                 tool_ok(result) and answer.get("status") == "available" and answer.get("target_version") == v2
+                 and not any(p.endswith(".deb") for p in repo.requests), f"{status} {tool_text(result)[:800]}")
+    started = start_update_over_mcp(port, token, repo, v2, v1)
+    state, elapsed = wait_update_end(port, token, v2, v2, started)
+    update = (state or {}).get("last_update") or {}
+    report.require(f"the update to {v2} ends succeeded with {v2} answering (manage.get_server_status)",
+                   elapsed is not None and update.get("status") == "succeeded",
+                   json.dumps(state)[:1500] + "\n" + journal(box))
+    timings[f"{v1} to {v2} over MCP, from the call to {v2} healthy"] = elapsed
+    report.check(f"{v1} to {v2} over MCP took {elapsed:.0f} s from the call to {v2} healthy (at most 180 s)",
+                 elapsed <= 180)
+    report.check(f"last_update: from {v1} to {v2}, source mcp, status succeeded",
+                 update.get("from") == v1 and update.get("source") == "mcp" and update.get("finished_at"),
+                 json.dumps(update))
+    check_release_state(box, port, token, f"after the update to {v2}", v2, v1)
+    out = box.out("mcp-raspi-server --version; raspi-ops-agent --version; mcp-raspi --version", check=False)
+    report.check(f"the programs under current report {v2}; the dpkg-owned CLI stays {v1}",
+                 out.splitlines() == [f"mcp-raspi-server {v2}", f"raspi-ops-agent {v2}", f"mcp-raspi {v1}"], out)
+    counted = box.out("journalctl -b --no-pager -o cat -u raspi-ops-agent", check=False)
+    report.check(f"the agent's ExecStartPre counted its first start of {v2} before the health check",
+                 f"start 1 of at most 3 of the ops agent of {v2} before it proves healthy" in counted, counted[-1500:])
+    per_entry = counted.count("update: Extracting")
+    report.check("the agent logs the install step by step, not each archive entry", per_entry == 0,
+                 f"{per_entry} lines")
+    report.check(f"the self-update leaves dpkg's record at {v1}",
+                 box.out("dpkg-query -W -f '${Version}' mcp-raspi") == v1)
+    release = f"/opt/mcp-raspi/releases/{v2}"
+    expect_modes(box, {
+        release: ("mcp-ops", "mcp-ops", "755", "directory"),
+        f"{release}/bin/mcp-raspi-server": ("mcp-ops", "mcp-ops", "755", "regular file"),
+        f"{release}/bin/raspi-ops-agent": ("mcp-ops", "mcp-ops", "755", "regular file"),
+    }, f"after the update to {v2}")
+    for directory in ("staging", "downloads"):
+        left = box.out(f"ls -A /var/lib/mcp-raspi/{directory}", check=False)
+        report.check(f"nothing is left in {directory}/ once the agent installed the package", left == "", left)
+
+
+def check_unhealthy_rolled_back(box, port, token, repo, v1, v2, v3, v3_deb):
+    repo.publish(v3_deb, v3)
+    started = start_update_over_mcp(port, token, repo, v3, v2)
+    state, elapsed = wait_update_end(port, token, v3, v2, started)
+    update = (state or {}).get("last_update") or {}
+    report.require(f"the update to {v3} (its /healthz answers 503) ends rolled_back with {v2} answering again",
+                   elapsed is not None and update.get("status") == "rolled_back",
+                   json.dumps(state)[:1500] + "\n" + journal(box))
+    timings[f"{v2} to {v3} rolled back, from the call to {v2} healthy again"] = elapsed
+    report.check(f"the automatic rollback from {v3} took {elapsed:.0f} s from the call (at most 180 s)", elapsed <= 180)
+    reason = update.get("reason") or ""
+    report.check(f"last_update gives the reason: {reason}",
+                 update.get("from") == v2 and update.get("source") == "mcp" and "503" in reason, json.dumps(update))
+    state = check_release_state(box, port, token, f"after the rollback from {v3}", v2, v1)
+    report.check(f"{v3} stays the highest version installed, so it is never offered again",
+                 state.get("highest_installed") == v3, json.dumps(state))
+
+
+def check_manual_rollback(box, port, token, v1, v2):
+    box.sh("systemctl stop mcp-raspi-server.service raspi-ops-agent.service")
+    code, out, err = box.sh("mcp-raspi manage rollback", check=False)
+    report.check(f"`mcp-raspi manage rollback` as root with the services stopped succeeds: {out.strip()}",
+                 code == 0 and "the services are stopped" in out, out + err)
+    current = box.out("readlink /opt/mcp-raspi/current", check=False)
+    report.check(f"the rollback points current at releases/{v1}", current == f"releases/{v1}", current)
+    state = version_state(box)
+    update = state.get("last_update") or {}
+    report.check(f"version.json records the rollback from {v2} to {v1} by the CLI",
+                 state.get("current_version") == v1 and update.get("status") == "rolled_back"
+                 and update.get("source") == "cli" and update.get("from") == v2 and update.get("to") == v1,
+                 json.dumps(state))
+    states = [box.out(f"systemctl is-active {u}", check=False) for u in PROGRAMS]
+    report.check("the rollback leaves the stopped services stopped", all(s != "active" for s in states), str(states))
+    box.sh("systemctl start raspi-ops-agent.service mcp-raspi-server.service")
+    report.require("the services start after the rollback", wait_healthy(port), journal(box))
+    report.check(f"/healthz reports {v1} after the start", healthz_version(port) == v1, healthz_version(port))
+    ok, exes = runs_release(box, v1)
+    report.check(f"both units run releases/{v1}", ok, str(exes))
+    state = server_status(port, token) or {}
+    report.check(f"manage.get_server_status reports {v1}", state.get("version") == v1, json.dumps(state)[:800])
+
+
+def check_update_with_cli(box, port, token, repo, v1, v4, v4_deb):
+    repo.publish(v4_deb, v4)
+    asked = len(repo.requests)
+    started = time.time()
+    code, out, err = box.sh("mcp-raspi-update server --channel stable", check=False, timeout=600)
+    elapsed = time.time() - started
+    print("\n".join("    mcp-raspi-update: " + line for line in (out + err).splitlines()))
+    report.check(f"`mcp-raspi-update server --channel stable` as root updates {v1} to {v4} and waits until it is "
+                 f"healthy ({elapsed:.0f} s)", code == 0 and f"{v4} is running and healthy" in out,
+                 out + err + "\n" + journal(box))
+    timings[f"{v1} to {v4} with mcp-raspi-update, until the command returned"] = elapsed
+    fetched = repo.requests[asked:]
+    report.check(f"the CLI fetched the package of {v4} over HTTP",
+                 any(p.endswith(f"/mcp-raspi_{v4}_amd64.deb") for p in fetched), str(fetched))
+    wait_version(port, v4, 30)
+    update = check_release_state(box, port, token, f"after `mcp-raspi-update server` to {v4}", v4, v1).get(
+        "last_update") or {}
+    report.check(f"last_update: from {v1} to {v4}, source cli, status succeeded",
+                 update.get("from") == v1 and update.get("to") == v4 and update.get("source") == "cli"
+                 and update.get("status") == "succeeded", json.dumps(update))
+    code, out, err = box.sh("mcp-raspi-cli manage rollback", check=False)
+    report.check(f"`mcp-raspi-cli manage rollback` as root with the services running succeeds: {out.strip()}",
+                 code == 0 and f"current: {v1}" in out, out + err)
+    wait_version(port, v1, 60)
+    state = check_release_state(box, port, token, f"after `mcp-raspi-cli manage rollback` from {v4}", v1, None)
+    update = state.get("last_update") or {}
+    report.check(f"version.json records the rollback from {v4} to {v1}",
+                 update.get("status") == "rolled_back" and update.get("from") == v4 and update.get("to") == v1,
+                 json.dumps(update))
+
+
 def check_upgrade(box, version, upgrade_version, repo, upgrade_deb, port, token):
     run([ROOT / "packaging/apt-repo.sh", repo, upgrade_deb], env={**os.environ, "APT_REPO_GNUPGHOME": str(gnupghome())})
     box.sh("apt-get update -q")
@@ -639,8 +1065,12 @@ def check_upgrade(box, version, upgrade_version, repo, upgrade_deb, port, token)
     report.require(f"apt upgrades mcp-raspi {version} to {upgrade_version}", code == 0, output[-3000:])
     installed = box.out("dpkg-query -W -f '${Version}' mcp-raspi")
     report.check("the upgraded version is installed", installed == upgrade_version, installed)
-    report.check("current moved to the new release",
-                 box.out("readlink /opt/mcp-raspi/current") == f"releases/{upgrade_version}")
+    current = box.out("readlink /opt/mcp-raspi/current")
+    report.check("current names the upgraded release", current == f"releases/{upgrade_version}", current)
+    state = version_state(box)
+    report.check(f"after a self-update, apt leaves dpkg, current and version.json all at {upgrade_version}",
+                 installed == upgrade_version and current == f"releases/{upgrade_version}"
+                 and state.get("current_version") == upgrade_version, json.dumps(state))
     kept = box.sh(f"test -x /opt/mcp-raspi/releases/{version}/bin/mcp-raspi-server", check=False)[0] == 0
     report.check("the previous release is kept", kept)
     report.check("the upgrade did not print a new token", "generated an admin bearer token" not in output)
@@ -664,13 +1094,16 @@ def check_upgrade(box, version, upgrade_version, repo, upgrade_deb, port, token)
     report.check("apt reinstall succeeds", code == 0, output[-2000:])
     report.check("current is unchanged by the reinstall",
                  box.out("readlink /opt/mcp-raspi/current") == f"releases/{upgrade_version}")
+    report.check("version.json is unchanged by the reinstall", version_state(box) == state, json.dumps(state))
     report.check("the server answers after the reinstall", wait_healthy(port))
 
 
 KEPT_ON_REMOVE = [
     "/etc/mcp-raspi/config.yml",
     "/etc/mcp-raspi/secrets.env",
+    "/etc/mcp-raspi/keys",
     "/var/lib/mcp-raspi",
+    STATE_IN_BOX,
     "/var/log/mcp-raspi/app.log",
     "/opt/mcp-raspi/current",
 ]
@@ -682,6 +1115,9 @@ GONE_ON_PURGE = [
     "/opt/mcp-raspi",
     "/usr/lib/mcp-raspi",
     "/usr/bin/mcp-raspi",
+    "/usr/bin/mcp-raspi-update",
+    "/usr/bin/mcp-raspi-cli",
+    "/usr/share/man/man1/mcp-raspi-update.1.gz",
     "/usr/bin/mcp-raspi-server",
     "/usr/bin/raspi-ops-agent",
     "/usr/lib/systemd/system/mcp-raspi-server.service",
@@ -694,7 +1130,7 @@ GONE_ON_PURGE = [
 ]
 
 
-def check_remove_and_purge(box, version, upgrade_version, port, token):
+def check_remove_and_purge(box, releases, port, token):
     code, out, err = box.sh("apt-get remove -y -q mcp-raspi", check=False)
     report.require("apt remove succeeds", code == 0, out + err)
     for unit in ("raspi-ops-agent.service", "mcp-raspi-server.service"):
@@ -702,10 +1138,11 @@ def check_remove_and_purge(box, version, upgrade_version, port, token):
                      box.out(f"systemctl is-active {unit}", check=False) in ("inactive", "unknown", "failed"))
     for path in KEPT_ON_REMOVE:
         report.check(f"remove keeps {path}", box.sh(f"test -e {path}", check=False)[0] == 0)
-    for release in (version, upgrade_version):
+    for release in releases:
         report.check(f"remove keeps release {release}",
                      box.sh(f"test -d /opt/mcp-raspi/releases/{release}", check=False)[0] == 0)
-    for path in ("/usr/lib/mcp-raspi", "/usr/bin/mcp-raspi-server", "/etc/polkit-1/rules.d/50-mcp-raspi.rules"):
+    for path in ("/usr/lib/mcp-raspi", "/usr/bin/mcp-raspi-server", "/usr/bin/mcp-raspi-update",
+                 "/etc/polkit-1/rules.d/50-mcp-raspi.rules"):
         report.check(f"remove deletes {path}", box.sh(f"test -e {path} || test -L {path}", check=False)[0] != 0)
     report.check("the package is left in state config-files",
                  box.out("dpkg-query -W -f '${Status}' mcp-raspi", check=False) == "deinstall ok config-files")
@@ -746,7 +1183,9 @@ def gnupghome():
     return Path(os.environ.get("APT_REPO_GNUPGHOME", ROOT / "target/apt-repo-gnupg")).resolve()
 
 
-def prove_amd64(version, upgrade_version, repo, upgrade_deb):
+def prove_amd64(version, releases, repo, update_repo):
+    """`releases`: role (v2, v3, v4) to (version, .deb)."""
+    (v2, v2_deb), (v3, v3_deb), (v4, v4_deb) = releases["v2"], releases["v3"], releases["v4"]
     rootfs = fresh_rootfs("amd64")
     port = free_port()
     add_repo_source(rootfs, repo)
@@ -757,7 +1196,7 @@ def prove_amd64(version, upgrade_version, repo, upgrade_deb):
     apt_cache = CACHE / "apt-archives-amd64"
     (apt_cache / "partial").mkdir(parents=True, exist_ok=True)
     binds = [(repo, REPO_IN_BOX, True), (apt_cache, "/var/cache/apt/archives", False)]
-    log(f"booting bookworm amd64 with systemd-nspawn (MCP on 127.0.0.1:{port})")
+    log(f"booting bookworm amd64 with systemd-nspawn (MCP on 127.0.0.1:{port}, updates from {update_repo.url})")
     box = Box(rootfs, binds, WORK / "amd64-console.log")
     try:
         state, detail = box.wait_booted()
@@ -767,10 +1206,23 @@ def prove_amd64(version, upgrade_version, repo, upgrade_deb):
         box.sh("apt-get update -q", timeout=600)
         check_install(box, version, port)
         token = check_mcp(box, port)
-        check_real_backends(box, port, token)
-        check_upgrade(box, version, upgrade_version, repo, upgrade_deb, port, token)
-        check_remove_and_purge(box, version, upgrade_version, port, token)
+        check_real_backends(box, port, token, update_repo.url)
+        log(f"self-update over MCP: {version} to {v2}")
+        check_update_over_mcp(box, port, token, update_repo, version, v2, v2_deb)
+        log(f"self-update over MCP to {v3}, which fails its health check")
+        check_unhealthy_rolled_back(box, port, token, update_repo, version, v2, v3, v3_deb)
+        log(f"apt upgrade to {v2}'s package after the self-update")
+        check_upgrade(box, version, v2, repo, v2_deb, port, token)
+        log(f"mcp-raspi manage rollback to {version} with the services stopped")
+        check_manual_rollback(box, port, token, version, v2)
+        log(f"mcp-raspi-update server --channel stable to {v4}, mcp-raspi-cli manage rollback")
+        check_update_with_cli(box, port, token, update_repo, version, v4, v4_deb)
+        log("remove and purge")
+        check_remove_and_purge(box, (version, v2, v3, v4), port, token)
     finally:
+        # For the reader of a failure: what the two programs logged.
+        (WORK / "amd64-journal.log").write_text(box.out(
+            "journalctl -b --no-pager -u raspi-ops-agent -u mcp-raspi-server -u polkit", check=False))
         box.stop()
 
 
@@ -802,6 +1254,24 @@ def prove_arm64(version, repo):
     report.check("arm64 postinst activated the release", f"current=releases/{version}" in lines, out)
 
 
+def load_releases(version):
+    """The releases `prove.py releases` built for the package under test: role to (version, .deb)."""
+    try:
+        index = json.loads(RELEASES_INDEX.read_text())
+    except (OSError, ValueError) as e:
+        raise Fatal(f"{RELEASES_INDEX} is missing or unreadable ({e}): run prove.py releases --version {version}")
+    if index.get("base") != version:
+        raise Fatal(f"{RELEASES_INDEX} holds releases above {index.get('base')}, not {version}: build them again")
+    releases = {}
+    for role, by, _ in RELEASE_ROLES:
+        entry = index["releases"].get(role) or {}
+        deb = Path(entry.get("deb", "/nonexistent"))
+        if entry.get("version") != bump(version, by) or not deb.exists():
+            raise Fatal(f"{RELEASES_INDEX} lacks {role} ({bump(version, by)}): build the releases again")
+        releases[role] = (entry["version"], deb)
+    return releases
+
+
 def prove(args):
     version = args.version
     repo_src = Path(args.repo).resolve()
@@ -813,14 +1283,7 @@ def prove(args):
     check_units()
     log("the packages")
     check_debs(debs)
-    upgrade_version = f"{version}+pkgtest1"
-    upgrade_dir = WORK / "upgrade"
-    shutil.rmtree(upgrade_dir, ignore_errors=True)
-    upgrade_dir.mkdir(parents=True)
-    # The same programs as the package under test, with a higher version: what changes in an
-    # upgrade is what the maintainer scripts do, which is what is proven here.
-    run(["cargo", "deb", "--no-build", "--deb-version", upgrade_version, "--output", f"{upgrade_dir}/"], check=True)
-    upgrade_deb = next(upgrade_dir.glob("*.deb"))
+    releases = load_releases(version)
     repo = WORK / "repo"
     shutil.rmtree(repo, ignore_errors=True)
     shutil.copytree(repo_src, repo, symlinks=True)
@@ -849,16 +1312,22 @@ def prove(args):
 
     arm64_thread = threading.Thread(target=arm64)
     arm64_thread.start()
+    update_repo = UpdateRepo(host_cli(next(d for d in debs if d.name.endswith("_amd64.deb"))))
     try:
-        prove_amd64(version, upgrade_version, repo, upgrade_deb)
+        prove_amd64(version, releases, repo, update_repo)
     finally:
+        update_repo.close()
         arm64_thread.join()
+        for what, seconds in timings.items():
+            print(f"    time: {what}: " + (f"{seconds:.1f} s" if seconds is not None else "did not end"))
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("chroots", help="create the cached chroots")
+    p = sub.add_parser("releases", help="build the newer releases the self-update goes to")
+    p.add_argument("--version", required=True, help="the version of the package under test")
     p = sub.add_parser("run", help="prove the packages")
     p.add_argument("--version", required=True)
     p.add_argument("--repo", required=True)
@@ -870,6 +1339,13 @@ def main():
     WORK.mkdir(parents=True, exist_ok=True)
     if args.command == "chroots":
         return chroots()
+    if args.command == "releases":
+        try:
+            build_releases(args.version)
+        except Fatal as e:
+            print(e, file=sys.stderr)
+            return 1
+        return 0
     started = time.time()
     try:
         register_binfmt()
