@@ -51,20 +51,23 @@ pub async fn run(app: Arc<App>, addr: SocketAddr) {
         Err(detail) => (false, detail),
     };
     log::info!("self-check after the update to {VERSION}: healthy {healthy} ({detail})");
+    // The report is repeated until the update is no longer waiting for it: an ops agent
+    // that restarts during the health check (by hand, or after a crash) must hear it too.
     let deadline = Instant::now() + Duration::from_secs(app.config.updates.health_timeout_seconds);
+    let mut delivered = false;
     loop {
         let report = Request::UpdateHealth { version: VERSION.into(), healthy, detail: detail.clone() };
         match app.agent.call(report).await {
-            Ok(_) => return,
-            Err(e) if Instant::now() < deadline => {
-                log::debug!("the health report did not reach the ops agent yet: {e}");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            Err(e) => {
-                log::error!("cannot report the health check to the ops agent: {e}");
-                return;
-            }
+            Ok(_) => delivered = true,
+            Err(e) => log::debug!("the health report did not reach the ops agent: {e}"),
         }
+        if Instant::now() >= deadline || (delivered && !due(&app)) {
+            if !delivered {
+                log::error!("cannot report the health check to the ops agent within the health timeout");
+            }
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(if delivered { 1000 } else { 500 })).await;
     }
 }
 

@@ -187,3 +187,22 @@ fn an_agent_that_keeps_failing_to_start_is_rolled_back_before_its_next_start() {
     // The next start finds nothing to count.
     assert_eq!(pre_start(), "");
 }
+
+#[test]
+fn a_new_server_that_starts_before_its_agent_reports_once_the_agent_is_there() {
+    let (scene, config) = device(30);
+    let current = scene.install_root.join("current/bin");
+    let server = Server::from_release(&current, &config);
+    update_over_mcp(&server);
+    drop(server);
+    // The new server starts first and checks itself; its agent comes a moment later.
+    let _server = Server::from_release_alone(&current, &config);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(state(&scene)["last_update"]["status"], "in_progress");
+    let mut agent = crate::support::start_agent_program(&current.join("raspi-ops-agent"), &config);
+    let after = wait_for_end(&scene, Duration::from_secs(20));
+    let _ = agent.kill();
+    let _ = agent.wait();
+    assert_eq!(after["last_update"]["status"], "succeeded", "{after}");
+    assert_eq!(after["current_version"], NEW);
+}

@@ -199,6 +199,11 @@ impl Server {
         Server::spawn_program(&bin.join("mcp-raspi-server"), config, temp_dir(), Some(agent))
     }
 
+    /// [`Server::from_release`] without the agent.
+    pub fn from_release_alone(bin: &Path, config: &Path) -> Server {
+        Server::spawn_program(&bin.join("mcp-raspi-server"), config, temp_dir(), None)
+    }
+
     fn spawn(dir: tempfile::TempDir, agent: Option<Child>) -> Server {
         let config = dir.path().join("config.yml");
         Server::spawn_program(Path::new(server_bin()), &config, dir, agent)
