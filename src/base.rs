@@ -7,6 +7,15 @@ use serde::{Deserialize, Serialize};
 /// The package version, shared by every binary of the package and by the IPC handshake.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
+/// Lowercase hexadecimal of `bytes`, two digits a byte (digests, file hashes, bus data).
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
 /// Which implementation of the hardware and OS seam to use (`platform.backend`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]

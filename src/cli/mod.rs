@@ -13,7 +13,6 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -275,22 +274,9 @@ pub fn polkit_rules_for(path: &Path, agent_user: &str) -> Result<String, String>
     Ok(crate::platform::polkit_rules(agent_user, &units, allow_power))
 }
 
-/// Writes `bytes` to `path` through a temporary file in the same directory, synced and
-/// renamed, so a reader sees the old file or the new one and never a part.
+/// Writes `bytes` to `path` atomically (see [`crate::update::state::write_atomically`]).
 pub(crate) fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<(), String> {
-    let name = path.file_name().ok_or_else(|| format!("{} names no file", path.display()))?;
-    let tmp = path.with_file_name(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
-    let result = (|| {
-        let mut file = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp)?;
-        file.write_all(bytes)?;
-        file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))?;
-        file.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    result.map_err(|e| {
-        let _ = fs::remove_file(&tmp);
-        format!("cannot write {}: {e}", path.display())
-    })
+    crate::update::state::write_atomically(path, bytes, mode, None).map_err(|e| e.to_string())
 }
 
 /// The clap definitions of the three programs.

@@ -18,11 +18,7 @@ const MAX_ADDRESS: u8 = 0x77;
 /// The most bytes one read or write moves.
 const MAX_TRANSFER: usize = 256;
 
-/// Lowercase hex without separators, e.g. `0a1bff`.
-pub(super) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
+pub(super) use crate::base::hex;
 /// Checks that `address` is a 7-bit device address, then that `i2c.buses` allows it on `bus`.
 fn check_device(i2c: &I2cConfig, bus: u8, address: u8) -> Result<(), ToolError> {
     if !(MIN_ADDRESS..=MAX_ADDRESS).contains(&address) {

@@ -22,6 +22,7 @@ use super::activate::{Installation, SwitchError};
 use super::deb::{self, DebError, DebInfo};
 use super::manifest::{self, Keyring, ManifestError, Policy};
 use super::release::{self, ReleaseError};
+use crate::base::hex;
 
 /// A step of an install, reported as it completes (progress, and the seams at which the
 /// tests stop the process).
@@ -297,10 +298,6 @@ fn copy_checked(from: &Path, to: &Path, size: u64, sha256: &[u8; 32]) -> Result<
     }
     target.sync_all().map_err(io_err("sync", to))?;
     Ok(copied)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Reads a whole small file, refusing one larger than `max` bytes.

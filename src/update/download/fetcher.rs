@@ -16,6 +16,7 @@ use tokio::time::Instant;
 
 use super::part::{part_path, remove_quietly, PartFile};
 use super::{io_error, DownloadError, FetchSettings, Progress};
+pub(super) use crate::base::hex;
 
 /// Most redirects followed for one request; release hosting needs one or two.
 pub(super) const MAX_REDIRECTS: usize = 5;
@@ -430,12 +431,4 @@ fn error_chain(err: &reqwest::Error) -> String {
     } else {
         parts.join(": ")
     }
-}
-
-pub(super) fn hex(bytes: &[u8]) -> String {
-    use fmt::Write as _;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut out, byte| {
-        let _ = write!(out, "{byte:02x}");
-        out
-    })
 }

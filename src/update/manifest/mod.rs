@@ -110,6 +110,7 @@ pub use self::policy::{check, Policy};
 pub use self::publish::{build_manifest, file_digest, FileDigest, PublishedDeb};
 pub use self::signature::{sign, verify};
 pub use self::url::artifact_url;
+use crate::base::hex;
 
 /// The Debian package that self-update installs.
 pub const PACKAGE_NAME: &str = "mcp-raspi";
@@ -380,16 +381,6 @@ fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String>
 
 fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> ManifestError + 'a {
     move |source| ManifestError::Io { action, path: path.to_path_buf(), source }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        out.push(char::from(DIGITS[usize::from(b >> 4)]));
-        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
-    }
-    out
 }
 
 fn writable_as_rfc3339(time: SystemTime) -> bool {
