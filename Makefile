@@ -2,8 +2,9 @@
 #
 #   make run     the server on 127.0.0.1:8000 with the development config (simulated
 #                hardware, no authentication, state under ~/.local/state/mcp-raspi)
-#   make test    formatting, lints, Rust unit and integration tests, and the suite driven
-#                by the official MCP Python SDK
+#   make test    every stage below (TEST_STAGES), printing how long each took: formatting
+#                and lints, Rust unit and integration tests, the suite driven by the official
+#                MCP Python SDK, the MCP conformance suite, and the package proof (root)
 #   make bench   memory and latency figures, and those of a self-update into the package
 #                of this build, written to BENCHMARKS.md
 #   make docs    regenerate docs/TOOLS.md from the tool declarations
@@ -26,6 +27,8 @@ build:
 release:
 	$(CARGO) build --release --bins
 
+# Ctrl-C reaches both daemons (one process group), which stop cleanly and exit 0; the
+# recipe then exits with the server's status, not with that of its clean-up.
 run: build
 	@set -e; as_user=""; \
 	if [ "$$(id -u)" = 0 ]; then \
@@ -34,10 +37,22 @@ run: build
 	  as_user="setpriv --reuid=$(RUN_AS_UID) --regid=$(RUN_AS_UID) --clear-groups env XDG_STATE_HOME=$$home"; \
 	fi; \
 	$$as_user target/debug/raspi-ops-agent --dev & agent=$$!; \
-	trap 'kill $$agent 2>/dev/null' EXIT INT TERM; \
-	$$as_user target/debug/mcp-raspi-server --dev --listen $(DEV_LISTEN)
+	trap 'kill $$agent 2>/dev/null || true' EXIT; \
+	status=0; $$as_user target/debug/mcp-raspi-server --dev --listen $(DEV_LISTEN) || status=$$?; \
+	wait $$agent 2>/dev/null || true; exit $$status
 
-test: reachable lint unit pytest conformance test-package
+TEST_STAGES := reachable lint unit pytest conformance test-package
+
+test:
+	@total=$$(date +%s); times=""; \
+	for stage in $(TEST_STAGES); do \
+	  start=$$(date +%s); \
+	  $(MAKE) --no-print-directory $$stage; status=$$?; \
+	  took=$$(( $$(date +%s) - start )); \
+	  times="$$times$$(printf '  %-14s %5d s' $$stage $$took)\n"; \
+	  if [ $$status != 0 ]; then printf "make test: $$stage failed\n$$times"; exit $$status; fi; \
+	done; \
+	printf "make test: passed\n$$times  %-14s %5d s\n" total $$(( $$(date +%s) - total ))
 
 # As root, the tests start the daemons as uid $(RUN_AS_UID): it must reach the checkout.
 reachable:
@@ -94,10 +109,13 @@ PKG_VERSION := $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' Cargo.toml | head -
 # Not target/debian: cargo-deb deletes every other version of the package found there.
 DEB_DIR := target/packages
 DEBS := $(foreach arch,amd64 arm64 armhf,$(DEB_DIR)/mcp-raspi_$(PKG_VERSION)_$(arch).deb)
+# The targets of the three packages: amd64, and Raspberry Pi OS 64-bit and 32-bit.
+TRIPLES := x86_64-unknown-linux-gnu aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf
+CROSS_TOOLS := gcc-aarch64-linux-gnu libc6-dev-arm64-cross gcc-arm-linux-gnueabihf libc6-dev-armhf-cross
 APT_REPO := target/apt-repo
 UPDATE_REPO := target/update-repo
 
-.PHONY: deb deb-arm64 deb-armhf lintian apt-repo update-repo proof-releases test-package cargo-deb generated
+.PHONY: deb deb-arm64 deb-armhf packages lintian apt-repo update-repo proof-releases test-package cargo-deb generated
 
 cargo-deb:
 	@if [ "$$($(CARGO) deb --version 2>/dev/null)" != "cargo-deb $(CARGO_DEB_VERSION)" ]; then \
@@ -123,39 +141,49 @@ deb-armhf: cargo-deb generated
 	rustup target add armv7-unknown-linux-gnueabihf
 	$(CARGO) deb --target armv7-unknown-linux-gnueabihf --output $(DEB_DIR)/
 
-lintian: deb deb-arm64 deb-armhf
+# The three packages from one cargo invocation: one job server keeps both cores busy across
+# the three graphs (each ends in long single-threaded LTO links), and the host's build
+# scripts and proc macros are compiled once.
+packages: cargo-deb generated
+	@packaging/need.sh $(CROSS_TOOLS)
+	rustup target add aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf
+	$(CARGO) build --release --bins $(foreach t,$(TRIPLES),--target $(t))
+	$(foreach t,$(TRIPLES),$(CARGO) deb --no-build --target $(t) --output $(DEB_DIR)/ &&) true
+
+lintian: packages
 	@packaging/need.sh lintian
 	lintian --fail-on error,warning --display-info $(DEBS)
 
-apt-repo: deb deb-arm64 deb-armhf
+apt-repo: packages
 	@packaging/need.sh apt-utils gnupg
 	rm -rf $(APT_REPO)
 	packaging/apt-repo.sh $(APT_REPO) $(DEBS)
 
 # The self-update repository (packaging/update-repo.sh): the three packages and a signed
 # manifest per channel, for any static HTTP server; devices point updates.server_url at it.
-update-repo: deb deb-arm64 deb-armhf
+update-repo: packages
 	$(CARGO) build --bin mcp-raspi
 	rm -rf $(UPDATE_REPO)
 	packaging/update-repo.sh target/debug/mcp-raspi $(UPDATE_REPO) $(DEBS)
 
 # The releases the package proof updates to (v2, v3 that fails its health check, v4): amd64
-# packages of the working tree with the version raised. They compile in the worktree's build
-# directory after the package under test, so only the crate itself is compiled again.
-proof-releases: cargo-deb deb
+# packages of the working tree with the version raised, built with the development profile
+# so that they reuse the dependencies the tests compiled (see tests/package/prove.py).
+proof-releases: cargo-deb generated
 	$(PYTHON) tests/package/prove.py releases --version $(PKG_VERSION)
 
-# The chroots are made while the three packages and the proof's releases build, in parallel
-# (each target triple has its own build directory, so the cargo builds only share the host
-# build scripts).
+# The chroots are made while the packages and the proof's releases build, in parallel: the
+# chroots wait on the network, and the two cargo builds use different profiles, so they do
+# not wait for each other's locks.
 test-package:
-	@packaging/need.sh debootstrap systemd-container qemu-user-static binutils lintian apt-utils gnupg \
-	  gcc-aarch64-linux-gnu libc6-dev-arm64-cross gcc-arm-linux-gnueabihf libc6-dev-armhf-cross
+	@packaging/need.sh debootstrap systemd-container qemu-user-static binutils lintian apt-utils gnupg $(CROSS_TOOLS)
 	rustup target add aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf
 	@mkdir -p target/package-test
 	@set -e; start=$$(date +%s); \
 	$(PYTHON) tests/package/prove.py chroots >target/package-test/chroots.log 2>&1 & chroots=$$!; \
-	$(MAKE) --no-print-directory -j3 apt-repo proof-releases || { wait $$chroots; exit 1; }; \
+	$(MAKE) --no-print-directory -j2 apt-repo proof-releases || { wait $$chroots; exit 1; }; \
+	built=$$(date +%s); \
 	wait $$chroots || { cat target/package-test/chroots.log; exit 1; }; \
+	cat target/package-test/chroots.log; \
 	$(PYTHON) tests/package/prove.py run --version $(PKG_VERSION) --repo $(APT_REPO) $(DEBS); \
-	echo "test-package: $$(( $$(date +%s) - start )) s"
+	echo "test-package: $$(( $$(date +%s) - start )) s ($$(( built - start )) s building the packages and releases)"

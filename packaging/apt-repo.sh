@@ -31,6 +31,8 @@ key=${APT_REPO_KEY:-}
 mkdir -p "$gnupghome"
 chmod 700 "$gnupghome"
 gpg=(gpg --homedir "$gnupghome" --batch --quiet --no-tty)
+# gpg starts an agent for the home on first use; it must not outlive this script.
+trap 'gpgconf --homedir "$gnupghome" --kill gpg-agent 2>/dev/null || true' EXIT
 if [ -z "$key" ]; then
     key=$("${gpg[@]}" --list-secret-keys --with-colons 2>/dev/null | awk -F: '$1 == "fpr" { print $10; exit }')
 fi

@@ -87,6 +87,8 @@ struct State {
 /// Client of the ops agent, shared by all requests.
 pub struct AgentClient {
     socket: PathBuf,
+    /// What to do when nothing listens on the socket (it differs in development).
+    start_hint: &'static str,
     timeout: Duration,
     next_id: AtomicU64,
     state: tokio::sync::Mutex<State>,
@@ -97,9 +99,12 @@ const FIRST_RETRY: Duration = Duration::from_millis(100);
 const MAX_RETRY: Duration = Duration::from_secs(5);
 
 impl AgentClient {
-    pub fn new(config: &OpsAgentConfig) -> AgentClient {
+    /// A client of the agent on `config.socket_path`; `start_hint` says how to start an agent
+    /// that is not running.
+    pub fn new(config: &OpsAgentConfig, start_hint: &'static str) -> AgentClient {
         AgentClient {
             socket: config.socket_path.clone(),
+            start_hint,
             timeout: Duration::from_millis(config.request_timeout_ms.max(1)),
             next_id: AtomicU64::new(1),
             state: tokio::sync::Mutex::new(State { connection: None, retry_at: None, delay: FIRST_RETRY }),
@@ -214,13 +219,13 @@ impl AgentClient {
         let mut stream = UnixStream::connect(path).await.map_err(|e| {
             AgentError::Unavailable(match e.kind() {
                 std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => format!(
-                    "raspi-ops-agent is not running (nothing listens on {}); privileged tools need it: systemctl start raspi-ops-agent",
-                    path.display()
+                    "raspi-ops-agent is not running (nothing listens on {}); privileged tools need it: {}",
+                    path.display(),
+                    self.start_hint
                 ),
-                std::io::ErrorKind::PermissionDenied => format!(
-                    "permission denied on {}: the server's user must be in the socket's group",
-                    path.display()
-                ),
+                std::io::ErrorKind::PermissionDenied => {
+                    format!("permission denied on {}: the server's user must be in the socket's group", path.display())
+                }
                 _ => format!("cannot connect to {}: {e}", path.display()),
             })
         })?;

@@ -14,7 +14,7 @@ use crate::tools::App;
 
 /// MCP server for inspecting and safely controlling a Raspberry Pi.
 #[derive(Debug, Parser)]
-#[command(name = "mcp-raspi-server", version = VERSION, about)]
+#[command(name = "mcp-raspi-server", version = VERSION)]
 pub struct Args {
     /// Configuration file.
     #[arg(long, value_name = "FILE", default_value = "/etc/mcp-raspi/config.yml")]
@@ -53,10 +53,12 @@ fn fail(message: impl std::fmt::Display) -> ExitCode {
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let args = Args::parse();
-    if nix::unistd::geteuid().is_root() {
+    // Checking a configuration needs no privilege either, but refuses nothing: an operator
+    // validates /etc/mcp-raspi/config.yml with sudo after editing it.
+    if nix::unistd::geteuid().is_root() && !args.check_config {
         return fail(
             "refusing to run as root: the server needs no privilege (privileged work is the ops agent's). \
-             Run it as an unprivileged user, e.g. the package's `mcp` user.",
+             Run it as an unprivileged user, e.g. the package's `mcp` user; --check-config may run as root.",
         );
     }
     let env: BTreeMap<String, String> = std::env::vars().collect();

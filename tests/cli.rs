@@ -5,7 +5,7 @@ use std::process::Stdio;
 
 use serde_json::{json, Value};
 
-use crate::support::{config_yaml, is_root, server_bin, server_command, temp_dir};
+use crate::support::{agent_bin, agent_command, config_yaml, is_root, server_bin, server_command, temp_dir};
 
 #[test]
 fn version_prints_the_package_version() {
@@ -61,14 +61,51 @@ fn no_authentication_off_loopback_is_refused() {
 }
 
 #[test]
-fn the_server_refuses_to_run_as_root() {
+fn the_server_refuses_to_run_as_root_but_checks_a_configuration_as_root() {
     if !is_root() {
         eprintln!("skipped: needs root to check the refusal");
         return;
     }
-    let out = std::process::Command::new(server_bin()).args(["--dev", "--check-config"]).output().unwrap();
+    let dir = temp_dir();
+    let out = std::process::Command::new(server_bin())
+        .args(["--dev", "--listen", "127.0.0.1:0"])
+        .env("XDG_STATE_HOME", dir.path())
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("refusing to run as root"));
+    assert!(!dir.path().join("mcp-raspi/log").exists(), "nothing was created");
+    // What an operator types after editing /etc/mcp-raspi/config.yml.
+    let example = crate::support::repo().join("etc/config.example.yml");
+    let out = std::process::Command::new(server_bin())
+        .args(["--check-config", "--config"])
+        .arg(&example)
+        .env("MCP_RASPI_ADMIN_TOKEN", "0123456789abcdef0123")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out =
+        std::process::Command::new(agent_bin()).args(["--check-config", "--config"]).arg(&example).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("not checked as root"));
+}
+
+#[test]
+fn the_agent_checks_the_example_configuration_before_its_users_exist() {
+    let example = crate::support::repo().join("etc/config.example.yml");
+    let out = agent_command()
+        .args(["--check-config", "--config"])
+        .arg(&example)
+        // Users no system has: a warning each, not a failure.
+        .env("MCP_RASPI_OPS_AGENT__ALLOWED_USERS", "[no-such-user-mcp-raspi-test]")
+        .env("MCP_RASPI_OPS_AGENT__SOCKET_GROUP", "no-such-group-mcp-raspi-test")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("warning: ops_agent.allowed_users") && err.contains("no-such-user-mcp-raspi-test"), "{err}");
+    assert!(err.contains("warning: ops_agent.socket_group"), "{err}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("configuration OK"));
 }
 
 /// `mcp-raspi-server --dev --stdio` with its state under `state` and `env` set, stdin
@@ -144,6 +181,11 @@ fn stdio_speaks_mcp_line_by_line() {
     send(json!({"jsonrpc": "2.0", "id": 3, "method": "logs.get_recent_audit_logs", "params": {"limit": 1}}));
     let audit: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
     assert_eq!(audit["result"]["structuredContent"]["entries"][0]["transport"], "stdio");
+    // No development agent runs: the advice is the development one.
+    send(json!({"jsonrpc": "2.0", "id": 4, "method": "gpio.read_pin", "params": {"pin": 17}}));
+    let down: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    let text = down["result"]["content"][0]["text"].as_str().unwrap();
+    assert!(text.contains("raspi-ops-agent --dev") && !text.contains("systemctl"), "{text}");
     writeln!(stdin, "{{not json").unwrap();
     let err: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
     assert_eq!(err["error"]["code"], -32700);

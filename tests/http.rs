@@ -152,6 +152,11 @@ fn sessions_end_with_delete_and_are_then_unknown() {
     assert_eq!(r.status, 200);
     let r = server.rpc_response(&session, "2025-11-25", "ping", json!({}));
     assert_eq!(r.status, 404);
+    assert!(r.json()["error"]["message"].as_str().unwrap().starts_with("Session closed"), "{}", r.text());
+    // An id this server never issued is unknown, not "expired".
+    let r = server.rpc_response("<id>", "2025-11-25", "ping", json!({}));
+    assert_eq!(r.status, 404);
+    assert!(r.json()["error"]["message"].as_str().unwrap().starts_with("Unknown session"), "{}", r.text());
 }
 
 #[test]
@@ -167,6 +172,7 @@ fn a_session_cannot_be_used_with_another_identity() {
         body.to_string().as_bytes(),
     );
     assert_eq!(r.status, 404);
+    assert!(r.text().contains("Unknown session"), "{}", r.text());
 }
 
 #[test]

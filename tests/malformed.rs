@@ -149,6 +149,11 @@ fn foreign_origins_and_hosts_are_forbidden() {
         ping.to_string().as_bytes(),
     );
     assert_eq!(r.status, 403);
+    // /healthz is exempt, by design: supervisors and load balancers reach it by any name,
+    // and it tells only that the server is up and its version.
+    let r = server.request("GET", "/healthz", &[("Host", "evil.example:8000")], b"");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json().as_object().unwrap().len(), 2, "{}", r.text());
     // A local origin is fine.
     let s = server.initialize("2025-11-25");
     let r = server.post(&ping, &[("Origin", "http://localhost:3000"), ("Mcp-Session-Id", &s)]);

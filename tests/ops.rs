@@ -226,7 +226,9 @@ fn when_the_agent_dies_privileged_tools_fail_fast_and_recover_after_restart() {
     ok(&server, "system.get_info", json!({}));
     let status = ok(&server, "manage.get_server_status", json!({}));
     assert_eq!(status["agent"]["connected"], false);
-    assert!(status["agent"]["last_error"].as_str().unwrap().contains("raspi-ops-agent is not running"), "{status}");
+    let last_error = status["agent"]["last_error"].as_str().unwrap();
+    assert!(last_error.contains("raspi-ops-agent is not running"), "{status}");
+    assert!(last_error.contains("sudo systemctl start raspi-ops-agent"), "{status}");
     server.start_agent();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {

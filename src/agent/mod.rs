@@ -24,9 +24,10 @@ use crate::ipc::{self, ErrorCode, Request, RequestFrame, Response, ResponseFrame
 
 pub use dispatch::AgentState;
 
-/// Privileged operations agent of mcp-raspi.
+/// Privileged operations agent of mcp-raspi: the only process that touches hardware and
+/// system services, on behalf of mcp-raspi-server.
 #[derive(Debug, Parser)]
-#[command(name = "raspi-ops-agent", version = VERSION, about)]
+#[command(name = "raspi-ops-agent", version = VERSION)]
 pub struct Args {
     /// Configuration file (shared with the server).
     #[arg(long, value_name = "FILE", default_value = "/etc/mcp-raspi/config.yml")]
@@ -61,6 +62,9 @@ pub fn main() -> ExitCode {
     if let Some(socket) = args.socket {
         config.ops_agent.socket_path = socket;
     }
+    if args.check_config {
+        return check_config(&config);
+    }
     let mut capabilities = match privileges::enforce(&privileges::required(&config)) {
         Ok(c) => c,
         Err(e) => return fail(e),
@@ -73,13 +77,6 @@ pub fn main() -> ExitCode {
         Ok(g) => g,
         Err(e) => return fail(e),
     };
-    if args.check_config {
-        println!(
-            "configuration OK; capabilities after dropping: effective {:?}, permitted {:?}, ambient {:?}",
-            capabilities.effective, capabilities.permitted, capabilities.ambient
-        );
-        return ExitCode::SUCCESS;
-    }
     crate::logs::init_console(config.logging.level, config.logging.journald);
     let roots = crate::host::Roots {
         proc: config.platform.proc_root.clone(),
@@ -126,29 +123,87 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// `--check-config`: the configuration, the users and group it names, and (unless run as
+/// root, which an operator checking `/etc/mcp-raspi/config.yml` may be) the privileges the
+/// agent would keep. A user or group that does not exist yet (the package creates them) is
+/// a warning, not an error: the check is also run before the package is installed.
+fn check_config(config: &Config) -> ExitCode {
+    let mut warnings = Vec::new();
+    for name in &config.ops_agent.allowed_users {
+        match lookup_user(name) {
+            Ok(Some(_)) => {}
+            Ok(None) => warnings.push(format!(
+                "ops_agent.allowed_users: no user named {name:?} on this system yet; the agent refuses it until it exists"
+            )),
+            Err(e) => return fail(format!("ops_agent.allowed_users: {e}")),
+        }
+    }
+    match lookup_group(&config.ops_agent.socket_group) {
+        Ok(Some(_)) => {}
+        Ok(None) => warnings.push(format!(
+            "ops_agent.socket_group: no group named {:?} on this system yet; the agent cannot start until it exists",
+            config.ops_agent.socket_group
+        )),
+        Err(e) => return fail(format!("ops_agent.socket_group: {e}")),
+    }
+    for warning in &warnings {
+        let _ = writeln!(std::io::stderr(), "raspi-ops-agent: warning: {warning}");
+    }
+    let required = privileges::required(config);
+    if nix::unistd::geteuid().is_root() {
+        let names: Vec<String> = required.iter().map(|c| c.to_string()).collect();
+        println!(
+            "configuration OK; capabilities the agent keeps: {names:?} (not checked as root: the service checks them when it starts as its user)"
+        );
+        return ExitCode::SUCCESS;
+    }
+    match privileges::enforce(&required) {
+        Ok(capabilities) => {
+            println!(
+                "configuration OK; capabilities after dropping: effective {:?}, permitted {:?}, ambient {:?}",
+                capabilities.effective, capabilities.permitted, capabilities.ambient
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
+    }
+}
+
+/// A user by name or number: `Ok(None)` when there is none.
+fn lookup_user(name: &str) -> Result<Option<u32>, String> {
+    if let Ok(uid) = name.parse::<u32>() {
+        return Ok(Some(uid));
+    }
+    nix::unistd::User::from_name(name)
+        .map(|u| u.map(|u| u.uid.as_raw()))
+        .map_err(|e| format!("cannot look up user {name:?}: {e}"))
+}
+
+/// A group by name or number: `Ok(None)` when there is none.
+fn lookup_group(name: &str) -> Result<Option<u32>, String> {
+    if let Ok(gid) = name.parse::<u32>() {
+        return Ok(Some(gid));
+    }
+    nix::unistd::Group::from_name(name)
+        .map(|g| g.map(|g| g.gid.as_raw()))
+        .map_err(|e| format!("cannot look up group {name:?}: {e}"))
+}
+
 fn resolve_users(names: &[String]) -> Result<Vec<u32>, String> {
     names
         .iter()
         .map(|n| {
-            if let Ok(uid) = n.parse::<u32>() {
-                return Ok(uid);
-            }
-            match nix::unistd::User::from_name(n) {
-                Ok(Some(u)) => Ok(u.uid.as_raw()),
-                _ => Err(format!("ops_agent.allowed_users: no user named {n:?} on this system")),
-            }
+            lookup_user(n)
+                .map_err(|e| format!("ops_agent.allowed_users: {e}"))?
+                .ok_or_else(|| format!("ops_agent.allowed_users: no user named {n:?} on this system"))
         })
         .collect()
 }
 
 fn resolve_group(name: &str) -> Result<u32, String> {
-    if let Ok(gid) = name.parse::<u32>() {
-        return Ok(gid);
-    }
-    match nix::unistd::Group::from_name(name) {
-        Ok(Some(g)) => Ok(g.gid.as_raw()),
-        _ => Err(format!("ops_agent.socket_group: no group named {name:?} on this system")),
-    }
+    lookup_group(name)
+        .map_err(|e| format!("ops_agent.socket_group: {e}"))?
+        .ok_or_else(|| format!("ops_agent.socket_group: no group named {name:?} on this system"))
 }
 
 /// Creates the socket with mode 0660 and the configured group, replacing a stale one.

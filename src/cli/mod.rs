@@ -59,9 +59,13 @@ pub enum Command {
     /// Print the polkit rule that lets the ops agent start, stop and restart the units on
     /// services.allowed_units (and reboot or power off when the power section allows it).
     PolkitRules {
-        /// Configuration file whose allowlist the rule admits.
+        /// Configuration file whose allowlist the rule admits (in a source checkout:
+        /// etc/config.example.yml).
         #[arg(long, value_name = "FILE", default_value = DEFAULT_CONFIG)]
         config: PathBuf,
+        /// Use the embedded development configuration's allowlist instead of a file.
+        #[arg(long, conflicts_with = "config")]
+        dev: bool,
         /// User the ops agent runs as.
         #[arg(long, value_name = "USER", default_value = "mcp-ops")]
         agent_user: String,
@@ -188,8 +192,13 @@ pub fn run(command: Command, out: &mut dyn Write) -> Result<(), String> {
         Command::Release(command) => run_release(command, out),
         Command::Update(command) => update::run_update(command, out),
         Command::Manage(command) => update::run_manage(command, out),
-        Command::PolkitRules { config, agent_user, output } => {
-            let text = polkit_rules_for(&config, &agent_user)?;
+        Command::PolkitRules { config, dev, agent_user, output } => {
+            let text = if dev {
+                let loaded = Config::dev(&crate::server::dev_home(), &BTreeMap::new()).map_err(|e| e.to_string())?;
+                polkit_rules_of(&loaded.config, &agent_user)
+            } else {
+                polkit_rules_for(&config, &agent_user)?
+            };
             match output {
                 None => print(out, &text),
                 Some(path) => write_atomically(&path, text.as_bytes(), 0o644),
@@ -231,6 +240,10 @@ fn run_release(command: ReleaseCommand, out: &mut dyn Write) -> Result<(), Strin
             None => Err(format!("no release is active ({} does not exist)", root.join("current").display())),
         },
         ReleaseCommand::List { root } => {
+            // Nothing installed yet (or another root): an empty list, not an error.
+            if !root.exists() {
+                return Ok(());
+            }
             let current = release::current_version(&root).ok().flatten();
             for version in release::list_releases(&root).map_err(|e| e.to_string())? {
                 let mark = if current.as_ref() == Some(&version) { " (current)" } else { "" };
@@ -265,13 +278,24 @@ pub(crate) fn resolve_owner(name: &str, what: &str) -> Result<release::Owner, St
 /// upgrade unit when upgrades may be applied, and power actions when either is enabled.
 /// Environment overrides are ignored: the rule must not depend on who runs the generator.
 pub fn polkit_rules_for(path: &Path, agent_user: &str) -> Result<String, String> {
-    let config = Config::load(path, &BTreeMap::new()).map_err(|e| e.to_string())?.config;
+    let config = match Config::load(path, &BTreeMap::new()) {
+        Ok(loaded) => loaded.config,
+        Err(e @ crate::config::ConfigError::Read { .. }) => {
+            return Err(format!("{e}; name a configuration with --config FILE, or use --dev"))
+        }
+        Err(e) => return Err(e.to_string()),
+    };
+    Ok(polkit_rules_of(&config, agent_user))
+}
+
+/// The polkit rule for `config` (see [`polkit_rules_for`]).
+fn polkit_rules_of(config: &Config, agent_user: &str) -> String {
     let mut units = config.services.allowed_units.clone();
     if config.updates.os.apply_enabled && !units.contains(&config.updates.os.upgrade_unit) {
         units.push(config.updates.os.upgrade_unit.clone());
     }
     let allow_power = config.power.reboot_enabled || config.power.shutdown_enabled;
-    Ok(crate::platform::polkit_rules(agent_user, &units, allow_power))
+    crate::platform::polkit_rules(agent_user, &units, allow_power)
 }
 
 /// Writes `bytes` to `path` atomically (see [`crate::update::state::write_atomically`]).
@@ -379,6 +403,37 @@ mod tests {
         assert_eq!(recorded["last_update"]["source"], "package");
         let versions = run_args(&["manage", "versions", "--config", "/nonexistent.yml"]).unwrap_err();
         assert!(versions.contains("nonexistent"), "{versions}");
+    }
+
+    #[test]
+    fn each_program_has_its_own_man_page_name_line() {
+        let dir = tempfile::tempdir().unwrap();
+        write_man_pages(dir.path()).unwrap();
+        let name_line = |program: &str| {
+            let page = fs::read_to_string(dir.path().join(format!("{program}.1"))).unwrap();
+            let mut lines = page.lines().skip_while(|l| !l.starts_with(".SH NAME"));
+            lines.nth(1).unwrap().to_string()
+        };
+        let lines: Vec<String> = ["mcp-raspi", "mcp-raspi-server", "raspi-ops-agent"].map(name_line).into();
+        assert!(lines[1].contains("MCP server"), "{lines:?}");
+        assert!(lines[2].contains("agent"), "{lines:?}");
+        assert!(lines[0] != lines[1] && lines[1] != lines[2] && lines[0] != lines[2], "{lines:?}");
+    }
+
+    #[test]
+    fn polkit_rules_for_development_and_a_clear_error_without_a_configuration() {
+        let rule = run_args(&["polkit-rules", "--dev"]).unwrap();
+        assert!(rule.contains("polkit.addRule"), "{rule}");
+        let err = run_args(&["polkit-rules", "--config", "/nonexistent/config.yml"]).unwrap_err();
+        assert!(err.contains("--config FILE") && err.contains("--dev"), "{err}");
+        assert!(run_args(&["polkit-rules", "--dev", "--config", "x.yml"]).is_err());
+    }
+
+    #[test]
+    fn listing_releases_of_a_root_with_none_installed_lists_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("opt");
+        assert_eq!(run_args(&["release", "list", "--root", missing.to_str().unwrap()]).unwrap(), "");
     }
 
     #[test]

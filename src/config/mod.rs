@@ -332,6 +332,16 @@ pub struct Loaded {
     pub sha256: String,
 }
 
+/// [`Loaded::origin`] of the embedded development configuration.
+pub const DEV_ORIGIN: &str = "<embedded development config>";
+
+impl Loaded {
+    /// Whether this is the embedded development configuration (`--dev`).
+    pub fn is_dev(&self) -> bool {
+        self.origin == DEV_ORIGIN
+    }
+}
+
 impl Config {
     /// Parses YAML text; `origin` names the text in error messages.
     pub fn from_yaml(text: &str, origin: &str) -> Result<Config, ConfigError> {
@@ -364,7 +374,7 @@ impl Config {
 
     /// The embedded development configuration, with state under `state_home`.
     pub fn dev(state_home: &Path, env: &BTreeMap<String, String>) -> Result<Loaded, ConfigError> {
-        let origin = "<embedded development config>";
+        let origin = DEV_ORIGIN;
         let mut config = Config::from_yaml(DEV_CONFIG, origin)?;
         config.paths.state_dir = state_home.join("state");
         config.paths.install_dir = state_home.join("opt");

@@ -3,6 +3,8 @@
 //! Order of checks on `/mcp`: Host and Origin (DNS rebinding), authentication, rate
 //! limit, body size, JSON, JSON-RPC envelope, protocol era and version, session. Each
 //! refusal is a JSON-RPC error body with the HTTP status the specification asks for.
+//! `/healthz` checks none of them: supervisors and load balancers reach it by whatever name
+//! they know the device by, and it tells only that the server is up and its version.
 
 use std::borrow::Cow;
 use std::convert::Infallible;
@@ -256,11 +258,12 @@ impl HttpServer {
                 &Value::Null,
                 &RpcError::invalid_request("Bad request: DELETE needs the Mcp-Session-Id header").status(400),
             ),
-            Some(id) if self.sessions.remove(id, &identity.name) => empty(StatusCode::OK),
-            Some(_) => error_reply(
-                &Value::Null,
-                &RpcError::invalid_request("Session not found: it expired or was closed").status(404),
-            ),
+            Some(id) => match self.sessions.remove(id, &identity.name) {
+                Ok(()) => empty(StatusCode::OK),
+                Err(why) => {
+                    error_reply(&Value::Null, &RpcError::invalid_request(why.message(self.sessions.idle())).status(404))
+                }
+            },
         }
     }
 
@@ -334,9 +337,10 @@ impl HttpServer {
             )
             .status(400));
         };
-        let session = self.sessions.get(sid, &identity.name).ok_or_else(|| {
-            RpcError::invalid_request("Session not found: it expired or was closed; initialize again").status(404)
-        })?;
+        let session = self
+            .sessions
+            .get(sid, &identity.name)
+            .map_err(|why| RpcError::invalid_request(why.message(self.sessions.idle())).status(404))?;
         if let Some(hv) = headers.protocol_version {
             let v = Version::parse(hv).ok_or_else(|| RpcError::unsupported_version(hv))?;
             if v != session.version {

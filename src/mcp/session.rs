@@ -1,7 +1,7 @@
 //! Sessions of the handshake era: created by `initialize`, named by `Mcp-Session-Id`,
 //! bound to the identity that created them, and dropped when idle.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -52,16 +52,87 @@ impl Session {
     }
 }
 
-/// Every open session.
+/// Why a session id names no live session, as far as the server knows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Missing {
+    /// Never opened here (or opened before the server restarted, or by another identity).
+    Unknown,
+    /// Dropped after being idle longer than the idle timeout.
+    Expired,
+    /// Ended by its client (`DELETE /mcp`).
+    Closed,
+    /// Dropped to make room for a newer session when the table was full.
+    Evicted,
+}
+
+impl Missing {
+    /// The answer's message: what happened and what to do.
+    pub fn message(self, idle: Duration) -> String {
+        match self {
+            Missing::Unknown => {
+                "Unknown session: this server did not open it (or has restarted since); send initialize to open one"
+                    .into()
+            }
+            Missing::Expired => format!(
+                "Session expired: idle for more than {} s (server.session_idle_timeout_seconds); initialize again",
+                idle.as_secs()
+            ),
+            Missing::Closed => "Session closed: its client ended it with DELETE; initialize again".into(),
+            Missing::Evicted => {
+                "Session ended to make room for newer sessions (server.max_sessions); initialize again".into()
+            }
+        }
+    }
+}
+
+/// How many ended sessions are remembered (per live slot), to say why an id is gone.
+const ENDED_PER_SLOT: usize = 4;
+
+/// Every open session, and a bounded memory of the ones that ended.
 pub struct Sessions {
-    map: Mutex<HashMap<String, Arc<Session>>>,
+    table: Mutex<Table>,
     max: usize,
     idle: Duration,
 }
 
+#[derive(Default)]
+struct Table {
+    live: HashMap<String, Arc<Session>>,
+    /// Ended sessions: id to (identity, why), oldest first in `order`.
+    ended: HashMap<String, (String, Missing)>,
+    order: VecDeque<String>,
+}
+
+impl Table {
+    fn end(&mut self, id: String, identity: String, why: Missing, keep: usize) {
+        while self.order.len() >= keep.max(1) {
+            if let Some(old) = self.order.pop_front() {
+                self.ended.remove(&old);
+            }
+        }
+        self.order.push_back(id.clone());
+        self.ended.insert(id, (identity, why));
+    }
+}
+
 impl Sessions {
     pub fn new(max: usize, idle: Duration) -> Sessions {
-        Sessions { map: Mutex::new(HashMap::new()), max, idle }
+        Sessions { table: Mutex::new(Table::default()), max, idle }
+    }
+
+    /// The idle timeout after which a session expires.
+    pub fn idle(&self) -> Duration {
+        self.idle
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
+        // A panic while holding the lock leaves the table consistent: every change is one
+        // insert or remove.
+        self.table.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn is_idle(&self, s: &Session, now: Instant) -> bool {
+        s.last_seen.lock().map(|t| now.duration_since(*t) >= self.idle).unwrap_or(true)
     }
 
     /// Opens a session; when full, the longest idle one is dropped first.
@@ -69,48 +140,71 @@ impl Sessions {
         let mut bytes = [0u8; 16];
         getrandom::fill(&mut bytes).map_err(|e| format!("no randomness for a session id: {e}"))?;
         let session = Arc::new(Session {
-            id: crate::config::hex(&bytes),
+            id: crate::base::hex(&bytes),
             version,
             identity: identity.to_string(),
             last_seen: Mutex::new(Instant::now()),
             log_level: Mutex::new(None),
             inflight: Mutex::new(HashMap::new()),
         });
-        let mut map = self.map.lock().map_err(|_| "session table unavailable".to_string())?;
+        let keep = self.max.saturating_mul(ENDED_PER_SLOT);
+        let mut table = self.lock();
         let now = Instant::now();
-        map.retain(|_, s| s.last_seen.lock().map(|t| now.duration_since(*t) < self.idle).unwrap_or(false));
-        if map.len() >= self.max {
-            let oldest =
-                map.iter().min_by_key(|(_, s)| s.last_seen.lock().map(|t| *t).unwrap_or(now)).map(|(k, _)| k.clone());
-            if let Some(k) = oldest {
-                map.remove(&k);
+        let idle: Vec<String> =
+            table.live.iter().filter(|(_, s)| self.is_idle(s, now)).map(|(k, _)| k.clone()).collect();
+        for id in idle {
+            if let Some(s) = table.live.remove(&id) {
+                table.end(id, s.identity.clone(), Missing::Expired, keep);
             }
         }
-        map.insert(session.id.clone(), session.clone());
+        if table.live.len() >= self.max {
+            let oldest = table
+                .live
+                .iter()
+                .min_by_key(|(_, s)| s.last_seen.lock().map(|t| *t).unwrap_or(now))
+                .map(|(k, _)| k.clone());
+            if let Some(s) = oldest.and_then(|k| table.live.remove(&k)) {
+                table.end(s.id.clone(), s.identity.clone(), Missing::Evicted, keep);
+            }
+        }
+        table.live.insert(session.id.clone(), session.clone());
         Ok(session)
     }
 
-    /// The live session `id` owned by `identity`.
-    pub fn get(&self, id: &str, identity: &str) -> Option<Arc<Session>> {
-        let map = self.map.lock().ok()?;
-        let s = map.get(id)?;
-        let mut seen = s.last_seen.lock().ok()?;
-        if seen.elapsed() >= self.idle || s.identity != identity {
-            return None;
+    /// The live session `id` owned by `identity`, or why there is none. A session of
+    /// another identity is [`Missing::Unknown`] to this one.
+    pub fn get(&self, id: &str, identity: &str) -> Result<Arc<Session>, Missing> {
+        let keep = self.max.saturating_mul(ENDED_PER_SLOT);
+        let mut table = self.lock();
+        if let Some(s) = table.live.get(id).cloned() {
+            if s.identity != identity {
+                return Err(Missing::Unknown);
+            }
+            if self.is_idle(&s, Instant::now()) {
+                table.live.remove(id);
+                table.end(id.to_string(), s.identity.clone(), Missing::Expired, keep);
+                return Err(Missing::Expired);
+            }
+            if let Ok(mut seen) = s.last_seen.lock() {
+                *seen = Instant::now();
+            }
+            return Ok(s);
         }
-        *seen = Instant::now();
-        Some(s.clone())
+        match table.ended.get(id) {
+            Some((owner, why)) if owner == identity => Err(*why),
+            _ => Err(Missing::Unknown),
+        }
     }
 
-    /// Ends a session; true when it existed.
-    pub fn remove(&self, id: &str, identity: &str) -> bool {
-        let Ok(mut map) = self.map.lock() else { return false };
-        if map.get(id).is_some_and(|s| s.identity == identity) {
-            map.remove(id);
-            true
-        } else {
-            false
+    /// Ends a session of `identity`; `Err` says why there was none.
+    pub fn remove(&self, id: &str, identity: &str) -> Result<(), Missing> {
+        self.get(id, identity)?;
+        let keep = self.max.saturating_mul(ENDED_PER_SLOT);
+        let mut table = self.lock();
+        if table.live.remove(id).is_some() {
+            table.end(id.to_string(), identity.to_string(), Missing::Closed, keep);
         }
+        Ok(())
     }
 }
 
@@ -124,11 +218,13 @@ mod tests {
         let sessions = Sessions::new(4, Duration::from_secs(60));
         let s = sessions.create(Version::V2025_11_25, "alice").unwrap();
         assert_eq!(s.id.len(), 32);
-        assert!(sessions.get(&s.id, "alice").is_some());
-        assert!(sessions.get(&s.id, "mallory").is_none());
-        assert!(!sessions.remove(&s.id, "mallory"));
-        assert!(sessions.remove(&s.id, "alice"));
-        assert!(sessions.get(&s.id, "alice").is_none());
+        assert!(sessions.get(&s.id, "alice").is_ok());
+        assert_eq!(sessions.get(&s.id, "mallory").err(), Some(Missing::Unknown));
+        assert_eq!(sessions.remove(&s.id, "mallory"), Err(Missing::Unknown));
+        assert_eq!(sessions.remove(&s.id, "alice"), Ok(()));
+        assert_eq!(sessions.get(&s.id, "alice").err(), Some(Missing::Closed));
+        // Another identity learns nothing about it, not even that it was closed.
+        assert_eq!(sessions.get(&s.id, "mallory").err(), Some(Missing::Unknown));
     }
 
     #[test]
@@ -138,6 +234,28 @@ mod tests {
         std::thread::sleep(Duration::from_millis(2));
         sessions.create(Version::V2025_11_25, "a").unwrap();
         sessions.create(Version::V2025_11_25, "a").unwrap();
-        assert!(sessions.get(&first.id, "a").is_none());
+        assert_eq!(sessions.get(&first.id, "a").err(), Some(Missing::Evicted));
+    }
+
+    #[test]
+    fn an_id_never_issued_is_unknown_and_an_idle_one_expired() {
+        let sessions = Sessions::new(4, Duration::from_millis(20));
+        assert_eq!(sessions.get("00112233445566778899aabbccddeeff", "a").err(), Some(Missing::Unknown));
+        let s = sessions.create(Version::V2025_11_25, "a").unwrap();
+        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!(sessions.get(&s.id, "a").err(), Some(Missing::Expired));
+        assert_eq!(sessions.get(&s.id, "a").err(), Some(Missing::Expired));
+        assert!(Missing::Expired.message(sessions.idle()).contains("session_idle_timeout_seconds"));
+        assert!(Missing::Unknown.message(sessions.idle()).starts_with("Unknown session"));
+    }
+
+    #[test]
+    fn the_memory_of_ended_sessions_is_bounded() {
+        let sessions = Sessions::new(1, Duration::from_secs(60));
+        let ids: Vec<String> =
+            (0..10).map(|_| sessions.create(Version::V2025_11_25, "a").unwrap().id.clone()).collect();
+        assert!(sessions.lock().ended.len() <= ENDED_PER_SLOT);
+        assert_eq!(sessions.get(&ids[0], "a").err(), Some(Missing::Unknown));
+        assert_eq!(sessions.get(&ids[8], "a").err(), Some(Missing::Evicted));
     }
 }

@@ -40,6 +40,12 @@ pub struct App {
 impl App {
     /// Builds the state: resolves secrets, opens the audit log, picks the backend.
     pub fn new(loaded: Loaded, secrets: &BTreeMap<String, String>) -> Result<Arc<App>, String> {
+        // How to start the agent when privileged tools find it down.
+        let start_agent = if loaded.is_dev() {
+            "start it with `raspi-ops-agent --dev` (`make run` starts both)"
+        } else {
+            "start it with `sudo systemctl start raspi-ops-agent`"
+        };
         let config = loaded.config;
         let auth = Authenticator::new(&config, secrets)?;
         let max_bytes = config.logging.file.max_size_mb.saturating_mul(1024 * 1024);
@@ -59,7 +65,7 @@ impl App {
         let platform = Platform::select(config.platform.backend, &roots);
         let cpu_freq = LiveAttr::new(crate::host::cpu::cpu_freq_path(&roots));
         Ok(Arc::new(App {
-            agent: crate::agent_client::AgentClient::new(&config.ops_agent),
+            agent: crate::agent_client::AgentClient::new(&config.ops_agent, start_agent),
             rate_limiter: RateLimiter::new(&config.security.rate_limit),
             catalogue: Catalogue::new(),
             config,

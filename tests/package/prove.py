@@ -8,7 +8,8 @@ reading the scripts.
     prove.py run --version V --repo DIR AMD64.deb ARM64.deb ARMHF.deb
 
 `releases` builds, from a copy of the working tree with a higher crate version, the amd64
-packages of three newer releases: v2 (V with patch+1), v3 (patch+2, built with the
+packages of three newer releases (with the development profile, which reuses the
+dependencies the tests compiled): v2 (V with patch+1), v3 (patch+2, built with the
 proof-unhealthy feature: its /healthz answers 503) and v4 (patch+3).
 
 `run` checks the three packages (size, lintian, glibc symbols), the units' exposure scores,
@@ -248,10 +249,13 @@ def set_crate_version(src, version):
 def build_releases(version):
     """Builds the amd64 packages of the releases that the package under test updates to
     (RELEASE_ROLES), from a copy of the working tree whose crate version is raised, so that
-    the programs report the new version. Their final artefacts have their own target
-    directory, while the intermediate ones share the worktree's (build-dir): the
-    dependencies compiled for the package under test are reused, and only the crate is
-    compiled and linked again for each release. Writes RELEASES_INDEX."""
+    the programs report the new version. They are built with the development profile, whose
+    dependencies the tests have already compiled: their final artefacts have their own target
+    directory, while the intermediate ones share the worktree's (build-dir), so only the
+    crate itself is compiled for each release, without the release profile's LTO. The
+    update mechanism sees what it would see of any release: a signed package of a newer
+    version (the binaries are stripped, and the package compressed quickly). Writes
+    RELEASES_INDEX."""
     started = time.time()
     RELEASES.mkdir(parents=True, exist_ok=True)
     RELEASES_INDEX.unlink(missing_ok=True)
@@ -268,14 +272,14 @@ def build_releases(version):
         one = time.time()
         set_crate_version(src, release)
         feature_args = ["--features", features] if features else []
-        cmd = ["cargo", "build", "--release", "--bins", *feature_args]
+        cmd = ["cargo", "build", "--bins", *feature_args]
         with open(RELEASES / f"build-{role}.log", "w") as build_log:
             code = subprocess.run(cmd, cwd=src, env=env, stdout=build_log, stderr=subprocess.STDOUT,
                                   timeout=3600).returncode
         if code != 0:
             tail = (RELEASES / f"build-{role}.log").read_text()[-3000:]
             raise Fatal(f"building {role} ({release}) failed: {' '.join(cmd)} in {src}:\n{tail}")
-        cli = RELEASES / "target/release/mcp-raspi"
+        cli = RELEASES / "target/debug/mcp-raspi"
         generated = src / "target/generated"
         shutil.rmtree(generated, ignore_errors=True)
         run([cli, "man", "--out", generated / "man"])
@@ -284,13 +288,15 @@ def build_releases(version):
         out_dir = RELEASES / "debs" / release
         shutil.rmtree(out_dir, ignore_errors=True)
         out_dir.mkdir(parents=True)
-        p = subprocess.run(["cargo", "deb", "--no-build", "--output", f"{out_dir}/"], cwd=src, env=env,
-                           capture_output=True, text=True, timeout=600)
+        deb_cmd = ["cargo", "deb", "--no-build", "--profile", "dev", "--strip", "--fast", "--output", f"{out_dir}/"]
+        p = subprocess.run(deb_cmd, cwd=src, env=env, capture_output=True, text=True, timeout=600)
         if p.returncode != 0:
             raise Fatal(f"cargo deb for {role} ({release}) failed:\n{p.stdout[-2000:]}\n{p.stderr[-3000:]}")
         deb = next(out_dir.glob("*.deb"))
         index["releases"][role] = {"version": release, "deb": str(deb), "features": features}
-        print(f"{role}: {deb.name}{' with ' + features if features else ''} in {time.time() - one:.0f} s", flush=True)
+        size = deb.stat().st_size / 1e6
+        print(f"{role}: {deb.name} ({size:.1f} MB){' with ' + features if features else ''} in {time.time() - one:.0f} s",
+              flush=True)
     RELEASES_INDEX.write_text(json.dumps(index, indent=2) + "\n")
     print(f"releases built in {time.time() - started:.0f} s", flush=True)
 
@@ -714,6 +720,8 @@ def test_config(box, port, update_url):
         ("  backend: auto", "  backend: raspberry_pi"),
         ("  allowed_units: []", f"  allowed_units: [{TEST_UNIT}]"),
         ('  server_url: ""', f'  server_url: "{update_url}"'),
+        # The releases it updates to are development builds (build_releases), about 15 MB.
+        ("  max_download_mb: 20", "  max_download_mb: 64"),
     ]
     for old, new in changes:
         if old not in text:
@@ -1183,6 +1191,19 @@ def gnupghome():
     return Path(os.environ.get("APT_REPO_GNUPGHOME", ROOT / "target/apt-repo-gnupg")).resolve()
 
 
+def gpg_agents_of(home):
+    """Pids of the gpg-agents serving the key home `home`."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv and argv[0].endswith(b"gpg-agent") and str(home).encode() in argv:
+            pids.append(int(proc.name))
+    return pids
+
+
 def prove_amd64(version, releases, repo, update_repo):
     """`releases`: role (v2, v3, v4) to (version, .deb)."""
     (v2, v2_deb), (v3, v3_deb), (v4, v4_deb) = releases["v2"], releases["v3"], releases["v4"]
@@ -1318,6 +1339,9 @@ def prove(args):
     finally:
         update_repo.close()
         arm64_thread.join()
+        agents = gpg_agents_of(gnupghome())
+        report.check("no gpg-agent of the APT repository's key home outlives packaging/apt-repo.sh", not agents,
+                     f"still running: pids {agents}")
         for what, seconds in timings.items():
             print(f"    time: {what}: " + (f"{seconds:.1f} s" if seconds is not None else "did not end"))
 

@@ -264,6 +264,16 @@ def dev_stack() -> Iterator[RunningServer]:
     """The development setup of `make run`: raspi-ops-agent --dev and mcp-raspi-server --dev
     sharing one temporary XDG_STATE_HOME, so the privileged tools work on the simulated
     hardware."""
+    yield from _dev_stack()
+
+
+@pytest.fixture
+def fresh_dev_stack() -> Iterator[RunningServer]:
+    """[dev_stack] of the test's own, for a test that changes the hardware's state."""
+    yield from _dev_stack()
+
+
+def _dev_stack() -> Iterator[RunningServer]:
     root = _private_dir("mcp-raspi-stack-")
     env = _child_environment(root, {})
     agent = _start_agent(env, root)
