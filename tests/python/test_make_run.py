@@ -42,7 +42,9 @@ def test_ctrl_c_stops_make_run_cleanly() -> None:
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        text=True,
+        # Unbuffered: a buffered reader could take both daemons' lines at once and leave
+        # the selector waiting for a line it already holds.
+        bufsize=0,
         start_new_session=True,
     )
     out = ""
@@ -53,11 +55,12 @@ def test_ctrl_c_stops_make_run_cleanly() -> None:
             while not re.search(r"^listening on http://127\.0\.0\.1:\d+/mcp$", out, re.M):
                 remaining = deadline - time.monotonic()
                 assert remaining > 0 and sel.select(remaining), f"make run did not start: {out}"
-                line = proc.stdout.readline()
-                assert line, f"make run ended before listening: {out}{proc.stderr.read()}"
+                line = proc.stdout.readline().decode()
+                assert line, f"make run ended before listening: {out}{proc.stderr.read().decode()}"
                 out += line
         os.killpg(proc.pid, signal.SIGINT)
-        stdout, stderr = proc.communicate(timeout=20)
+        _, stderr = proc.communicate(timeout=20)
+        stderr = stderr.decode()
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
