@@ -5,8 +5,9 @@
 #   make test    every stage below (TEST_STAGES), printing how long each took: formatting
 #                and lints, Rust unit and integration tests, the suite driven by the official
 #                MCP Python SDK, the MCP conformance suite, and the package proof (root)
-#   make bench   memory and latency figures, and those of a self-update into the package
-#                of this build, written to BENCHMARKS.md
+#   make bench   memory and latency figures, those of a self-update into the package of
+#                this build, and hostile load and a soak (bench/hostile.py), written to
+#                BENCHMARKS.md
 #   make docs    regenerate docs/TOOLS.md from the tool declarations
 
 SHELL := /bin/bash
@@ -92,6 +93,8 @@ conformance: build
 bench: release deb
 	$(PYTHON) bench/run.py --server target/release/mcp-raspi-server --agent target/release/raspi-ops-agent \
 	  --cli target/release/mcp-raspi --packages $(DEB_DIR) --out BENCHMARKS.md
+	$(PYTHON) bench/hostile.py --server target/release/mcp-raspi-server --agent target/release/raspi-ops-agent \
+	  --out BENCHMARKS.md
 
 docs:
 	MCP_RASPI_UPDATE_DOCS=1 $(CARGO) test --lib tools::docs

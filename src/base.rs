@@ -16,6 +16,20 @@ pub fn hex(bytes: &[u8]) -> String {
     })
 }
 
+/// `text` cut to at most `max_bytes` (on a character boundary), with a marker that gives the
+/// original length when anything was cut: for echoing what a caller sent into messages and
+/// records of bounded size.
+pub fn clip(text: &str, max_bytes: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= max_bytes {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut end = max_bytes;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    std::borrow::Cow::Owned(format!("{}…[cut, {} bytes]", &text[..end], text.len()))
+}
+
 /// Which implementation of the hardware and OS seam to use (`platform.backend`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -82,5 +96,18 @@ impl LogLevel {
             LogLevel::Warn => "warn",
             LogLevel::Error => "error",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clip_keeps_short_text_and_cuts_long_text_on_a_character_boundary() {
+        assert_eq!(clip("abc", 3), "abc");
+        assert_eq!(clip("abcdef", 3), "abc…[cut, 6 bytes]");
+        // "é" is two bytes: a cut inside it moves back to its start.
+        assert_eq!(clip("aé", 2), "a…[cut, 3 bytes]");
     }
 }

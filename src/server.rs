@@ -124,12 +124,14 @@ pub fn main() -> ExitCode {
         if args.stdio {
             // A stdio client stops its server by closing stdin, or with SIGTERM after a
             // while: either way the server stops as it does over HTTP.
+            let shutdown = shutdown_signal();
             return tokio::select! {
                 served = crate::mcp::stdio::serve(app) => served.map_err(|e| format!("stdio: {e}")),
-                () = shutdown_signal() => Ok(()),
+                () = shutdown => Ok(()),
             };
         }
         let listener = crate::mcp::http::bind(app.config.listen_addr()).await?;
+        let shutdown = shutdown_signal();
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         log::info!("listening on http://{addr}/mcp");
         // Supervisors and tests read the bound address (the port may have been 0) here.
@@ -141,7 +143,7 @@ pub fn main() -> ExitCode {
         if app.config.updates.auto.enabled {
             tokio::spawn(crate::auto_update::run(app.clone()));
         }
-        crate::mcp::http::serve(app, listener, shutdown_signal()).await;
+        crate::mcp::http::serve(app, listener, shutdown).await;
         log::info!("stopped");
         Ok(())
     });
@@ -159,14 +161,19 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// Completes on SIGTERM or SIGINT: the daemons' graceful stop.
-pub async fn shutdown_signal() {
+/// Completes on SIGTERM or SIGINT: the daemons' graceful stop. The handlers are installed
+/// when this is called (in the runtime), not when the future is first polled, so that a
+/// signal that comes right after a daemon says it is listening still stops it gracefully.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => log::info!("SIGTERM: shutting down"),
-        _ = int.recv() => log::info!("SIGINT: shutting down"),
+    let streams = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()));
+    async move {
+        let (Ok(mut term), Ok(mut int)) = streams else {
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => log::info!("SIGTERM: shutting down"),
+            _ = int.recv() => log::info!("SIGINT: shutting down"),
+        }
     }
 }

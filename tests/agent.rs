@@ -185,3 +185,96 @@ fn capabilities_beyond_the_allowed_set_are_dropped_at_start() {
     agent.kill().unwrap();
     agent.wait().unwrap();
 }
+
+#[test]
+fn a_bad_request_is_answered_alone_and_the_connection_goes_on() {
+    let dir = temp_dir();
+    let mut agent = agent_admitting_tests(dir.path());
+    let mut s = connect(dir.path());
+    send(&mut s, &hello(env!("CARGO_PKG_VERSION")));
+    assert_eq!(receive(&mut s).unwrap()["response"]["kind"], "hello");
+    // Valid JSON naming an id, but no request the agent knows.
+    send(&mut s, &json!({"id": 7, "deadline_unix_ms": now_ms() + 5000, "request": {"op": "no_such_op"}}));
+    let bad = receive(&mut s).unwrap();
+    assert_eq!(bad["id"], 7, "{bad}");
+    assert_eq!(bad["response"]["code"], "bad_request", "{bad}");
+    // Not JSON at all: nothing to answer, and the connection stays in step.
+    s.write_all(&5u32.to_be_bytes()).unwrap();
+    s.write_all(b"{{{{{").unwrap();
+    send(&mut s, &json!({"id": 8, "deadline_unix_ms": now_ms() + 5000, "request": {"op": "gpio_read", "pin": 17}}));
+    let pin = receive(&mut s).unwrap();
+    assert_eq!(pin["id"], 8, "{pin}");
+    assert_eq!(pin["response"]["state"]["pin"], 17, "{pin}");
+    agent.kill().unwrap();
+    agent.wait().unwrap();
+}
+
+#[test]
+fn a_peer_that_never_says_hello_is_closed() {
+    let dir = temp_dir();
+    let mut agent = agent_admitting_tests(dir.path());
+    let mut s = connect(dir.path());
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let started = std::time::Instant::now();
+    let mut byte = [0u8; 1];
+    assert_eq!(s.read(&mut byte).unwrap_or(0), 0, "the agent closes the connection");
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_secs(4) && waited < Duration::from_secs(12), "{waited:?}");
+    agent.kill().unwrap();
+    agent.wait().unwrap();
+}
+
+#[test]
+fn out_of_file_descriptors_the_agent_backs_off_instead_of_spinning() {
+    use std::os::unix::process::CommandExt;
+    let dir = temp_dir();
+    let me = nix::unistd::getuid().as_raw();
+    let extra = format!(
+        "ops_agent:\n  socket_path: {}/ops-agent.sock\n  allowed_users: [\"{}\", \"{me}\"]\n  socket_group: \"{}\"\n",
+        dir.path().display(),
+        service_uid(),
+        service_uid()
+    );
+    let config = dir.path().join("config.yml");
+    std::fs::write(&config, config_yaml(dir.path(), None, &extra)).unwrap();
+    let log = dir.path().join("agent.stderr");
+    let mut command = crate::support::agent_command();
+    command.arg("--config").arg(&config).stdout(Stdio::piped()).stderr(std::fs::File::create(&log).unwrap());
+    // SAFETY: setrlimit is async-signal-safe; the closure only calls it.
+    unsafe {
+        command.pre_exec(|| {
+            let limit = libc::rlimit { rlim_cur: 32, rlim_max: 32 };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut agent = command.spawn().unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(agent.stdout.take().unwrap()), &mut line).unwrap();
+    assert!(line.starts_with("listening on"), "{line}");
+    let cpu_before = cpu_ticks(agent.id());
+    // Connections that say nothing hold the agent's descriptors until it runs out.
+    let held: Vec<UnixStream> =
+        (0..80).filter_map(|_| UnixStream::connect(dir.path().join("ops-agent.sock")).ok()).collect();
+    std::thread::sleep(Duration::from_secs(2));
+    let cpu = cpu_ticks(agent.id()) - cpu_before;
+    drop(held);
+    agent.kill().unwrap();
+    agent.wait().unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    let failures = text.lines().filter(|l| l.contains("accept failed")).count();
+    assert!((1..=3).contains(&failures), "accept errors are logged at a bounded rate: {failures} lines\n{text}");
+    // Two seconds of a spinning accept loop cost two seconds of CPU; backing off costs little.
+    let ticks_per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).unwrap().unwrap() as u64;
+    assert!(cpu < ticks_per_second / 2, "{cpu} ticks of CPU in 2 s");
+}
+
+/// User plus system CPU time of a process, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}

@@ -8,6 +8,7 @@ mod agent;
 mod cli;
 mod fixtures;
 mod golden;
+mod hostile;
 mod http;
 mod malformed;
 mod ops;

@@ -5,6 +5,7 @@
 
 mod dispatch;
 pub mod privileges;
+mod serve;
 pub mod update;
 
 use std::collections::BTreeMap;
@@ -16,13 +17,12 @@ use std::sync::Arc;
 
 use clap::Parser;
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::mpsc;
 
 use crate::base::VERSION;
 use crate::config::Config;
-use crate::ipc::{self, ErrorCode, Request, RequestFrame, Response, ResponseFrame};
 
 pub use dispatch::AgentState;
+pub use serve::serve;
 
 /// Privileged operations agent of mcp-raspi: the only process that touches hardware and
 /// system services, on behalf of mcp-raspi-server.
@@ -106,10 +106,11 @@ pub fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         let listener = bind(&socket, group).await?;
+        let shutdown = crate::server::shutdown_signal();
         println!("listening on {}", socket.display());
         let _ = std::io::stdout().flush();
         tokio::spawn(update::check_after_start(state.clone()));
-        serve(state, listener, allowed_uids, crate::server::shutdown_signal()).await;
+        serve(state, listener, allowed_uids, shutdown).await;
         let _ = std::fs::remove_file(&socket);
         log::info!("stopped");
         Ok::<(), String>(())
@@ -230,125 +231,4 @@ async fn bind(path: &Path, group: u32) -> Result<UnixListener, String> {
     std::os::unix::fs::chown(path, None, Some(group))
         .map_err(|e| format!("cannot give {} to group {group}: {e}", path.display()))?;
     Ok(listener)
-}
-
-/// Accepts connections until `shutdown` completes; each is served concurrently.
-pub async fn serve(
-    state: Arc<AgentState>,
-    listener: UnixListener,
-    allowed_uids: Vec<u32>,
-    shutdown: impl std::future::Future<Output = ()>,
-) {
-    tokio::pin!(shutdown);
-    loop {
-        let stream = tokio::select! {
-            _ = &mut shutdown => return,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    log::warn!("accept failed: {e}");
-                    continue;
-                }
-            },
-        };
-        let peer = match stream.peer_cred() {
-            Ok(c) => c,
-            Err(e) => {
-                log::warn!("refused a connection: cannot read its credentials: {e}");
-                continue;
-            }
-        };
-        if !allowed_uids.contains(&peer.uid()) {
-            log::warn!(
-                "refused a connection from uid {} (pid {:?}): not on ops_agent.allowed_users",
-                peer.uid(),
-                peer.pid()
-            );
-            continue;
-        }
-        log::debug!("connection from uid {} (pid {:?})", peer.uid(), peer.pid());
-        tokio::spawn(connection(state.clone(), stream, peer.uid()));
-    }
-}
-
-async fn connection(state: Arc<AgentState>, stream: UnixStream, uid: u32) {
-    let (mut reader, mut writer) = stream.into_split();
-    let hello: Option<RequestFrame> = match ipc::read_frame(&mut reader).await {
-        Ok(f) => f,
-        Err(e) => {
-            log::warn!("uid {uid}: bad first frame: {e}");
-            return;
-        }
-    };
-    let Some(hello) = hello else { return };
-    let answer = match &hello.request {
-        Request::Hello { package_version, ipc_version } => {
-            match ipc::check_compatible(VERSION, ipc::IPC_VERSION, package_version, ipc_version) {
-                Ok(()) => Response::Hello {
-                    package_version: VERSION.into(),
-                    ipc_version: ipc::IPC_VERSION.into(),
-                    capabilities: state.capabilities.clone(),
-                },
-                Err(message) => {
-                    log::warn!("uid {uid}: {message}");
-                    Response::Error { code: ErrorCode::VersionMismatch, message }
-                }
-            }
-        }
-        other => Response::Error {
-            code: ErrorCode::BadRequest,
-            message: format!("the first request must be hello, not {}", other.name()),
-        },
-    };
-    let refused = matches!(answer, Response::Error { .. });
-    if ipc::write_frame(&mut writer, &ResponseFrame { id: hello.id, response: answer }).await.is_err() || refused {
-        return;
-    }
-    let (tx, mut rx) = mpsc::unbounded_channel::<ResponseFrame>();
-    let write_task = tokio::spawn(async move {
-        while let Some(frame) = rx.recv().await {
-            if ipc::write_frame(&mut writer, &frame).await.is_err() {
-                break;
-            }
-        }
-    });
-    loop {
-        let frame: RequestFrame = match ipc::read_frame(&mut reader).await {
-            Ok(Some(f)) => f,
-            Ok(None) => break,
-            Err(e) => {
-                log::warn!("uid {uid}: closing the connection: {e}");
-                break;
-            }
-        };
-        let state = state.clone();
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            let id = frame.id;
-            log::debug!("uid {uid}: request {id}: {}", frame.request.as_safe_string());
-            let response = match frame.time_left() {
-                None => Response::Error { code: ErrorCode::Timeout, message: "the request's deadline passed".into() },
-                Some(left) => {
-                    let request = frame.request;
-                    let work = tokio::task::spawn_blocking(move || state.execute(request));
-                    match tokio::time::timeout(left, work).await {
-                        Ok(Ok(r)) => r,
-                        Ok(Err(e)) => {
-                            Response::Error { code: ErrorCode::Failed, message: format!("the operation failed: {e}") }
-                        }
-                        Err(_) => Response::Error {
-                            code: ErrorCode::Timeout,
-                            message: format!("the operation did not finish within {} ms", left.as_millis()),
-                        },
-                    }
-                }
-            };
-            if let Response::Error { code, message } = &response {
-                log::info!("uid {uid}: request {id} refused or failed ({}): {message}", code.as_str());
-            }
-            let _ = tx.send(ResponseFrame { id, response });
-        });
-    }
-    drop(tx);
-    let _ = write_task.await;
 }

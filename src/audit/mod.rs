@@ -2,36 +2,28 @@
 //! application log so that it can be shipped and retained on its own terms.
 
 use std::path::Path;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
-use serde_json::{Map, Value};
+use serde_json::{json, Value};
 
+use crate::base::clip;
 use crate::config::Role;
 use crate::logs::GroupedFile;
 
-pub use crate::logs::Urgency;
+mod budget;
+mod redact;
 
-/// Replaces the value of every argument whose name looks like a secret.
-pub fn redact(arguments: &Value) -> Value {
-    const SECRET_WORDS: [&str; 7] = ["token", "secret", "password", "passwd", "key", "credential", "authorization"];
-    match arguments {
-        Value::Object(map) => Value::Object(
-            map.iter()
-                .map(|(k, v)| {
-                    let lower = k.to_ascii_lowercase();
-                    if SECRET_WORDS.iter().any(|w| lower.contains(w)) {
-                        (k.clone(), Value::String("[redacted]".into()))
-                    } else {
-                        (k.clone(), redact(v))
-                    }
-                })
-                .collect::<Map<_, _>>(),
-        ),
-        Value::Array(items) => Value::Array(items.iter().map(redact).collect()),
-        other => other.clone(),
-    }
-}
+pub use crate::logs::Urgency;
+pub use budget::{Budgets, Suppressed, Verdict};
+pub use redact::{looks_like_secret, redact_text, summarize, REDACTED};
+
+/// Longest tool name or request id kept whole in a record.
+pub const MAX_NAME_BYTES: usize = 128;
+/// Longest error message kept whole in a record.
+pub const MAX_ERROR_BYTES: usize = 512;
+/// Longest error message kept in a compact record.
+const COMPACT_ERROR_BYTES: usize = 128;
 
 /// How a call ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -42,7 +34,9 @@ pub enum Outcome {
     Denied,
 }
 
-/// One audit record.
+/// One audit record. What the caller chose (the tool name, the request id, the arguments
+/// and the error that echoes them) is bounded when written: a record stays a few kilobytes
+/// at most, whatever was sent.
 #[derive(Debug, Serialize)]
 pub struct Record<'a> {
     #[serde(serialize_with = "rfc3339_millis")]
@@ -53,15 +47,41 @@ pub struct Record<'a> {
     pub identity: &'a str,
     pub role: Option<Role>,
     pub transport: &'a str,
+    #[serde(serialize_with = "name_text")]
     pub tool: &'a str,
+    /// As [`summarize`] keeps them.
     pub arguments: Value,
     pub outcome: Outcome,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error_code: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "error_text")]
     pub error: Option<&'a str>,
     pub duration_ms: f64,
     pub deprecated: bool,
+    /// The peer's address, for records of requests that carry no identity.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer: Option<&'a str>,
+}
+
+impl<'a> Record<'a> {
+    /// The record without its arguments, for an identity over its audit budget.
+    fn compact(&self, error: Option<&'a str>) -> Record<'a> {
+        Record {
+            time: self.time,
+            request_id: self.request_id,
+            identity: self.identity,
+            role: self.role,
+            transport: self.transport,
+            tool: self.tool,
+            arguments: json!({"[cut]": "over this identity's audit budget (logging.audit_budget_mb_per_hour)"}),
+            outcome: self.outcome,
+            error_code: self.error_code,
+            error,
+            duration_ms: self.duration_ms,
+            deprecated: self.deprecated,
+            peer: self.peer,
+        }
+    }
 }
 
 /// Whether the record of a call may wait to be written together with others: only a call
@@ -88,12 +108,23 @@ pub fn urgency(outcome: Outcome, read_only: bool) -> Urgency {
 /// records of successful read-only calls, is the accepted price of group commit.
 pub struct AuditLog {
     file: GroupedFile,
+    budgets: Budgets,
 }
 
 impl AuditLog {
-    /// Opens (creating) the audit log; `write_delay` is how long a record may wait.
+    /// Opens (creating) the audit log; `write_delay` is how long a record may wait. No
+    /// identity's budget is limited: see [`AuditLog::with_budget`].
     pub fn open(path: &Path, max_bytes: u64, backups: u32, write_delay: Duration) -> std::io::Result<AuditLog> {
-        Ok(AuditLog { file: GroupedFile::open("audit", path, max_bytes, backups, write_delay)? })
+        Ok(AuditLog {
+            file: GroupedFile::open("audit", path, max_bytes, backups, write_delay)?,
+            budgets: Budgets::new(0),
+        })
+    }
+
+    /// Limits each identity to `bytes_per_hour` of full records (0: no limit).
+    pub fn with_budget(mut self, bytes_per_hour: u64) -> AuditLog {
+        self.budgets = Budgets::new(bytes_per_hour);
+        self
     }
 
     pub fn path(&self) -> &Path {
@@ -113,12 +144,58 @@ impl AuditLog {
         AuditWrite { log: self, urgency }
     }
 
-    /// Writes every record waiting, and returns once they are in the file.
+    /// Writes every record waiting, and the counts of records not written, and returns
+    /// once they are in the file.
     pub fn flush(&self) {
+        for (identity, suppressed) in self.budgets.drain() {
+            self.write_summary(&identity, suppressed);
+        }
         if let Err(e) = self.file.flush() {
             log::error!("cannot write the audit log {}: {e}", self.file.path().display());
         }
     }
+}
+
+impl AuditLog {
+    /// The record of calls not written for `identity`, over its budget.
+    fn write_summary(&self, identity: &str, suppressed: Suppressed) {
+        let record = Record {
+            time: SystemTime::now(),
+            request_id: &Value::Null,
+            identity,
+            role: None,
+            transport: "-",
+            tool: "audit.suppressed",
+            arguments: json!({
+                "since": crate::logs::rfc3339(suppressed.since).to_string(),
+                "calls": suppressed.calls,
+                "why": "successful read-only calls over this identity's audit budget (logging.audit_budget_mb_per_hour), counted instead of written"
+            }),
+            outcome: Outcome::Ok,
+            error_code: None,
+            error: None,
+            duration_ms: 0.0,
+            deprecated: false,
+            peer: None,
+        };
+        self.write_line(&encode(&record), Urgency::Immediate);
+    }
+
+    fn write_line(&self, line: &[u8], urgency: Urgency) {
+        if let Err(e) = self.file.write_line(line, urgency) {
+            log::error!("cannot write the audit log {}: {e}", self.path().display());
+        }
+    }
+}
+
+/// One record as a line (without its newline).
+fn encode(record: &Record<'_>) -> Vec<u8> {
+    // Records are a few hundred bytes: one buffer of that size, written to once.
+    let mut line = Vec::with_capacity(512);
+    if let Err(e) = serde_json::to_writer(crate::mcp::json::Appender(&mut line), record) {
+        log::error!("cannot encode an audit record: {e}");
+    }
+    line
 }
 
 /// A write to the audit log with its urgency chosen, from [`AuditLog::with`].
@@ -131,16 +208,52 @@ impl AuditWrite<'_> {
     /// Appends a record, at once or (when the urgency allows) within the write delay.
     /// Failures are logged, as [`AuditLog::write`] does.
     pub fn write(self, record: &Record<'_>) {
-        // Records are a few hundred bytes: one buffer of that size, written to once.
-        let mut line = Vec::with_capacity(512);
-        match serde_json::to_writer(crate::mcp::json::Appender(&mut line), record) {
-            Ok(()) => {
-                if let Err(e) = self.log.file.write_line(&line, self.urgency) {
-                    log::error!("cannot write the audit log {}: {e}", self.log.path().display());
-                }
-            }
-            Err(e) => log::error!("cannot encode an audit record: {e}"),
+        let line = encode(record);
+        if line.is_empty() {
+            return;
         }
+        let urgent = self.urgency == Urgency::Immediate;
+        // A compact record is about the full one less its arguments and most of its error.
+        let compact_len = line.len().min(384);
+        let (verdict, summary) =
+            self.log.budgets.admit(record.identity, record.tool, line.len(), compact_len, urgent, Instant::now());
+        if let Some(suppressed) = summary {
+            self.log.write_summary(record.identity, suppressed);
+        }
+        match verdict {
+            Verdict::Full => self.log.write_line(&line, self.urgency),
+            Verdict::Compact => {
+                let error = record.error.map(|e| match clip(e, COMPACT_ERROR_BYTES) {
+                    std::borrow::Cow::Borrowed(e) => e,
+                    // The clipped text would not outlive this call: keep its start only.
+                    std::borrow::Cow::Owned(_) => &e[..floor_char_boundary(e, COMPACT_ERROR_BYTES)],
+                });
+                self.log.write_line(&encode(&record.compact(error)), self.urgency)
+            }
+            Verdict::Counted => {}
+        }
+    }
+}
+
+/// The largest character boundary of `text` at or below `at`.
+fn floor_char_boundary(text: &str, at: usize) -> usize {
+    let mut end = at.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    end
+}
+
+/// Writes a tool name bounded by [`MAX_NAME_BYTES`].
+fn name_text<S: serde::Serializer>(name: &&str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&clip(name, MAX_NAME_BYTES))
+}
+
+/// Writes an error message bounded by [`MAX_ERROR_BYTES`].
+fn error_text<S: serde::Serializer>(error: &Option<&str>, s: S) -> Result<S::Ok, S::Error> {
+    match error {
+        Some(e) => s.serialize_str(&clip(e, MAX_ERROR_BYTES)),
+        None => s.serialize_none(),
     }
 }
 
@@ -157,8 +270,8 @@ fn rfc3339_millis<S: serde::Serializer>(time: &SystemTime, s: S) -> Result<S::Ok
 /// Writes a JSON-RPC id as text: a string as it is, a number in its decimal form.
 fn id_text<S: serde::Serializer>(id: &&Value, s: S) -> Result<S::Ok, S::Error> {
     match id {
-        Value::String(text) => s.serialize_str(text),
-        other => s.collect_str(other),
+        Value::String(text) => s.serialize_str(&clip(text, MAX_NAME_BYTES)),
+        other => s.collect_str(&clip(&other.to_string(), MAX_NAME_BYTES)),
     }
 }
 
@@ -182,6 +295,7 @@ mod tests {
             error: None,
             duration_ms: 0.1,
             deprecated: false,
+            peer: None,
         }
     }
 
@@ -254,12 +368,57 @@ mod tests {
     }
 
     #[test]
-    fn secrets_are_redacted_at_any_depth_and_other_arguments_are_kept() {
-        let got =
-            redact(&json!({"pin": 17, "api_token": "abc", "nested": {"Password": "x", "list": [{"secret_key": 1}]}}));
-        assert_eq!(
-            got,
-            json!({"pin": 17, "api_token": "[redacted]", "nested": {"Password": "[redacted]", "list": [{"secret_key": "[redacted]"}]}})
-        );
+    fn a_record_stays_small_whatever_the_caller_sent() {
+        let key = "k".repeat(1_000_000);
+        let id = json!("i".repeat(100_000));
+        let error = format!("unknown field `{key}`");
+        let tool = "t".repeat(100_000);
+        let r = Record {
+            request_id: &id,
+            tool: &tool,
+            arguments: summarize(&json!({ key.clone(): 1 })),
+            error: Some(&error),
+            ..record("x", Outcome::Error)
+        };
+        let line = encode(&r);
+        assert!(line.len() < 2000, "{} bytes", line.len());
+        let v: Value = serde_json::from_slice(&line).unwrap();
+        assert!(v["error"].as_str().unwrap().ends_with("[cut, 1000016 bytes]"), "{v}");
+        assert!(v["tool"].as_str().unwrap().ends_with("[cut, 100000 bytes]"));
+    }
+
+    #[test]
+    fn one_identity_over_its_budget_cannot_push_anothers_records_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        // Rotation at 1 MiB with one backup, and a budget of 16 KiB an hour. Unbounded, the
+        // viewer's 1000 records below would be 20 MB and rotate the admin's out.
+        let log = AuditLog::open(&path, 1024 * 1024, 1, Duration::ZERO).unwrap().with_budget(16 * 1024);
+        log.with(Urgency::Immediate).write(&Record { identity: "admin", ..record("gpio.set_mode", Outcome::Ok) });
+        let big = summarize(&json!({ "k".repeat(10_000): "v".repeat(10_000) }));
+        for i in 0..1000 {
+            let outcome = if i % 2 == 0 { Outcome::Ok } else { Outcome::Denied };
+            let urgency = urgency(outcome, true);
+            log.with(urgency).write(&Record {
+                identity: "viewer",
+                arguments: big.clone(),
+                ..record("process.list", outcome)
+            });
+        }
+        log.flush();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let records: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(records[0]["tool"], "gpio.set_mode", "the admin's record is still in audit.log");
+        let denied = records.iter().filter(|r| r["outcome"] == "denied").count();
+        assert_eq!(denied, 500, "every denied call is recorded");
+        let counted: u64 = records
+            .iter()
+            .filter(|r| r["tool"] == "audit.suppressed")
+            .map(|r| r["arguments"]["calls"]["process.list"].as_u64().unwrap())
+            .sum();
+        let written_ok = records.iter().filter(|r| r["tool"] == "process.list" && r["outcome"] == "ok").count() as u64;
+        assert_eq!(written_ok + counted, 500, "every successful call is written or counted");
+        // The full records within the budget, compact ones for the denied calls past it.
+        assert!(text.len() < 16 * 1024 + 500 * 400 + 4096, "{} bytes", text.len());
     }
 }

@@ -84,6 +84,14 @@ pub struct ServerConfig {
     pub max_request_bytes: u64,
     pub session_idle_timeout_seconds: u64,
     pub max_sessions: usize,
+    /// Most sessions one identity may hold; its least recently used one makes room.
+    pub max_sessions_per_identity: usize,
+    /// Most TCP connections served at once (each is a file descriptor).
+    pub max_connections: usize,
+    /// A connection must send a request's headers within this time.
+    pub header_read_timeout_seconds: u64,
+    /// A connection idle between requests is closed after this time.
+    pub keep_alive_timeout_seconds: u64,
     /// Tools per `tools/list` page.
     pub page_size: usize,
     pub cors: CorsConfig,
@@ -97,6 +105,10 @@ impl Default for ServerConfig {
             max_request_bytes: 1024 * 1024,
             session_idle_timeout_seconds: 3600,
             max_sessions: 256,
+            max_sessions_per_identity: 64,
+            max_connections: 512,
+            header_read_timeout_seconds: 10,
+            keep_alive_timeout_seconds: 60,
             page_size: 50,
             cors: CorsConfig::default(),
         }
@@ -187,6 +199,9 @@ pub struct LoggingConfig {
     /// call answers.
     #[serde(deserialize_with = "values::audit_write_delay_ms")]
     pub audit_write_delay_ms: u64,
+    /// Megabytes of full audit records each identity may write per hour (0: no limit);
+    /// past it, see [`crate::audit`]'s budget.
+    pub audit_budget_mb_per_hour: u64,
     pub file: LogFileConfig,
     /// Also log to journald: `auto` does when started by systemd.
     pub journald: Tristate,
@@ -199,6 +214,7 @@ impl Default for LoggingConfig {
             app_path: PathBuf::from("/var/log/mcp-raspi/app.log"),
             audit_path: PathBuf::from("/var/log/mcp-raspi/audit.log"),
             audit_write_delay_ms: 10,
+            audit_budget_mb_per_hour: 16,
             file: LogFileConfig::default(),
             journald: Tristate::Auto,
         }
@@ -331,6 +347,10 @@ pub struct Loaded {
     /// SHA-256 of the file's bytes, to detect drift across a fleet.
     pub sha256: String,
 }
+
+/// Highest `server.max_connections`: the units' `LimitNOFILE` (8192) less room for the
+/// agent socket, logs, the database and the files tools read.
+pub const MAX_CONNECTIONS: usize = 7168;
 
 /// [`Loaded::origin`] of the embedded development configuration.
 pub const DEV_ORIGIN: &str = "<embedded development config>";
@@ -465,11 +485,45 @@ impl Config {
         if self.server.max_sessions == 0 {
             return invalid("server.max_sessions", "must be at least 1".into());
         }
+        if !(1..=self.server.max_sessions).contains(&self.server.max_sessions_per_identity) {
+            return invalid(
+                "server.max_sessions_per_identity",
+                format!("{} is outside 1 to server.max_sessions", self.server.max_sessions_per_identity),
+            );
+        }
+        if !(8..=MAX_CONNECTIONS).contains(&self.server.max_connections) {
+            return invalid(
+                "server.max_connections",
+                format!(
+                    "{} is outside 8 to {MAX_CONNECTIONS} (each connection is a file descriptor: keep it well \
+                     below the service's LimitNOFILE)",
+                    self.server.max_connections
+                ),
+            );
+        }
+        if !(1..=300).contains(&self.server.header_read_timeout_seconds) {
+            return invalid(
+                "server.header_read_timeout_seconds",
+                format!("{} is outside 1 to 300", self.server.header_read_timeout_seconds),
+            );
+        }
+        if !(1..=3600).contains(&self.server.keep_alive_timeout_seconds) {
+            return invalid(
+                "server.keep_alive_timeout_seconds",
+                format!("{} is outside 1 to 3600", self.server.keep_alive_timeout_seconds),
+            );
+        }
         if !(1..=500).contains(&self.server.page_size) {
             return invalid("server.page_size", format!("{} is outside 1 to 500", self.server.page_size));
         }
         if let Err(message) = values::check_audit_write_delay_ms(self.logging.audit_write_delay_ms) {
             return invalid("logging.audit_write_delay_ms", message);
+        }
+        if self.logging.audit_budget_mb_per_hour > 100_000 {
+            return invalid(
+                "logging.audit_budget_mb_per_hour",
+                format!("{} is over 100000 (0 turns the budget off)", self.logging.audit_budget_mb_per_hour),
+            );
         }
         if self.logging.file.max_size_mb == 0 {
             return invalid("logging.file.max_size_mb", "must be at least 1".into());

@@ -96,6 +96,59 @@ pub async fn read_frame<R: AsyncRead + Unpin, T: DeserializeOwned>(r: &mut R) ->
     parse(&body).map(Some)
 }
 
+/// One frame as read by a side that answers a bad frame and carries on ([`read_or_skip`]).
+#[derive(Debug)]
+pub enum Read<T> {
+    /// A valid message.
+    Frame(T),
+    /// A whole frame that is not a valid message (or is over the limit and was read past):
+    /// the `id` it names, when it names one, and why it was refused.
+    Bad { id: Option<u64>, error: FrameError },
+    /// The peer closed the connection cleanly between frames.
+    Closed,
+}
+
+/// Reads one frame for a peer that may send a bad one among good ones: a frame that does not
+/// parse is reported with the id it names, one over the limit is read and thrown away, so the
+/// stream stays in step and the other requests on it are unaffected. Only a socket error or
+/// a close inside a frame is an `Err`.
+pub async fn read_or_skip<R: AsyncRead + Unpin, T: DeserializeOwned>(r: &mut R) -> Result<Read<T>, FrameError> {
+    let mut prefix = [0u8; 4];
+    let mut filled = 0;
+    while filled < prefix.len() {
+        match r.read(&mut prefix[filled..]).await? {
+            0 if filled == 0 => return Ok(Read::Closed),
+            0 => return Err(FrameError::Truncated),
+            n => filled += n,
+        }
+    }
+    let len = u32::from_be_bytes(prefix) as usize;
+    if len == 0 {
+        return Ok(Read::Bad { id: None, error: FrameError::Malformed("the frame is empty (length 0)".into()) });
+    }
+    if len > MAX_FRAME_BYTES {
+        let skipped = tokio::io::copy(&mut (&mut *r).take(len as u64), &mut tokio::io::sink()).await?;
+        if skipped < len as u64 {
+            return Err(FrameError::Truncated);
+        }
+        return Ok(Read::Bad { id: None, error: FrameError::TooLarge { len, max: MAX_FRAME_BYTES } });
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body).await.map_err(|e| match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => FrameError::Truncated,
+        _ => FrameError::Io(e),
+    })?;
+    Ok(match parse(&body) {
+        Ok(value) => Read::Frame(value),
+        Err(error) => {
+            let id = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v.get("id").and_then(serde_json::Value::as_u64));
+            Read::Bad { id, error }
+        }
+    })
+}
+
 /// Parses a frame body, naming where in the JSON it went wrong.
 fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
     let mut de = serde_json::Deserializer::from_slice(body);

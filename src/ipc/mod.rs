@@ -27,7 +27,7 @@ use crate::platform::{
 };
 use crate::update::state::VersionState;
 
-pub use codec::{read_frame, write_frame, FrameError};
+pub use codec::{read_frame, read_or_skip, write_frame, FrameError, Read};
 
 /// The wire protocol's version, major.minor. Bump the minor for additions both sides of one
 /// release understand, the major for anything an older peer would misread.

@@ -6,6 +6,7 @@
 
 mod reader;
 mod rotate;
+mod throttled;
 
 use std::io::Write;
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use crate::base::{LogLevel, Tristate};
 
 pub use reader::{read_recent, LogFilter};
 pub use rotate::{backup_path, GroupedFile, RotatingFile, Urgency};
+pub use throttled::Throttled;
 
 /// RFC 3339 UTC time with milliseconds, as written in every log line.
 pub fn timestamp(t: SystemTime) -> String {

@@ -116,10 +116,24 @@ pub async fn read_resource(app: &Arc<App>, call: &Call, params: &Value) -> Resul
     let def = RESOURCES.iter().find(|r| r.uri == uri);
     if let Some(def) = def {
         if call.identity.role < def.min_role {
-            return Err(RpcError::invalid_params(format!(
-                "{uri} needs the {} role; you have {}",
-                def.min_role, call.identity.role
-            )));
+            let message = format!("{uri} needs the {} role; you have {}", def.min_role, call.identity.role);
+            // Audited as a denied tool call is: who asked for what, and that it was refused.
+            app.audit.write(&crate::audit::Record {
+                time: std::time::SystemTime::now(),
+                request_id: &call.request_id,
+                identity: &call.identity.name,
+                role: Some(call.identity.role),
+                transport: call.transport,
+                tool: "resources/read",
+                arguments: json!({ "uri": uri }),
+                outcome: crate::audit::Outcome::Denied,
+                error_code: Some("permission_denied"),
+                error: Some(&message),
+                duration_ms: 0.0,
+                deprecated: false,
+                peer: None,
+            });
+            return Err(RpcError::invalid_params(message));
         }
     }
     let tool_error = |e: crate::tools::ToolError| RpcError::internal(format!("cannot read {uri}: {}", e.message));
@@ -215,6 +229,19 @@ pub fn list_prompts() -> Result<Value, RpcError> {
     Ok(json!({ "prompts": prompts }))
 }
 
+/// A prompt argument as it goes into the prompt text, checked as the tool it is meant for
+/// checks it: `unit` is a systemd unit name (normalised: `nginx` is `nginx.service`), like
+/// service.get_status's; anything else is 1 to 256 printable characters.
+fn check_prompt_argument(name: &str, value: &str) -> Result<String, String> {
+    if name == "unit" {
+        return crate::platform::UnitName::parse(&crate::base::clip(value, 300)).map(|u| u.as_str().to_string());
+    }
+    if value.is_empty() || value.len() > 256 || value.chars().any(char::is_control) {
+        return Err("must be 1 to 256 printable characters".into());
+    }
+    Ok(value.to_string())
+}
+
 pub fn get_prompt(params: &Value) -> Result<Value, RpcError> {
     let name = params
         .get("name")
@@ -229,13 +256,9 @@ pub fn get_prompt(params: &Value) -> Result<Value, RpcError> {
         let value = given.and_then(|g| g.get(*arg)).and_then(Value::as_str);
         match value {
             Some(v) => {
-                let ok = !v.is_empty() && v.len() <= 256 && !v.chars().any(char::is_control);
-                if !ok {
-                    return Err(RpcError::invalid_params(format!(
-                        "Invalid params: argument {arg:?} must be 1 to 256 printable characters"
-                    )));
-                }
-                text = text.replace(&format!("{{{arg}}}"), v);
+                let checked = check_prompt_argument(arg, v)
+                    .map_err(|e| RpcError::invalid_params(format!("Invalid params: argument {arg:?}: {e}")))?;
+                text = text.replace(&format!("{{{arg}}}"), &checked);
             }
             None if *required => {
                 return Err(RpcError::invalid_params(format!(

@@ -20,6 +20,8 @@ use tokio::sync::mpsc;
 use warp::http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
 use warp::Filter;
 
+use super::conn::{Limits, Peer};
+use super::throttle::AuthThrottle;
 use super::{
     batch_response, dispatch, initialize_result, response, Call, Incoming, Json, Meta, Outgoing, Progress, RpcError,
     Session, Sessions, Version,
@@ -33,6 +35,8 @@ pub struct HttpServer {
     sessions: Sessions,
     /// Host names (lower case, no port) accepted in `Host`; empty accepts any.
     allowed_hosts: Vec<String>,
+    /// Failed authentication per peer address.
+    auth_failures: AuthThrottle,
 }
 
 type Reply = warp::reply::Response;
@@ -127,9 +131,12 @@ impl HttpServer {
                 allowed_hosts.push(listen.ip().to_string());
             }
         }
-        let sessions =
-            Sessions::new(server.max_sessions, Duration::from_secs(server.session_idle_timeout_seconds.max(1)));
-        Arc::new(HttpServer { app, sessions, allowed_hosts })
+        let sessions = Sessions::new(
+            server.max_sessions,
+            server.max_sessions_per_identity,
+            Duration::from_secs(server.session_idle_timeout_seconds.max(1)),
+        );
+        Arc::new(HttpServer { app, sessions, allowed_hosts, auth_failures: AuthThrottle::default() })
     }
 
     /// Checks `Host` and `Origin`; `Ok` holds the origin to answer CORS for, `Err` why the
@@ -160,8 +167,63 @@ impl HttpServer {
         }
     }
 
-    fn authenticate(&self, headers: &Headers) -> Result<Identity, AuthError> {
-        self.app.auth.authenticate(headers.authorization)
+    /// The caller's identity, or the answer refusing it: 401, or 429 for an address that
+    /// keeps failing (see [`super::throttle`]). Failures are audited per address.
+    fn authenticate(&self, headers: &Headers, peer: Option<SocketAddr>) -> Result<Identity, Box<Reply>> {
+        let e = match self.app.auth.authenticate(headers.authorization) {
+            Ok(identity) => return Ok(identity),
+            Err(e) => e,
+        };
+        // A request without a token is how a client learns that it needs one.
+        let (AuthError::Invalid | AuthError::Malformed, Some(peer)) = (&e, peer) else {
+            return Err(Box::new(Self::unauthorized(e)));
+        };
+        let failure = self.auth_failures.fail(peer.ip(), std::time::Instant::now());
+        if let Some((count, since)) = failure.record {
+            self.audit_auth_failures(peer.ip(), count, since);
+        }
+        match failure.retry_after {
+            None => Err(Box::new(Self::unauthorized(e))),
+            Some(secs) => {
+                let e = RpcError::new(
+                    rmcp::model::ErrorCode(-32000),
+                    format!("Too many failed authentications from {}: retry in {secs} s", peer.ip()),
+                )
+                .data(json!({"reason": "auth_throttled", "retry_after_seconds": secs}))
+                .status(429);
+                let mut r = error_reply(&Value::Null, &e);
+                r.headers_mut().insert("retry-after", HeaderValue::from(secs));
+                Err(Box::new(r))
+            }
+        }
+    }
+
+    /// One audit record (and one warning) for `count` failed authentications from `peer`.
+    fn audit_auth_failures(&self, peer: std::net::IpAddr, count: u64, since: std::time::SystemTime) {
+        let peer = peer.to_string();
+        log::warn!("{count} failed authentication(s) from {peer} since {}", crate::logs::rfc3339(since));
+        self.app.audit.write(&crate::audit::Record {
+            time: std::time::SystemTime::now(),
+            request_id: &Value::Null,
+            identity: "(unauthenticated)",
+            role: None,
+            transport: "http",
+            tool: "(authentication)",
+            arguments: json!({"failures": count, "since": crate::logs::rfc3339(since).to_string()}),
+            outcome: crate::audit::Outcome::Denied,
+            error_code: Some("unauthorized"),
+            error: Some("invalid bearer token"),
+            duration_ms: 0.0,
+            deprecated: false,
+            peer: Some(&peer),
+        });
+    }
+
+    /// Records the failed authentications not recorded yet (when the server stops).
+    fn flush_auth_failures(&self) {
+        for (peer, count, since) in self.auth_failures.drain() {
+            self.audit_auth_failures(peer, count, since);
+        }
     }
 
     fn unauthorized(e: AuthError) -> Reply {
@@ -181,7 +243,14 @@ impl HttpServer {
         }
     }
 
-    async fn handle(self: Arc<Self>, method: Method, path: &str, headers: HeaderMap, body: BodyStream) -> Reply {
+    async fn handle(
+        self: Arc<Self>,
+        method: Method,
+        path: &str,
+        headers: HeaderMap,
+        body: BodyStream,
+        peer: Option<SocketAddr>,
+    ) -> Reply {
         match (path, method.clone()) {
             ("/healthz", Method::GET) => {
                 // A release built to fail its health check, for the proof that a bad update
@@ -205,8 +274,8 @@ impl HttpServer {
         };
         let mut reply = match method {
             Method::OPTIONS => self.preflight(cors_origin.is_some()),
-            Method::POST => self.post(&headers, body).await,
-            Method::DELETE => self.delete(&headers),
+            Method::POST => self.post(&headers, body, peer).await,
+            Method::DELETE => self.delete(&headers, peer),
             _ => {
                 let mut r = error_reply(
                     &Value::Null,
@@ -248,10 +317,10 @@ impl HttpServer {
         r
     }
 
-    fn delete(&self, headers: &Headers) -> Reply {
-        let identity = match self.authenticate(headers) {
+    fn delete(&self, headers: &Headers, peer: Option<SocketAddr>) -> Reply {
+        let identity = match self.authenticate(headers, peer) {
             Ok(i) => i,
-            Err(e) => return Self::unauthorized(e),
+            Err(refused) => return *refused,
         };
         match headers.session_id {
             None => error_reply(
@@ -267,10 +336,10 @@ impl HttpServer {
         }
     }
 
-    async fn post(self: Arc<Self>, headers: &Headers<'_>, body: BodyStream) -> Reply {
-        let identity = match self.authenticate(headers) {
+    async fn post(self: Arc<Self>, headers: &Headers<'_>, body: BodyStream, peer: Option<SocketAddr>) -> Reply {
+        let identity = match self.authenticate(headers, peer) {
             Ok(i) => i,
-            Err(e) => return Self::unauthorized(e),
+            Err(refused) => return *refused,
         };
         if let Some(ct) = headers.content_type {
             if !ct.as_bytes().get(..16).is_some_and(|t| t.eq_ignore_ascii_case(b"application/json")) {
@@ -282,13 +351,7 @@ impl HttpServer {
         let limit = self.app.config.server.max_request_bytes as usize;
         let bytes = match read_limited(body, limit).await {
             Ok(b) => b,
-            Err(ReadError::TooLarge) => {
-                let e = RpcError::invalid_request(format!(
-                    "Request too large: the limit is {limit} bytes (server.max_request_bytes)"
-                ))
-                .status(413);
-                return error_reply(&Value::Null, &e);
-            }
+            Err(ReadError::TooLarge) => return too_large(limit as u64),
             Err(ReadError::Broken(m)) => {
                 return error_reply(
                     &Value::Null,
@@ -390,7 +453,7 @@ impl HttpServer {
                 Ok(s) => s,
                 Err(e) => return error_reply(&id, &RpcError::internal(e)),
             };
-            log::info!("session {} opened by {} at protocol {}", &session.id[..8], identity.name, version.as_str());
+            log::debug!("session {} opened by {} at protocol {}", &session.id[..8], identity.name, version.as_str());
             let mut r = json_reply(200, response(&id, Ok(initialize_result(version))));
             if let Ok(v) = HeaderValue::from_str(&session.id) {
                 r.headers_mut().insert("mcp-session-id", v);
@@ -671,34 +734,69 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
     let server = HttpServer::new(app);
-    let limit = server.app.config.server.max_request_bytes;
-    let routes = warp::any()
-        .and(warp::method())
-        .and(warp::path::full())
-        .and(warp::header::headers_cloned())
-        .and(warp::header::optional::<u64>("content-length"))
-        .and(warp::body::stream())
-        .then(move |method: Method, path: warp::path::FullPath, headers: HeaderMap, length: Option<u64>, body| {
-            let server = server.clone();
-            async move {
-                if length.is_some_and(|l| l > limit) {
-                    let e = RpcError::invalid_request(format!(
-                        "Request too large: the limit is {limit} bytes (server.max_request_bytes)"
-                    ))
-                    .status(413);
-                    return error_reply(&Value::Null, &e);
-                }
-                let body: BodyStream =
-                    Box::pin(futures_util::stream::StreamExt::map(body, |r: Result<_, warp::Error>| {
-                        r.map(|mut b: _| {
-                            let len = Buf::remaining(&b);
-                            Buf::copy_to_bytes(&mut b, len)
-                        })
-                    }));
-                server.handle(method, path.as_str(), headers, body).await
+    let config = &server.app.config.server;
+    let limit = config.max_request_bytes;
+    let limits = Limits {
+        max_connections: config.max_connections,
+        header_read_timeout: Duration::from_secs(config.header_read_timeout_seconds),
+        keep_alive_timeout: Duration::from_secs(config.keep_alive_timeout_seconds),
+    };
+    let routes = {
+        let server = server.clone();
+        warp::any()
+            .and(warp::method())
+            .and(warp::path::full())
+            .and(warp::header::headers_cloned())
+            .and(warp::header::optional::<u64>("content-length"))
+            .and(warp::ext::optional::<Peer>())
+            .and(warp::body::stream())
+            .then(
+                move |method: Method,
+                      path: warp::path::FullPath,
+                      headers: HeaderMap,
+                      length: Option<u64>,
+                      peer: Option<Peer>,
+                      body| {
+                    let server = server.clone();
+                    async move {
+                        if length.is_some_and(|l| l > limit) {
+                            return too_large(limit);
+                        }
+                        let body: BodyStream =
+                            Box::pin(futures_util::stream::StreamExt::map(body, |r: Result<_, warp::Error>| {
+                                r.map(|mut b: _| {
+                                    let len = Buf::remaining(&b);
+                                    Buf::copy_to_bytes(&mut b, len)
+                                })
+                            }));
+                        server.handle(method, path.as_str(), headers, body, peer.map(|p| p.0)).await
+                    }
+                },
+            )
+    };
+    let service = warp::service(routes);
+    let handle = move |request: hyper::Request<hyper::body::Incoming>| {
+        let mut service = service.clone();
+        async move {
+            match tower_service::Service::call(&mut service, request).await {
+                Ok(reply) => reply,
+                Err(never) => match never {},
             }
-        });
-    warp::serve(routes).incoming(listener).graceful(shutdown).run().await;
+        }
+    };
+    super::conn::serve(listener, limits, handle, shutdown).await;
+    server.flush_auth_failures();
+}
+
+/// The 413 answer. The connection is closed after it: the body that was not read would
+/// otherwise be taken for the next request.
+fn too_large(limit: u64) -> Reply {
+    let e =
+        RpcError::invalid_request(format!("Request too large: the limit is {limit} bytes (server.max_request_bytes)"))
+            .status(413);
+    let mut r = error_reply(&Value::Null, &e);
+    r.headers_mut().insert("connection", HeaderValue::from_static("close"));
+    r
 }
 
 /// Binds the listen address, naming it in the error.

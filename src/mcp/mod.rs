@@ -7,10 +7,12 @@
 //! version; the HTTP and stdio transports decide the version and the session.
 
 mod catalog;
+pub mod conn;
 pub mod http;
 pub mod json;
 mod session;
 pub mod stdio;
+mod throttle;
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -131,10 +133,28 @@ impl RpcError {
         Self::new(ErrorCode::INVALID_REQUEST, message).status(400)
     }
     pub fn method_not_found(method: &str, version: Version) -> Self {
-        let e = Self::new(
-            ErrorCode::METHOD_NOT_FOUND,
-            format!("Method not found: {method} is not a method of protocol version {}", version.as_str()),
-        );
+        // Methods the specification defines for a client to send, which a server may leave
+        // out (its capabilities say which it offers): those this server does not offer.
+        const OPTIONAL: [&str; 8] = [
+            "completion/complete",
+            "resources/subscribe",
+            "resources/unsubscribe",
+            "tasks/get",
+            "tasks/list",
+            "tasks/result",
+            "tasks/cancel",
+            "elicitation/create",
+        ];
+        let shown = crate::base::clip(method, 100);
+        let message = if OPTIONAL.contains(&method) {
+            format!("Method not found: this server does not support {shown} (its capabilities do not offer it)")
+        } else {
+            format!(
+                "Method not found: {shown} is neither a method of MCP protocol version {} nor a tool of this server",
+                version.as_str()
+            )
+        };
+        let e = Self::new(ErrorCode::METHOD_NOT_FOUND, message);
         if version.is_stateless() {
             e.status(404)
         } else {

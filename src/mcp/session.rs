@@ -78,9 +78,9 @@ impl Missing {
                 idle.as_secs()
             ),
             Missing::Closed => "Session closed: its client ended it with DELETE; initialize again".into(),
-            Missing::Evicted => {
-                "Session ended to make room for newer sessions (server.max_sessions); initialize again".into()
-            }
+            Missing::Evicted => "Session ended to make room for newer sessions (server.max_sessions, \
+                                  server.max_sessions_per_identity); initialize again"
+                .into(),
         }
     }
 }
@@ -92,6 +92,7 @@ const ENDED_PER_SLOT: usize = 4;
 pub struct Sessions {
     table: Mutex<Table>,
     max: usize,
+    per_identity: usize,
     idle: Duration,
 }
 
@@ -116,8 +117,9 @@ impl Table {
 }
 
 impl Sessions {
-    pub fn new(max: usize, idle: Duration) -> Sessions {
-        Sessions { table: Mutex::new(Table::default()), max, idle }
+    /// A table of at most `max` sessions, `per_identity` of them for any one identity.
+    pub fn new(max: usize, per_identity: usize, idle: Duration) -> Sessions {
+        Sessions { table: Mutex::new(Table::default()), max, per_identity: per_identity.clamp(1, max.max(1)), idle }
     }
 
     /// The idle timeout after which a session expires.
@@ -135,7 +137,10 @@ impl Sessions {
         s.last_seen.lock().map(|t| now.duration_since(*t) >= self.idle).unwrap_or(true)
     }
 
-    /// Opens a session; when full, the longest idle one is dropped first.
+    /// Opens a session. When `identity` already holds its share, its own longest idle
+    /// session makes room; when the table is full, the longest idle session of the identity
+    /// holding the most does: one identity cannot push out another's sessions unless that
+    /// one holds as many.
     pub fn create(&self, version: Version, identity: &str) -> Result<Arc<Session>, String> {
         let mut bytes = [0u8; 16];
         getrandom::fill(&mut bytes).map_err(|e| format!("no randomness for a session id: {e}"))?;
@@ -157,10 +162,23 @@ impl Sessions {
                 table.end(id, s.identity.clone(), Missing::Expired, keep);
             }
         }
-        if table.live.len() >= self.max {
+        let held = table.live.values().filter(|s| s.identity == identity).count();
+        let from = if held >= self.per_identity {
+            Some(identity.to_string())
+        } else if table.live.len() >= self.max {
+            let mut counts: HashMap<&str, usize> = HashMap::new();
+            for s in table.live.values() {
+                *counts.entry(s.identity.as_str()).or_default() += 1;
+            }
+            counts.into_iter().max_by_key(|(_, n)| *n).map(|(who, _)| who.to_string())
+        } else {
+            None
+        };
+        if let Some(owner) = from {
             let oldest = table
                 .live
                 .iter()
+                .filter(|(_, s)| s.identity == owner)
                 .min_by_key(|(_, s)| s.last_seen.lock().map(|t| *t).unwrap_or(now))
                 .map(|(k, _)| k.clone());
             if let Some(s) = oldest.and_then(|k| table.live.remove(&k)) {
@@ -215,7 +233,7 @@ mod tests {
 
     #[test]
     fn a_session_belongs_to_the_identity_that_opened_it() {
-        let sessions = Sessions::new(4, Duration::from_secs(60));
+        let sessions = Sessions::new(4, 4, Duration::from_secs(60));
         let s = sessions.create(Version::V2025_11_25, "alice").unwrap();
         assert_eq!(s.id.len(), 32);
         assert!(sessions.get(&s.id, "alice").is_ok());
@@ -229,7 +247,7 @@ mod tests {
 
     #[test]
     fn the_table_never_grows_past_its_limit() {
-        let sessions = Sessions::new(2, Duration::from_secs(60));
+        let sessions = Sessions::new(2, 2, Duration::from_secs(60));
         let first = sessions.create(Version::V2025_11_25, "a").unwrap();
         std::thread::sleep(Duration::from_millis(2));
         sessions.create(Version::V2025_11_25, "a").unwrap();
@@ -238,8 +256,28 @@ mod tests {
     }
 
     #[test]
+    fn one_identity_cannot_push_out_anothers_session() {
+        let sessions = Sessions::new(8, 4, Duration::from_secs(60));
+        let admin = sessions.create(Version::V2025_11_25, "admin").unwrap();
+        let viewer: Vec<Arc<Session>> =
+            (0..300).map(|_| sessions.create(Version::V2025_11_25, "viewer").unwrap()).collect();
+        assert!(sessions.get(&admin.id, "admin").is_ok(), "the admin's session survives");
+        assert_eq!(sessions.lock().live.len(), 5, "the viewer holds its share, 4");
+        assert!(sessions.get(&viewer[299].id, "viewer").is_ok());
+        assert_eq!(sessions.get(&viewer[290].id, "viewer").err(), Some(Missing::Evicted));
+        // A full table makes room from the identity holding the most.
+        let others: Vec<Arc<Session>> =
+            ["a", "b", "c", "d"].iter().map(|who| sessions.create(Version::V2025_11_25, who).unwrap()).collect();
+        assert!(sessions.get(&admin.id, "admin").is_ok());
+        assert!(others.iter().all(|s| sessions.get(&s.id, &s.identity).is_ok()));
+        let table = sessions.lock();
+        assert_eq!(table.live.len(), 8);
+        assert_eq!(table.live.values().filter(|s| s.identity == "viewer").count(), 3);
+    }
+
+    #[test]
     fn an_id_never_issued_is_unknown_and_an_idle_one_expired() {
-        let sessions = Sessions::new(4, Duration::from_millis(20));
+        let sessions = Sessions::new(4, 4, Duration::from_millis(20));
         assert_eq!(sessions.get("00112233445566778899aabbccddeeff", "a").err(), Some(Missing::Unknown));
         let s = sessions.create(Version::V2025_11_25, "a").unwrap();
         std::thread::sleep(Duration::from_millis(30));
@@ -251,7 +289,7 @@ mod tests {
 
     #[test]
     fn the_memory_of_ended_sessions_is_bounded() {
-        let sessions = Sessions::new(1, Duration::from_secs(60));
+        let sessions = Sessions::new(1, 1, Duration::from_secs(60));
         let ids: Vec<String> =
             (0..10).map(|_| sessions.create(Version::V2025_11_25, "a").unwrap().id.clone()).collect();
         assert!(sessions.lock().ended.len() <= ENDED_PER_SLOT);

@@ -55,6 +55,7 @@ impl App {
             config.logging.file.backup_count,
             Duration::from_millis(config.logging.audit_write_delay_ms),
         )
+        .map(|log| log.with_budget(config.logging.audit_budget_mb_per_hour.saturating_mul(1024 * 1024)))
         .map_err(|e| format!("cannot open the audit log {}: {e}", config.logging.audit_path.display()))?;
         let roots = Roots {
             proc: config.platform.proc_root.clone(),

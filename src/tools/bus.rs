@@ -29,6 +29,7 @@ const MAX_UART_TIMEOUT_MS: u32 = 10_000;
 const ANSWER_MARGIN_MS: u64 = 500;
 
 const EXPERIMENTAL_OPERATOR_SPEC: ToolSpec = ToolSpec {
+    blocking: false,
     min_role: Role::Operator,
     maturity: Maturity::Experimental,
     read_only: false,

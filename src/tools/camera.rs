@@ -92,6 +92,7 @@ impl Tool for Capture {
     type Input = CaptureArguments;
     type Output = CaptureResult;
     const SPEC: ToolSpec = ToolSpec {
+        blocking: false,
         min_role: Role::Operator,
         read_only: false,
         idempotent: false,
@@ -206,6 +207,7 @@ impl Tool for RecordVideo {
     type Input = RecordArguments;
     type Output = Video;
     const SPEC: ToolSpec = ToolSpec {
+        blocking: false,
         min_role: Role::Operator,
         maturity: Maturity::Experimental,
         read_only: false,

@@ -86,11 +86,11 @@ pub struct ListPins;
 impl Tool for ListPins {
     type Input = NoArguments;
     type Output = PinList;
-    const SPEC: ToolSpec = read_only_spec(
+    const SPEC: ToolSpec = ToolSpec { blocking: false, ..read_only_spec(
         "gpio.list_pins",
         "List GPIO pins",
         "The GPIO pins this server may use (the gpio.pins allowlist), each with its label, the modes it allows, and its current mode, bias, level and PWM settings read through the ops agent.",
-    );
+    ) };
 
     async fn call(cx: Cx, _: NoArguments) -> Result<PinList, ToolError> {
         let rules = &cx.app.config.gpio.pins;
@@ -132,11 +132,11 @@ pub struct ReadPin;
 impl Tool for ReadPin {
     type Input = PinArguments;
     type Output = PinState;
-    const SPEC: ToolSpec = read_only_spec(
+    const SPEC: ToolSpec = ToolSpec { blocking: false, ..read_only_spec(
         "gpio.read_pin",
         "Read a GPIO pin",
         "One pin's mode, bias, level (for an output, the level driven) and PWM settings. The pin must be on gpio.pins.",
-    );
+    ) };
 
     async fn call(cx: Cx, args: PinArguments) -> Result<PinState, ToolError> {
         cx.app.config.gpio.check_pin(args.pin)?;
@@ -190,6 +190,7 @@ impl Tool for SetMode {
     type Input = SetModeArguments;
     type Output = PinState;
     const SPEC: ToolSpec = ToolSpec {
+        blocking: false,
         min_role: Role::Operator,
         read_only: false,
         ..read_only_spec(
@@ -280,6 +281,7 @@ impl Tool for WritePin {
     type Input = WritePinArguments;
     type Output = PinState;
     const SPEC: ToolSpec = ToolSpec {
+        blocking: false,
         min_role: Role::Operator,
         read_only: false,
         ..read_only_spec(
@@ -310,6 +312,7 @@ pub struct PwmEnableArguments {
 }
 
 const PWM_ENABLE_SPEC: ToolSpec = ToolSpec {
+    blocking: false,
     min_role: Role::Operator,
     maturity: Maturity::Experimental,
     read_only: false,
@@ -340,6 +343,7 @@ impl Tool for PwmDisable {
     type Input = PinArguments;
     type Output = PinState;
     const SPEC: ToolSpec = ToolSpec {
+        blocking: false,
         min_role: Role::Operator,
         maturity: Maturity::Experimental,
         read_only: false,
@@ -377,6 +381,7 @@ impl Tool for PwmStart {
     type Input = PwmStartArguments;
     type Output = PinState;
     const SPEC: ToolSpec = ToolSpec {
+        blocking: false,
         deprecation: Some(Deprecation { replacement: "gpio.pwm_enable", since: "0.1.0", removal: "1.0.0" }),
         ..ToolSpec {
             name: "gpio.pwm_start",

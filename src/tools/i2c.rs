@@ -73,11 +73,11 @@ pub struct ScanBus;
 impl Tool for ScanBus {
     type Input = ScanArguments;
     type Output = ScanResult;
-    const SPEC: ToolSpec = read_only_spec(
+    const SPEC: ToolSpec = ToolSpec { blocking: false, ..read_only_spec(
         "i2c.scan_bus",
         "Scan an I2C bus",
         "The device addresses that answer on an I2C bus (which must be on i2c.buses), and for each whether i2c.read and i2c.write may use it.",
-    );
+    ) };
 
     async fn call(cx: Cx, args: ScanArguments) -> Result<ScanResult, ToolError> {
         let rule = cx.app.config.i2c.check_bus(args.bus)?;
@@ -134,6 +134,7 @@ impl Tool for Read {
     // A read changes no configuration, so it is read-only to a client; it is not idempotent
     // because many devices act on reads: FIFOs advance, status and interrupt flags clear.
     const SPEC: ToolSpec = ToolSpec {
+        blocking: false,
         min_role: Role::Operator,
         idempotent: false,
         ..read_only_spec(
@@ -197,6 +198,7 @@ impl Tool for Write {
     type Input = WriteArguments;
     type Output = WriteResult;
     const SPEC: ToolSpec = ToolSpec {
+        blocking: false,
         min_role: Role::Operator,
         read_only: false,
         idempotent: false,

@@ -14,10 +14,12 @@ mod metrics;
 mod os;
 mod power;
 mod process;
+mod schema;
 mod service;
 mod system;
 mod update;
 
+pub use schema::{schema_for, Side};
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -82,6 +84,10 @@ pub struct ToolSpec {
     pub idempotent: bool,
     /// True when the tool reaches beyond this machine.
     pub open_world: bool,
+    /// True when the handler does blocking work itself (reads /proc, /sys or files, scans
+    /// directories): it runs on the blocking pool, so that it never holds up the async
+    /// workers that serve every other request. Tools that only ask the ops agent do not.
+    pub blocking: bool,
 }
 
 /// A tool failure a model can act on: a short code and a sentence saying what to do.
@@ -215,10 +221,10 @@ impl<T: Tool> DynTool for T {
         &T::SPEC
     }
     fn input_schema(&self) -> Value {
-        schema_for::<T::Input>()
+        schema_for::<T::Input>(Side::Input)
     }
     fn output_schema(&self) -> Value {
-        schema_for::<T::Output>()
+        schema_for::<T::Output>(Side::Output)
     }
     fn invoke(&self, cx: Cx, arguments: Value) -> BoxFuture<Result<Invoked, ToolError>> {
         let input = parse_arguments::<T::Input>(arguments);
@@ -275,18 +281,6 @@ static TOOLS: &[&dyn DynTool] = &[
     &update::Rollback,
     &update::ListVersions,
 ];
-
-/// JSON Schema (2020-12) of a Rust type, as MCP wants it: an object schema without the
-/// `$schema` and `title` noise.
-pub fn schema_for<T: JsonSchema>() -> Value {
-    let generator = schemars::generate::SchemaSettings::draft2020_12().into_generator();
-    let mut schema = generator.into_root_schema_for::<T>().to_value();
-    if let Some(obj) = schema.as_object_mut() {
-        obj.remove("$schema");
-        obj.remove("title");
-    }
-    schema
-}
 
 /// Deserializes tool arguments, naming the argument at fault.
 fn parse_arguments<T: DeserializeOwned>(arguments: Value) -> Result<T, ToolError> {
@@ -370,7 +364,7 @@ impl Catalogue {
         arguments: Value,
     ) -> Option<ToolResult> {
         let started = Instant::now();
-        let audited_args = audit::redact(&arguments);
+        let audited_args = audit::summarize(&arguments);
         let Some(entry) = self.get(name) else {
             cx.app.audit.write(&Record {
                 time: std::time::SystemTime::now(),
@@ -385,6 +379,7 @@ impl Catalogue {
                 error: Some("no such tool"),
                 duration_ms: audit::millis(started.elapsed()),
                 deprecated: false,
+                peer: None,
             });
             return None;
         };
@@ -401,6 +396,12 @@ impl Catalogue {
                 "{name} is experimental and not enabled on this server: an administrator enables it under \
                  experimental_features (enabled: true, and a feature {name:?} with acknowledged_risks: true)"
             )))
+        } else if spec.blocking {
+            let (tool, runtime) = (entry.tool, tokio::runtime::Handle::current());
+            match tokio::task::spawn_blocking(move || runtime.block_on(tool.invoke(cx, arguments))).await {
+                Ok(result) => result,
+                Err(e) => Err(ToolError::internal(format!("{name} stopped before it answered: {e}"))),
+            }
         } else {
             entry.tool.invoke(cx, arguments).await
         };
@@ -422,6 +423,7 @@ impl Catalogue {
             error: error.map(|e| e.message.as_str()),
             duration_ms: audit::millis(started.elapsed()),
             deprecated: spec.deprecation.is_some(),
+            peer: None,
         });
         Some(match result {
             Ok(Invoked { structured, extra_content }) => ToolResult {

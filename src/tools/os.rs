@@ -40,6 +40,7 @@ impl Tool for CheckUpdates {
     type Input = NoArguments;
     type Output = UpdateList;
     const SPEC: ToolSpec = ToolSpec {
+        blocking: false,
         min_role: Role::Operator,
         ..read_only_spec(
             "os.check_updates",
@@ -115,6 +116,7 @@ impl Tool for ApplyUpdates {
     type Input = ApplyArguments;
     type Output = ApplyResult;
     const SPEC: ToolSpec = ToolSpec {
+        blocking: false,
         min_role: Role::Admin,
         read_only: false,
         destructive: true,

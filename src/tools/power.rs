@@ -49,6 +49,7 @@ async fn schedule(cx: &Cx, action: PowerAction, args: PowerArguments) -> Result<
 }
 
 const POWER_SPEC: ToolSpec = ToolSpec {
+    blocking: false,
     min_role: Role::Admin,
     read_only: false,
     destructive: true,

@@ -40,11 +40,11 @@ pub struct List;
 impl Tool for List {
     type Input = NoArguments;
     type Output = UnitList;
-    const SPEC: ToolSpec = read_only_spec(
+    const SPEC: ToolSpec = ToolSpec { blocking: false, ..read_only_spec(
         "service.list",
         "List services",
         "The systemd units this server may manage (services.allowed_units), each with its load, active and sub state, description and whether it is enabled.",
-    );
+    ) };
 
     async fn call(cx: Cx, _: NoArguments) -> Result<UnitList, ToolError> {
         match cx.app.agent.call(Request::ServiceList).await? {
@@ -67,11 +67,11 @@ pub struct GetStatus;
 impl Tool for GetStatus {
     type Input = UnitArguments;
     type Output = UnitState;
-    const SPEC: ToolSpec = read_only_spec(
+    const SPEC: ToolSpec = ToolSpec { blocking: false, ..read_only_spec(
         "service.get_status",
         "Service status",
         "One unit's load, active and sub state, description and whether it is enabled. Only units on services.allowed_units can be read, as with every service tool: one list says which units callers may see and touch.",
-    );
+    ) };
 
     async fn call(cx: Cx, args: UnitArguments) -> Result<UnitState, ToolError> {
         cx.app.config.services.check_unit(&args.unit)?;
@@ -102,6 +102,7 @@ const fn control_spec(
     idempotent: bool,
 ) -> ToolSpec {
     ToolSpec {
+        blocking: false,
         min_role: Role::Operator,
         read_only: false,
         destructive,
@@ -208,6 +209,7 @@ impl Tool for ForceRestart {
     type Input = UnitArguments;
     type Output = UnitChange;
     const SPEC: ToolSpec = ToolSpec {
+        blocking: false,
         name: "service.force_restart",
         title: "Restart a service (old name)",
         description: "service.restart under its old name: same arguments, same result.",
@@ -311,6 +313,7 @@ impl Tool for QueryJournal {
     // Operator rather than viewer: service logs can hold details (paths, addresses, user
     // names) that a read-only dashboard token has no need for.
     const SPEC: ToolSpec = ToolSpec {
+        blocking: false,
         min_role: Role::Operator,
         ..read_only_spec(
             "logs.query_journal",

@@ -25,6 +25,7 @@ pub(super) const fn read_only_spec(name: &'static str, title: &'static str, desc
         destructive: false,
         idempotent: true,
         open_world: false,
+        blocking: true,
     }
 }
 

@@ -269,6 +269,7 @@ impl Tool for Rollback {
     type Input = RollbackArguments;
     type Output = RollbackResult;
     const SPEC: ToolSpec = ToolSpec {
+        blocking: false,
         name: "manage.rollback",
         title: "Roll mcp-raspi back",
         description: "Switches mcp-raspi back to the previous good release (or to_version, one of the installed releases listed by manage.list_versions) and restarts the services; needs confirm: true. This server restarts: the call answers first.",

@@ -183,6 +183,14 @@ impl Server {
         Server::spawn(dir, None)
     }
 
+    /// The standard test server with its application log at `level` (not debug).
+    pub fn with_log_level(level: &str) -> Server {
+        let dir = temp_dir();
+        let logging = logging_yaml(dir.path(), "").replace("level: debug", &format!("level: {level}"));
+        std::fs::write(dir.path().join("config.yml"), config_yaml(dir.path(), None, &logging)).unwrap();
+        Server::spawn(dir, None)
+    }
+
     /// The standard test server with its ops agent (simulated hardware) running.
     pub fn with_agent() -> Server {
         let dir = temp_dir();
