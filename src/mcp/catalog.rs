@@ -136,36 +136,45 @@ pub async fn read_resource(app: &Arc<App>, call: &Call, params: &Value) -> Resul
             return Err(RpcError::invalid_params(message));
         }
     }
+    // Reading /proc and the log files is blocking work: off the async workers.
+    let (owned, version, runtime) = (uri.to_string(), call.version, tokio::runtime::Handle::current());
+    let content = tokio::task::spawn_blocking(move || runtime.block_on(resource_content(&cx, &owned, version)))
+        .await
+        .map_err(|e| RpcError::internal(format!("cannot read {uri}: {e}")))??;
+    let text = serde_json::to_string_pretty(&content).unwrap_or_default();
+    Ok(json!({"contents": [{"uri": uri, "mimeType": "application/json", "text": text}]}))
+}
+
+/// The content of the resource `uri` (a known one, whose role was checked).
+async fn resource_content(cx: &Cx, uri: &str, version: Version) -> Result<Value, RpcError> {
     let tool_error = |e: crate::tools::ToolError| RpcError::internal(format!("cannot read {uri}: {}", e.message));
-    let content = match uri {
-        "raspi://system/info" => serde_json::to_value(crate::tools::system_info(&cx).map_err(tool_error)?),
+    match uri {
+        "raspi://system/info" => serde_json::to_value(crate::tools::system_info(cx).map_err(tool_error)?),
         "raspi://metrics/snapshot" => {
             let args = crate::tools::SampleArguments { sample_ms: 0 };
-            serde_json::to_value(crate::tools::metrics_snapshot(&cx, args).await.map_err(tool_error)?)
+            serde_json::to_value(crate::tools::metrics_snapshot(cx, args).await.map_err(tool_error)?)
         }
         "raspi://logs/app" => {
-            serde_json::to_value(crate::tools::app_entries(&cx, &LogFilter::default(), 100).map_err(tool_error)?)
+            serde_json::to_value(crate::tools::app_entries(cx, &LogFilter::default(), 100).map_err(tool_error)?)
         }
         "raspi://logs/audit" => {
-            serde_json::to_value(crate::tools::audit_entries(&cx, &LogFilter::default(), 100).map_err(tool_error)?)
+            serde_json::to_value(crate::tools::audit_entries(cx, &LogFilter::default(), 100).map_err(tool_error)?)
         }
         other => match other.strip_prefix("raspi://process/").and_then(|p| p.parse::<u32>().ok()) {
             Some(pid) => {
-                let detail = crate::tools::process_detail(&cx, pid).map_err(|e| {
+                let detail = crate::tools::process_detail(cx, pid).map_err(|e| {
                     if e.code == "not_found" {
-                        not_found(uri, call.version)
+                        not_found(uri, version)
                     } else {
                         tool_error(e)
                     }
                 })?;
                 serde_json::to_value(detail)
             }
-            None => return Err(not_found(uri, call.version)),
+            None => return Err(not_found(uri, version)),
         },
     }
-    .map_err(|e| RpcError::internal(format!("cannot encode {uri}: {e}")))?;
-    let text = serde_json::to_string_pretty(&content).unwrap_or_default();
-    Ok(json!({"contents": [{"uri": uri, "mimeType": "application/json", "text": text}]}))
+    .map_err(|e| RpcError::internal(format!("cannot encode {uri}: {e}")))
 }
 
 struct PromptDef {
