@@ -114,6 +114,9 @@ pub fn main() -> ExitCode {
         app.platform.backend,
         app.platform.reason
     );
+    // The blocking pool keeps tokio's default size: a tool running on it may itself wait for
+    // another blocking job (the health snapshot's service states), which a small pool, full
+    // of such tools, would never run.
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => return fail(format!("cannot start the runtime: {e}")),

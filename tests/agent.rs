@@ -42,6 +42,11 @@ fn hello(version: &str) -> Value {
 
 /// An agent whose socket also admits this test process (to speak raw IPC to it).
 fn agent_admitting_tests(dir: &Path) -> std::process::Child {
+    start_agent(&config_admitting_tests(dir))
+}
+
+/// The configuration of [`agent_admitting_tests`], written into `dir`.
+fn config_admitting_tests(dir: &Path) -> std::path::PathBuf {
     let me = nix::unistd::getuid().as_raw();
     let extra = format!(
         "ops_agent:\n  socket_path: {}/ops-agent.sock\n  allowed_users: [\"{}\", \"{me}\"]\n  socket_group: \"{}\"\n",
@@ -51,7 +56,7 @@ fn agent_admitting_tests(dir: &Path) -> std::process::Child {
     );
     let config = dir.join("config.yml");
     std::fs::write(&config, config_yaml(dir, None, &extra)).unwrap();
-    start_agent(&config)
+    config
 }
 
 fn connect(dir: &Path) -> UnixStream {
@@ -228,15 +233,7 @@ fn a_peer_that_never_says_hello_is_closed() {
 fn out_of_file_descriptors_the_agent_backs_off_instead_of_spinning() {
     use std::os::unix::process::CommandExt;
     let dir = temp_dir();
-    let me = nix::unistd::getuid().as_raw();
-    let extra = format!(
-        "ops_agent:\n  socket_path: {}/ops-agent.sock\n  allowed_users: [\"{}\", \"{me}\"]\n  socket_group: \"{}\"\n",
-        dir.path().display(),
-        service_uid(),
-        service_uid()
-    );
-    let config = dir.path().join("config.yml");
-    std::fs::write(&config, config_yaml(dir.path(), None, &extra)).unwrap();
+    let config = config_admitting_tests(dir.path());
     let log = dir.path().join("agent.stderr");
     let mut command = crate::support::agent_command();
     command.arg("--config").arg(&config).stdout(Stdio::piped()).stderr(std::fs::File::create(&log).unwrap());

@@ -79,6 +79,36 @@ pub async fn serve(
     }
 }
 
+/// Writes the answers of one connection as they come. An answer too large for a frame is
+/// not written (so the stream stays in step) and the request gets an error answer instead;
+/// any other write failure ends the connection.
+async fn send_answers<W: tokio::io::AsyncWrite + Unpin>(
+    mut writer: W,
+    mut answers: mpsc::UnboundedReceiver<ResponseFrame>,
+    uid: u32,
+) {
+    while let Some(frame) = answers.recv().await {
+        let id = frame.id;
+        match ipc::write_frame(&mut writer, &frame).await {
+            Ok(()) => {}
+            Err(FrameError::TooLarge { len, max }) => {
+                log::warn!("uid {uid}: request {id}: its answer of {len} bytes is over the frame limit");
+                let error = Response::Error {
+                    code: ErrorCode::Failed,
+                    message: format!(
+                        "the answer ({len} bytes) is over the agent socket's limit of {max} bytes: ask for less \
+                         (a lower limit, a shorter time range)"
+                    ),
+                };
+                if ipc::write_frame(&mut writer, &ResponseFrame { id, response: error }).await.is_err() {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+}
+
 async fn connection(state: Arc<AgentState>, stream: UnixStream, uid: u32) {
     let (mut reader, mut writer) = stream.into_split();
     let hello: Option<RequestFrame> = match tokio::time::timeout(HELLO_TIMEOUT, ipc::read_frame(&mut reader)).await {
@@ -116,31 +146,8 @@ async fn connection(state: Arc<AgentState>, stream: UnixStream, uid: u32) {
     if ipc::write_frame(&mut writer, &ResponseFrame { id: hello.id, response: answer }).await.is_err() || refused {
         return;
     }
-    let (tx, mut rx) = mpsc::unbounded_channel::<ResponseFrame>();
-    let write_task = tokio::spawn(async move {
-        while let Some(frame) = rx.recv().await {
-            let id = frame.id;
-            match ipc::write_frame(&mut writer, &frame).await {
-                Ok(()) => {}
-                // Nothing of it was written: the stream is still in step, and the request
-                // gets an error answer instead.
-                Err(FrameError::TooLarge { len, max }) => {
-                    log::warn!("uid {uid}: request {id}: its answer of {len} bytes is over the frame limit");
-                    let error = Response::Error {
-                        code: ErrorCode::Failed,
-                        message: format!(
-                            "the answer ({len} bytes) is over the agent socket's limit of {max} bytes: ask for less \
-                             (a lower limit, a shorter time range)"
-                        ),
-                    };
-                    if ipc::write_frame(&mut writer, &ResponseFrame { id, response: error }).await.is_err() {
-                        break;
-                    }
-                }
-                Err(_) => break,
-            }
-        }
-    });
+    let (tx, rx) = mpsc::unbounded_channel::<ResponseFrame>();
+    let write_task = tokio::spawn(send_answers(writer, rx, uid));
     loop {
         let frame: RequestFrame = match ipc::read_or_skip(&mut reader).await {
             Ok(Read::Frame(f)) => f,
@@ -191,4 +198,33 @@ async fn connection(state: Arc<AgentState>, stream: UnixStream, uid: u32) {
     }
     drop(tx);
     let _ = write_task.await;
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[tokio::test]
+    async fn an_answer_over_the_frame_limit_becomes_an_error_and_the_next_one_still_goes() {
+        let (ours, theirs) = tokio::io::duplex(64 * 1024);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let writer = tokio::spawn(send_answers(ours, rx, 1000));
+        let huge = "x".repeat(ipc::MAX_FRAME_BYTES + 1);
+        tx.send(ResponseFrame { id: 1, response: Response::Error { code: ErrorCode::Failed, message: huge } }).unwrap();
+        tx.send(ResponseFrame { id: 2, response: Response::Addresses { addresses: vec![0x48] } }).unwrap();
+        drop(tx);
+        let mut theirs = theirs;
+        let first: ResponseFrame = ipc::read_frame(&mut theirs).await.unwrap().unwrap();
+        assert_eq!(first.id, 1);
+        match first.response {
+            Response::Error { code: ErrorCode::Failed, message } => {
+                assert!(message.contains("over the agent socket's limit"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let second: ResponseFrame = ipc::read_frame(&mut theirs).await.unwrap().unwrap();
+        assert_eq!((second.id, second.response), (2, Response::Addresses { addresses: vec![0x48] }));
+        writer.await.unwrap();
+    }
 }

@@ -131,8 +131,12 @@ struct Table {
     limits: Limits,
     refused: Mutex<Throttled>,
     evicted: Mutex<Throttled>,
-    /// The most connections open since the memory was last given back.
+    /// Connection tasks running (a connection closed to make room runs until it has
+    /// finished its response), the most since they were last all gone, and how many have
+    /// ended since the memory was last given back.
+    live: AtomicU64,
     peak: AtomicU64,
+    ended: AtomicU64,
 }
 
 impl Table {
@@ -171,12 +175,37 @@ impl Table {
             close: Notify::new(),
         });
         slots.insert(id, slot.clone());
-        self.peak.fetch_max(slots.len() as u64, Ordering::Relaxed);
         Some((id, slot))
     }
 
     fn remove(&self, id: u64) {
         self.lock().remove(&id);
+    }
+
+    /// A connection task starts.
+    fn started(&self) {
+        let live = self.live.fetch_add(1, Ordering::AcqRel) + 1;
+        self.peak.fetch_max(live, Ordering::AcqRel);
+    }
+
+    /// A connection task has ended and dropped everything it held.
+    fn ended(&self) {
+        self.live.fetch_sub(1, Ordering::AcqRel);
+        self.ended.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// After a burst (at least 64 connections at once), gives the memory of the ones that
+    /// have ended back to the system, as they end and once more when all are gone.
+    fn maybe_give_memory_back(&self) {
+        let (live, peak, ended) =
+            (self.live.load(Ordering::Acquire), self.peak.load(Ordering::Acquire), self.ended.load(Ordering::Acquire));
+        if peak >= 64 && live * 4 <= peak && (ended >= 32 || (live == 0 && ended > 0)) {
+            self.ended.store(0, Ordering::Release);
+            if live == 0 {
+                self.peak.store(0, Ordering::Release);
+            }
+            give_memory_back();
+        }
     }
 
     /// Closes connections that sent no request in time or stayed idle too long, and gives
@@ -196,13 +225,8 @@ impl Table {
             }
             !expired
         });
-        let open = slots.len() as u64;
         drop(slots);
-        let peak = self.peak.load(Ordering::Relaxed);
-        if peak >= 64 && open <= peak / 4 {
-            self.peak.store(open, Ordering::Relaxed);
-            give_memory_back();
-        }
+        self.maybe_give_memory_back();
     }
 
     fn close_all(&self) {
@@ -244,7 +268,9 @@ pub async fn serve<H, F, R>(
         limits,
         refused: Mutex::new(Throttled::new(WARN_EVERY)),
         evicted: Mutex::new(Throttled::new(WARN_EVERY)),
+        live: AtomicU64::new(0),
         peak: AtomicU64::new(0),
+        ended: AtomicU64::new(0),
     });
     let sweeper = {
         let table = table.clone();
@@ -295,37 +321,11 @@ pub async fn serve<H, F, R>(
         let _ = stream.set_nodelay(true);
         let table = table.clone();
         let handle = handle.clone();
+        table.started();
         tokio::spawn(async move {
-            let service_slot = slot.clone();
-            let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
-                let busy = Busy::begin(&service_slot);
-                request.extensions_mut().insert(Peer(peer));
-                let response = handle(request);
-                async move {
-                    let response = response.await;
-                    Ok::<_, Infallible>(response.map(|body| Tracked { body: Box::pin(body), _busy: busy }))
-                }
-            });
-            let connection = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(limits.header_read_timeout)
-                .keep_alive(true)
-                .serve_connection(TokioIo::new(stream), service);
-            let mut connection = std::pin::pin!(connection);
-            let closed = tokio::select! {
-                result = connection.as_mut() => {
-                    if let Err(e) = result {
-                        log::debug!("connection from {peer}: {e}");
-                    }
-                    false
-                }
-                () = slot.close.notified() => true,
-            };
-            if closed {
-                connection.as_mut().graceful_shutdown();
-                let _ = tokio::time::timeout(CLOSE_GRACE, connection).await;
-            }
+            serve_one(stream, peer, &slot, limits, handle).await;
             table.remove(id);
+            table.ended();
         });
     }
     drop(listener);
@@ -334,6 +334,52 @@ pub async fn serve<H, F, R>(
     let deadline = Instant::now() + CLOSE_GRACE;
     while !table.lock().is_empty() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Serves one connection until it ends or is told to close (then it may finish the
+/// response it is sending). Everything the connection holds is dropped on return.
+async fn serve_one<H, F, R>(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    slot: &Arc<Slot>,
+    limits: Limits,
+    handle: H,
+) where
+    H: Fn(hyper::Request<Incoming>) -> F + Send + Sync + 'static,
+    F: Future<Output = hyper::Response<R>> + Send + 'static,
+    R: Body + Send + 'static,
+    R::Data: Send,
+    R::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let service_slot = slot.clone();
+    let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+        let busy = Busy::begin(&service_slot);
+        request.extensions_mut().insert(Peer(peer));
+        let response = handle(request);
+        async move {
+            let response = response.await;
+            Ok::<_, Infallible>(response.map(|body| Tracked { body: Box::pin(body), _busy: busy }))
+        }
+    });
+    let connection = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(stream), service);
+    let mut connection = std::pin::pin!(connection);
+    let closed = tokio::select! {
+        result = connection.as_mut() => {
+            if let Err(e) = result {
+                log::debug!("connection from {peer}: {e}");
+            }
+            false
+        }
+        () = slot.close.notified() => true,
+    };
+    if closed {
+        connection.as_mut().graceful_shutdown();
+        let _ = tokio::time::timeout(CLOSE_GRACE, connection).await;
     }
 }
 
@@ -361,7 +407,9 @@ mod tests {
             },
             refused: Mutex::new(Throttled::new(WARN_EVERY)),
             evicted: Mutex::new(Throttled::new(WARN_EVERY)),
+            live: AtomicU64::new(0),
             peak: AtomicU64::new(0),
+            ended: AtomicU64::new(0),
         }
     }
 

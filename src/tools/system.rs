@@ -242,7 +242,7 @@ impl Tool for GetHealthSnapshot {
                 tx_errors: i.tx_errors,
             })
             .collect();
-        let services = service_states(&cx, &health.services).await;
+        let services = service_states(&cx, &health.services);
 
         let mut checks: Vec<(Verdict, String)> = Vec::new();
         let mut check = |what: String, value: f64, unit: &str, t: Threshold| {
@@ -334,29 +334,28 @@ fn round1(x: f64) -> f64 {
     (x * 10.0).round() / 10.0
 }
 
-async fn service_states(cx: &Cx, units: &[String]) -> Vec<ServiceHealth> {
-    let services = cx.app.platform.services.clone();
-    let units = units.to_vec();
-    let read = tokio::task::spawn_blocking(move || {
-        units
-            .iter()
-            .map(|u| {
-                match UnitName::parse(u)
-                    .map_err(|e| e.to_string())
-                    .and_then(|n| services.status(&n).map_err(|e| e.to_string()))
-                {
-                    Ok(s) => ServiceHealth {
-                        unit: s.unit,
-                        active_state: Some(s.active_state),
-                        sub_state: Some(s.sub_state),
-                        error: None,
-                    },
-                    Err(e) => ServiceHealth { unit: u.clone(), active_state: None, sub_state: None, error: Some(e) },
-                }
-            })
-            .collect()
-    });
-    read.await.unwrap_or_default()
+/// The states of `units`. The health snapshot runs on the blocking pool (its spec says so),
+/// so this asks systemd directly: waiting here for another blocking job could, with the pool
+/// full of snapshots, wait forever.
+fn service_states(cx: &Cx, units: &[String]) -> Vec<ServiceHealth> {
+    let services = &cx.app.platform.services;
+    units
+        .iter()
+        .map(|u| {
+            match UnitName::parse(u)
+                .map_err(|e| e.to_string())
+                .and_then(|n| services.status(&n).map_err(|e| e.to_string()))
+            {
+                Ok(s) => ServiceHealth {
+                    unit: s.unit,
+                    active_state: Some(s.active_state),
+                    sub_state: Some(s.sub_state),
+                    error: None,
+                },
+                Err(e) => ServiceHealth { unit: u.clone(), active_state: None, sub_state: None, error: Some(e) },
+            }
+        })
+        .collect()
 }
 
 #[derive(Debug, Serialize, JsonSchema)]

@@ -327,21 +327,18 @@ impl Tool for ListVersions {
         "The releases installed under /opt/mcp-raspi/releases with their size, which one is current, which is the previous good one (where a rollback goes), and which ones pruning protects.",
     );
 
+    // Runs on the blocking pool (its spec says so): it reads the release tree directly.
     async fn call(cx: Cx, _: NoArguments) -> Result<Versions, ToolError> {
-        let config = cx.app.config.clone();
-        tokio::task::spawn_blocking(move || {
-            let installation = installation(&config);
-            let releases = installation.list().map_err(|e| ToolError::unavailable(e.to_string()))?;
-            let state = installation.state().map_err(|e| ToolError::unavailable(e.to_string()))?;
-            Ok(Versions {
-                current_version: releases.iter().find(|r| r.current).map(|r| r.version.clone()),
-                previous_good_version: state.previous_good_version,
-                keep_versions: config.updates.keep_versions,
-                releases,
-            })
+        let config = &cx.app.config;
+        let installation = installation(config);
+        let releases = installation.list().map_err(|e| ToolError::unavailable(e.to_string()))?;
+        let state = installation.state().map_err(|e| ToolError::unavailable(e.to_string()))?;
+        Ok(Versions {
+            current_version: releases.iter().find(|r| r.current).map(|r| r.version.clone()),
+            previous_good_version: state.previous_good_version,
+            keep_versions: config.updates.keep_versions,
+            releases,
         })
-        .await
-        .map_err(|e| ToolError::internal(e.to_string()))?
     }
 }
 
