@@ -114,10 +114,17 @@ pub fn main() -> ExitCode {
         app.platform.backend,
         app.platform.reason
     );
-    // The blocking pool keeps tokio's default size: a tool running on it may itself wait for
-    // another blocking job (the health snapshot's service states), which a small pool, full
-    // of such tools, would never run.
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    // Tools that read /proc and files run on the blocking pool. Eight threads serve more
+    // concurrent reads than a Pi has cores, and bound the memory a crowd of clients can make
+    // the server use (each thread keeps its stack); further calls wait their turn. Nothing
+    // that runs there waits for another blocking job (see ToolSpec::blocking), so a full
+    // pool always drains.
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(8)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => return fail(format!("cannot start the runtime: {e}")),
     };

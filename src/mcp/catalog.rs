@@ -136,33 +136,36 @@ pub async fn read_resource(app: &Arc<App>, call: &Call, params: &Value) -> Resul
             return Err(RpcError::invalid_params(message));
         }
     }
-    // Reading /proc and the log files is blocking work: off the async workers.
-    let (owned, version, runtime) = (uri.to_string(), call.version, tokio::runtime::Handle::current());
-    let content = tokio::task::spawn_blocking(move || runtime.block_on(resource_content(&cx, &owned, version)))
-        .await
-        .map_err(|e| RpcError::internal(format!("cannot read {uri}: {e}")))??;
+    let content = resource_content(&cx, uri, call.version).await?;
     let text = serde_json::to_string_pretty(&content).unwrap_or_default();
     Ok(json!({"contents": [{"uri": uri, "mimeType": "application/json", "text": text}]}))
 }
 
-/// The content of the resource `uri` (a known one, whose role was checked).
+/// The content of the resource `uri` (a known one, whose role was checked). Reading /proc
+/// and the log files is blocking work, done on the blocking pool.
 async fn resource_content(cx: &Cx, uri: &str, version: Version) -> Result<Value, RpcError> {
+    use crate::tools::off_worker;
     let tool_error = |e: crate::tools::ToolError| RpcError::internal(format!("cannot read {uri}: {}", e.message));
+    let cx = cx.clone();
     match uri {
-        "raspi://system/info" => serde_json::to_value(crate::tools::system_info(cx).map_err(tool_error)?),
+        "raspi://system/info" => {
+            serde_json::to_value(off_worker(move || crate::tools::system_info(&cx)).await.map_err(tool_error)?)
+        }
         "raspi://metrics/snapshot" => {
             let args = crate::tools::SampleArguments { sample_ms: 0 };
-            serde_json::to_value(crate::tools::metrics_snapshot(cx, args).await.map_err(tool_error)?)
+            serde_json::to_value(crate::tools::metrics_snapshot(&cx, args).await.map_err(tool_error)?)
         }
-        "raspi://logs/app" => {
-            serde_json::to_value(crate::tools::app_entries(cx, &LogFilter::default(), 100).map_err(tool_error)?)
-        }
-        "raspi://logs/audit" => {
-            serde_json::to_value(crate::tools::audit_entries(cx, &LogFilter::default(), 100).map_err(tool_error)?)
-        }
+        "raspi://logs/app" => serde_json::to_value(
+            off_worker(move || crate::tools::app_entries(&cx, &LogFilter::default(), 100)).await.map_err(tool_error)?,
+        ),
+        "raspi://logs/audit" => serde_json::to_value(
+            off_worker(move || crate::tools::audit_entries(&cx, &LogFilter::default(), 100))
+                .await
+                .map_err(tool_error)?,
+        ),
         other => match other.strip_prefix("raspi://process/").and_then(|p| p.parse::<u32>().ok()) {
             Some(pid) => {
-                let detail = crate::tools::process_detail(cx, pid).map_err(|e| {
+                let detail = off_worker(move || crate::tools::process_detail(&cx, pid)).await.map_err(|e| {
                     if e.code == "not_found" {
                         not_found(uri, version)
                     } else {

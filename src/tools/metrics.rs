@@ -28,11 +28,12 @@ pub struct GetSnapshot;
 impl Tool for GetSnapshot {
     type Input = SampleArguments;
     type Output = MetricsSnapshot;
-    const SPEC: ToolSpec = read_only_spec(
+    // Its sampling window waits on the workers; its reads go to the blocking pool.
+    const SPEC: ToolSpec = ToolSpec { blocking: false, ..read_only_spec(
         "metrics.get_snapshot",
         "Metrics snapshot",
         "Current values of CPU (total and per core), load, memory, swap, disk use per mount, temperatures, throttling and network counters, read live from the kernel, as named samples with units.",
-    );
+    ) };
 
     async fn call(cx: Cx, args: SampleArguments) -> Result<MetricsSnapshot, ToolError> {
         snapshot(&cx, args).await
@@ -40,9 +41,16 @@ impl Tool for GetSnapshot {
 }
 
 /// The `metrics.get_snapshot` result, shared with the `raspi://metrics/snapshot` resource.
+/// Runs on the async workers: the sampling window waits there, the reads go to the
+/// blocking pool.
 pub async fn snapshot(cx: &Cx, args: SampleArguments) -> Result<MetricsSnapshot, ToolError> {
     let cpu = sample_cpu(cx, args.window()?).await?;
-    let roots = &cx.app.roots;
+    let roots = cx.app.roots.clone();
+    super::off_worker(move || samples(&roots, cpu)).await
+}
+
+/// The samples around a CPU sample: blocking reads.
+fn samples(roots: &crate::host::Roots, cpu: super::system::CpuUsage) -> Result<MetricsSnapshot, ToolError> {
     let mut out = Vec::new();
     let mut push = |name: String, value: f64, unit: &str| out.push(Sample { name, value, unit: unit.into() });
     push("cpu.percent".into(), cpu.percent, "percent");

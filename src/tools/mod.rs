@@ -87,6 +87,8 @@ pub struct ToolSpec {
     /// True when the handler does blocking work itself (reads /proc, /sys or files, scans
     /// directories): it runs on the blocking pool, so that it never holds up the async
     /// workers that serve every other request. Tools that only ask the ops agent do not.
+    /// Such a handler must not wait for another blocking job (`spawn_blocking`,
+    /// `tokio::fs`): the pool is small, and a pool full of waiting handlers would not drain.
     pub blocking: bool,
 }
 
@@ -163,6 +165,15 @@ impl From<crate::config::Denied> for ToolError {
             crate::config::DenialKind::Invalid => ToolError::invalid_argument(d.message),
         }
     }
+}
+
+/// Runs blocking work (reading /proc, /sys or files) on the blocking pool, for a handler
+/// that runs on the async workers because it also waits (a sampling window): the wait then
+/// holds no thread of the small blocking pool.
+pub async fn off_worker<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, ToolError> + Send + 'static,
+) -> Result<T, ToolError> {
+    tokio::task::spawn_blocking(work).await.map_err(|e| ToolError::internal(format!("a read stopped: {e}")))?
 }
 
 /// What a tool handler receives besides its arguments.

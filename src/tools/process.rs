@@ -73,11 +73,12 @@ pub struct List;
 impl Tool for List {
     type Input = ListArguments;
     type Output = ProcessList;
-    const SPEC: ToolSpec = read_only_spec(
+    // Its sampling window waits on the workers; its scans go to the blocking pool.
+    const SPEC: ToolSpec = ToolSpec { blocking: false, ..read_only_spec(
         "process.list",
         "Top processes",
         "The processes using the most CPU (measured over a short window) or memory, with user, state, resident memory and command line.",
-    );
+    ) };
 
     async fn call(cx: Cx, args: ListArguments) -> Result<ProcessList, ToolError> {
         if !(1..=100).contains(&args.limit) {
@@ -90,17 +91,28 @@ impl Tool for List {
             )));
         }
         let roots = cx.app.roots.clone();
-        let first = process::list_processes(&roots)?;
+        // The scans go to the blocking pool; the sampling window waits on the workers.
+        let scan = || {
+            let roots = roots.clone();
+            super::off_worker(move || process::list_processes(&roots).map_err(ToolError::from))
+        };
+        let first = if args.sample_ms > 0 { scan().await? } else { Vec::new() };
         let started = Instant::now();
         if args.sample_ms > 0 {
             tokio::time::sleep(Duration::from_millis(args.sample_ms)).await;
             cx.progress.report(1.0, Some(1.0), "sampled processes");
         }
-        let now = process::list_processes(&roots)?;
+        let (now, total_memory, uptime) = {
+            let roots = roots.clone();
+            super::off_worker(move || {
+                let now = process::list_processes(&roots)?;
+                let total_memory = memory::read_memory(&roots)?.total_bytes.max(1) as f64;
+                Ok((now, total_memory, os::read_uptime_seconds(&roots)?))
+            })
+            .await?
+        };
         let elapsed = started.elapsed().as_secs_f64();
-        let total_memory = memory::read_memory(&roots)?.total_bytes.max(1) as f64;
         let ticks = process::clock_ticks_per_second() as f64;
-        let uptime = os::read_uptime_seconds(&roots)?;
         let before: HashMap<u32, u64> = first.iter().map(|p| (p.pid, p.cpu_ticks)).collect();
         let mut rows: Vec<ProcessSummary> = now
             .iter()

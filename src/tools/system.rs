@@ -217,14 +217,25 @@ pub struct GetHealthSnapshot;
 impl Tool for GetHealthSnapshot {
     type Input = SampleArguments;
     type Output = HealthSnapshot;
-    const SPEC: ToolSpec = read_only_spec(
-        "system.get_health_snapshot",
-        "Health snapshot",
-        "CPU usage, load, memory, disk use per mount, temperatures, firmware throttling (under-voltage, frequency capping), network counters and service states, with an ok/warning/critical verdict and the reasons for it.",
-    );
+    // Its sampling window waits on the workers; its reads go to the blocking pool.
+    const SPEC: ToolSpec = ToolSpec {
+        blocking: false,
+        ..read_only_spec(
+            "system.get_health_snapshot",
+            "Health snapshot",
+            "CPU usage, load, memory, disk use per mount, temperatures, firmware throttling (under-voltage, frequency capping), network counters and service states, with an ok/warning/critical verdict and the reasons for it.",
+        )
+    };
 
     async fn call(cx: Cx, args: SampleArguments) -> Result<HealthSnapshot, ToolError> {
         let cpu = sample_cpu(&cx, args.window()?).await?;
+        super::off_worker(move || health_snapshot(&cx, cpu)).await
+    }
+}
+
+/// The health snapshot around a CPU sample: blocking reads.
+fn health_snapshot(cx: &Cx, cpu: CpuUsage) -> Result<HealthSnapshot, ToolError> {
+    {
         let roots = &cx.app.roots;
         let health = &cx.app.config.health;
         let memory = memory::read_memory(roots)?;
@@ -242,7 +253,7 @@ impl Tool for GetHealthSnapshot {
                 tx_errors: i.tx_errors,
             })
             .collect();
-        let services = service_states(&cx, &health.services);
+        let services = service_states(cx, &health.services);
 
         let mut checks: Vec<(Verdict, String)> = Vec::new();
         let mut check = |what: String, value: f64, unit: &str, t: Threshold| {
@@ -303,9 +314,14 @@ impl Tool for GetHealthSnapshot {
 }
 
 /// Measures CPU usage over `window`, reporting progress while it waits.
+/// CPU usage over `window`. Runs on the async workers: the reads go to the blocking pool,
+/// the wait between them holds no thread.
 pub async fn sample_cpu(cx: &Cx, window: Duration) -> Result<CpuUsage, ToolError> {
-    let roots = &cx.app.roots;
-    let before = cpu::read_cpu_times(roots)?;
+    let read = || {
+        let roots = cx.app.roots.clone();
+        super::off_worker(move || cpu::read_cpu_times(&roots).map_err(ToolError::from))
+    };
+    let before = read().await?;
     let steps = (window.as_millis() / 100).max(1) as u64;
     if !window.is_zero() {
         for step in 1..=steps {
@@ -313,7 +329,7 @@ pub async fn sample_cpu(cx: &Cx, window: Duration) -> Result<CpuUsage, ToolError
             cx.progress.report(step as f64, Some(steps as f64), "measuring CPU usage");
         }
     }
-    let after = cpu::read_cpu_times(roots)?;
+    let after = read().await?;
     // With no window, usage is the average since the previous snapshot (or since boot).
     let before = if window.is_zero() {
         let mut last = cx.app.last_cpu.lock().map_err(|_| ToolError::internal("CPU sample state is unavailable"))?;

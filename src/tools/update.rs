@@ -128,6 +128,9 @@ impl Tool for UpdateServer {
         destructive: true,
         idempotent: false,
         open_world: true,
+        // Its work is asynchronous (the download, the files it writes with tokio::fs, the
+        // agent), and tokio::fs itself needs the blocking pool.
+        blocking: false,
         ..read_only_spec("", "", "")
     };
 
