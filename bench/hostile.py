@@ -451,7 +451,8 @@ def soak(server_bin, agent_bin, seconds):
 def render(results, label):
     out = ["## Hostile load and soak", "",
            f"`bench/hostile.py`, {label}: the server and agent started with {FD_LIMIT} file descriptors each, "
-           "token authentication, simulated hardware, on 127.0.0.1.", ""]
+           "token authentication (one token for every client, so its rate limit and audit budget are off), "
+           "simulated hardware, on 127.0.0.1.", ""]
     f = results.get("flood")
     if f:
         out += ["### Connection flood", "",
