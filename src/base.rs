@@ -23,11 +23,16 @@ pub fn clip(text: &str, max_bytes: usize) -> std::borrow::Cow<'_, str> {
     if text.len() <= max_bytes {
         return std::borrow::Cow::Borrowed(text);
     }
-    let mut end = max_bytes;
+    std::borrow::Cow::Owned(format!("{}…[cut, {} bytes]", prefix(text, max_bytes), text.len()))
+}
+
+/// The longest start of `text` of at most `max_bytes` that ends on a character boundary.
+pub fn prefix(text: &str, max_bytes: usize) -> &str {
+    let mut end = max_bytes.min(text.len());
     while !text.is_char_boundary(end) {
         end -= 1;
     }
-    std::borrow::Cow::Owned(format!("{}…[cut, {} bytes]", &text[..end], text.len()))
+    &text[..end]
 }
 
 /// Which implementation of the hardware and OS seam to use (`platform.backend`).

@@ -78,14 +78,19 @@ impl Budgets {
         if usage.len() >= MAX_TRACKED && !usage.contains_key(identity) {
             usage.retain(|_, u| now.duration_since(u.window_start) < WINDOW || !u.counted.is_empty());
         }
-        let entry = usage.entry(identity.to_string()).or_insert_with(|| Usage {
-            window_start: now,
-            bytes: 0,
-            counted: BTreeMap::new(),
-            counted_since: None,
-            last_summary: None,
-            warned: false,
-        });
+        // Every record passes here: the identity's name is copied only the first time.
+        if !usage.contains_key(identity) {
+            let fresh = Usage {
+                window_start: now,
+                bytes: 0,
+                counted: BTreeMap::new(),
+                counted_since: None,
+                last_summary: None,
+                warned: false,
+            };
+            usage.insert(identity.to_string(), fresh);
+        }
+        let Some(entry) = usage.get_mut(identity) else { return (Verdict::Full, None) };
         let mut summary = None;
         if now.duration_since(entry.window_start) >= WINDOW {
             entry.window_start = now;

@@ -223,25 +223,12 @@ impl AuditWrite<'_> {
         match verdict {
             Verdict::Full => self.log.write_line(&line, self.urgency),
             Verdict::Compact => {
-                let error = record.error.map(|e| match clip(e, COMPACT_ERROR_BYTES) {
-                    std::borrow::Cow::Borrowed(e) => e,
-                    // The clipped text would not outlive this call: keep its start only.
-                    std::borrow::Cow::Owned(_) => &e[..floor_char_boundary(e, COMPACT_ERROR_BYTES)],
-                });
+                let error = record.error.map(|e| crate::base::prefix(e, COMPACT_ERROR_BYTES));
                 self.log.write_line(&encode(&record.compact(error)), self.urgency)
             }
             Verdict::Counted => {}
         }
     }
-}
-
-/// The largest character boundary of `text` at or below `at`.
-fn floor_char_boundary(text: &str, at: usize) -> usize {
-    let mut end = at.min(text.len());
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    end
 }
 
 /// Writes a tool name bounded by [`MAX_NAME_BYTES`].

@@ -103,16 +103,16 @@ impl Drop for Busy {
 
 /// A response body that keeps its connection busy until it has been sent (or dropped).
 struct Tracked<B> {
-    body: Pin<Box<B>>,
+    body: B,
     _busy: Busy,
 }
 
-impl<B: Body> Body for Tracked<B> {
+impl<B: Body + Unpin> Body for Tracked<B> {
     type Data = B::Data;
     type Error = B::Error;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
-        self.body.as_mut().poll_frame(cx)
+        Pin::new(&mut self.body).poll_frame(cx)
     }
 
     fn is_end_stream(&self) -> bool {
@@ -258,7 +258,7 @@ pub async fn serve<H, F, R>(
 ) where
     H: Fn(hyper::Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = hyper::Response<R>> + Send + 'static,
-    R: Body + Send + 'static,
+    R: Body + Unpin + Send + 'static,
     R::Data: Send,
     R::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
@@ -348,7 +348,7 @@ async fn serve_one<H, F, R>(
 ) where
     H: Fn(hyper::Request<Incoming>) -> F + Send + Sync + 'static,
     F: Future<Output = hyper::Response<R>> + Send + 'static,
-    R: Body + Send + 'static,
+    R: Body + Unpin + Send + 'static,
     R::Data: Send,
     R::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
@@ -359,7 +359,7 @@ async fn serve_one<H, F, R>(
         let response = handle(request);
         async move {
             let response = response.await;
-            Ok::<_, Infallible>(response.map(|body| Tracked { body: Box::pin(body), _busy: busy }))
+            Ok::<_, Infallible>(response.map(|body| Tracked { body, _busy: busy }))
         }
     });
     let connection = http1::Builder::new()

@@ -96,17 +96,18 @@ pub struct Sessions {
     idle: Duration,
 }
 
-#[derive(Default)]
 struct Table {
     live: HashMap<String, Arc<Session>>,
+    /// How many ended sessions are remembered.
+    remembered: usize,
     /// Ended sessions: id to (identity, why), oldest first in `order`.
     ended: HashMap<String, (String, Missing)>,
     order: VecDeque<String>,
 }
 
 impl Table {
-    fn end(&mut self, id: String, identity: String, why: Missing, keep: usize) {
-        while self.order.len() >= keep.max(1) {
+    fn end(&mut self, id: String, identity: String, why: Missing) {
+        while self.order.len() >= self.remembered {
             if let Some(old) = self.order.pop_front() {
                 self.ended.remove(&old);
             }
@@ -119,7 +120,13 @@ impl Table {
 impl Sessions {
     /// A table of at most `max` sessions, `per_identity` of them for any one identity.
     pub fn new(max: usize, per_identity: usize, idle: Duration) -> Sessions {
-        Sessions { table: Mutex::new(Table::default()), max, per_identity: per_identity.clamp(1, max.max(1)), idle }
+        let table = Table {
+            live: HashMap::new(),
+            remembered: max.saturating_mul(ENDED_PER_SLOT).max(1),
+            ended: HashMap::new(),
+            order: VecDeque::new(),
+        };
+        Sessions { table: Mutex::new(table), max, per_identity: per_identity.clamp(1, max.max(1)), idle }
     }
 
     /// The idle timeout after which a session expires.
@@ -152,14 +159,13 @@ impl Sessions {
             log_level: Mutex::new(None),
             inflight: Mutex::new(HashMap::new()),
         });
-        let keep = self.max.saturating_mul(ENDED_PER_SLOT);
         let mut table = self.lock();
         let now = Instant::now();
         let idle: Vec<String> =
             table.live.iter().filter(|(_, s)| self.is_idle(s, now)).map(|(k, _)| k.clone()).collect();
         for id in idle {
             if let Some(s) = table.live.remove(&id) {
-                table.end(id, s.identity.clone(), Missing::Expired, keep);
+                table.end(id, s.identity.clone(), Missing::Expired);
             }
         }
         let held = table.live.values().filter(|s| s.identity == identity).count();
@@ -182,7 +188,7 @@ impl Sessions {
                 .min_by_key(|(_, s)| s.last_seen.lock().map(|t| *t).unwrap_or(now))
                 .map(|(k, _)| k.clone());
             if let Some(s) = oldest.and_then(|k| table.live.remove(&k)) {
-                table.end(s.id.clone(), s.identity.clone(), Missing::Evicted, keep);
+                table.end(s.id.clone(), s.identity.clone(), Missing::Evicted);
             }
         }
         table.live.insert(session.id.clone(), session.clone());
@@ -192,15 +198,27 @@ impl Sessions {
     /// The live session `id` owned by `identity`, or why there is none. A session of
     /// another identity is [`Missing::Unknown`] to this one.
     pub fn get(&self, id: &str, identity: &str) -> Result<Arc<Session>, Missing> {
-        let keep = self.max.saturating_mul(ENDED_PER_SLOT);
+        self.find(&mut self.lock(), id, identity)
+    }
+
+    /// Ends a session of `identity`; `Err` says why there was none.
+    pub fn remove(&self, id: &str, identity: &str) -> Result<(), Missing> {
         let mut table = self.lock();
+        self.find(&mut table, id, identity)?;
+        table.live.remove(id);
+        table.end(id.to_string(), identity.to_string(), Missing::Closed);
+        Ok(())
+    }
+
+    /// [`Sessions::get`] on the locked table: an idle session found expires here.
+    fn find(&self, table: &mut Table, id: &str, identity: &str) -> Result<Arc<Session>, Missing> {
         if let Some(s) = table.live.get(id).cloned() {
             if s.identity != identity {
                 return Err(Missing::Unknown);
             }
             if self.is_idle(&s, Instant::now()) {
                 table.live.remove(id);
-                table.end(id.to_string(), s.identity.clone(), Missing::Expired, keep);
+                table.end(id.to_string(), s.identity.clone(), Missing::Expired);
                 return Err(Missing::Expired);
             }
             if let Ok(mut seen) = s.last_seen.lock() {
@@ -212,17 +230,6 @@ impl Sessions {
             Some((owner, why)) if owner == identity => Err(*why),
             _ => Err(Missing::Unknown),
         }
-    }
-
-    /// Ends a session of `identity`; `Err` says why there was none.
-    pub fn remove(&self, id: &str, identity: &str) -> Result<(), Missing> {
-        self.get(id, identity)?;
-        let keep = self.max.saturating_mul(ENDED_PER_SLOT);
-        let mut table = self.lock();
-        if table.live.remove(id).is_some() {
-            table.end(id.to_string(), identity.to_string(), Missing::Closed, keep);
-        }
-        Ok(())
     }
 }
 

@@ -167,13 +167,13 @@ impl From<crate::config::Denied> for ToolError {
     }
 }
 
-/// Runs blocking work (reading /proc, /sys or files) on the blocking pool, for a handler
-/// that runs on the async workers because it also waits (a sampling window): the wait then
-/// holds no thread of the small blocking pool.
+/// Runs blocking work (reading /proc, /sys or files) on the blocking pool: a whole handler
+/// marked [`ToolSpec::blocking`], or the reads of one that runs on the async workers because
+/// it also waits (a sampling window), so that the wait holds no thread of the small pool.
 pub async fn off_worker<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, ToolError> + Send + 'static,
 ) -> Result<T, ToolError> {
-    tokio::task::spawn_blocking(work).await.map_err(|e| ToolError::internal(format!("a read stopped: {e}")))?
+    tokio::task::spawn_blocking(work).await.map_err(|e| ToolError::internal(format!("blocking work stopped: {e}")))?
 }
 
 /// What a tool handler receives besides its arguments.
@@ -409,10 +409,7 @@ impl Catalogue {
             )))
         } else if spec.blocking {
             let (tool, runtime) = (entry.tool, tokio::runtime::Handle::current());
-            match tokio::task::spawn_blocking(move || runtime.block_on(tool.invoke(cx, arguments))).await {
-                Ok(result) => result,
-                Err(e) => Err(ToolError::internal(format!("{name} stopped before it answered: {e}"))),
-            }
+            off_worker(move || runtime.block_on(tool.invoke(cx, arguments))).await
         } else {
             entry.tool.invoke(cx, arguments).await
         };

@@ -235,82 +235,75 @@ impl Tool for GetHealthSnapshot {
 
 /// The health snapshot around a CPU sample: blocking reads.
 fn health_snapshot(cx: &Cx, cpu: CpuUsage) -> Result<HealthSnapshot, ToolError> {
-    {
-        let roots = &cx.app.roots;
-        let health = &cx.app.config.health;
-        let memory = memory::read_memory(roots)?;
-        let disks = disk::read_mounts(roots)?;
-        let temperatures = thermal::read_temperatures(roots)?;
-        let throttling = thermal::read_throttling(roots)?;
-        let network = net::read_interfaces(roots)?
-            .into_iter()
-            .map(|i| NetCounters {
-                interface: i.name,
-                up: i.up,
-                rx_bytes: i.rx_bytes,
-                tx_bytes: i.tx_bytes,
-                rx_errors: i.rx_errors,
-                tx_errors: i.tx_errors,
-            })
-            .collect();
-        let services = service_states(cx, &health.services);
-
-        let mut checks: Vec<(Verdict, String)> = Vec::new();
-        let mut check = |what: String, value: f64, unit: &str, t: Threshold| {
-            if value >= t.critical {
-                checks.push((
-                    Verdict::Critical,
-                    format!("{what} is {value:.1}{unit} (critical at {}{unit})", t.critical),
-                ));
-            } else if value >= t.warning {
-                checks.push((Verdict::Warning, format!("{what} is {value:.1}{unit} (warning at {}{unit})", t.warning)));
-            }
-        };
-        check("CPU usage".into(), cpu.percent, "%", health.cpu_percent);
-        check("memory use".into(), memory.used_percent, "%", health.memory_percent);
-        for d in &disks {
-            check(format!("disk use of {}", d.mount_point), d.used_percent, "%", health.disk_percent);
-        }
-        if let Some(hottest) = temperatures.iter().max_by(|a, b| a.celsius.total_cmp(&b.celsius)) {
-            check(format!("temperature ({})", hottest.kind), hottest.celsius, "°C", health.temperature_celsius);
-        }
-        if let Some(t) = &throttling {
-            if t.under_voltage_now || t.throttled_now {
-                checks.push((
-                    Verdict::Critical,
-                    format!("the firmware reports under-voltage or throttling now ({})", t.raw),
-                ));
-            } else if t.arm_frequency_capped_now || t.soft_temperature_limit_now {
-                checks.push((Verdict::Warning, format!("the firmware is capping the CPU frequency now ({})", t.raw)));
-            } else if t.under_voltage_occurred || t.throttled_occurred {
-                checks.push((
-                    Verdict::Warning,
-                    format!("under-voltage or throttling occurred since boot ({}): check the power supply", t.raw),
-                ));
-            }
-        }
-        for s in &services {
-            match s.active_state.as_deref() {
-                Some("failed") => checks.push((Verdict::Critical, format!("{} has failed", s.unit))),
-                Some("active") | None => {}
-                Some(other) => checks.push((Verdict::Warning, format!("{} is {other}", s.unit))),
-            }
-        }
-        let verdict = checks.iter().map(|(v, _)| *v).max().unwrap_or(Verdict::Ok);
-        Ok(HealthSnapshot {
-            verdict,
-            reasons: checks.into_iter().map(|(_, r)| r).collect(),
-            cpu,
-            load: os::read_loadavg(roots)?,
-            memory,
-            disks,
-            temperatures,
-            throttling,
-            network,
-            services,
-            uptime_seconds: os::read_uptime_seconds(roots)?,
+    let roots = &cx.app.roots;
+    let health = &cx.app.config.health;
+    let memory = memory::read_memory(roots)?;
+    let disks = disk::read_mounts(roots)?;
+    let temperatures = thermal::read_temperatures(roots)?;
+    let throttling = thermal::read_throttling(roots)?;
+    let network = net::read_interfaces(roots)?
+        .into_iter()
+        .map(|i| NetCounters {
+            interface: i.name,
+            up: i.up,
+            rx_bytes: i.rx_bytes,
+            tx_bytes: i.tx_bytes,
+            rx_errors: i.rx_errors,
+            tx_errors: i.tx_errors,
         })
+        .collect();
+    let services = service_states(cx, &health.services);
+
+    let mut checks: Vec<(Verdict, String)> = Vec::new();
+    let mut check = |what: String, value: f64, unit: &str, t: Threshold| {
+        if value >= t.critical {
+            checks.push((Verdict::Critical, format!("{what} is {value:.1}{unit} (critical at {}{unit})", t.critical)));
+        } else if value >= t.warning {
+            checks.push((Verdict::Warning, format!("{what} is {value:.1}{unit} (warning at {}{unit})", t.warning)));
+        }
+    };
+    check("CPU usage".into(), cpu.percent, "%", health.cpu_percent);
+    check("memory use".into(), memory.used_percent, "%", health.memory_percent);
+    for d in &disks {
+        check(format!("disk use of {}", d.mount_point), d.used_percent, "%", health.disk_percent);
     }
+    if let Some(hottest) = temperatures.iter().max_by(|a, b| a.celsius.total_cmp(&b.celsius)) {
+        check(format!("temperature ({})", hottest.kind), hottest.celsius, "°C", health.temperature_celsius);
+    }
+    if let Some(t) = &throttling {
+        if t.under_voltage_now || t.throttled_now {
+            checks
+                .push((Verdict::Critical, format!("the firmware reports under-voltage or throttling now ({})", t.raw)));
+        } else if t.arm_frequency_capped_now || t.soft_temperature_limit_now {
+            checks.push((Verdict::Warning, format!("the firmware is capping the CPU frequency now ({})", t.raw)));
+        } else if t.under_voltage_occurred || t.throttled_occurred {
+            checks.push((
+                Verdict::Warning,
+                format!("under-voltage or throttling occurred since boot ({}): check the power supply", t.raw),
+            ));
+        }
+    }
+    for s in &services {
+        match s.active_state.as_deref() {
+            Some("failed") => checks.push((Verdict::Critical, format!("{} has failed", s.unit))),
+            Some("active") | None => {}
+            Some(other) => checks.push((Verdict::Warning, format!("{} is {other}", s.unit))),
+        }
+    }
+    let verdict = checks.iter().map(|(v, _)| *v).max().unwrap_or(Verdict::Ok);
+    Ok(HealthSnapshot {
+        verdict,
+        reasons: checks.into_iter().map(|(_, r)| r).collect(),
+        cpu,
+        load: os::read_loadavg(roots)?,
+        memory,
+        disks,
+        temperatures,
+        throttling,
+        network,
+        services,
+        uptime_seconds: os::read_uptime_seconds(roots)?,
+    })
 }
 
 /// Measures CPU usage over `window`, reporting progress while it waits.
