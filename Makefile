@@ -81,7 +81,9 @@ $(VENV)/.installed: tests/python/requirements.txt
 
 venv: $(VENV)/.installed
 
+# curl: the README's first five minutes, which tests/python/test_readme.py runs as pasted.
 pytest: venv build
+	@packaging/need.sh curl
 	MCP_RASPI_SERVER_BIN=$(CURDIR)/target/debug/mcp-raspi-server $(VENV)/bin/python -m pytest -q tests/python
 
 # The official MCP conformance suite (npm @modelcontextprotocol/conformance, installed

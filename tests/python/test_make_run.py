@@ -67,6 +67,22 @@ def test_ctrl_c_stops_make_run_cleanly() -> None:
             proc.wait()
     assert "Error" not in stderr and "***" not in stderr, stderr
     assert proc.returncode in (0, -signal.SIGINT), (proc.returncode, stderr)
-    # Neither daemon is left behind.
-    left = subprocess.run(["pgrep", "-s", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    # Neither daemon is left behind: no process remains in make run's session.
+    left = session_members(proc.pid)
     assert not left, f"processes of make run still running: {left}"
+
+
+def session_members(sid: int) -> list[int]:
+    """Pids of the processes in session `sid` (field 6 of /proc/PID/stat)."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid:
+            members.append(int(entry))
+    return members
