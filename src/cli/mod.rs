@@ -33,7 +33,54 @@ const DEFAULT_ROOT: &str = "/opt/mcp-raspi";
 const DEFAULT_CONFIG: &str = "/etc/mcp-raspi/config.yml";
 /// Names the program is also installed under (the runbook's), each standing for a
 /// subcommand: `mcp-raspi-update server ...` is `mcp-raspi update server ...`.
-const ALIASES: [(&str, Option<&str>); 2] = [("mcp-raspi-update", Some("update")), ("mcp-raspi-cli", None)];
+const ALIASES: [(&str, Option<&str>); 6] = [
+    ("mcp-raspi-cli", None),
+    ("mcp-raspi-update", Some("update")),
+    ("mcp-raspi-config", Some("config")),
+    ("mcp-raspi-backup", Some("backup")),
+    ("mcp-raspi-restore", Some("restore")),
+    ("mcp-raspi-healthcheck", Some("healthcheck")),
+];
+
+/// Exit status of a command that failed for a reason of its own (a bad argument, a refused
+/// operation, a tool's error).
+pub const EXIT_FAILURE: u8 = 1;
+/// Exit status when the local server cannot be reached (sysexits' EX_UNAVAILABLE), so that
+/// scripts can tell "the server is down" from "the server said no".
+pub const EXIT_UNAVAILABLE: u8 = 69;
+/// Exit status when the server refused the credentials (sysexits' EX_NOPERM).
+pub const EXIT_NOPERM: u8 = 77;
+
+/// Why a command failed, and the exit status that says so.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CliError {
+    pub message: String,
+    pub code: u8,
+}
+
+impl CliError {
+    pub fn new(code: u8, message: impl Into<String>) -> CliError {
+        CliError { message: message.into(), code }
+    }
+}
+
+impl From<String> for CliError {
+    fn from(message: String) -> CliError {
+        CliError { message, code: EXIT_FAILURE }
+    }
+}
+
+impl From<&str> for CliError {
+    fn from(message: &str) -> CliError {
+        CliError::from(message.to_string())
+    }
+}
+
+impl std::fmt::Display for CliError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
 
 /// Operator command line of mcp-raspi: releases, the ops agent's polkit rule, man pages and
 /// shell completions.
@@ -162,12 +209,12 @@ pub enum ReleaseCommand {
 pub fn main() -> ExitCode {
     let args = Args::parse_from(with_alias(std::env::args_os().collect()));
     let mut stdout = std::io::stdout().lock();
-    match run(args.command, &mut stdout) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
+    match run_command(args.command, &mut stdout) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
             let _ = stdout.flush();
-            let _ = writeln!(std::io::stderr(), "mcp-raspi: {message}");
-            ExitCode::from(1)
+            let _ = writeln!(std::io::stderr(), "mcp-raspi: {e}");
+            ExitCode::from(e.code)
         }
     }
 }
@@ -185,8 +232,14 @@ fn with_alias(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
     args
 }
 
-/// Runs one command, writing its answer to `out`.
-pub fn run(command: Command, out: &mut dyn Write) -> Result<(), String> {
+/// Runs one command, writing its answer to `out`; returns its exit status (commands such as
+/// `healthcheck` have statuses of their own besides success and failure).
+pub fn run_command(command: Command, out: &mut dyn Write) -> Result<u8, CliError> {
+    run(command, out).map(|()| 0).map_err(CliError::from)
+}
+
+/// Runs one of the commands that either succeed or fail with a message.
+fn run(command: Command, out: &mut dyn Write) -> Result<(), String> {
     let print = |out: &mut dyn Write, text: &str| out.write_all(text.as_bytes()).map_err(|e| e.to_string());
     match command {
         Command::Release(command) => run_release(command, out),
