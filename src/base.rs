@@ -104,9 +104,32 @@ impl LogLevel {
     }
 }
 
+impl std::str::FromStr for LogLevel {
+    type Err = String;
+
+    /// A level as the configuration writes it, in any case (`DEBUG`, `debug`, `warning`).
+    fn from_str(text: &str) -> Result<LogLevel, String> {
+        Ok(match text.to_ascii_lowercase().as_str() {
+            "trace" => LogLevel::Trace,
+            "debug" => LogLevel::Debug,
+            "info" => LogLevel::Info,
+            "warn" | "warning" => LogLevel::Warn,
+            "error" => LogLevel::Error,
+            _ => return Err(format!("{text:?} is not a log level: use trace, debug, info, warn or error")),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_levels_are_read_in_any_case() {
+        assert_eq!("DEBUG".parse::<LogLevel>(), Ok(LogLevel::Debug));
+        assert_eq!("Warning".parse::<LogLevel>(), Ok(LogLevel::Warn));
+        assert!("loud".parse::<LogLevel>().unwrap_err().contains("trace, debug"));
+    }
 
     #[test]
     fn clip_keeps_short_text_and_cuts_long_text_on_a_character_boundary() {

@@ -32,6 +32,14 @@ pub struct Args {
     /// Check the configuration and exit.
     #[arg(long)]
     pub check_config: bool,
+    /// Log at this level for this run instead of logging.level: trace, debug, info, warn or
+    /// error, in any case (`--log-level DEBUG` while finding out why the service fails).
+    #[arg(long, value_name = "LEVEL")]
+    pub log_level: Option<crate::base::LogLevel>,
+    /// Started by root (an operator running the server by hand while the service is down):
+    /// read the configuration and secrets, then run as this user, the service's.
+    #[arg(long, value_name = "USER", default_value = "mcp")]
+    pub user: String,
 }
 
 /// Per-user state directory of the development configuration.
@@ -54,11 +62,13 @@ fn fail(message: impl std::fmt::Display) -> ExitCode {
 pub fn main() -> ExitCode {
     let args = Args::parse();
     // Checking a configuration needs no privilege either, but refuses nothing: an operator
-    // validates /etc/mcp-raspi/config.yml with sudo after editing it.
-    if nix::unistd::geteuid().is_root() && !args.check_config {
+    // validates /etc/mcp-raspi/config.yml with sudo after editing it. Serving as root never
+    // happens: root reads what only root may (the secrets) and then becomes the service user.
+    let as_root = nix::unistd::geteuid().is_root() && !args.check_config;
+    if as_root && args.dev {
         return fail(
             "refusing to run as root: the server needs no privilege (privileged work is the ops agent's). \
-             Run it as an unprivileged user, e.g. the package's `mcp` user; --check-config may run as root.",
+             Run the development server as your own user; --check-config may run as root.",
         );
     }
     let env: BTreeMap<String, String> = std::env::vars().collect();
@@ -67,6 +77,9 @@ pub fn main() -> ExitCode {
         Ok(l) => l,
         Err(e) => return fail(e),
     };
+    if let Some(level) = args.log_level {
+        loaded.config.logging.level = level;
+    }
     if let Some(listen) = &args.listen {
         match listen.parse::<ListenAddr>() {
             Ok(addr) => loaded.config.server.listen = addr,
@@ -90,6 +103,15 @@ pub fn main() -> ExitCode {
         }
         println!("configuration OK: {} (sha256 {})", loaded.origin, loaded.sha256);
         return ExitCode::SUCCESS;
+    }
+    if as_root {
+        if let Err(e) = become_user(&args.user) {
+            return fail(format!(
+                "refusing to run as root: the server needs no privilege, and it cannot become the user {:?}: {e}. \
+                 Name the service's user with --user USER, or run the server as that user.",
+                args.user
+            ));
+        }
     }
     if let Err(e) = crate::logs::init(loaded.config.logging.app_log()) {
         return fail(e);
@@ -169,6 +191,32 @@ pub fn main() -> ExitCode {
             fail(e)
         }
     }
+}
+
+/// Leaves root for good: the groups, then the group and user of `name` (a user name or a
+/// number). Capabilities go with the user id, as the process does not ask to keep them.
+fn become_user(name: &str) -> Result<(), String> {
+    use nix::unistd::{initgroups, setgid, setgroups, setuid, Uid, User};
+    let user = match name.parse::<u32>() {
+        Ok(uid) => User::from_uid(Uid::from_raw(uid)),
+        Err(_) => User::from_name(name),
+    }
+    .map_err(|e| format!("cannot look it up: {e}"))?
+    .ok_or("no such user on this system")?;
+    if user.uid.is_root() {
+        return Err("it is root".into());
+    }
+    let groups = std::ffi::CString::new(user.name.clone()).map_err(|_| "its name holds a NUL byte".to_string());
+    match groups {
+        Ok(c_name) => initgroups(&c_name, user.gid).map_err(|e| format!("cannot take its groups: {e}"))?,
+        Err(_) => setgroups(&[user.gid]).map_err(|e| format!("cannot take its group: {e}"))?,
+    }
+    setgid(user.gid).map_err(|e| format!("cannot take its group: {e}"))?;
+    setuid(user.uid).map_err(|e| format!("cannot take its user id: {e}"))?;
+    if setuid(Uid::from_raw(0)).is_ok() {
+        return Err("root could be regained after switching".into());
+    }
+    Ok(())
 }
 
 /// Completes on SIGTERM or SIGINT: the daemons' graceful stop. The handlers are installed

@@ -192,3 +192,70 @@ fn stdio_speaks_mcp_line_by_line() {
     drop(stdin);
     assert!(child.wait().unwrap().success());
 }
+
+#[test]
+fn root_starting_the_server_by_hand_gets_it_as_the_service_user_at_the_level_asked_for() {
+    if !is_root() {
+        eprintln!("skipped: needs root to start the server as root");
+        return;
+    }
+    // What an operator types while the service does not start (the spec's recovery
+    // scenario 1): root reads the configuration and secrets, the server runs as --user.
+    let dir = temp_dir();
+    let cfg = dir.path().join("c.yml");
+    let yaml = config_yaml(dir.path(), None, "").replace("level: debug", "level: warn");
+    std::fs::write(&cfg, yaml).unwrap();
+    let mut child = std::process::Command::new(server_bin())
+        .arg("--config")
+        .arg(&cfg)
+        .args(["--log-level", "DEBUG", "--user", &crate::support::UNPRIVILEGED.to_string()])
+        .env("TEST_ADMIN_TOKEN", "0123456789abcdef0")
+        .env("TEST_VIEWER_TOKEN", "0123456789abcdef1")
+        .env_remove("INVOCATION_ID")
+        .env_remove("JOURNAL_STREAM")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+    // An initialize, which the server logs at debug level.
+    let addr = line.trim().trim_start_matches("listening on http://").trim_end_matches("/mcp").to_string();
+    let body = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#;
+    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+    write!(
+        stream,
+        "POST /mcp HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAuthorization: Bearer 0123456789abcdef0\r\n\
+         Content-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut stream, &mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+    let _ = child.wait();
+    assert!(line.starts_with("listening on http://"), "{line:?}");
+    let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    let unprivileged = crate::support::UNPRIVILEGED.to_string();
+    assert!(uid.split_whitespace().skip(1).all(|u| u == unprivileged), "{uid}");
+    let caps = status.lines().find(|l| l.starts_with("CapEff:")).unwrap();
+    assert!(caps.ends_with("0000000000000000"), "{caps}");
+    let log = std::fs::read_to_string(dir.path().join("log/app.log")).unwrap();
+    assert!(log.contains("\"level\":\"debug\""), "--log-level DEBUG did not override level: warn: {log}");
+
+    let out = std::process::Command::new(server_bin())
+        .arg("--config")
+        .arg(&cfg)
+        .args(["--user", "no-such-user-mcp-raspi-test"])
+        .env("TEST_ADMIN_TOKEN", "0123456789abcdef0")
+        .env("TEST_VIEWER_TOKEN", "0123456789abcdef1")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("refusing to run as root") && err.contains("--user"), "{err}");
+    let out = server_command().args(["--dev", "--check-config", "--log-level", "loud"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a log level"), "{out:?}");
+}
