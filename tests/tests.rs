@@ -11,6 +11,7 @@ mod golden;
 mod hostile;
 mod http;
 mod malformed;
+mod operator;
 mod ops;
 mod self_update;
 mod update;

@@ -22,9 +22,13 @@ use crate::base::VERSION;
 use crate::config::Config;
 use crate::update::release;
 
+mod client;
 mod publish;
+mod render;
+mod tools;
 mod update;
 
+pub use tools::{runbook_tool, RUNBOOK_TOOLS};
 pub use update::{ManageCommand, UpdateCommand};
 
 /// Default install root of releases and the `current` symlink.
@@ -82,8 +86,9 @@ impl std::fmt::Display for CliError {
     }
 }
 
-/// Operator command line of mcp-raspi: releases, the ops agent's polkit rule, man pages and
-/// shell completions.
+/// Operator command line of mcp-raspi: the runbook's commands (the local server's tools,
+/// self-update and rollback, backup and restore, checks, configuration), releases, the ops
+/// agent's polkit rule, man pages and shell completions.
 #[derive(Debug, Parser)]
 #[command(name = "mcp-raspi", version = VERSION)]
 pub struct Args {
@@ -94,6 +99,14 @@ pub struct Args {
 /// What `mcp-raspi` does.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Ask the local server about the system (its system.* tools).
+    #[command(subcommand)]
+    System(tools::SystemCommand),
+    /// Ask the local server for metrics (its metrics.* tools).
+    #[command(subcommand)]
+    Metrics(tools::MetricsCommand),
+    /// Call any tool of the local server: mcp-raspi call gpio.read_pin --args '{"pin": 17}'.
+    Call(tools::CallArgs),
     /// Install releases under the install root and choose the one the services run.
     #[command(subcommand)]
     Release(ReleaseCommand),
@@ -235,7 +248,12 @@ fn with_alias(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
 /// Runs one command, writing its answer to `out`; returns its exit status (commands such as
 /// `healthcheck` have statuses of their own besides success and failure).
 pub fn run_command(command: Command, out: &mut dyn Write) -> Result<u8, CliError> {
-    run(command, out).map(|()| 0).map_err(CliError::from)
+    match command {
+        Command::System(command) => tools::run_system(command, out).map(|()| 0),
+        Command::Metrics(command) => tools::run_metrics(command, out).map(|()| 0),
+        Command::Call(args) => tools::run_call(args, out).map(|()| 0),
+        other => run(other, out).map(|()| 0).map_err(CliError::from),
+    }
 }
 
 /// Runs one of the commands that either succeed or fail with a message.
@@ -259,6 +277,9 @@ fn run(command: Command, out: &mut dyn Write) -> Result<(), String> {
         }
         Command::Man { out: dir } => write_man_pages(&dir),
         Command::Completions { out: dir } => write_completions(&dir),
+        Command::System(_) | Command::Metrics(_) | Command::Call(_) => {
+            Err("this command has an exit status of its own: run it with run_command".into())
+        }
     }
 }
 

@@ -1,0 +1,387 @@
+//! The command line's MCP client: `mcp-raspi system get-info`, `mcp-raspi call TOOL` and the
+//! other tool-backed commands call the local server's tools over loopback, as any MCP client
+//! does, so that they are authenticated, role-checked and audited like every other call.
+//!
+//! Each call is one stateless request (protocol 2026-07-28): no session to open or close.
+//! The server is found from the configuration's `server.listen`, and the token the way an
+//! operator expects: `--token` or `MCP_RASPI_TOKEN`, else (for root, who may read it) the
+//! strongest token of `security.tokens` in the secrets file.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args as ClapArgs;
+use serde_json::{json, Value};
+
+use super::{CliError, DEFAULT_CONFIG, EXIT_FAILURE, EXIT_NOPERM, EXIT_UNAVAILABLE};
+use crate::base::VERSION;
+use crate::config::{parse_env_file, AuthMode, Config, Loaded};
+
+/// The protocol revision the command line speaks: stateless, one request per call.
+const PROTOCOL: &str = "2026-07-28";
+
+/// Where the server is and how to authenticate to it.
+#[derive(Debug, Clone, ClapArgs)]
+pub struct Connection {
+    /// Configuration file: where the server listens and, for root, the token to use.
+    #[arg(long, value_name = "FILE", default_value = DEFAULT_CONFIG)]
+    pub config: PathBuf,
+    /// Talk to the development server (`make run`, the embedded development configuration).
+    #[arg(long, conflicts_with = "config")]
+    pub dev: bool,
+    /// The server's MCP endpoint, instead of the configured listen address
+    /// (e.g. http://127.0.0.1:8000/mcp).
+    #[arg(long, value_name = "URL", env = "MCP_RASPI_URL")]
+    pub url: Option<String>,
+    /// Bearer token; prefer the environment variable, which other users cannot see.
+    /// Root without one uses the strongest token of the secrets file.
+    #[arg(long, value_name = "TOKEN", env = "MCP_RASPI_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Seconds to wait for the answer.
+    #[arg(long, value_name = "SECONDS", default_value_t = 120)]
+    pub timeout: u64,
+    /// Print the tool's result as JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// A server to call, resolved from a [`Connection`].
+#[derive(Debug)]
+pub struct Endpoint {
+    pub url: String,
+    token: Option<String>,
+    timeout: Duration,
+}
+
+/// Shows a tool's progress notifications: progress, total, message.
+pub type OnProgress<'a> = &'a mut dyn FnMut(f64, Option<f64>, Option<&str>);
+
+/// A tool's answer: its structured result (or text), and whether it is an error.
+#[derive(Debug)]
+pub struct ToolAnswer {
+    pub structured: Option<Value>,
+    pub text: String,
+    pub is_error: bool,
+}
+
+/// The loopback address a client reaches a listener on (a wildcard listener is reached on
+/// loopback of its family).
+pub fn loopback_for(addr: SocketAddr) -> SocketAddr {
+    let ip = match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    SocketAddr::new(ip, addr.port())
+}
+
+fn load_config(connection: &Connection) -> Result<Loaded, CliError> {
+    let env: BTreeMap<String, String> = std::env::vars().collect();
+    let loaded = if connection.dev {
+        Config::dev(&crate::server::dev_home(), &env)
+    } else {
+        Config::load(&connection.config, &env)
+    };
+    loaded.map_err(|e| match e {
+        crate::config::ConfigError::Read { .. } => CliError::new(
+            EXIT_FAILURE,
+            format!("{e}; name the configuration with --config FILE, the server with --url URL, or use --dev"),
+        ),
+        e => CliError::from(e.to_string()),
+    })
+}
+
+impl Connection {
+    /// The endpoint and token to use.
+    pub fn endpoint(&self) -> Result<Endpoint, CliError> {
+        let timeout = Duration::from_secs(self.timeout.max(1));
+        // An explicit URL and token need no configuration (a workstation has none).
+        if let (Some(url), Some(token)) = (&self.url, &self.token) {
+            return Ok(Endpoint { url: url.clone(), token: Some(token.clone()), timeout });
+        }
+        let loaded = load_config(self)?;
+        let config = &loaded.config;
+        let url = match &self.url {
+            Some(url) => url.clone(),
+            None => format!("http://{}/mcp", loopback_for(config.listen_addr())),
+        };
+        let token = match (&self.token, config.security.auth_mode) {
+            (Some(token), _) => Some(token.clone()),
+            (None, AuthMode::None) => None,
+            (None, _) => Some(token_from_secrets(config)?),
+        };
+        Ok(Endpoint { url, token, timeout })
+    }
+}
+
+/// The token of the highest role in `security.tokens` whose secret is set, in the
+/// environment or the secrets file.
+fn token_from_secrets(config: &Config) -> Result<String, CliError> {
+    let mut secrets: BTreeMap<String, String> = std::env::vars().collect();
+    let mut unreadable = None;
+    if let Some(file) = &config.security.secrets_file {
+        match std::fs::read_to_string(file) {
+            Ok(text) => secrets.extend(parse_env_file(&text)),
+            Err(e) => unreadable = Some(format!("{} cannot be read ({e})", file.display())),
+        }
+    }
+    let mut tokens: Vec<_> = config.security.tokens.iter().collect();
+    tokens.sort_by_key(|t| std::cmp::Reverse(t.role));
+    if let Some(token) = tokens.iter().find_map(|t| secrets.get(&t.env).filter(|v| !v.is_empty())) {
+        return Ok(token.clone());
+    }
+    let why = match unreadable {
+        Some(why) if !nix::unistd::geteuid().is_root() => format!("{why}: run the command with sudo, or"),
+        Some(why) => format!("{why};"),
+        None => "no token of security.tokens is set in the secrets file or the environment;".into(),
+    };
+    Err(CliError::new(EXIT_NOPERM, format!("no bearer token: {why} pass --token TOKEN or set MCP_RASPI_TOKEN")))
+}
+
+impl Endpoint {
+    /// An endpoint at `url` with `token`, for callers that know both.
+    pub fn new(url: String, token: Option<String>, timeout: Duration) -> Endpoint {
+        Endpoint { url, token, timeout }
+    }
+
+    /// Calls `tool` with `arguments`. On a terminal, progress the tool reports is shown by
+    /// `on_progress` (progress, total, message).
+    pub fn call_tool(
+        &self,
+        tool: &str,
+        arguments: Value,
+        on_progress: Option<OnProgress<'_>>,
+    ) -> Result<ToolAnswer, CliError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| CliError::from(format!("cannot start the runtime: {e}")))?;
+        runtime.block_on(self.call_tool_async(tool, arguments, on_progress))
+    }
+
+    async fn call_tool_async(
+        &self,
+        tool: &str,
+        arguments: Value,
+        mut on_progress: Option<OnProgress<'_>>,
+    ) -> Result<ToolAnswer, CliError> {
+        let mut meta = json!({
+            crate::mcp::meta::PROTOCOL_VERSION: PROTOCOL,
+            crate::mcp::meta::CLIENT_CAPABILITIES: {},
+            crate::mcp::meta::CLIENT_INFO: {"name": "mcp-raspi", "version": VERSION},
+        });
+        if on_progress.is_some() {
+            meta["progressToken"] = json!("cli");
+        }
+        let body = json!({
+            "jsonrpc": "2.0", "id": 1, "method": "tools/call",
+            "params": {"name": tool, "arguments": arguments, "_meta": meta},
+        });
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(self.timeout)
+            .build()
+            .map_err(|e| CliError::from(format!("cannot set up the HTTP client: {e}")))?;
+        let mut request = client
+            .post(&self.url)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", PROTOCOL)
+            .header("mcp-method", "tools/call")
+            .header("mcp-name", tool)
+            .body(body.to_string());
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        let mut response = request.send().await.map_err(|e| self.unreachable(&e))?;
+        let status = response.status();
+        let is_sse = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
+        let mut answer = None;
+        if is_sse {
+            let mut events = SseLines::default();
+            while let Some(chunk) = response.chunk().await.map_err(|e| self.unreachable(&e))? {
+                for data in events.push(&chunk) {
+                    let Ok(message) = serde_json::from_str::<Value>(&data) else { continue };
+                    if message.get("method").and_then(Value::as_str) == Some("notifications/progress") {
+                        if let Some(show) = on_progress.as_mut() {
+                            let p = &message["params"];
+                            show(p["progress"].as_f64().unwrap_or(0.0), p["total"].as_f64(), p["message"].as_str());
+                        }
+                    } else if message.get("id").is_some() {
+                        answer = Some(message);
+                    }
+                }
+            }
+        } else {
+            let bytes = response.bytes().await.map_err(|e| self.unreachable(&e))?;
+            answer = serde_json::from_slice::<Value>(&bytes).ok();
+            if answer.is_none() {
+                let text = String::from_utf8_lossy(&bytes);
+                return Err(http_failure(status.as_u16(), text.trim()));
+            }
+        }
+        let Some(answer) = answer else {
+            return Err(CliError::from(format!("the server at {} ended the answer without a result", self.url)));
+        };
+        if let Some(error) = answer.get("error") {
+            let message = error["message"].as_str().unwrap_or("unknown error");
+            return Err(http_failure(status.as_u16(), message));
+        }
+        let result = &answer["result"];
+        let text = result["content"]
+            .as_array()
+            .map(|items| items.iter().filter_map(|c| c["text"].as_str()).collect::<Vec<_>>().join("\n"))
+            .unwrap_or_default();
+        Ok(ToolAnswer {
+            structured: result.get("structuredContent").cloned(),
+            text,
+            is_error: result["isError"].as_bool().unwrap_or(false),
+        })
+    }
+
+    /// The error of a request that did not get an answer: the server is down, or slow.
+    fn unreachable(&self, e: &reqwest::Error) -> CliError {
+        let why = if e.is_timeout() {
+            format!("no answer within {} s", self.timeout.as_secs())
+        } else if e.is_connect() {
+            "connection refused".to_string()
+        } else {
+            error_chain(e)
+        };
+        CliError::new(
+            EXIT_UNAVAILABLE,
+            format!(
+                "cannot reach the mcp-raspi server at {}: {why}; is it running? (systemctl status mcp-raspi-server)",
+                self.url
+            ),
+        )
+    }
+}
+
+/// The error for an HTTP status or JSON-RPC error the server answered with.
+fn http_failure(status: u16, message: &str) -> CliError {
+    let message = if message.is_empty() { format!("HTTP status {status}") } else { message.to_string() };
+    match status {
+        401 | 403 => CliError::new(
+            EXIT_NOPERM,
+            format!("the server refused the credentials: {message} (pass --token TOKEN or set MCP_RASPI_TOKEN)"),
+        ),
+        _ => CliError::from(format!("the server answered: {message}")),
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// Splits a `text/event-stream` body into the data of its events.
+#[derive(Debug, Default)]
+struct SseLines {
+    pending: Vec<u8>,
+    data: String,
+}
+
+impl SseLines {
+    /// Feeds `chunk`; returns the data of the events it completed.
+    fn push(&mut self, chunk: &[u8]) -> Vec<String> {
+        self.pending.extend_from_slice(chunk);
+        let mut events = Vec::new();
+        while let Some(end) = self.pending.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.pending.drain(..=end).collect();
+            let line = String::from_utf8_lossy(&line);
+            let line = line.trim_end_matches(['\n', '\r']);
+            if line.is_empty() {
+                if !self.data.is_empty() {
+                    events.push(std::mem::take(&mut self.data));
+                }
+            } else if let Some(value) = line.strip_prefix("data:") {
+                if !self.data.is_empty() {
+                    self.data.push('\n');
+                }
+                self.data.push_str(value.strip_prefix(' ').unwrap_or(value));
+            }
+        }
+        events
+    }
+}
+
+/// A progress bar on a terminal for a tool's progress notifications; nothing elsewhere.
+pub fn progress_bar() -> Option<indicatif::ProgressBar> {
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new(0);
+    let style = indicatif::ProgressStyle::with_template("{spinner} [{bar:30}] {pos}/{len} {msg}")
+        .map(|s| s.progress_chars("=> "))
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    bar.set_style(style);
+    Some(bar)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn wildcard_listeners_are_reached_on_loopback() {
+        let v4: SocketAddr = "0.0.0.0:8000".parse().unwrap();
+        assert_eq!(loopback_for(v4), "127.0.0.1:8000".parse().unwrap());
+        let v6: SocketAddr = "[::]:8000".parse().unwrap();
+        assert_eq!(loopback_for(v6), "[::1]:8000".parse().unwrap());
+        let lan: SocketAddr = "192.168.1.5:8000".parse().unwrap();
+        assert_eq!(loopback_for(lan), lan);
+    }
+
+    #[test]
+    fn event_stream_data_is_split_into_events_across_chunks() {
+        let mut sse = SseLines::default();
+        assert!(sse.push(b"event: message\ndata: {\"a\"").is_empty());
+        assert_eq!(sse.push(b":1}\n\ndata: x\r\n"), vec![r#"{"a":1}"#.to_string()]);
+        assert_eq!(sse.push(b"\r\n"), vec!["x".to_string()]);
+        assert!(sse.push(b"").is_empty());
+        let mut sse = SseLines::default();
+        assert_eq!(sse.push(b"data: x\r\n\r\ndata: y\ndata: z\n\n"), vec!["x".to_string(), "y\nz".to_string()]);
+    }
+
+    #[test]
+    fn refused_credentials_have_their_own_exit_status() {
+        assert_eq!(http_failure(401, "the bearer token is not valid").code, EXIT_NOPERM);
+        assert_eq!(http_failure(403, "").code, EXIT_NOPERM);
+        let e = http_failure(200, "Unknown tool: x");
+        assert_eq!(e.code, EXIT_FAILURE);
+        assert!(e.message.contains("Unknown tool: x"), "{e}");
+    }
+
+    #[test]
+    fn the_strongest_token_of_the_secrets_file_is_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let secrets = dir.path().join("secrets.env");
+        std::fs::write(&secrets, "VIEW_T=viewer-secret-000000000\nADMIN_T=admin-secret-0000000000\n").unwrap();
+        let yaml = format!(
+            "config_version: \"1.2\"\nsecurity:\n  secrets_file: {}\n  tokens:\n    - {{ identity: w, role: viewer, env: VIEW_T }}\n    - {{ identity: a, role: admin, env: ADMIN_T }}\n",
+            secrets.display()
+        );
+        let config = Config::from_yaml(&yaml, "t").unwrap();
+        assert_eq!(token_from_secrets(&config).unwrap(), "admin-secret-0000000000");
+        std::fs::write(&secrets, "OTHER=1\n").unwrap();
+        let e = token_from_secrets(&config).unwrap_err();
+        assert_eq!(e.code, EXIT_NOPERM);
+        assert!(e.message.contains("MCP_RASPI_TOKEN"), "{e}");
+    }
+}
