@@ -9,7 +9,6 @@
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -67,17 +66,6 @@ pub struct ToolAnswer {
     pub is_error: bool,
 }
 
-/// The loopback address a client reaches a listener on (a wildcard listener is reached on
-/// loopback of its family).
-pub fn loopback_for(addr: SocketAddr) -> SocketAddr {
-    let ip = match addr.ip() {
-        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
-        ip => ip,
-    };
-    SocketAddr::new(ip, addr.port())
-}
-
 fn load_config(connection: &Connection) -> Result<Loaded, CliError> {
     let env: BTreeMap<String, String> = std::env::vars().collect();
     let loaded = if connection.dev {
@@ -106,7 +94,7 @@ impl Connection {
         let config = &loaded.config;
         let url = match &self.url {
             Some(url) => url.clone(),
-            None => format!("http://{}/mcp", loopback_for(config.listen_addr())),
+            None => format!("http://{}/mcp", crate::selfcheck::loopback_for(config.listen_addr())),
         };
         let token = match (&self.token, config.security.auth_mode) {
             (Some(token), _) => Some(token.clone()),
@@ -265,6 +253,27 @@ impl Endpoint {
     }
 }
 
+/// The server's `/healthz` at `addr` (a loopback address), as JSON.
+pub fn healthz(addr: std::net::SocketAddr) -> Result<Value, String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    runtime.block_on(async {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(3))
+            .build()
+            .map_err(|e| format!("cannot set up the HTTP client: {e}"))?;
+        let response = client.get(format!("http://{addr}/healthz")).send().await.map_err(|e| error_chain(&e))?;
+        let status = response.status();
+        let body = response.bytes().await.map_err(|e| error_chain(&e))?;
+        if !status.is_success() {
+            return Err(format!("/healthz answered {status}: {}", String::from_utf8_lossy(&body).trim()));
+        }
+        serde_json::from_slice(&body).map_err(|e| format!("/healthz answered no JSON: {e}"))
+    })
+}
+
 /// The error for an HTTP status or JSON-RPC error the server answered with.
 fn http_failure(status: u16, message: &str) -> CliError {
     let message = if message.is_empty() { format!("HTTP status {status}") } else { message.to_string() };
@@ -337,16 +346,6 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-
-    #[test]
-    fn wildcard_listeners_are_reached_on_loopback() {
-        let v4: SocketAddr = "0.0.0.0:8000".parse().unwrap();
-        assert_eq!(loopback_for(v4), "127.0.0.1:8000".parse().unwrap());
-        let v6: SocketAddr = "[::]:8000".parse().unwrap();
-        assert_eq!(loopback_for(v6), "[::1]:8000".parse().unwrap());
-        let lan: SocketAddr = "192.168.1.5:8000".parse().unwrap();
-        assert_eq!(loopback_for(lan), lan);
-    }
 
     #[test]
     fn event_stream_data_is_split_into_events_across_chunks() {

@@ -22,6 +22,7 @@ use crate::base::VERSION;
 use crate::config::Config;
 use crate::update::release;
 
+mod backup;
 mod client;
 mod publish;
 mod render;
@@ -107,6 +108,12 @@ pub enum Command {
     Metrics(tools::MetricsCommand),
     /// Call any tool of the local server: mcp-raspi call gpio.read_pin --args '{"pin": 17}'.
     Call(tools::CallArgs),
+    /// Save configuration, secrets, state, audit and recent logs, and units in one verified
+    /// archive; old archives are removed after the retention period.
+    Backup(backup::BackupArgs),
+    /// Put a backup back: verify it, stop the services, restore the files with their owners
+    /// and modes, reconcile version.json, start the services and check their health.
+    Restore(backup::RestoreArgs),
     /// Install releases under the install root and choose the one the services run.
     #[command(subcommand)]
     Release(ReleaseCommand),
@@ -252,6 +259,8 @@ pub fn run_command(command: Command, out: &mut dyn Write) -> Result<u8, CliError
         Command::System(command) => tools::run_system(command, out).map(|()| 0),
         Command::Metrics(command) => tools::run_metrics(command, out).map(|()| 0),
         Command::Call(args) => tools::run_call(args, out).map(|()| 0),
+        Command::Backup(args) => backup::run_backup(args, out).map(|()| 0),
+        Command::Restore(args) => backup::run_restore(args, out).map(|()| 0),
         other => run(other, out).map(|()| 0).map_err(CliError::from),
     }
 }
@@ -277,7 +286,7 @@ fn run(command: Command, out: &mut dyn Write) -> Result<(), String> {
         }
         Command::Man { out: dir } => write_man_pages(&dir),
         Command::Completions { out: dir } => write_completions(&dir),
-        Command::System(_) | Command::Metrics(_) | Command::Call(_) => {
+        Command::System(_) | Command::Metrics(_) | Command::Call(_) | Command::Backup(_) | Command::Restore(_) => {
             Err("this command has an exit status of its own: run it with run_command".into())
         }
     }

@@ -95,7 +95,7 @@ fn load(path: &Path) -> Result<Config, String> {
 /// The installation. What root creates there is given to the owner of the install root
 /// (the agent's user, `mcp-ops`, on an installed system), so that the agent can go on
 /// managing it.
-fn installation(config: &Config) -> Result<Installation, String> {
+pub(super) fn installation(config: &Config) -> Result<Installation, String> {
     use std::os::unix::fs::MetadataExt;
     let root = &config.paths.install_dir;
     let owner = match std::fs::metadata(root) {

@@ -1,0 +1,387 @@
+//! `mcp-raspi restore FILE`: puts a backup back. The archive is read and checked completely
+//! before anything changes; then the services are stopped, each file is written atomically
+//! with its saved mode and its owner and group looked up by name (user ids differ between
+//! installations), `version.json` is reconciled with the `current` link, and the services
+//! are started again and must answer their health check.
+
+use std::fs;
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use clap::Args as ClapArgs;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use super::archive::{self, Entry, Kind, Staged};
+use super::{load_config, permissions, Places, UNITS_DIR};
+use crate::base::hex;
+use crate::cli::{CliError, DEFAULT_CONFIG};
+use crate::config::Config;
+
+/// `mcp-raspi restore`.
+#[derive(Debug, ClapArgs)]
+pub struct RestoreArgs {
+    /// The archive written by `mcp-raspi backup`.
+    #[arg(value_name = "FILE")]
+    pub archive: PathBuf,
+    /// Check the archive and list what would change, changing nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// This installation's configuration file: its directory receives the saved one.
+    #[arg(long, value_name = "FILE", default_value = DEFAULT_CONFIG)]
+    pub config: PathBuf,
+    /// Directory of the administrator's systemd units and drop-ins.
+    #[arg(long, value_name = "DIR", default_value = UNITS_DIR)]
+    pub units_dir: PathBuf,
+    /// Restore the files without stopping and starting the services.
+    #[arg(long)]
+    pub no_restart: bool,
+    /// Seconds to wait for the started server to answer its health check.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    pub health_timeout: u64,
+    /// Print one JSON object describing the restore instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// What happens to one entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Change {
+    New,
+    Replace,
+    Same,
+}
+
+#[derive(Debug, Serialize)]
+struct Step {
+    path: PathBuf,
+    change: Change,
+    #[serde(skip)]
+    entry: Entry,
+}
+
+/// What a restore did (or, dry, would do).
+#[derive(Debug, Serialize)]
+struct Report {
+    archive: PathBuf,
+    backup_of: String,
+    created: String,
+    backup_version: Option<String>,
+    dry_run: bool,
+    new: Vec<PathBuf>,
+    replaced: Vec<PathBuf>,
+    unchanged: usize,
+    notes: Vec<String>,
+    version: Option<String>,
+    healthy: Option<bool>,
+    seconds: f64,
+}
+
+/// Where each saved area goes on this system: the configuration directory of this
+/// installation, and the state and log directories the restored configuration names.
+fn places_for(args: &RestoreArgs, staged: &Staged, notes: &mut Vec<String>) -> Places {
+    let config_name = args.config.file_name().map(|n| n.to_os_string()).unwrap_or_else(|| "config.yml".into());
+    let restored = staged.dir.path().join("config").join(&config_name);
+    let config = match load_config(&restored) {
+        Ok(c) => c,
+        Err(e) => {
+            notes.push(format!("the saved configuration does not load here ({e}): state and logs go where this installation's configuration says"));
+            load_config(&args.config).unwrap_or_else(|_| default_config())
+        }
+    };
+    Places::of(&args.config, &config, &args.units_dir)
+}
+
+fn default_config() -> Config {
+    let text = format!("config_version: \"{}\"\n", crate::config::CONFIG_VERSION);
+    Config::from_yaml(&text, "defaults").unwrap_or_else(|_| unreachable!("the defaults load"))
+}
+
+fn sha256_of(path: &Path) -> Option<String> {
+    let mut file = fs::File::open(path).ok()?;
+    let mut hasher = Sha256::new();
+    io::copy(&mut file, &mut hasher).ok()?;
+    Some(hex(&hasher.finalize()))
+}
+
+fn plan(staged: &Staged, places: &Places) -> Result<Vec<Step>, String> {
+    let mut steps = Vec::new();
+    for entry in &staged.manifest.entries {
+        let Some(rel) = archive::safe_relative(&entry.path) else { continue };
+        let mut parts = rel.components();
+        let area = parts.next().map(|c| c.as_os_str().to_string_lossy().into_owned()).unwrap_or_default();
+        let Some(dir) = places.area_dir(&area) else { continue };
+        let rest = parts.as_path();
+        let path = if rest.as_os_str().is_empty() { dir.to_path_buf() } else { dir.join(rest) };
+        let change = match (entry.kind, fs::symlink_metadata(&path)) {
+            (_, Err(_)) => Change::New,
+            (Kind::Dir, Ok(meta)) if meta.is_dir() => Change::Same,
+            (Kind::File, Ok(meta)) if meta.is_file() && sha256_of(&path) == entry.sha256 => Change::Same,
+            (_, Ok(meta)) if meta.is_dir() != (entry.kind == Kind::Dir) => {
+                return Err(format!(
+                    "{} is a {} here but a {} in the backup; move it away first; nothing was changed",
+                    path.display(),
+                    if meta.is_dir() { "directory" } else { "file" },
+                    if entry.kind == Kind::Dir { "directory" } else { "file" }
+                ))
+            }
+            _ => Change::Replace,
+        };
+        steps.push(Step { path, change, entry: entry.clone() });
+    }
+    Ok(steps)
+}
+
+fn uid_of(name: &str) -> Option<u32> {
+    name.parse().ok().or_else(|| nix::unistd::User::from_name(name).ok().flatten().map(|u| u.uid.as_raw()))
+}
+
+fn gid_of(name: &str) -> Option<u32> {
+    name.parse().ok().or_else(|| nix::unistd::Group::from_name(name).ok().flatten().map(|g| g.gid.as_raw()))
+}
+
+/// Writes one entry in place: a directory created or given its mode, a file through a
+/// temporary file beside it, synced and renamed over the old one.
+fn apply(step: &Step, staged: &Staged, as_root: bool, notes: &mut Vec<String>) -> Result<(), String> {
+    let e = &step.entry;
+    let (uid, gid) = (uid_of(&e.owner), gid_of(&e.group));
+    if as_root && (uid.is_none() || gid.is_none()) {
+        notes.push(format!("{}: no user {:?} or group {:?} here; left to root", step.path.display(), e.owner, e.group));
+    }
+    let owner = |path: &Path| -> Result<(), String> {
+        if as_root {
+            std::os::unix::fs::lchown(path, uid.or(Some(0)), gid.or(Some(0)))
+                .map_err(|err| format!("cannot give {} to {}:{}: {err}", path.display(), e.owner, e.group))?;
+        }
+        Ok(())
+    };
+    match e.kind {
+        Kind::Dir => {
+            if step.change == Change::New {
+                fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(e.mode)
+                    .create(&step.path)
+                    .map_err(|err| format!("cannot create {}: {err}", step.path.display()))?;
+            }
+            owner(&step.path)?;
+            fs::set_permissions(&step.path, permissions(e.mode))
+                .map_err(|err| format!("cannot set the mode of {}: {err}", step.path.display()))
+        }
+        Kind::File => {
+            let dir = step.path.parent().unwrap_or(Path::new("/"));
+            let name = step.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let tmp = dir.join(format!(".{name}.restore-{}", std::process::id()));
+            let result = (|| {
+                let _ = fs::remove_file(&tmp);
+                let mut out = fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .custom_flags(nix::libc::O_NOFOLLOW)
+                    .open(&tmp)
+                    .map_err(|err| format!("cannot write beside {}: {err}", step.path.display()))?;
+                let mut from = fs::File::open(staged.path_of(e))
+                    .map_err(|err| format!("cannot read the staged {}: {err}", e.path))?;
+                io::copy(&mut from, &mut out).map_err(|err| format!("cannot write {}: {err}", step.path.display()))?;
+                owner(&tmp)?;
+                out.set_permissions(permissions(e.mode))
+                    .map_err(|err| format!("cannot set the mode of {}: {err}", step.path.display()))?;
+                out.sync_all().map_err(|err| format!("cannot sync {}: {err}", step.path.display()))?;
+                fs::rename(&tmp, &step.path).map_err(|err| format!("cannot replace {}: {err}", step.path.display()))
+            })();
+            if result.is_err() {
+                let _ = fs::remove_file(&tmp);
+            }
+            result?;
+            fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|err| format!("cannot sync {}: {err}", dir.display()))
+        }
+    }
+}
+
+fn systemctl(args: &[&str]) -> Result<(), String> {
+    match Command::new("systemctl").args(args).status() {
+        Ok(s) if s.success() => Ok(()),
+        Ok(s) => Err(format!("systemctl {} failed ({s})", args.join(" "))),
+        Err(e) => Err(format!("cannot run systemctl: {e}")),
+    }
+}
+
+/// Waits for the server's `/healthz`; returns the version it reports.
+fn wait_healthy(config: &Config, timeout: Duration) -> Result<String, String> {
+    let addr = crate::selfcheck::loopback_for(config.listen_addr());
+    let deadline = Instant::now() + timeout;
+    let mut last = String::from("no answer yet");
+    while Instant::now() < deadline {
+        match super::super::client::healthz(addr) {
+            Ok(v) => return Ok(v["version"].as_str().unwrap_or("").to_string()),
+            Err(e) => last = e,
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    Err(format!("the server at {addr} did not answer /healthz within {} s: {last}", timeout.as_secs()))
+}
+
+pub fn run_restore(args: RestoreArgs, out: &mut dyn Write) -> Result<(), CliError> {
+    let started = Instant::now();
+    if !args.archive.is_file() {
+        return Err(CliError::from(format!(
+            "{} does not exist or is not a file; nothing was changed",
+            args.archive.display()
+        )));
+    }
+    let staged = archive::read_and_verify(&args.archive, &std::env::temp_dir())?;
+    let mut notes = Vec::new();
+    let places = places_for(&args, &staged, &mut notes);
+    let steps = plan(&staged, &places)?;
+    let list = |c: Change| steps.iter().filter(|s| s.change == c).map(|s| s.path.clone()).collect::<Vec<_>>();
+    let mut report = Report {
+        archive: args.archive.clone(),
+        backup_of: staged.manifest.hostname.clone(),
+        created: staged.manifest.created.clone(),
+        backup_version: staged.manifest.current_version.clone(),
+        dry_run: args.dry_run,
+        new: list(Change::New),
+        replaced: list(Change::Replace),
+        unchanged: steps.iter().filter(|s| s.change == Change::Same).count(),
+        notes: Vec::new(),
+        version: None,
+        healthy: None,
+        seconds: 0.0,
+    };
+    let systemd = !args.no_restart && Path::new("/run/systemd/system").is_dir();
+    if !args.dry_run {
+        let as_root = nix::unistd::geteuid().is_root();
+        if systemd {
+            systemctl(&["stop", "mcp-raspi-server.service", "raspi-ops-agent.service"])?;
+        }
+        for step in &steps {
+            apply(step, &staged, as_root, &mut notes)?;
+        }
+        let config = load_config(&args.config).unwrap_or_else(|e| {
+            notes.push(format!("the restored configuration does not load: {e}"));
+            default_config()
+        });
+        report.version = reconcile(&config, &staged, &mut notes);
+        if systemd {
+            if steps.iter().any(|s| s.change != Change::Same && s.entry.path.starts_with("systemd/")) {
+                systemctl(&["daemon-reload"])?;
+            }
+            refresh_polkit_rule(&args.config, &mut notes);
+            systemctl(&["start", "raspi-ops-agent.service", "mcp-raspi-server.service"])?;
+            match wait_healthy(&config, Duration::from_secs(args.health_timeout)) {
+                Ok(version) => {
+                    report.healthy = Some(true);
+                    report.version = Some(version);
+                }
+                Err(e) => {
+                    report.healthy = Some(false);
+                    notes.push(e);
+                }
+            }
+        } else if !args.no_restart {
+            notes.push("systemd is not running here: start raspi-ops-agent and mcp-raspi-server yourself".into());
+        }
+    }
+    report.notes = notes;
+    report.seconds = (started.elapsed().as_secs_f64() * 100.0).round() / 100.0;
+    print_report(&report, args.json, out)?;
+    if report.healthy == Some(false) {
+        return Err(CliError::from("the files were restored, but the server is not healthy: see above"));
+    }
+    Ok(())
+}
+
+/// Brings version.json in line with the `current` link (which names the release that is
+/// installed here): the backup may be of another version, or of a moment during an update.
+fn reconcile(config: &Config, staged: &Staged, notes: &mut Vec<String>) -> Option<String> {
+    let inst = match crate::cli::update::installation(config) {
+        Ok(i) => i,
+        Err(e) => {
+            notes.push(format!("version.json was not reconciled: {e}"));
+            return None;
+        }
+    };
+    match inst.reconcile() {
+        Ok((found, state)) => {
+            if !matches!(found, crate::update::state::Reconciled::Consistent) {
+                notes.push(format!("version.json reconciled with current: {found:?}"));
+            }
+            let runs = state.current_version.clone();
+            if runs.is_some() && runs != staged.manifest.current_version {
+                notes.push(format!(
+                    "the backup was taken with {} and this system runs {}; version.json follows what runs",
+                    staged.manifest.current_version.as_deref().unwrap_or("an unknown version"),
+                    runs.as_deref().unwrap_or("?")
+                ));
+            }
+            runs
+        }
+        Err(e) => {
+            notes.push(format!("version.json was not reconciled: {e}"));
+            None
+        }
+    }
+}
+
+/// The polkit rule follows the restored configuration's unit allowlist.
+fn refresh_polkit_rule(config: &Path, notes: &mut Vec<String>) {
+    let rules = Path::new("/etc/polkit-1/rules.d");
+    if !rules.is_dir() {
+        return;
+    }
+    match crate::cli::polkit_rules_for(config, "mcp-ops") {
+        Ok(text) => {
+            if let Err(e) = crate::cli::write_atomically(&rules.join("50-mcp-raspi.rules"), text.as_bytes(), 0o644) {
+                notes.push(format!("the polkit rule was not rewritten: {e}"));
+            }
+        }
+        Err(e) => notes.push(format!("the polkit rule was not rewritten: {e}")),
+    }
+}
+
+fn print_report(report: &Report, json: bool, out: &mut dyn Write) -> Result<(), CliError> {
+    let text = if json {
+        format!("{}\n", serde_json::to_string(report).unwrap_or_default())
+    } else {
+        let mut t = format!(
+            "{} {} (backup of {} at {}, version {})\n",
+            if report.dry_run { "would restore" } else { "restored" },
+            report.archive.display(),
+            report.backup_of,
+            report.created,
+            report.backup_version.as_deref().unwrap_or("unknown"),
+        );
+        t.push_str(&format!(
+            "  {} new, {} replaced, {} unchanged\n",
+            report.new.len(),
+            report.replaced.len(),
+            report.unchanged
+        ));
+        for p in &report.new {
+            t.push_str(&format!("  new      {}\n", p.display()));
+        }
+        for p in &report.replaced {
+            t.push_str(&format!("  replace  {}\n", p.display()));
+        }
+        for n in &report.notes {
+            t.push_str(&format!("  note: {n}\n"));
+        }
+        match (report.healthy, &report.version) {
+            (Some(true), Some(v)) => t.push_str(&format!("  services started; the server is healthy, version {v}\n")),
+            (_, Some(v)) if !report.dry_run => t.push_str(&format!("  version {v}\n")),
+            _ => {}
+        }
+        if !report.dry_run {
+            t.push_str(&format!("  took {:.1} s\n", report.seconds));
+        }
+        t
+    };
+    out.write_all(text.as_bytes()).map_err(|e| CliError::from(e.to_string()))
+}
