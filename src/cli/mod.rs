@@ -398,10 +398,13 @@ pub fn write_man_pages(dir: &Path) -> Result<(), String> {
         let name = command.get_name().to_string();
         clap_mangen::generate_to(command, dir).map_err(|e| format!("cannot write the man pages of {name}: {e}"))?;
     }
-    // The other names of mcp-raspi show its page.
+    // The other names of mcp-raspi: `mcp-raspi-backup` is the page of `mcp-raspi backup`,
+    // which has that name already; `mcp-raspi-cli` shows the page of the whole program.
     for (alias, _) in ALIASES {
         let path = dir.join(format!("{alias}.1"));
-        fs::write(&path, ".so man1/mcp-raspi.1\n").map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        if !path.exists() {
+            fs::write(&path, ".so man1/mcp-raspi.1\n").map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        }
     }
     Ok(())
 }
