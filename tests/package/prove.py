@@ -46,6 +46,8 @@ from http.client import HTTPException
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import operations
+
 ROOT = Path(__file__).resolve().parents[2]
 WORK = ROOT / "target" / "package-test"
 CACHE = WORK / "cache"
@@ -1179,6 +1181,8 @@ def check_remove_and_purge(box, releases, port, token):
                  box.sh("dpkg-query -W -f '${Status}' mcp-raspi", check=False)[1] in ("", "unknown ok not-installed"))
     leftovers = box.out(
         "find / -xdev \\( -path /proc -o -path /sys -o -path /srv -o -path /var/lib/apt/lists -o -path /var/cache/apt "
+        # The operator's backups outlive the package, as they must for a restore after a purge.
+        "-o -path /var/backups "
         f"-o -path /etc/apt \\) -prune -o \\( -nouser -o -nogroup -o -name '*mcp-raspi*' -o -name '*ops-agent*' \\) "
         f"-print | grep -v -e {TEST_UNIT} -e 'mcp-raspi-server.service.d' || true")
     report.check("nothing of the package is left on the file system", leftovers == "", leftovers)
@@ -1228,6 +1232,7 @@ def prove_amd64(version, releases, repo, update_repo):
         check_install(box, version, port)
         token = check_mcp(box, port)
         check_real_backends(box, port, token, update_repo.url)
+        operations.check_operations(sys.modules[__name__], box, port, token, version)
         log(f"self-update over MCP: {version} to {v2}")
         check_update_over_mcp(box, port, token, update_repo, version, v2, v2_deb)
         log(f"self-update over MCP to {v3}, which fails its health check")
