@@ -170,9 +170,9 @@ def check_backup_and_restore(p, box, port, token, version):
     config = box.out("sha256sum /etc/mcp-raspi/config.yml")
     audit_lines = box.out("wc -l < /var/log/mcp-raspi/audit.log")
     audit_head = box.out("head -n 5 /var/log/mcp-raspi/audit.log | sha256sum")
-    box.sh(f"mcp-raspi-backup --dest /root/backups >/dev/null && ls -t /root/backups/*.tar.gz | head -1 "
-           f"> /root/latest")
-    latest = box.out("cat /root/latest")
+    box.sh("mcp-raspi-backup --dest /root/backups >/dev/null")
+    # The runbook restores the newest backup by its link.
+    latest = "/root/backups/latest.tar.gz"
     started = time.time()
     code, out, err = box.sh("apt-get purge -y -q mcp-raspi", check=False, timeout=600)
     report.require("apt purge before the restore succeeds", code == 0, out + err)
@@ -214,7 +214,7 @@ def check_backup_and_restore(p, box, port, token, version):
     report.check("the polkit rule follows the restored allowlist", f'"{p.TEST_UNIT}"' in rule, rule[:300])
     status, result = p.call_tool(port, token, "service.restart", {"unit": p.TEST_UNIT})
     report.check("privileged tools work after the restore (agent, polkit)", p.tool_ok(result), p.tool_text(result))
-    box.sh("rm -rf /root/backups /root/latest")
+    box.sh("rm -rf /root/backups")
 
 
 def check_operations(p, box, port, token, version):

@@ -464,9 +464,25 @@ pub fn write_backup(places: &Places, dest: &Path, retention_days: u64) -> Result
     fs::rename(&partial_path, &archive).map_err(|e| write_error(dest, &e))?;
     partial.1 = true;
     fs::File::open(dest).and_then(|d| d.sync_all()).map_err(|e| write_error(dest, &e))?;
+    point_latest_at(dest, &archive).map_err(|e| write_error(dest, &e))?;
     let bytes = fs::metadata(&archive).map(|m| m.len()).unwrap_or(0);
     let removed = apply_retention(dest, retention_days, &archive);
     Ok(Written { archive, bytes, files: manifest.files().count(), current_version: current, removed, skipped })
+}
+
+/// The name of the newest backup in a destination, a symlink (`mcp-raspi-restore
+/// /var/backups/mcp-raspi/latest.tar.gz`, as the runbook writes it).
+pub const LATEST: &str = "latest.tar.gz";
+
+/// Points `dest/latest.tar.gz` at `archive`, replacing the old link atomically.
+fn point_latest_at(dest: &Path, archive: &Path) -> io::Result<()> {
+    let name = archive.file_name().unwrap_or_default();
+    let tmp = dest.join(format!(".{LATEST}.{}", std::process::id()));
+    let _ = fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(name, &tmp)?;
+    fs::rename(&tmp, dest.join(LATEST)).inspect_err(|_| {
+        let _ = fs::remove_file(&tmp);
+    })
 }
 
 fn progress(total: u64) -> Option<indicatif::ProgressBar> {

@@ -154,9 +154,12 @@ fn a_backup_holds_configuration_secrets_state_logs_and_units_with_a_manifest() {
     for not in ["downloads", "metrics.db", "other.log", "nginx.service"] {
         assert!(!listed.iter().any(|m| m.contains(not)), "{not} saved: {listed:?}");
     }
-    // Nothing but the archive is left in the destination.
-    let left: Vec<_> = fs::read_dir(install.root().join("dest")).unwrap().map(|e| e.unwrap().file_name()).collect();
-    assert_eq!(left.len(), 1, "{left:?}");
+    // Nothing but the archive and the link to the newest one is left in the destination.
+    let mut left: Vec<_> = fs::read_dir(install.root().join("dest")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    left.sort();
+    assert_eq!(left, vec![std::ffi::OsString::from(LATEST), written.archive.file_name().unwrap().to_os_string()]);
+    let latest = install.root().join("dest").join(LATEST);
+    assert_eq!(fs::canonicalize(&latest).unwrap(), fs::canonicalize(&written.archive).unwrap());
 }
 
 #[test]
@@ -175,7 +178,8 @@ fn a_restore_puts_back_what_was_lost_with_its_modes_and_a_dry_run_changes_nothin
     assert!(plan.contains("secrets.env") && plan.contains("replace") && plan.contains("audit.log"), "{plan}");
     assert_eq!(install.snapshot(), damaged, "a dry run changed something");
 
-    let done = install.restore(&written.archive, false).unwrap();
+    // The runbook's way: the newest backup by its link.
+    let done = install.restore(&install.root().join("dest").join(LATEST), false).unwrap();
     assert!(done.starts_with("restored"), "{done}");
     let mut after = install.snapshot();
     // The downloads directory was not saved, and the metrics database is saved separately.
