@@ -23,6 +23,7 @@ use crate::config::Config;
 use crate::update::release;
 
 mod publish;
+mod storage;
 mod update;
 
 pub use update::{ManageCommand, UpdateCommand};
@@ -103,6 +104,9 @@ pub enum Command {
     /// Roll back to an installed release, list the installed releases.
     #[command(subcommand)]
     Manage(ManageCommand),
+    /// Show how full the root file system is and what mcp-raspi keeps on it (logs, metrics,
+    /// releases, downloads) against the configured limits; exit 1 when something is over.
+    StorageCheck(storage::StorageCheckArgs),
     /// Print the polkit rule that lets the ops agent start, stop and restart the units on
     /// services.allowed_units (and reboot or power off when the power section allows it).
     PolkitRules {
@@ -235,7 +239,10 @@ fn with_alias(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
 /// Runs one command, writing its answer to `out`; returns its exit status (commands such as
 /// `healthcheck` have statuses of their own besides success and failure).
 pub fn run_command(command: Command, out: &mut dyn Write) -> Result<u8, CliError> {
-    run(command, out).map(|()| 0).map_err(CliError::from)
+    match command {
+        Command::StorageCheck(args) => storage::run(args, out),
+        command => run(command, out).map(|()| 0).map_err(CliError::from),
+    }
 }
 
 /// Runs one of the commands that either succeed or fail with a message.
@@ -259,6 +266,8 @@ fn run(command: Command, out: &mut dyn Write) -> Result<(), String> {
         }
         Command::Man { out: dir } => write_man_pages(&dir),
         Command::Completions { out: dir } => write_completions(&dir),
+        // Commands with exit statuses of their own, which `run_command` dispatches.
+        Command::StorageCheck(_) => run_command(command, out).map(|_| ()).map_err(|e| e.message),
     }
 }
 
