@@ -73,7 +73,7 @@ pub async fn run(app: Arc<App>, addr: SocketAddr) {
 
 /// The address to reach a listener bound to `addr`: a wildcard address is reached on the
 /// loopback address of its family.
-fn loopback_for(addr: SocketAddr) -> SocketAddr {
+pub(crate) fn loopback_for(addr: SocketAddr) -> SocketAddr {
     match addr {
         SocketAddr::V4(a) if a.ip().is_unspecified() => SocketAddr::from(([127, 0, 0, 1], a.port())),
         SocketAddr::V6(a) if a.ip().is_unspecified() => SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, a.port())),

@@ -22,6 +22,7 @@ use crate::base::VERSION;
 use crate::config::Config;
 use crate::update::release;
 
+mod healthcheck;
 mod publish;
 mod storage;
 mod update;
@@ -104,6 +105,9 @@ pub enum Command {
     /// Roll back to an installed release, list the installed releases.
     #[command(subcommand)]
     Manage(ManageCommand),
+    /// Check the services and the machine as a Nagios/Icinga plugin (also installed as
+    /// mcp-raspi-healthcheck): one status line, exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
+    Healthcheck(healthcheck::HealthcheckArgs),
     /// Show how full the root file system is and what mcp-raspi keeps on it (logs, metrics,
     /// releases, downloads) against the configured limits; exit 1 when something is over.
     StorageCheck(storage::StorageCheckArgs),
@@ -211,7 +215,15 @@ pub enum ReleaseCommand {
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
-    let args = Args::parse_from(with_alias(std::env::args_os().collect()));
+    let argv = with_alias(std::env::args_os().collect());
+    let args = match Args::try_parse_from(&argv) {
+        Ok(args) => args,
+        // A plugin's usage error is UNKNOWN (3): clap's 2 would read as CRITICAL.
+        Err(e) if e.use_stderr() && argv.get(1).is_some_and(|a| a == "healthcheck") => {
+            return ExitCode::from(healthcheck::usage_error(&e))
+        }
+        Err(e) => e.exit(),
+    };
     let mut stdout = std::io::stdout().lock();
     match run_command(args.command, &mut stdout) {
         Ok(code) => ExitCode::from(code),
@@ -240,6 +252,7 @@ fn with_alias(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
 /// `healthcheck` have statuses of their own besides success and failure).
 pub fn run_command(command: Command, out: &mut dyn Write) -> Result<u8, CliError> {
     match command {
+        Command::Healthcheck(args) => healthcheck::run(args, out),
         Command::StorageCheck(args) => storage::run(args, out),
         command => run(command, out).map(|()| 0).map_err(CliError::from),
     }
@@ -267,7 +280,9 @@ fn run(command: Command, out: &mut dyn Write) -> Result<(), String> {
         Command::Man { out: dir } => write_man_pages(&dir),
         Command::Completions { out: dir } => write_completions(&dir),
         // Commands with exit statuses of their own, which `run_command` dispatches.
-        Command::StorageCheck(_) => run_command(command, out).map(|_| ()).map_err(|e| e.message),
+        Command::Healthcheck(_) | Command::StorageCheck(_) => {
+            run_command(command, out).map(|_| ()).map_err(|e| e.message)
+        }
     }
 }
 
@@ -377,9 +392,13 @@ pub fn write_man_pages(dir: &Path) -> Result<(), String> {
         let name = command.get_name().to_string();
         clap_mangen::generate_to(command, dir).map_err(|e| format!("cannot write the man pages of {name}: {e}"))?;
     }
-    // The other names of mcp-raspi show its page.
+    // The other names of mcp-raspi show its page, or, when the name is that of a subcommand's
+    // page (mcp-raspi-healthcheck is `mcp-raspi healthcheck`), that page.
     for (alias, _) in ALIASES {
         let path = dir.join(format!("{alias}.1"));
+        if path.exists() {
+            continue;
+        }
         fs::write(&path, ".so man1/mcp-raspi.1\n").map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     }
     Ok(())
