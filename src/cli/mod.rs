@@ -22,6 +22,7 @@ use crate::base::VERSION;
 use crate::config::Config;
 use crate::update::release;
 
+mod audit;
 mod healthcheck;
 mod publish;
 mod storage;
@@ -111,6 +112,9 @@ pub enum Command {
     /// Show how full the root file system is and what mcp-raspi keeps on it (logs, metrics,
     /// releases, downloads) against the configured limits; exit 1 when something is over.
     StorageCheck(storage::StorageCheckArgs),
+    /// Read the audit log: who still calls deprecated tools.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
     /// Print the polkit rule that lets the ops agent start, stop and restart the units on
     /// services.allowed_units (and reboot or power off when the power section allows it).
     PolkitRules {
@@ -254,6 +258,7 @@ pub fn run_command(command: Command, out: &mut dyn Write) -> Result<u8, CliError
     match command {
         Command::Healthcheck(args) => healthcheck::run(args, out),
         Command::StorageCheck(args) => storage::run(args, out),
+        Command::Audit(command) => audit::run(command, out),
         command => run(command, out).map(|()| 0).map_err(CliError::from),
     }
 }
@@ -280,7 +285,7 @@ fn run(command: Command, out: &mut dyn Write) -> Result<(), String> {
         Command::Man { out: dir } => write_man_pages(&dir),
         Command::Completions { out: dir } => write_completions(&dir),
         // Commands with exit statuses of their own, which `run_command` dispatches.
-        Command::Healthcheck(_) | Command::StorageCheck(_) => {
+        Command::Healthcheck(_) | Command::StorageCheck(_) | Command::Audit(_) => {
             run_command(command, out).map(|_| ()).map_err(|e| e.message)
         }
     }
