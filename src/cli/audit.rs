@@ -139,7 +139,8 @@ struct Entry<'a> {
     deprecated: bool,
 }
 
-/// The audit log at `path` and its copies, oldest copies first.
+/// The audit log at `path` and every copy of it: logrotate's dated ones, then the log and
+/// its numbered ones.
 pub fn audit_files(path: &Path) -> Result<Vec<PathBuf>, String> {
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let base = path.file_name().and_then(|n| n.to_str()).ok_or_else(|| format!("{} names no file", path.display()))?;
@@ -154,8 +155,7 @@ pub fn audit_files(path: &Path) -> Result<Vec<PathBuf>, String> {
         .filter_map(|e| e.ok())
         .filter_map(|e| {
             let name = e.file_name().to_str().map(str::to_string)?;
-            // Dated copies are older than every numbered one but the oldest; the order only
-            // decides the order of files in the report.
+            // Only the report's order of files depends on this: every record is counted.
             let rank = match log_copy(base, &name)? {
                 LogCopy::Dated => 0,
                 LogCopy::Numbered => 1,

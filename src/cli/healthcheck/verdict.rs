@@ -224,7 +224,7 @@ pub fn evaluate(readings: &Readings, limits: &Limits) -> Report {
     findings.push(match &readings.agent {
         AgentProbe::Listening(p) => Finding::ok(format!("ops agent: listening on {}", p.display())),
         AgentProbe::Present(p, why) => {
-            Finding::ok(format!("ops agent: socket {} present, not connected to ({why})", p.display()))
+            Finding::ok(format!("ops agent: socket {} present (not connected: {why})", p.display()))
         }
         AgentProbe::NotListening(p) => {
             Finding::bad(State::Critical, format!("ops agent not listening on {}", p.display()))
@@ -274,10 +274,9 @@ pub fn evaluate(readings: &Readings, limits: &Limits) -> Report {
     } else {
         problems.iter().map(|f| f.problem.as_str()).collect::<Vec<_>>().join("; ")
     };
-    let percent = |r: &Result<f64, String>| r.as_ref().ok().map(|v| tenths(*v));
     let temp = readings.temperature.as_ref().ok().and_then(Option::as_ref).map(|s| tenths(s.celsius));
-    let disk = percent(&readings.disk.as_ref().map(|d| d.used_percent).map_err(String::clone));
-    let memory = percent(&readings.memory);
+    let disk = readings.disk.as_ref().ok().map(|d| tenths(d.used_percent));
+    let memory = readings.memory.as_ref().ok().map(|m| tenths(*m));
     let shown = |v: Option<f64>, unit: &str| v.map_or("unknown".to_string(), |v| format!("{v:.1}{unit}"));
     let mut values = format!("temp {}, disk {}, memory {}", shown(temp, "°C"), shown(disk, "%"), shown(memory, "%"));
     if let Some(note) = note {
