@@ -5,6 +5,7 @@
 mod support;
 
 mod agent;
+mod checks;
 mod cli;
 mod fixtures;
 mod golden;

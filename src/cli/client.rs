@@ -253,24 +253,39 @@ impl Endpoint {
     }
 }
 
-/// The server's `/healthz` at `addr` (a loopback address), as JSON.
-pub fn healthz(addr: std::net::SocketAddr) -> Result<Value, String> {
+/// `GET /healthz` of the server at `addr` (a loopback address) within `timeout`: the HTTP
+/// status and the body (`Null` when it is not JSON). The error says why nothing answered:
+/// `connection refused`, `no answer within 5 s`.
+pub fn get_healthz(addr: std::net::SocketAddr, timeout: Duration) -> Result<(u16, Value), String> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let failed = |e: reqwest::Error| {
+        if e.is_timeout() {
+            return format!("no answer within {} s", timeout.as_secs_f64().ceil());
+        }
+        // The innermost I/O error says it plainly (connection refused, host unreachable).
+        let mut source: Option<&dyn std::error::Error> = Some(&e);
+        while let Some(s) = source {
+            if let Some(io) = s.downcast_ref::<std::io::Error>() {
+                let text = io.to_string();
+                return text.split(" (os error").next().unwrap_or(&text).to_lowercase();
+            }
+            source = s.source();
+        }
+        error_chain(&e)
+    };
     runtime.block_on(async {
         let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(3))
+            .timeout(timeout)
+            .user_agent(format!("mcp-raspi/{VERSION}"))
             .build()
             .map_err(|e| format!("cannot set up the HTTP client: {e}"))?;
-        let response = client.get(format!("http://{addr}/healthz")).send().await.map_err(|e| error_chain(&e))?;
-        let status = response.status();
-        let body = response.bytes().await.map_err(|e| error_chain(&e))?;
-        if !status.is_success() {
-            return Err(format!("/healthz answered {status}: {}", String::from_utf8_lossy(&body).trim()));
-        }
-        serde_json::from_slice(&body).map_err(|e| format!("/healthz answered no JSON: {e}"))
+        let response = client.get(format!("http://{addr}/healthz")).send().await.map_err(failed)?;
+        let status = response.status().as_u16();
+        let body = response.bytes().await.map_err(failed)?;
+        Ok((status, serde_json::from_slice(&body).unwrap_or(Value::Null)))
     })
 }
 

@@ -22,10 +22,13 @@ use crate::base::VERSION;
 use crate::config::Config;
 use crate::update::release;
 
+mod audit;
 mod backup;
 mod client;
+mod healthcheck;
 mod publish;
 mod render;
+mod storage;
 mod tools;
 mod update;
 
@@ -123,6 +126,15 @@ pub enum Command {
     /// Roll back to an installed release, list the installed releases.
     #[command(subcommand)]
     Manage(ManageCommand),
+    /// Check the services and the machine as a Nagios/Icinga plugin (also installed as
+    /// mcp-raspi-healthcheck): one status line, exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
+    Healthcheck(healthcheck::HealthcheckArgs),
+    /// Show how full the root file system is and what mcp-raspi keeps on it (logs, metrics,
+    /// releases, downloads) against the configured limits; exit 1 when something is over.
+    StorageCheck(storage::StorageCheckArgs),
+    /// Read the audit log: who still calls deprecated tools.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
     /// Print the polkit rule that lets the ops agent start, stop and restart the units on
     /// services.allowed_units (and reboot or power off when the power section allows it).
     PolkitRules {
@@ -227,7 +239,15 @@ pub enum ReleaseCommand {
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
-    let args = Args::parse_from(with_alias(std::env::args_os().collect()));
+    let argv = with_alias(std::env::args_os().collect());
+    let args = match Args::try_parse_from(&argv) {
+        Ok(args) => args,
+        // A plugin's usage error is UNKNOWN (3): clap's 2 would read as CRITICAL.
+        Err(e) if e.use_stderr() && argv.get(1).is_some_and(|a| a == "healthcheck") => {
+            return ExitCode::from(healthcheck::usage_error(&e))
+        }
+        Err(e) => e.exit(),
+    };
     let mut stdout = std::io::stdout().lock();
     match run_command(args.command, &mut stdout) {
         Ok(code) => ExitCode::from(code),
@@ -261,6 +281,9 @@ pub fn run_command(command: Command, out: &mut dyn Write) -> Result<u8, CliError
         Command::Call(args) => tools::run_call(args, out).map(|()| 0),
         Command::Backup(args) => backup::run_backup(args, out).map(|()| 0),
         Command::Restore(args) => backup::run_restore(args, out).map(|()| 0),
+        Command::Healthcheck(args) => healthcheck::run(args, out),
+        Command::StorageCheck(args) => storage::run(args, out),
+        Command::Audit(command) => audit::run(command, out),
         other => run(other, out).map(|()| 0).map_err(CliError::from),
     }
 }
@@ -286,9 +309,14 @@ fn run(command: Command, out: &mut dyn Write) -> Result<(), String> {
         }
         Command::Man { out: dir } => write_man_pages(&dir),
         Command::Completions { out: dir } => write_completions(&dir),
-        Command::System(_) | Command::Metrics(_) | Command::Call(_) | Command::Backup(_) | Command::Restore(_) => {
-            Err("this command has an exit status of its own: run it with run_command".into())
-        }
+        Command::System(_)
+        | Command::Metrics(_)
+        | Command::Call(_)
+        | Command::Backup(_)
+        | Command::Restore(_)
+        | Command::Healthcheck(_)
+        | Command::StorageCheck(_)
+        | Command::Audit(_) => Err("this command has an exit status of its own: run it with run_command".into()),
     }
 }
 

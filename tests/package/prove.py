@@ -612,9 +612,10 @@ def check_install(box, version, port):
         "/usr/bin/mcp-raspi-server": "/opt/mcp-raspi/current/bin/mcp-raspi-server",
         "/usr/bin/raspi-ops-agent": "/opt/mcp-raspi/current/bin/raspi-ops-agent",
         "/usr/bin/mcp-raspi": "../lib/mcp-raspi/bin/mcp-raspi",
-        # The runbook's names of the operator CLI, both the dpkg-owned program.
+        # The runbook's names of the operator CLI, each the dpkg-owned program.
         "/usr/bin/mcp-raspi-update": "../lib/mcp-raspi/bin/mcp-raspi",
         "/usr/bin/mcp-raspi-cli": "../lib/mcp-raspi/bin/mcp-raspi",
+        "/usr/bin/mcp-raspi-healthcheck": "../lib/mcp-raspi/bin/mcp-raspi",
     }
     for link, target in links.items():
         report.check(f"{link} links to {target}", box.out(f"readlink {link}") == target)

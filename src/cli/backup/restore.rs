@@ -219,8 +219,9 @@ fn wait_healthy(config: &Config, timeout: Duration) -> Result<String, String> {
     let deadline = Instant::now() + timeout;
     let mut last = String::from("no answer yet");
     while Instant::now() < deadline {
-        match super::super::client::healthz(addr) {
-            Ok(v) => return Ok(v["version"].as_str().unwrap_or("").to_string()),
+        match crate::cli::client::get_healthz(addr, Duration::from_secs(3)) {
+            Ok((200, v)) => return Ok(v["version"].as_str().unwrap_or("").to_string()),
+            Ok((status, _)) => last = format!("/healthz answered {status}"),
             Err(e) => last = e,
         }
         std::thread::sleep(Duration::from_millis(250));
