@@ -615,12 +615,17 @@ def check_install(box, version, port):
         # The runbook's names of the operator CLI, each the dpkg-owned program.
         "/usr/bin/mcp-raspi-update": "../lib/mcp-raspi/bin/mcp-raspi",
         "/usr/bin/mcp-raspi-cli": "../lib/mcp-raspi/bin/mcp-raspi",
+        "/usr/bin/mcp-raspi-config": "../lib/mcp-raspi/bin/mcp-raspi",
+        "/usr/bin/mcp-raspi-backup": "../lib/mcp-raspi/bin/mcp-raspi",
+        "/usr/bin/mcp-raspi-restore": "../lib/mcp-raspi/bin/mcp-raspi",
         "/usr/bin/mcp-raspi-healthcheck": "../lib/mcp-raspi/bin/mcp-raspi",
     }
     for link, target in links.items():
         report.check(f"{link} links to {target}", box.out(f"readlink {link}") == target)
     for page in ("mcp-raspi-server", "raspi-ops-agent", "mcp-raspi", "mcp-raspi-update", "mcp-raspi-cli",
-                 "mcp-raspi-update-server", "mcp-raspi-manage-rollback"):
+                 "mcp-raspi-update-server", "mcp-raspi-manage-rollback", "mcp-raspi-backup", "mcp-raspi-restore",
+                 "mcp-raspi-healthcheck", "mcp-raspi-config-migrate-plan", "mcp-raspi-system-get-info",
+                 "mcp-raspi-audit-deprecated-usage"):
         page = f"/usr/share/man/man1/{page}.1.gz"
         report.check(f"the man page {page} is installed", box.sh(f"test -s {page}", check=False)[0] == 0)
     for program in ("mcp-raspi-server", "raspi-ops-agent", "mcp-raspi"):
