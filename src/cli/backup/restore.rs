@@ -260,7 +260,12 @@ pub fn run_restore(args: RestoreArgs, out: &mut dyn Write) -> Result<(), CliErro
     if !args.dry_run {
         let as_root = nix::unistd::geteuid().is_root();
         if systemd {
-            systemctl(&["stop", "mcp-raspi-server.service", "raspi-ops-agent.service"])?;
+            systemctl(&["stop", "mcp-raspi-server.service", "raspi-ops-agent.service"]).map_err(|e| {
+                CliError::from(format!(
+                    "{e}: is mcp-raspi installed? Install the version of the backup first (apt install mcp-raspi={}); nothing was changed",
+                    staged.manifest.current_version.as_deref().unwrap_or("VERSION")
+                ))
+            })?;
         }
         for step in &steps {
             apply(step, &staged, as_root, &mut notes)?;
