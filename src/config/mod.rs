@@ -5,7 +5,9 @@
 //! with the key, the line and what is allowed, before the server does anything else.
 
 mod devices;
+mod features;
 mod policy;
+mod pwm;
 mod values;
 
 use std::collections::BTreeMap;
@@ -19,11 +21,15 @@ use sha2::{Digest, Sha256};
 pub use crate::base::hex;
 pub use crate::base::{Backend, LogLevel, Tristate};
 pub use devices::{
-    AutoUpdateConfig, CameraConfig, ExperimentalConfig, FeatureFlag, GpioConfig, I2cBusRule, I2cConfig, OpsAgentConfig,
-    OsUpdatesConfig, PinRule, PowerConfig, ServicesConfig, SpiConfig, SpiDeviceRule, UartConfig, UartPortRule,
-    UpdatesConfig, Window, CHANNELS,
+    AutoUpdateConfig, CameraConfig, GpioConfig, I2cBusRule, I2cConfig, OpsAgentConfig, OsUpdatesConfig, PinRule,
+    PowerConfig, ServicesConfig, SpiConfig, SpiDeviceRule, UartConfig, UartPortRule, UpdatesConfig, Window, CHANNELS,
+};
+pub use features::{
+    feature_names, ExperimentalConfig, ExperimentalReport, Feature, FeatureFlag, FeatureStatus, FlagStatus, FlagTarget,
+    FEATURES,
 };
 pub use policy::{DenialKind, Denied};
+pub use pwm::{PwmConfig, HARDWARE_MAX_FREQUENCY_HZ};
 pub use values::{ListenAddr, Role};
 
 /// The configuration schema this build reads and writes.
@@ -379,6 +385,12 @@ impl Config {
         Ok(config)
     }
 
+    /// What is worth a warning in a configuration that loads: entries that turn nothing on.
+    /// `tools` are the names of all tools.
+    pub fn warnings(&self, tools: &[&str]) -> Vec<String> {
+        self.experimental_features.warnings(tools)
+    }
+
     /// Reads, overrides from the environment and validates a configuration file.
     pub fn load(path: &Path, env: &BTreeMap<String, String>) -> Result<Loaded, ConfigError> {
         let bytes = std::fs::read(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
@@ -545,6 +557,9 @@ impl Config {
             if t.warning.partial_cmp(&t.critical) != Some(std::cmp::Ordering::Less) {
                 return invalid(key, format!("warning ({}) must be below critical ({})", t.warning, t.critical));
             }
+        }
+        if let Err((key, message)) = self.gpio.pwm.validate() {
+            return invalid(key, message);
         }
         let mut pins = std::collections::BTreeSet::new();
         for (i, rule) in self.gpio.pins.iter().enumerate() {
