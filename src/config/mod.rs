@@ -6,6 +6,7 @@
 
 mod devices;
 mod features;
+pub mod migrate;
 mod policy;
 mod pwm;
 mod values;
@@ -371,18 +372,15 @@ impl Loaded {
 impl Config {
     /// Parses YAML text; `origin` names the text in error messages.
     pub fn from_yaml(text: &str, origin: &str) -> Result<Config, ConfigError> {
-        let config: Config = serde_saphyr::from_str(text)
-            .map_err(|e| ConfigError::Parse { origin: origin.to_string(), message: e.to_string() })?;
-        if config.config_version != CONFIG_VERSION {
-            return Err(ConfigError::Invalid {
-                key: "config_version".into(),
-                message: format!(
-                    "this build reads version \"{CONFIG_VERSION}\", the file says \"{}\"; run `mcp-raspi-config migrate plan --to-version {CONFIG_VERSION}`",
-                    config.config_version
-                ),
-            });
+        let parse_error =
+            |e: serde_saphyr::Error| ConfigError::Parse { origin: origin.to_string(), message: e.to_string() };
+        // The version alone first: an older file's renamed keys would otherwise be reported
+        // as unknown, when what it needs is a migration. A file this read fails on gets the
+        // full parse's message below.
+        if let Ok(declared) = serde_saphyr::from_str::<migrate::Declared>(text) {
+            migrate::check_declared(declared, origin)?;
         }
-        Ok(config)
+        serde_saphyr::from_str(text).map_err(parse_error)
     }
 
     /// What is worth a warning in a configuration that loads: entries that turn nothing on.
