@@ -86,7 +86,7 @@ pub enum FlagTarget {
     Unknown,
 }
 
-/// `experimental_features` as the server applies it (part of `system.get_capabilities`).
+/// The experimental features as this server applies them.
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct ExperimentalReport {
     /// experimental_features.enabled: nothing experimental is on without it.
@@ -98,23 +98,29 @@ pub struct ExperimentalReport {
     pub flags: Vec<FlagStatus>,
 }
 
+/// A feature name of the specification and its state.
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct FeatureStatus {
     /// The feature's name, as experimental_features.features[].name takes it.
     pub name: String,
     /// Whether it is on: named itself, or each of its tools turned on by name or namespace.
     pub enabled: bool,
+    /// What the feature is.
     pub description: String,
     /// The tools it turns on (none for a feature that is not a tool).
     pub tools: Vec<String>,
 }
 
+/// An entry of experimental_features.features and its effect.
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct FlagStatus {
+    /// The name as configured.
     pub name: String,
     /// What the name refers to: `feature`, `tool`, `namespace` or `unknown`.
     pub refers_to: FlagTarget,
+    /// The entry's `enabled`.
     pub enabled: bool,
+    /// The entry's `acknowledged_risks`.
     pub acknowledged_risks: bool,
     /// Whether it turns something on: the master switch, enabled and acknowledged_risks all
     /// true, and a name this build knows.
