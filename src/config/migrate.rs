@@ -118,17 +118,17 @@ pub(super) fn check_declared(declared: Declared, origin: &str) -> Result<(), Con
     let message = match SchemaVersion::parse(said) {
         Some(v) if v == current => return Ok(()),
         Some(v) if v.is_known() && v < current => format!(
-            "line {line}: the file is written for version \"{said}\" and this build reads \"{CONFIG_VERSION}\"; see \
-             what changes with `{}`, then make the change with `{}`",
+            "line {line} of {origin}: the file is written for version \"{said}\" and this build reads \
+             \"{CONFIG_VERSION}\"; see what changes with `{}`, then make the change with `{}`",
             command("plan", origin),
             command("apply", origin)
         ),
         Some(v) if v > current => format!(
-            "line {line}: the file is written for version \"{said}\", newer than the \"{CONFIG_VERSION}\" this build \
+            "line {line} of {origin}: the file is written for version \"{said}\", newer than the \"{CONFIG_VERSION}\" this build \
              reads: install the mcp-raspi release it was written for, or start again from the example configuration"
         ),
         _ => format!(
-            "line {line}: {said:?} is not a configuration version this build knows ({}); this build reads \
+            "line {line} of {origin}: {said:?} is not a configuration version this build knows ({}); this build reads \
              \"{CONFIG_VERSION}\"",
             known_list()
         ),
@@ -518,8 +518,8 @@ pub fn migrate_text(text: &str, to: SchemaVersion) -> Result<Migration, MigrateE
     let from = declared_version(&root)?;
     if from > to {
         return Err(MigrateError::Target(format!(
-            "the file is at {from} and --to-version says {to}: migrations only move a file forward (the file as it was \
-             before a migration is in the backup that `migrate apply` made)"
+            "the file is at {from} and --to-version says {to}: migrations only move a file forward (if `migrate \
+             apply` migrated this file, its backup beside it holds the file as it was)"
         )));
     }
     let mut steps = Vec::new();

@@ -276,7 +276,12 @@ fn the_loaders_message_for_an_older_file_names_the_migration_that_loads_it() {
     let (_dir, path) = file(V1_1.as_bytes());
     let origin = path.display().to_string();
     let e = Config::from_yaml(V1_1, &origin).unwrap_err().to_string();
-    assert!(e.contains("line 2: the file is written for version \"1.1\" and this build reads \"1.2\""), "{e}");
+    assert!(
+        e.contains(&format!(
+            "line 2 of {origin}: the file is written for version \"1.1\" and this build reads \"1.2\""
+        )),
+        "{e}"
+    );
     let plan_command = command("plan", &origin);
     assert!(e.contains(&format!("`{plan_command}`")) && e.contains(&format!("`{}`", command("apply", &origin))), "{e}");
     assert_eq!(plan_command, format!("mcp-raspi-config migrate plan --to-version 1.2.0 --config {origin}"));
