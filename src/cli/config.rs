@@ -14,19 +14,28 @@ use crate::config::{Config, ConfigError, CONFIG_VERSION};
 /// Configuration files: check one, or migrate it to a newer schema version.
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
-    /// Check a configuration file as mcp-raspi-server does before it starts (the same check
-    /// as `mcp-raspi-server --check-config`): the YAML, every key and value, environment
-    /// overrides (MCP_RASPI_<SECTION>__<KEY>), and that every token's secret is set in the
-    /// environment or security.secrets_file. Prints `configuration OK: FILE (sha256 ...)`
-    /// and any warnings; an error names the key, its line and what to change.
+    /// Check a configuration file as mcp-raspi-server does before it starts
+    ///
+    /// The same check as `mcp-raspi-server --check-config`: the YAML, every key and value,
+    /// environment overrides (MCP_RASPI_<SECTION>__<KEY>), and that every token's secret is
+    /// set in the environment or in security.secrets_file (run it as root to read that
+    /// file). Prints `configuration OK: FILE (sha256 ...)`, and warnings on standard error
+    /// (such as a feature name under experimental_features that turns nothing on). An error
+    /// names the key, its line and what to change; the exit status is then 1.
     Validate {
         /// Configuration file to check.
         #[arg(value_name = "FILE", default_value = DEFAULT_CONFIG)]
         file: PathBuf,
     },
-    /// Move a configuration file to a newer schema version (config_version): 1.0 to 1.1
-    /// adds the gpio.pwm section; 1.1 to 1.2 moves server.enable_cors and
-    /// server.cors_origins into server.cors and removes security.jwt_secret.
+    /// Move a configuration file to a newer schema version (its config_version)
+    ///
+    /// 1.0 to 1.1 adds the gpio.pwm section (PWM limits, with the defaults). 1.1 to 1.2
+    /// moves server.enable_cors and server.cors_origins into server.cors (enabled,
+    /// allowed_origins), removes security.jwt_secret (this server has no such secret) and
+    /// renames gpio.pwm.max_frequency to max_frequency_hz. This build reads 1.2. Comments
+    /// and layout are kept; a file the line editor cannot change safely (a flow mapping
+    /// such as `server: {enable_cors: true}`) is written out again without its comments, and
+    /// the plan says so first.
     #[command(subcommand)]
     Migrate(MigrateCommand),
 }
@@ -34,12 +43,18 @@ pub enum ConfigCommand {
 /// `plan` shows a migration, `apply` makes it.
 #[derive(Debug, Subcommand)]
 pub enum MigrateCommand {
-    /// Show what migrating the file would change: each step and a diff of the file. Changes
-    /// nothing; exits 1 when the result would not load.
+    /// Show what migrating the file would change; changes nothing
+    ///
+    /// Prints each step with what it changes, a unified diff of the file (a removed secret's
+    /// value shown as <redacted>), and whether the result loads. Exits 0 when there is
+    /// nothing to migrate, 1 when the result would not load or the file cannot be migrated.
     Plan(MigrateArgs),
-    /// Migrate the file: check that the result loads, keep the file as it was beside it
-    /// (FILE.bak, or FILE.<time>.bak when that exists), then replace it atomically with the
-    /// same mode and owner. Comments and layout are kept unless the plan says otherwise.
+    /// Migrate the file, keeping a backup beside it
+    ///
+    /// Checks that the result loads (nothing is written otherwise), copies the file as it
+    /// was to FILE.bak (FILE.<UTC time>.bak when that exists) and replaces the file
+    /// atomically with the same mode (and owner, as root). Prints the steps and the backup's
+    /// name. A file already at the version asked for is left alone.
     Apply(MigrateArgs),
 }
 
@@ -264,6 +279,19 @@ mod tests {
         let out = config(&["migrate", "apply", "--to-version", "1.2", "--config", p]).0.unwrap();
         assert_eq!(out, "already at 1.2: nothing to migrate\n");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2, "no second backup");
+    }
+
+    #[test]
+    fn man_mcp_raspi_config_shows_the_config_commands() {
+        let dir = tempfile::tempdir().unwrap();
+        crate::cli::write_man_pages(dir.path()).unwrap();
+        let page = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap();
+        let config = page("mcp-raspi-config.1");
+        assert!(config.contains("validate") && config.contains("migrate"), "{config}");
+        let plan = page("mcp-raspi-config-migrate-plan.1");
+        assert!(plan.contains("to\\-version") && plan.contains("changes nothing"), "{plan}");
+        assert!(page("mcp-raspi-config-validate.1").contains("check\\-config"));
+        assert_eq!(page("mcp-raspi-cli.1"), ".so man1/mcp-raspi.1\n");
     }
 
     #[test]
