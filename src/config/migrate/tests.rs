@@ -1,5 +1,12 @@
 #![allow(clippy::unwrap_used)]
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+
+use sha2::{Digest, Sha256};
+
 use super::*;
+use crate::config::{hex, Config};
 
 const V1_0: &str = include_str!("../../../tests/fixtures/config/v1.0.yml");
 const V1_1: &str = include_str!("../../../tests/fixtures/config/v1.1.yml");
