@@ -69,10 +69,11 @@ fn check_loads(path: &Path, original: &str, migration: &Migration) -> Result<(),
 
 /// The line (1-based) of `old` that line `line` of `new` was copied from.
 fn original_line(old: &str, new: &str, line: usize) -> Option<usize> {
+    let index = line.checked_sub(1)?;
     let diff = similar::TextDiff::from_lines(old, new);
     diff.ops().iter().find_map(|op| match *op {
-        similar::DiffOp::Equal { old_index, new_index, len } if (new_index..new_index + len).contains(&(line - 1)) => {
-            Some(old_index + (line - 1 - new_index) + 1)
+        similar::DiffOp::Equal { old_index, new_index, len } if (new_index..new_index + len).contains(&index) => {
+            Some(old_index + (index - new_index) + 1)
         }
         _ => None,
     })
@@ -118,7 +119,7 @@ pub struct Applied {
 
 /// Writes a planned migration: checks that the file is still what was planned and that the
 /// result loads, keeps a backup beside it, then replaces it atomically with the same mode
-/// (and owner, when run as root).
+/// (and owner, where the user running it may give it).
 pub fn apply(plan: &Plan) -> Result<Applied, MigrateError> {
     plan.loads.clone().map_err(MigrateError::WouldNotLoad)?;
     let io = |what: &str, path: &Path, e: std::io::Error| {
@@ -133,13 +134,23 @@ pub fn apply(plan: &Plan) -> Result<Applied, MigrateError> {
         return Err(MigrateError::Changed { path: plan.path.clone() });
     }
     let mode = meta.permissions().mode() & 0o7777;
-    let owner =
-        nix::unistd::geteuid().is_root().then(|| crate::update::release::Owner { uid: meta.uid(), gid: meta.gid() });
+    let owner = keepable_owner(meta.uid(), meta.gid());
     let backup =
         write_backup(&target, &plan.original, mode, owner).map_err(|(path, e)| io("write the backup", &path, e))?;
     crate::update::state::write_atomically(&target, plan.migration.text.as_bytes(), mode, owner)
         .map_err(|e| MigrateError::Write(format!("{e}; the file is as it was (backup: {})", backup.display())))?;
     Ok(Applied { backup, sha256: hex(&Sha256::digest(plan.migration.text.as_bytes())) })
+}
+
+/// The owner to give the new file and the backup: the file's, when the user running this
+/// may give it (root; or the file's owner, when its group is one of the user's). Otherwise
+/// the new file is the user's own, as any file they write.
+fn keepable_owner(uid: u32, gid: u32) -> Option<crate::update::release::Owner> {
+    use nix::unistd::{getegid, geteuid, getgroups, Gid};
+    let keep = geteuid().is_root()
+        || (geteuid().as_raw() == uid
+            && (getegid().as_raw() == gid || getgroups().is_ok_and(|groups| groups.contains(&Gid::from_raw(gid)))));
+    keep.then_some(crate::update::release::Owner { uid, gid })
 }
 
 /// Writes `bytes` as `FILE.bak` beside `path`, or `FILE.<UTC time>.bak` when that exists;

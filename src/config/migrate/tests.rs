@@ -312,3 +312,53 @@ fn the_loader_reads_a_patch_version_and_refuses_newer_and_unknown_ones() {
     let e = Config::from_yaml("server: {}\n", "t").unwrap_err().to_string();
     assert!(e.contains("config_version"), "{e}");
 }
+
+#[test]
+fn odd_files_are_migrated_or_refused_but_never_misread() {
+    let odd = [
+        "config_version: \"1.1\"\nserver:\n  \"enable_cors\": true\n  'cors_origins': ['https://a.example']\n",
+        "config_version: \"1.1\"\nserver:\n  enable_cors: &on true\n  cors_origins: []\ncamera:\n  enabled: *on\n",
+        "config_version: \"1.1\"\nserver:\n  cors_origins: [\n    \"https://a.example\",\n    ]\n  enable_cors: true\n",
+        "config_version: \"1.1\"\nserver:\n  enable_cors:\n    true\n",
+        "config_version: \"1.1\"\nsecurity:\n  jwt_secret: >-\n    folded\n    secret\n\n  # about tokens\n  tokens: []\n  auth_mode: none\n",
+        "config_version: \"1.1\"  # é ü ☃\ngpio:\n  pins:\n  - {pin: 18, modes: [pwm], label: \"ventilateur ☃\"}\n  pwm: {max_frequency: 5}\n",
+        "config_version: \"1.1\"\nserver: {}\nsecurity: ~\ngpio:\n",
+        "---\n# only a comment\nconfig_version: \"1.1\"\n...\n",
+        "config_version: \"1.1\"\nserver:\n  cors: {enabled: true}\n  cors_origins: [\"https://a.example\"]\n",
+        "config_version: \"1.0\"\ngpio: {}\n",
+        "config_version: \"1.0\"\ngpio: []\n",
+        "config_version: \"1.1\"\nserver:\n  enable_cors: true\n  enable_cors: false\n",
+        "\u{feff}config_version: \"1.1\"\nserver:\n  enable_cors: true\n",
+        "config_version: \"1.1\"\nserver:\n\tenable_cors: true\n",
+    ];
+    for text in odd {
+        let Ok(m) = migrate_text(text, SchemaVersion::current()) else { continue };
+        // What was written reads back as the migration means (migrate_text checks the same).
+        let parsed = tree::parse(&m.text).unwrap();
+        let again = migrate_text(text, SchemaVersion::current()).unwrap();
+        assert!(tree::same(&parsed, &tree::parse(&again.text).unwrap()), "{text:?}");
+        assert_eq!(declared_version(&parsed).unwrap(), SchemaVersion::current(), "{text:?}\n{}", m.text);
+        assert!(tree::parse(&m.text).unwrap().at(&["server", "enable_cors"]).is_none(), "{text:?}\n{}", m.text);
+        assert!(tree::parse(&m.text).unwrap().at(&["security", "jwt_secret"]).is_none(), "{text:?}\n{}", m.text);
+    }
+    // Keys the text shows in both places: refused, naming both.
+    assert!(error("config_version: \"1.1\"\ngpio:\n  pwm:\n    max_frequency: 5\n    max_frequency_hz: 6\n", "1.2")
+        .contains("gpio.pwm.max_frequency (line 4) says 5 but gpio.pwm.max_frequency_hz (line 5) says 6"));
+    assert!(error("config_version: \"1.0\"\ngpio: []\n", "1.2").starts_with("gpio (line 2) is not a mapping"));
+}
+
+#[test]
+fn apply_as_root_keeps_the_files_owner_for_the_new_file_and_the_backup() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root to give files away");
+        return;
+    }
+    use std::os::unix::fs::MetadataExt;
+    let (_dir, path) = file(V1_1.as_bytes());
+    std::os::unix::fs::chown(&path, Some(65534), Some(65534)).unwrap();
+    let applied = apply(&plan(&path, "1.2").unwrap()).unwrap();
+    for file in [&path, &applied.backup] {
+        let meta = fs::metadata(file).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (65534, 65534), "{}", file.display());
+    }
+}

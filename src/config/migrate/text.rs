@@ -25,6 +25,8 @@ fn unsupported(line: usize, what: impl std::fmt::Display) -> Unsupported {
 #[derive(Debug, Clone)]
 pub struct Doc {
     lines: Vec<String>,
+    /// The file's line end, kept when it is written back.
+    newline: &'static str,
 }
 
 /// What follows `key:` on its line.
@@ -170,12 +172,13 @@ fn is_empty_value(text: &str) -> bool {
 
 impl Doc {
     pub fn new(text: &str) -> Doc {
-        Doc { lines: text.lines().map(str::to_string).collect() }
+        let newline = if text.contains("\r\n") { "\r\n" } else { "\n" };
+        Doc { lines: text.lines().map(str::to_string).collect(), newline }
     }
 
     pub fn text(&self) -> String {
-        let mut text = self.lines.join("\n");
-        text.push('\n');
+        let mut text = self.lines.join(self.newline);
+        text.push_str(self.newline);
         text
     }
 

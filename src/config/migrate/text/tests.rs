@@ -113,3 +113,11 @@ fn a_set_value_keeps_its_comment() {
         .unwrap();
     assert_eq!(doc.text(), "config_version: \"1.2\"   # the schema\n");
 }
+
+#[test]
+fn a_file_with_windows_line_ends_keeps_them() {
+    let mut doc = Doc::new("config_version: \"1.1\"\r\nserver:\r\n  enable_cors: true\r\n");
+    let op = Op::MoveInto { parent: vec!["server"], container: "cors", moves: vec![("enable_cors", "enabled")] };
+    doc.apply(&op).unwrap();
+    assert_eq!(doc.text(), "config_version: \"1.1\"\r\nserver:\r\n  cors:\r\n    enabled: true\r\n");
+}
