@@ -283,7 +283,7 @@ impl Doc {
         Ok(None)
     }
 
-    fn expect(&self, path: &[&str]) -> Result<(Entry, Vec<Entry>), Unsupported> {
+    fn require(&self, path: &[&str]) -> Result<(Entry, Vec<Entry>), Unsupported> {
         self.find(path)?.ok_or_else(|| {
             Unsupported(format!(
                 "{} is not written where the text shows it (it may come from a merge key or an alias)",
@@ -407,22 +407,22 @@ impl Doc {
     pub fn apply(&mut self, op: &Op) -> Result<(), Unsupported> {
         match op {
             Op::Set { path, raw, .. } => {
-                let (entry, _) = self.expect(path)?;
+                let (entry, _) = self.require(path)?;
                 if entry.form != Form::Scalar || entry.end != entry.line + 1 {
                     return Err(unsupported(entry.line, format!("{} is not a one-line value", path.join("."))));
                 }
                 self.set_value(&entry, raw);
             }
             Op::Rename { path, key } => {
-                let (entry, _) = self.expect(path)?;
+                let (entry, _) = self.require(path)?;
                 self.lines[entry.line].replace_range(entry.key_span.clone(), key);
             }
             Op::Remove { path } => {
-                let (entry, siblings) = self.expect(path)?;
+                let (entry, siblings) = self.require(path)?;
                 self.lines.drain(self.attached(&entry)..entry.end);
                 if siblings.len() == 1 && path.len() > 1 {
                     // The mapping holding it is empty now: say so, rather than leave a null.
-                    let (parent, _) = self.expect(&path[..path.len() - 1])?;
+                    let (parent, _) = self.require(&path[..path.len() - 1])?;
                     self.set_value(&parent, "{}");
                 }
             }
@@ -434,7 +434,7 @@ impl Doc {
                     }
                     (self.lines.len(), self.body().and_then(|b| self.entries(b, None))?.first().map_or(0, |e| e.indent))
                 } else {
-                    let (holder, _) = self.expect(parent)?;
+                    let (holder, _) = self.require(parent)?;
                     self.open_mapping(&holder)?
                 };
                 let mut lines = Vec::new();
@@ -442,7 +442,7 @@ impl Doc {
                 self.splice(vec![(at..at, lines)]);
             }
             Op::MoveInto { parent, container, moves } => {
-                let (holder, _) = self.expect(parent)?;
+                let (holder, _) = self.require(parent)?;
                 let siblings = self.children(&holder)?;
                 let mut olds = Vec::new();
                 for (old, new) in moves {

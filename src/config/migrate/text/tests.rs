@@ -6,7 +6,7 @@ fn keys(doc: &Doc, path: &[&str]) -> Vec<(String, usize, usize)> {
     let entries = if path.is_empty() {
         doc.entries(doc.body().unwrap(), None).unwrap()
     } else {
-        doc.children(&doc.expect(path).unwrap().0).unwrap()
+        doc.children(&doc.require(path).unwrap().0).unwrap()
     };
     entries.into_iter().map(|e| (e.key, e.line + 1, e.end)).collect()
 }
@@ -18,9 +18,9 @@ fn entries_take_their_continuation_lines_and_leave_the_comments_of_the_next() {
     );
     assert_eq!(keys(&doc, &[]), [("server".into(), 3, 11), ("quoted".into(), 12, 12)]);
     assert_eq!(keys(&doc, &["server"]), [("listen".into(), 4, 4), ("cors_origins".into(), 5, 8), ("d".into(), 11, 11)]);
-    let (d, _) = doc.expect(&["server", "d"]).unwrap();
+    let (d, _) = doc.require(&["server", "d"]).unwrap();
     assert_eq!(doc.value_text(&d), "\"q # not a comment\"");
-    let (listen, _) = doc.expect(&["server", "listen"]).unwrap();
+    let (listen, _) = doc.require(&["server", "listen"]).unwrap();
     assert_eq!(doc.value_text(&listen), "x");
 }
 
