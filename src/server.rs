@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::base::VERSION;
-use crate::config::{parse_env_file, AuthMode, Config, ListenAddr};
+use crate::config::{parse_env_file, AuthMode, Config, ListenAddr, Loaded};
 use crate::tools::App;
 
 /// MCP server for inspecting and safely controlling a Raspberry Pi.
@@ -89,19 +89,16 @@ pub fn main() -> ExitCode {
             return fail(e);
         }
     }
-    let mut secrets = env.clone();
-    if let Some(file) = &loaded.config.security.secrets_file {
-        if let Ok(text) = std::fs::read_to_string(file) {
-            for (k, v) in parse_env_file(&text) {
-                secrets.entry(k).or_insert(v);
-            }
-        }
-    }
+    let secrets = Secrets::read(&loaded.config, &env);
     if args.check_config {
-        if let Err(e) = crate::auth::Authenticator::new(&loaded.config, &secrets) {
-            return fail(e);
-        }
+        let warnings = match check_config(&loaded, &secrets) {
+            Ok(warnings) => warnings,
+            Err(e) => return fail(e),
+        };
         println!("configuration OK: {} (sha256 {})", loaded.origin, loaded.sha256);
+        for warning in warnings {
+            let _ = writeln!(std::io::stderr(), "mcp-raspi-server: warning: {warning}");
+        }
         return ExitCode::SUCCESS;
     }
     if as_root {
@@ -116,6 +113,10 @@ pub fn main() -> ExitCode {
     if let Err(e) = crate::logs::init(loaded.config.logging.app_log()) {
         return fail(e);
     }
+    for warning in loaded.config.warnings(&crate::tools::tool_names()) {
+        log::warn!("configuration: {warning}");
+    }
+    let secrets = secrets.values;
     let app = match App::new(loaded, &secrets) {
         Ok(app) => app,
         Err(e) => {
@@ -217,6 +218,45 @@ fn become_user(name: &str) -> Result<(), String> {
         return Err("root could be regained after switching".into());
     }
     Ok(())
+}
+
+/// The secrets the server sees: its environment, then `security.secrets_file` for the
+/// names the environment does not set.
+pub struct Secrets {
+    pub values: BTreeMap<String, String>,
+    /// Why the secrets file could not be read, when it exists but could not be.
+    pub unreadable: Option<String>,
+}
+
+impl Secrets {
+    pub fn read(config: &Config, env: &BTreeMap<String, String>) -> Secrets {
+        let mut values = env.clone();
+        let mut unreadable = None;
+        if let Some(file) = &config.security.secrets_file {
+            match std::fs::read_to_string(file) {
+                Ok(text) => {
+                    for (k, v) in parse_env_file(&text) {
+                        values.entry(k).or_insert(v);
+                    }
+                }
+                // No file: the secrets come from the environment (systemd's EnvironmentFile=).
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => unreadable = Some(format!("security.secrets_file {} could not be read: {e}", file.display())),
+            }
+        }
+        Secrets { values, unreadable }
+    }
+}
+
+/// What `--check-config` and `mcp-raspi config validate` check of a loaded configuration
+/// beyond the file itself: that every token's secret is set (and long enough). Returns the
+/// configuration's warnings.
+pub fn check_config(loaded: &Loaded, secrets: &Secrets) -> Result<Vec<String>, String> {
+    crate::auth::Authenticator::new(&loaded.config, &secrets.values).map_err(|e| match &secrets.unreadable {
+        Some(why) => format!("{e} ({why}; run the check as root, e.g. with sudo)"),
+        None => e,
+    })?;
+    Ok(loaded.config.warnings(&crate::tools::tool_names()))
 }
 
 /// Completes on SIGTERM or SIGINT: the daemons' graceful stop. The handlers are installed

@@ -7,6 +7,7 @@ mod support;
 mod agent;
 mod checks;
 mod cli;
+mod config;
 mod fixtures;
 mod golden;
 mod hostile;

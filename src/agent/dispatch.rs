@@ -58,6 +58,8 @@ impl AgentState {
                 Response::Pin { state: p.gpio.write(pin, level).map_err(fail)? }
             }
             Request::GpioPwmEnable { pin, pwm } => {
+                self.config.gpio.pwm.check_frequency(pwm.frequency_hz)?;
+                self.config.gpio.pwm.check_duty_cycle(pwm.duty_cycle)?;
                 self.config.gpio.check_mode(pin, PinMode::Pwm)?;
                 Response::Pin { state: p.gpio.pwm_enable(pin, pwm).map_err(fail)? }
             }
@@ -350,6 +352,27 @@ mod tests {
         }
         let (_, message) = refusal(state.execute(Request::GpioRead { pin: pin(5) }));
         assert!(message.starts_with("GPIO 5 is not on gpio.pins; allowed: 17."), "{message}");
+    }
+
+    #[test]
+    fn pwm_outside_the_limits_of_gpio_pwm_is_refused_as_the_server_words_it() {
+        let state = configured(
+            "gpio:\n  pins:\n    - {pin: 18, modes: [pwm]}\n  pwm:\n    max_frequency_hz: 1000\n    min_duty_cycle: 10\n    max_duty_cycle: 90\n",
+        );
+        let pwm = &state.config.gpio.pwm;
+        let enable = |frequency_hz, duty_cycle| Request::GpioPwmEnable {
+            pin: PinNumber::new(18).unwrap(),
+            pwm: crate::platform::PwmState { frequency_hz, duty_cycle },
+        };
+        let cases = [
+            (enable(1000.5, 0.5), pwm.check_frequency(1000.5).unwrap_err()),
+            (enable(500.0, 0.95), pwm.check_duty_cycle(0.95).unwrap_err()),
+            (enable(500.0, 0.05), pwm.check_duty_cycle(0.05).unwrap_err()),
+        ];
+        for (request, denied) in cases {
+            assert_eq!(refusal(state.execute(request.clone())), (ErrorCode::Invalid, denied.message), "{request:?}");
+        }
+        assert!(matches!(state.execute(enable(1000.0, 0.9)), Response::Pin { .. }));
     }
 
     #[test]

@@ -25,6 +25,7 @@ use crate::update::release;
 mod audit;
 mod backup;
 mod client;
+mod config;
 mod healthcheck;
 mod publish;
 mod render;
@@ -135,6 +136,10 @@ pub enum Command {
     /// Read the audit log: who still calls deprecated tools.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// Check a configuration file as the server would, or migrate it to a newer schema
+    /// version (also installed as mcp-raspi-config).
+    #[command(subcommand)]
+    Config(config::ConfigCommand),
     /// Print the polkit rule that lets the ops agent start, stop and restart the units on
     /// services.allowed_units (and reboot or power off when the power section allows it).
     PolkitRules {
@@ -295,6 +300,7 @@ fn run(command: Command, out: &mut dyn Write) -> Result<(), String> {
         Command::Release(command) => run_release(command, out),
         Command::Update(command) => update::run_update(command, out),
         Command::Manage(command) => update::run_manage(command, out),
+        Command::Config(command) => config::run_config(command, out),
         Command::PolkitRules { config, dev, agent_user, output } => {
             let text = if dev {
                 let loaded = Config::dev(&crate::server::dev_home(), &BTreeMap::new()).map_err(|e| e.to_string())?;

@@ -1,10 +1,11 @@
 //! Configuration of the privileged side: the ops agent, the allowlists of pins, buses,
-//! ports and units, the camera, power and OS updates, and experimental features.
+//! ports and units, the camera, power and OS updates.
 
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use super::pwm::PwmConfig;
 use crate::platform::{PinMode, PinNumber, UnitName};
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -31,37 +32,6 @@ impl Default for OpsAgentConfig {
     }
 }
 
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ExperimentalConfig {
-    /// Master switch: experimental tools stay hidden and refused unless this is true.
-    pub enabled: bool,
-    pub features: Vec<FeatureFlag>,
-}
-
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct FeatureFlag {
-    /// A tool name (`spi.transfer`) or namespace (`uart`).
-    pub name: String,
-    pub enabled: bool,
-    /// Must be true: the operator has read what the feature may do.
-    #[serde(default)]
-    pub acknowledged_risks: bool,
-}
-
-impl ExperimentalConfig {
-    /// Whether the experimental tool `tool` is turned on.
-    pub fn allows(&self, tool: &str) -> bool {
-        let namespace = tool.split('.').next().unwrap_or(tool);
-        self.enabled
-            && self
-                .features
-                .iter()
-                .any(|f| f.enabled && f.acknowledged_risks && (f.name == tool || f.name == namespace))
-    }
-}
-
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PinRule {
@@ -78,6 +48,8 @@ pub struct PinRule {
 pub struct GpioConfig {
     /// The pins tools may touch; every other pin is refused.
     pub pins: Vec<PinRule>,
+    /// Limits of PWM on the pins that allow it.
+    pub pwm: PwmConfig,
 }
 
 impl GpioConfig {

@@ -5,7 +5,10 @@
 //! with the key, the line and what is allowed, before the server does anything else.
 
 mod devices;
+mod features;
+pub mod migrate;
 mod policy;
+mod pwm;
 mod values;
 
 use std::collections::BTreeMap;
@@ -19,11 +22,15 @@ use sha2::{Digest, Sha256};
 pub use crate::base::hex;
 pub use crate::base::{Backend, LogLevel, Tristate};
 pub use devices::{
-    AutoUpdateConfig, CameraConfig, ExperimentalConfig, FeatureFlag, GpioConfig, I2cBusRule, I2cConfig, OpsAgentConfig,
-    OsUpdatesConfig, PinRule, PowerConfig, ServicesConfig, SpiConfig, SpiDeviceRule, UartConfig, UartPortRule,
-    UpdatesConfig, Window, CHANNELS,
+    AutoUpdateConfig, CameraConfig, GpioConfig, I2cBusRule, I2cConfig, OpsAgentConfig, OsUpdatesConfig, PinRule,
+    PowerConfig, ServicesConfig, SpiConfig, SpiDeviceRule, UartConfig, UartPortRule, UpdatesConfig, Window, CHANNELS,
+};
+pub use features::{
+    feature_names, ExperimentalConfig, ExperimentalReport, Feature, FeatureFlag, FeatureStatus, FlagStatus, FlagTarget,
+    FEATURES,
 };
 pub use policy::{DenialKind, Denied};
+pub use pwm::{PwmConfig, HARDWARE_MAX_FREQUENCY_HZ};
 pub use values::{ListenAddr, Role};
 
 /// The configuration schema this build reads and writes.
@@ -365,18 +372,21 @@ impl Loaded {
 impl Config {
     /// Parses YAML text; `origin` names the text in error messages.
     pub fn from_yaml(text: &str, origin: &str) -> Result<Config, ConfigError> {
-        let config: Config = serde_saphyr::from_str(text)
-            .map_err(|e| ConfigError::Parse { origin: origin.to_string(), message: e.to_string() })?;
-        if config.config_version != CONFIG_VERSION {
-            return Err(ConfigError::Invalid {
-                key: "config_version".into(),
-                message: format!(
-                    "this build reads version \"{CONFIG_VERSION}\", the file says \"{}\"; run `mcp-raspi-config migrate plan --to-version {CONFIG_VERSION}`",
-                    config.config_version
-                ),
-            });
+        let parse_error =
+            |e: serde_saphyr::Error| ConfigError::Parse { origin: origin.to_string(), message: e.to_string() };
+        // The version alone first: an older file's renamed keys would otherwise be reported
+        // as unknown, when what it needs is a migration. A file this read fails on gets the
+        // full parse's message below.
+        if let Ok(declared) = serde_saphyr::from_str::<migrate::Declared>(text) {
+            migrate::check_declared(declared, origin)?;
         }
-        Ok(config)
+        serde_saphyr::from_str(text).map_err(parse_error)
+    }
+
+    /// What is worth a warning in a configuration that loads: entries that turn nothing on.
+    /// `tools` are the names of all tools.
+    pub fn warnings(&self, tools: &[&str]) -> Vec<String> {
+        self.experimental_features.warnings(tools)
     }
 
     /// Reads, overrides from the environment and validates a configuration file.
@@ -545,6 +555,9 @@ impl Config {
             if t.warning.partial_cmp(&t.critical) != Some(std::cmp::Ordering::Less) {
                 return invalid(key, format!("warning ({}) must be below critical ({})", t.warning, t.critical));
             }
+        }
+        if let Err((key, message)) = self.gpio.pwm.validate() {
+            return invalid(key, message);
         }
         let mut pins = std::collections::BTreeSet::new();
         for (i, rule) in self.gpio.pins.iter().enumerate() {

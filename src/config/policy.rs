@@ -36,11 +36,11 @@ pub struct Denied {
 }
 
 impl Denied {
-    fn forbidden(message: String) -> Denied {
+    pub(super) fn forbidden(message: String) -> Denied {
         Denied { kind: DenialKind::Forbidden, message }
     }
 
-    fn invalid(message: String) -> Denied {
+    pub(super) fn invalid(message: String) -> Denied {
         Denied { kind: DenialKind::Invalid, message }
     }
 }

@@ -30,6 +30,15 @@ pub fn tools_markdown(catalogue: &Catalogue) -> String {
             s.title
         );
     }
+    out.push_str(
+        "\n## Experimental feature names\n\n`experimental_features.features[].name` takes a tool name, a namespace \
+         (`uart`), or one of these feature names:\n\n| feature | turns on | what |\n|---|---|---|\n",
+    );
+    for f in crate::config::FEATURES {
+        let tools: Vec<String> = f.tools.iter().map(|t| format!("`{t}`")).collect();
+        let tools = if tools.is_empty() { "no tool".to_string() } else { tools.join(", ") };
+        let _ = writeln!(out, "| `{}` | {tools} | {} |", f.name, f.description);
+    }
     for e in catalogue.entries() {
         let s = e.tool.spec();
         let _ = write!(out, "\n## `{}`\n\n{}\n\n", s.name, s.description);

@@ -14,12 +14,9 @@ use serde::{Deserialize, Deserializer, Serialize};
 use super::system::read_only_spec;
 use super::{Cx, Deprecation, Maturity, NoArguments, Tool, ToolError, ToolSpec};
 use crate::agent_client::AgentError;
-use crate::config::Role;
+use crate::config::{Denied, PwmConfig, Role};
 use crate::ipc::{Request, Response};
 use crate::platform::{Level, PinMode, PinNumber, PinState, Pull, PwmState};
-
-/// The highest PWM frequency the Pi's PWM clock can produce, in Hz.
-const MAX_PWM_FREQUENCY_HZ: f64 = 125e6;
 
 fn unexpected(op: &str, response: &Response) -> ToolError {
     ToolError::internal(format!("unexpected answer from the ops agent to {op}: {}", response.kind()))
@@ -34,19 +31,33 @@ async fn pin_request(cx: &Cx, request: Request) -> Result<PinState, ToolError> {
     }
 }
 
-/// Checks a PWM frequency and duty cycle (a share, 0.0 to 1.0) before they reach the agent.
-fn check_pwm(frequency_hz: f64, duty_cycle: f64) -> Result<PwmState, ToolError> {
-    if !(frequency_hz.is_finite() && frequency_hz > 0.0 && frequency_hz <= MAX_PWM_FREQUENCY_HZ) {
-        return Err(ToolError::invalid_argument(format!(
-            "argument `frequency_hz`: {frequency_hz} Hz is not possible; use more than 0 and at most 125000000 Hz"
-        )));
-    }
+/// Checks a PWM frequency and duty cycle (a share, 0.0 to 1.0) against the limits of
+/// `gpio.pwm` before they reach the agent (which checks them again). `names` are the tool's
+/// names of the two arguments.
+fn check_pwm(limits: &PwmConfig, frequency_hz: f64, duty_cycle: f64, names: [&str; 2]) -> Result<PwmState, ToolError> {
+    let [frequency, duty] = names;
     if !(0.0..=1.0).contains(&duty_cycle) {
         return Err(ToolError::invalid_argument(format!(
-            "argument `duty_cycle`: {duty_cycle} is outside 0.0 to 1.0 (the share of each period the pin is high)"
+            "argument `{duty}`: {duty_cycle} is outside 0.0 to 1.0 (the share of each period the pin is high)"
         )));
     }
+    let argument = |name: &str, denied: Denied| ToolError::invalid_argument(format!("argument `{name}`: {denied}"));
+    limits.check_frequency(frequency_hz).map_err(|d| argument(frequency, d))?;
+    limits.check_duty_cycle(duty_cycle).map_err(|d| argument(duty, d))?;
     Ok(PwmState { frequency_hz, duty_cycle })
+}
+
+/// Starts PWM on `pin` once the settings and the pin are allowed.
+async fn enable_pwm(
+    cx: Cx,
+    pin: PinNumber,
+    frequency_hz: f64,
+    duty_cycle: f64,
+    names: [&str; 2],
+) -> Result<PinState, ToolError> {
+    let pwm = check_pwm(&cx.app.config.gpio.pwm, frequency_hz, duty_cycle, names)?;
+    cx.app.config.gpio.check_mode(pin, PinMode::Pwm)?;
+    pin_request(&cx, Request::GpioPwmEnable { pin, pwm }).await
 }
 
 /// The duty cycle of `gpio.pwm_start`, a percentage, as the share `gpio.pwm_enable` takes.
@@ -303,10 +314,12 @@ pub struct PwmEnableArguments {
     /// BCM GPIO number (0 to 27), one of those gpio.list_pins shows.
     #[schemars(with = "u8", range(max = 27))]
     pub pin: PinNumber,
-    /// Frequency in Hz, above 0 and at most 125000000 (e.g. 50 for a hobby servo).
+    /// Frequency in Hz, above 0 and at most 125000000 (e.g. 50 for a hobby servo); the
+    /// server may allow less (gpio.pwm.max_frequency_hz).
     #[schemars(range(max = 125000000))]
     pub frequency_hz: f64,
-    /// The share of each period the pin is high, 0.0 to 1.0 (0.5 is a square wave).
+    /// The share of each period the pin is high, 0.0 to 1.0 (0.5 is a square wave); the
+    /// server may allow a narrower range (gpio.pwm.min_duty_cycle and max_duty_cycle, in percent).
     #[schemars(range(min = 0.0, max = 1.0))]
     pub duty_cycle: f64,
 }
@@ -319,7 +332,7 @@ const PWM_ENABLE_SPEC: ToolSpec = ToolSpec {
     ..read_only_spec(
         "gpio.pwm_enable",
         "Start PWM on a GPIO pin",
-        "Starts (or retunes) pulse-width modulation on a pin: hardware PWM where the pin has a channel, software PWM otherwise. The pin must be on gpio.pins with pwm allowed. Returns the pin's state afterwards.",
+        "Starts (or retunes) pulse-width modulation on a pin: hardware PWM where the pin has a channel, software PWM otherwise. The pin must be on gpio.pins with pwm allowed, and the frequency and duty cycle within the server's gpio.pwm limits. Returns the pin's state afterwards.",
     )
 };
 
@@ -331,9 +344,7 @@ impl Tool for PwmEnable {
     const SPEC: ToolSpec = PWM_ENABLE_SPEC;
 
     async fn call(cx: Cx, args: PwmEnableArguments) -> Result<PinState, ToolError> {
-        let pwm = check_pwm(args.frequency_hz, args.duty_cycle)?;
-        cx.app.config.gpio.check_mode(args.pin, PinMode::Pwm)?;
-        pin_request(&cx, Request::GpioPwmEnable { pin: args.pin, pwm }).await
+        enable_pwm(cx, args.pin, args.frequency_hz, args.duty_cycle, ["frequency_hz", "duty_cycle"]).await
     }
 }
 
@@ -393,8 +404,7 @@ impl Tool for PwmStart {
 
     async fn call(cx: Cx, args: PwmStartArguments) -> Result<PinState, ToolError> {
         let duty_cycle = percent_to_fraction(args.duty_cycle)?;
-        let arguments = PwmEnableArguments { pin: args.pin, frequency_hz: args.frequency, duty_cycle };
-        PwmEnable::call(cx, arguments).await
+        enable_pwm(cx, args.pin, args.frequency, duty_cycle, ["frequency", "duty_cycle"]).await
     }
 }
 
@@ -416,15 +426,38 @@ mod tests {
         }
     }
 
+    const ENABLE: [&str; 2] = ["frequency_hz", "duty_cycle"];
+
     #[test]
     fn pwm_settings_outside_what_the_hardware_does_are_refused() {
-        assert!(check_pwm(50.0, 0.075).is_ok());
-        assert!(check_pwm(125e6, 1.0).is_ok());
-        assert!(check_pwm(0.001, 0.0).is_ok());
+        let limits = PwmConfig::default();
+        assert!(check_pwm(&limits, 50.0, 0.075, ENABLE).is_ok());
+        assert!(check_pwm(&limits, 125e6, 1.0, ENABLE).is_ok());
+        assert!(check_pwm(&limits, 0.001, 0.0, ENABLE).is_ok());
         for (f, d) in [(0.0, 0.5), (-1.0, 0.5), (f64::NAN, 0.5), (f64::INFINITY, 0.5), (200e6, 0.5), (50.0, 1.01)] {
-            assert_eq!(check_pwm(f, d).unwrap_err().code, "invalid_argument", "{f} Hz, {d}");
+            assert_eq!(check_pwm(&limits, f, d, ENABLE).unwrap_err().code, "invalid_argument", "{f} Hz, {d}");
         }
-        assert!(check_pwm(50.0, -0.1).unwrap_err().message.contains("duty_cycle"));
+        let e = check_pwm(&limits, 50.0, -0.1, ENABLE).unwrap_err().message;
+        assert!(e.starts_with("argument `duty_cycle`: -0.1 is outside 0.0 to 1.0"), "{e}");
+    }
+
+    #[test]
+    fn pwm_settings_outside_gpio_pwm_are_refused_naming_the_argument_the_limit_and_the_key() {
+        let limits = PwmConfig { max_frequency_hz: 1000.0, min_duty_cycle: 10.0, max_duty_cycle: 90.0 };
+        assert!(check_pwm(&limits, 1000.0, 0.9, ENABLE).is_ok());
+        let e = check_pwm(&limits, 2000.0, 0.5, ["frequency", "duty_cycle"]).unwrap_err();
+        assert_eq!(e.code, "invalid_argument");
+        assert_eq!(
+            e.message,
+            "argument `frequency`: 2000 Hz is above the 1000 Hz that gpio.pwm.max_frequency_hz allows on this server"
+        );
+        let e = check_pwm(&limits, 50.0, 0.95, ENABLE).unwrap_err();
+        assert_eq!(
+            e.message,
+            "argument `duty_cycle`: a duty cycle of 95% is above the 90% that gpio.pwm.max_duty_cycle allows on this server"
+        );
+        let e = check_pwm(&limits, 50.0, 0.0, ENABLE).unwrap_err();
+        assert!(e.message.contains("below the 10% that gpio.pwm.min_duty_cycle allows"), "{}", e.message);
     }
 
     #[test]

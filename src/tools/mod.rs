@@ -293,6 +293,11 @@ static TOOLS: &[&dyn DynTool] = &[
     &update::ListVersions,
 ];
 
+/// The names of all tools, experimental ones included.
+pub fn tool_names() -> Vec<&'static str> {
+    TOOLS.iter().map(|tool| tool.spec().name).collect()
+}
+
 /// Deserializes tool arguments, naming the argument at fault.
 fn parse_arguments<T: DeserializeOwned>(arguments: Value) -> Result<T, ToolError> {
     let arguments = if arguments.is_null() { Value::Object(Default::default()) } else { arguments };
@@ -403,9 +408,15 @@ impl Catalogue {
                 spec.min_role, identity.name, identity.role
             )))
         } else if !app.tool_enabled(spec) {
+            // The spec's feature name, when the tool belongs to one, is what an operator expects to write.
+            let feature = crate::config::FEATURES.iter().find(|f| f.tools.contains(&name)).map(|f| f.name);
+            let entry = match feature {
+                Some(feature) => format!("{feature:?} (or {name:?})"),
+                None => format!("{name:?}"),
+            };
             Err(ToolError::forbidden(format!(
                 "{name} is experimental and not enabled on this server: an administrator enables it under \
-                 experimental_features (enabled: true, and a feature {name:?} with acknowledged_risks: true)"
+                 experimental_features (enabled: true, and a feature {entry} with acknowledged_risks: true)"
             )))
         } else if spec.blocking {
             let (tool, runtime) = (entry.tool, tokio::runtime::Handle::current());
@@ -484,5 +495,17 @@ mod tests {
         let denied = CameraConfig::default().check_size(0, 480).unwrap_err();
         let e = ToolError::from(denied.clone());
         assert_eq!((e.code, e.message), ("invalid_argument", denied.message));
+    }
+
+    #[test]
+    fn every_tool_a_feature_turns_on_is_an_experimental_tool_of_the_catalogue() {
+        let catalogue = Catalogue::new();
+        for feature in crate::config::FEATURES {
+            for tool in feature.tools {
+                let spec = catalogue.get(tool).map(|e| e.tool.spec());
+                assert_eq!(spec.map(|s| s.maturity), Some(Maturity::Experimental), "{}: {tool}", feature.name);
+            }
+            assert!(catalogue.get(feature.name).is_none(), "{} is also a tool name", feature.name);
+        }
     }
 }

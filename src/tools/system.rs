@@ -379,6 +379,9 @@ pub struct ToolCapability {
     pub callable_by_you: bool,
     pub read_only: bool,
     pub destructive: bool,
+    /// Whether the tool is offered: stable and beta tools always, experimental ones when
+    /// experimental_features turns them on.
+    pub enabled: bool,
     /// Set when the tool is kept only for old clients.
     pub deprecation: Option<Deprecation>,
 }
@@ -396,6 +399,9 @@ pub struct Capabilities {
     pub caller: Caller,
     /// Authentication mode: `token` or `none`.
     pub auth_mode: String,
+    /// The experimental features: the master switch, each feature name this build knows
+    /// (whether it is on, and what it turns on), and the configured entries.
+    pub experimental_features: crate::config::ExperimentalReport,
 }
 
 #[derive(Debug, Serialize, JsonSchema)]
@@ -409,11 +415,15 @@ pub struct GetCapabilities;
 impl Tool for GetCapabilities {
     type Input = NoArguments;
     type Output = Capabilities;
-    const SPEC: ToolSpec = read_only_spec(
+    // 1.1: each tool says whether it is enabled, and the experimental features are reported.
+    const SPEC: ToolSpec = ToolSpec {
+        version: "1.1",
+        ..read_only_spec(
         "system.get_capabilities",
         "Server capabilities",
-        "Protocol versions, every tool with its version, maturity, deprecation and required role (and whether you may call it), the privileged agent's capability set, and the authentication mode.",
-    );
+        "Protocol versions, every tool with its version, maturity, deprecation, required role (and whether you may call it) and whether it is enabled, the privileged agent's capability set, the authentication mode, and the experimental features: each feature name, whether it is on and what it turns on.",
+    )
+    };
 
     async fn call(cx: Cx, _: NoArguments) -> Result<Capabilities, ToolError> {
         let tools = cx
@@ -431,6 +441,7 @@ impl Tool for GetCapabilities {
                     callable_by_you: cx.identity.role >= s.min_role,
                     read_only: s.read_only,
                     destructive: s.destructive,
+                    enabled: cx.app.tool_enabled(s),
                     deprecation: s.deprecation,
                 }
             })
@@ -445,6 +456,7 @@ impl Tool for GetCapabilities {
                 crate::config::AuthMode::Token => "token".into(),
                 crate::config::AuthMode::None => "none".into(),
             },
+            experimental_features: cx.app.config.experimental_features.report(&super::tool_names()),
         })
     }
 }

@@ -624,13 +624,16 @@ def check_install(box, version, port):
         report.check(f"{link} links to {target}", box.out(f"readlink {link}") == target)
     for page in ("mcp-raspi-server", "raspi-ops-agent", "mcp-raspi", "mcp-raspi-update", "mcp-raspi-cli",
                  "mcp-raspi-update-server", "mcp-raspi-manage-rollback", "mcp-raspi-backup", "mcp-raspi-restore",
-                 "mcp-raspi-healthcheck", "mcp-raspi-config-migrate-plan", "mcp-raspi-system-get-info",
-                 "mcp-raspi-audit-deprecated-usage"):
+                 "mcp-raspi-healthcheck", "mcp-raspi-config", "mcp-raspi-config-migrate-plan",
+                 "mcp-raspi-system-get-info", "mcp-raspi-audit-deprecated-usage"):
         page = f"/usr/share/man/man1/{page}.1.gz"
         report.check(f"the man page {page} is installed", box.sh(f"test -s {page}", check=False)[0] == 0)
     for program in ("mcp-raspi-server", "raspi-ops-agent", "mcp-raspi"):
         out = box.out(f"{program} --version", check=False)
         report.check(f"{program} --version prints {version}", out == f"{program} {version}", out)
+    code, out, err = box.sh("mcp-raspi-config validate", check=False)
+    report.check("`mcp-raspi-config validate` as root accepts the installed configuration and its secrets",
+                 code == 0 and out.startswith("configuration OK: /etc/mcp-raspi/config.yml"), out + err)
     for unit in ("raspi-ops-agent.service", "mcp-raspi-server.service"):
         exec_start = box.out(f"systemctl show -p ExecStart --value {unit}")
         report.check(f"{unit} runs through /opt/mcp-raspi/current", "path=/opt/mcp-raspi/current/bin/" in exec_start,
@@ -1133,6 +1136,7 @@ GONE_ON_PURGE = [
     "/usr/bin/mcp-raspi",
     "/usr/bin/mcp-raspi-update",
     "/usr/bin/mcp-raspi-cli",
+    "/usr/bin/mcp-raspi-config",
     "/usr/share/man/man1/mcp-raspi-update.1.gz",
     "/usr/bin/mcp-raspi-server",
     "/usr/bin/raspi-ops-agent",
