@@ -182,6 +182,13 @@ impl ExperimentalConfig {
                 ));
             }
         }
+        if self.feature_enabled("updates.delta") {
+            warnings.push(
+                "experimental_features: updates.delta is on, but this build has no delta updates: \
+                 the self-update downloads whole packages"
+                    .into(),
+            );
+        }
         if !self.enabled && self.features.iter().any(FeatureFlag::on) {
             warnings.push(
                 "experimental_features.enabled is false: the features listed under it stay off until it is true".into(),
@@ -267,6 +274,13 @@ mod tests {
         }
         assert!(!c.allows("gpio.pwm_enable"));
         assert!(!c.feature_enabled("updates.delta"));
+    }
+
+    #[test]
+    fn turning_on_delta_updates_says_that_this_build_has_none() {
+        let w = flags(true, &["updates.delta"]).warnings(&TOOLS);
+        assert!(w.iter().any(|w| w.contains("no delta updates")), "{w:?}");
+        assert!(flags(true, &["gpio.pwm"]).warnings(&TOOLS).is_empty());
     }
 
     #[test]
