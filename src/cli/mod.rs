@@ -2,12 +2,12 @@
 //! (`mcp-raspi-cli`, `mcp-raspi-update`, `mcp-raspi-config`, `mcp-raspi-backup`,
 //! `mcp-raspi-restore`, `mcp-raspi-healthcheck`), dispatched on the name it is called by.
 //!
-//! It holds the runbook's commands: the local server's tools over MCP ([`tools`]),
-//! self-update and rollback ([`update`]), backup and restore ([`backup`]), the monitoring
-//! checks ([`healthcheck`], [`storage`], [`audit`]) and the configuration's lifecycle
-//! ([`config`]). And what the package needs at install time, in Rust rather than in shell
+//! It holds the runbook's commands: the local server's tools over MCP (`tools`),
+//! self-update and rollback (`update`), backup and restore (`backup`), the monitoring
+//! checks (`healthcheck`, `storage`, `audit`) and the configuration's lifecycle
+//! (`config`). And what the package needs at install time, in Rust rather than in shell
 //! so that it is tested and shared with the self-update: installing a release and flipping
-//! `current` ([`releases`]), the polkit rule generated from the configuration's unit
+//! `current` (`releases`), the polkit rule generated from the configuration's unit
 //! allowlist (the allowlist lives in the configuration, so the rule can only be written at
 //! configure time), and the man pages and shell completions of the three programs,
 //! generated from their clap definitions so that they cannot drift from the options.
