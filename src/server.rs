@@ -131,6 +131,15 @@ pub fn main() -> ExitCode {
             app.config.security.anonymous_role
         );
     }
+    log::debug!(
+        "settings: listen {}, auth_mode {:?}, agent socket {}, state {}, log level {} ({})",
+        app.config.server.listen.addr(),
+        app.config.security.auth_mode,
+        app.config.ops_agent.socket_path.display(),
+        app.config.paths.state_dir.display(),
+        app.config.logging.level.as_str(),
+        if args.log_level.is_some() { "--log-level" } else { "logging.level" },
+    );
     log::info!(
         "mcp-raspi-server {VERSION} starting: config {}, backend {} ({})",
         app.config_origin,

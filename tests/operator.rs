@@ -140,3 +140,30 @@ fn a_server_that_is_down_or_refuses_the_token_has_an_exit_status_of_its_own() {
     assert_eq!(out.status.code(), Some(77));
     assert!(text(&out).1.contains("MCP_RASPI_TOKEN"), "{}", text(&out).1);
 }
+
+#[test]
+fn a_user_who_may_not_read_the_configuration_brings_the_token_and_the_address() {
+    if !crate::support::is_root() {
+        eprintln!("skipped: needs root to make the configuration unreadable to another user");
+        return;
+    }
+    use std::os::unix::process::CommandExt;
+    let server = Server::start();
+    let config = server.config_path();
+    std::os::unix::fs::chown(&config, Some(0), Some(0)).unwrap();
+    std::fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let as_user = || {
+        let mut cmd = cli();
+        cmd.uid(crate::support::UNPRIVILEGED).gid(crate::support::UNPRIVILEGED);
+        cmd.args(["system", "get-info", "--config"]).arg(&config);
+        cmd
+    };
+    let out = as_user().output().unwrap();
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(77), "{stderr}");
+    assert!(stderr.contains("sudo") && stderr.contains("MCP_RASPI_TOKEN") && stderr.contains("--url"), "{stderr}");
+    let url = format!("http://{}/mcp", server.addr);
+    let out = as_user().env("MCP_RASPI_TOKEN", VIEWER_TOKEN).env("MCP_RASPI_URL", &url).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out).1);
+    assert!(text(&out).0.contains("hostname: "), "{}", text(&out).0);
+}

@@ -90,7 +90,26 @@ impl Connection {
         if let (Some(url), Some(token)) = (&self.url, &self.token) {
             return Ok(Endpoint { url: url.clone(), token: Some(token.clone()), timeout });
         }
-        let loaded = load_config(self)?;
+        let loaded = match load_config(self) {
+            Ok(loaded) => loaded,
+            // The packaged configuration is not readable by every user: who may not read it
+            // brings the token, and the address unless it is the default one.
+            Err(e) if unreadable(&self.config) => {
+                let Some(token) = &self.token else {
+                    return Err(CliError::new(
+                        EXIT_NOPERM,
+                        format!(
+                            "no bearer token: {e}: run the command with sudo, or pass --token TOKEN or set \
+                             MCP_RASPI_TOKEN (and --url URL when the server does not listen on {})",
+                            default_url()
+                        ),
+                    ));
+                };
+                let url = self.url.clone().unwrap_or_else(default_url);
+                return Ok(Endpoint { url, token: Some(token.clone()), timeout });
+            }
+            Err(e) => return Err(e),
+        };
         let config = &loaded.config;
         let url = match &self.url {
             Some(url) => url.clone(),
@@ -103,6 +122,17 @@ impl Connection {
         };
         Ok(Endpoint { url, token, timeout })
     }
+}
+
+/// Whether `path` exists but this user may not read it.
+fn unreadable(path: &std::path::Path) -> bool {
+    std::fs::File::open(path).is_err_and(|e| e.kind() == std::io::ErrorKind::PermissionDenied)
+}
+
+/// The MCP endpoint of a server listening where the default configuration says.
+fn default_url() -> String {
+    let listen = crate::config::ServerConfig::default().listen.addr();
+    format!("http://{}/mcp", crate::selfcheck::loopback_for(listen))
 }
 
 /// The token of the highest role in `security.tokens` whose secret is set, in the

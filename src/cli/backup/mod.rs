@@ -342,11 +342,15 @@ pub fn write_backup(places: &Places, dest: &Path, retention_days: u64) -> Result
             .create(dest)
             .map_err(|e| format!("cannot create {}: {e}", dest.display()))?;
     }
-    let name = format!("mcp-raspi-{}-{}", hostname(), stamp());
+    // Named by the second it was taken; a second backup within that second gets a suffix.
+    let base = format!("mcp-raspi-{}-{}", hostname(), stamp());
+    let taken = |name: &str| dest.join(format!("{name}.tar.gz")).exists();
+    let Some(name) =
+        std::iter::once(base.clone()).chain((2..100).map(|n| format!("{base}-{n}"))).find(|name| !taken(name))
+    else {
+        return Err(format!("{} holds a hundred backups named {base}: try again in a second", dest.display()));
+    };
     let archive = dest.join(format!("{name}.tar.gz"));
-    if archive.exists() {
-        return Err(format!("{} already exists; try again in a second", archive.display()));
-    }
     let partial_path = dest.join(format!(".{name}.tar.gz.partial"));
     let mut partial = Partial(&partial_path, false);
     let file = fs::OpenOptions::new()

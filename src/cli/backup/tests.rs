@@ -238,6 +238,15 @@ fn a_corrupt_truncated_or_foreign_archive_changes_nothing_and_says_why() {
 }
 
 #[test]
+fn backups_taken_within_one_second_get_names_of_their_own() {
+    let install = Install::new();
+    let names: Vec<PathBuf> = (0..3).map(|_| install.backup().archive).collect();
+    assert!(names[0] != names[1] && names[1] != names[2] && names[0] != names[2], "{names:?}");
+    let latest = fs::canonicalize(install.root().join("dest").join(LATEST)).unwrap();
+    assert_eq!(latest, fs::canonicalize(&names[2]).unwrap());
+}
+
+#[test]
 fn old_backups_are_removed_after_the_retention_period_and_others_files_are_left() {
     let install = Install::new();
     let dest = install.root().join("dest");
