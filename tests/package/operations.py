@@ -116,7 +116,7 @@ def check_debug_start(p, box, port):
     report = p.report
     box.sh("systemctl stop mcp-raspi-server.service")
     code, out, err = box.sh(
-        "timeout -s INT 4 /opt/mcp-raspi/current/bin/mcp-raspi-server --config /etc/mcp-raspi/config.yml "
+        "timeout --preserve-status -s INT 4 /opt/mcp-raspi/current/bin/mcp-raspi-server --config /etc/mcp-raspi/config.yml "
         "--log-level DEBUG", check=False, timeout=30)
     report.check("`sudo mcp-raspi-server --config … --log-level DEBUG` serves and logs at debug level on the "
                  "terminal", code == 0 and "listening on" in out and "debug settings:" in err
