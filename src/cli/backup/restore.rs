@@ -276,9 +276,9 @@ pub fn run_restore(args: RestoreArgs, out: &mut dyn Write) -> Result<(), CliErro
         });
         report.version = reconcile(&config, &staged, &mut notes);
         if systemd {
-            if steps.iter().any(|s| s.change != Change::Same && s.entry.path.starts_with("systemd/")) {
-                systemctl(&["daemon-reload"])?;
-            }
+            // Units and drop-ins may have come back, or changed with the package reinstalled
+            // before the restore: systemd reads them again before the start.
+            systemctl(&["daemon-reload"])?;
             refresh_polkit_rule(&args.config, &mut notes);
             systemctl(&["start", "raspi-ops-agent.service", "mcp-raspi-server.service"])?;
             match wait_healthy(&config, Duration::from_secs(args.health_timeout)) {
