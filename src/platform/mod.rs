@@ -23,8 +23,8 @@ pub use camera::{Camera, Capture, CaptureRequest};
 pub use gpio::{Gpio, Level, PinMode, PinNumber, PinState, Pull, PwmState};
 pub use real::polkit::{polkit_rules, PRODUCT_UNITS};
 pub use system::{
-    JournalEntry, Packages, Power, PowerAction, PowerReceipt, Services, UnitAction, UnitName, UnitState, Upgradable,
-    UpgradeStatus,
+    JournalEntry, PackageChange, PackageVersion, Packages, Power, PowerAction, PowerReceipt, Services, UnitAction,
+    UnitName, UnitState, Upgradable, UpgradeMode, UpgradeOutcome, UpgradeResult, UpgradeStatus, UPGRADE_OUTCOME_FILE,
 };
 
 /// Why a platform operation failed.
