@@ -13,6 +13,7 @@ mod sim;
 pub mod system;
 
 use std::fmt;
+use std::path::Path;
 use std::sync::Arc;
 
 use crate::base::Backend;
@@ -89,6 +90,16 @@ impl Platform {
         } else {
             sim::platform(reason)
         }
+    }
+
+    /// OS upgrades through `unit`, whose program records how each went in `state_dir`: the
+    /// configuration's `updates.os.upgrade_unit` and `paths.state_dir`. The simulated
+    /// backend keeps its upgrades in memory and needs neither.
+    pub fn with_os_upgrades(mut self, unit: &UnitName, state_dir: &Path) -> Platform {
+        if self.backend == real::BACKEND {
+            self.packages = real::packages(unit.clone(), state_dir.join(UPGRADE_OUTCOME_FILE));
+        }
+        self
     }
 }
 

@@ -170,6 +170,11 @@ pub struct UpgradeStatus {
     pub state: String,
     /// Last lines of the upgrade's output.
     pub log_tail: Vec<String>,
+    /// What the upgrade's program recorded about this run: when it started and ended, how
+    /// it went, and which packages it upgraded, installed or removed. Absent before the
+    /// program has recorded anything, and when it failed before it could.
+    #[serde(default)]
+    pub outcome: Option<UpgradeOutcome>,
 }
 
 /// The file, in the state directory, where the upgrade's program records its outcome.
