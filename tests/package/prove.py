@@ -47,6 +47,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import operations
+import os_upgrade
 
 ROOT = Path(__file__).resolve().parents[2]
 WORK = ROOT / "target" / "package-test"
@@ -1243,6 +1244,7 @@ def prove_amd64(version, releases, repo, update_repo):
         token = check_mcp(box, port)
         check_real_backends(box, port, token, update_repo.url)
         operations.check_operations(sys.modules[__name__], box, port, token, version)
+        os_upgrade.prove(sys.modules[__name__], box, port, token)
         log(f"self-update over MCP: {version} to {v2}")
         check_update_over_mcp(box, port, token, update_repo, version, v2, v2_deb)
         log(f"self-update over MCP to {v3}, which fails its health check")
