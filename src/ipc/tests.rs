@@ -12,8 +12,8 @@ use tokio::io::AsyncWriteExt;
 use super::*;
 use crate::platform::camera::Video;
 use crate::platform::{
-    Capture, JournalEntry, PackageChange, PackageVersion, PowerReceipt, UnitState, Upgradable, UpgradeMode,
-    UpgradeOutcome, UpgradeResult, UpgradeStatus,
+    Capture, JournalEntry, PackageChange, PowerReceipt, UnitState, Upgradable, UpgradeMode, UpgradeOutcome,
+    UpgradeResult, UpgradeStatus,
 };
 
 fn pin(n: u64) -> PinNumber {
@@ -228,10 +228,7 @@ fn sample_responses() -> Vec<ResponseFrame> {
                         from: "3.0.15-1~deb12u1".into(),
                         to: "3.0.16-1~deb12u1".into(),
                     }],
-                    installed: vec![PackageVersion {
-                        name: "linux-image-6.12.25+rpt-rpi-v8".into(),
-                        version: "1:6.12.25-1+rpt1".into(),
-                    }],
+                    installed: Vec::new(),
                     removed: Vec::new(),
                     error: None,
                     invocation_id: Some("0123456789abcdef0123456789abcdef".into()),
@@ -338,14 +335,6 @@ fn the_golden_files_deserialize_back_into_the_same_frames() {
     assert_eq!(requests, sample_requests());
     let responses: Vec<ResponseFrame> = read_fixture("responses.json");
     assert_eq!(responses, sample_responses());
-}
-
-#[test]
-fn an_upgrade_answer_of_an_agent_that_records_no_outcome_still_reads() {
-    let older = json!({"kind": "upgrade", "status": {"state": "succeeded", "log_tail": []}});
-    let response: Response = serde_json::from_value(older).unwrap();
-    let Response::Upgrade { status } = response else { panic!("not an upgrade answer") };
-    assert_eq!((status.state.as_str(), status.outcome), ("succeeded", None));
 }
 
 #[test]

@@ -299,3 +299,24 @@ pub trait Packages: Send + Sync {
     /// How the upgrade started by `start_upgrade` is doing.
     fn upgrade_status(&self) -> Result<UpgradeStatus, PlatformError>;
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn an_upgrade_status_without_an_outcome_as_older_agents_send_it_still_reads() {
+        let status: UpgradeStatus = serde_json::from_str(r#"{"state": "succeeded", "log_tail": []}"#).unwrap();
+        assert_eq!((status.state.as_str(), status.outcome), ("succeeded", None));
+    }
+
+    #[test]
+    fn each_upgrade_mode_is_named_as_in_the_configuration() {
+        for mode in [UpgradeMode::Upgrade, UpgradeMode::WithNewPackages, UpgradeMode::FullUpgrade] {
+            assert_eq!(serde_json::to_value(mode).unwrap(), serde_json::json!(mode.as_str()));
+        }
+        assert_eq!(UpgradeMode::default().to_string(), "with_new_packages");
+    }
+}
