@@ -186,6 +186,13 @@ fn os_updates_are_listed_and_applied_with_progress() {
     assert!(events.iter().any(|e| e["method"] == "notifications/progress"), "{events:?}");
     let result = &events.last().unwrap()["result"];
     assert_eq!(result["structuredContent"]["status"]["state"], "succeeded", "{result}");
+    let outcome = &result["structuredContent"]["status"]["outcome"];
+    assert_eq!(outcome["result"], "succeeded", "{result}");
+    assert_eq!(
+        outcome["upgraded"][0],
+        json!({"name": "libssl3", "from": "3.0.14-1~deb12u2", "to": "3.0.15-1~deb12u1"}),
+        "{result}"
+    );
     assert_eq!(ok(&server, "os.check_updates", json!({}))["packages"], json!([]));
 }
 

@@ -84,7 +84,8 @@ pub fn main() -> ExitCode {
         etc: config.platform.etc_root.clone(),
         fs: config.platform.fs_root.clone(),
     };
-    let platform = crate::platform::Platform::select(config.platform.backend, &roots);
+    let platform = crate::platform::Platform::select(config.platform.backend, &roots)
+        .with_os_upgrades(&config.updates.os.upgrade_unit, &config.paths.state_dir);
     capabilities.backend = platform.backend.into();
     capabilities.backend_reason = platform.reason.to_string();
     log::info!(

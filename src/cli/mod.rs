@@ -31,6 +31,7 @@ mod backup;
 mod client;
 mod config;
 mod healthcheck;
+mod os_upgrade;
 mod publish;
 mod releases;
 mod render;
@@ -164,6 +165,10 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         output: Option<PathBuf>,
     },
+    /// Upgrade the OS packages as updates.os allows, as root (the program of
+    /// mcp-raspi-os-upgrade.service, which os.apply_updates starts), recording the outcome
+    /// in the state directory.
+    OsUpgrade(os_upgrade::OsUpgradeArgs),
     /// Write the man pages of mcp-raspi, mcp-raspi-server and raspi-ops-agent.
     Man {
         /// Directory that receives the pages (section 1).
@@ -226,6 +231,8 @@ pub fn run_command(command: Command, out: &mut dyn Write) -> Result<u8, CliError
         Command::Healthcheck(args) => healthcheck::run(args, out),
         Command::StorageCheck(args) => storage::run(args, out),
         Command::Audit(command) => audit::run(command, out),
+        // A refusal (77) has its own status, apart from a failed upgrade (1).
+        Command::OsUpgrade(args) => os_upgrade::run(args, out).map(|()| 0),
         other => run(other, out).map(|()| 0).map_err(CliError::from),
     }
 }
@@ -259,7 +266,8 @@ fn run(command: Command, out: &mut dyn Write) -> Result<(), String> {
         | Command::Restore(_)
         | Command::Healthcheck(_)
         | Command::StorageCheck(_)
-        | Command::Audit(_) => Err("this command has an exit status of its own: run it with run_command".into()),
+        | Command::Audit(_)
+        | Command::OsUpgrade(_) => Err("this command has an exit status of its own: run it with run_command".into()),
     }
 }
 

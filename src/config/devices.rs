@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use super::pwm::PwmConfig;
-use crate::platform::{PinMode, PinNumber, UnitName};
+use crate::platform::{PinMode, PinNumber, UnitName, UpgradeMode};
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -275,6 +275,11 @@ pub struct OsUpdatesConfig {
     pub apply_enabled: bool,
     /// The root one-shot unit that runs the upgrade (shipped by the package).
     pub upgrade_unit: UnitName,
+    /// The upgrade refreshes the package lists (`apt-get update`) first, rather than using
+    /// them as the system's daily refresh left them.
+    pub refresh_lists: bool,
+    /// How far the upgrade may change the set of installed packages.
+    pub upgrade_mode: UpgradeMode,
 }
 
 impl Default for OsUpdatesConfig {
@@ -283,6 +288,8 @@ impl Default for OsUpdatesConfig {
             check_enabled: true,
             apply_enabled: false,
             upgrade_unit: UnitName::parse("mcp-raspi-os-upgrade.service").unwrap_or_else(|_| unreachable!()),
+            refresh_lists: true,
+            upgrade_mode: UpgradeMode::default(),
         }
     }
 }

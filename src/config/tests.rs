@@ -140,3 +140,27 @@ fn an_audit_write_delay_out_of_range_is_named_with_its_line_and_the_range() {
     let e = c.validate().unwrap_err().to_string();
     assert!(e.contains("logging.audit_write_delay_ms") && e.contains("0 to 1000"), "{e}");
 }
+
+#[test]
+fn os_upgrades_refresh_the_lists_and_may_install_but_not_remove_packages_by_default() {
+    let c = Config::from_yaml("config_version: \"1.2\"\n", "t").unwrap();
+    let os = &c.updates.os;
+    assert!(!os.apply_enabled && os.refresh_lists);
+    assert_eq!(os.upgrade_mode, crate::platform::UpgradeMode::WithNewPackages);
+    let c = Config::from_yaml(
+        "config_version: \"1.2\"\nupdates:\n  os:\n    refresh_lists: false\n    upgrade_mode: full_upgrade\n",
+        "t",
+    )
+    .unwrap();
+    assert!(!c.updates.os.refresh_lists);
+    assert_eq!(c.updates.os.upgrade_mode, crate::platform::UpgradeMode::FullUpgrade);
+}
+
+#[test]
+fn an_unknown_upgrade_mode_is_named_with_the_modes_there_are() {
+    let e = parse_err("config_version: \"1.2\"\nupdates:\n  os:\n    upgrade_mode: dist-upgrade\n");
+    assert!(e.contains("upgrade_mode") || e.contains("line 4"), "{e}");
+    assert!(e.contains("with_new_packages") && e.contains("full_upgrade"), "{e}");
+    let e = parse_err("config_version: \"1.2\"\nupdates:\n  os:\n    refresh_lists: sometimes\n");
+    assert!(e.contains("refresh_lists") || e.contains("line 4"), "{e}");
+}

@@ -11,7 +11,10 @@ use tokio::io::AsyncWriteExt;
 
 use super::*;
 use crate::platform::camera::Video;
-use crate::platform::{Capture, JournalEntry, PowerReceipt, UnitState, Upgradable, UpgradeStatus};
+use crate::platform::{
+    Capture, JournalEntry, PackageChange, PowerReceipt, UnitState, Upgradable, UpgradeMode, UpgradeOutcome,
+    UpgradeResult, UpgradeStatus,
+};
 
 fn pin(n: u64) -> PinNumber {
     PinNumber::new(n).unwrap()
@@ -214,6 +217,22 @@ fn sample_responses() -> Vec<ResponseFrame> {
             status: UpgradeStatus {
                 state: "running".into(),
                 log_tail: vec!["Unpacking openssl (3.0.16-1~deb12u1) ...".into()],
+                outcome: Some(UpgradeOutcome {
+                    result: UpgradeResult::Running,
+                    started_at: "2026-01-01T03:00:00Z".into(),
+                    finished_at: None,
+                    mode: UpgradeMode::WithNewPackages,
+                    refresh_lists: true,
+                    upgraded: vec![PackageChange {
+                        name: "openssl".into(),
+                        from: "3.0.15-1~deb12u1".into(),
+                        to: "3.0.16-1~deb12u1".into(),
+                    }],
+                    installed: Vec::new(),
+                    removed: Vec::new(),
+                    error: None,
+                    invocation_id: Some("0123456789abcdef0123456789abcdef".into()),
+                }),
             },
         },
         Response::Error { code: ErrorCode::Denied, message: "GPIO4 is not in the agent's allowlist".into() },

@@ -13,6 +13,7 @@ mod sim;
 pub mod system;
 
 use std::fmt;
+use std::path::Path;
 use std::sync::Arc;
 
 use crate::base::Backend;
@@ -23,8 +24,8 @@ pub use camera::{Camera, Capture, CaptureRequest};
 pub use gpio::{Gpio, Level, PinMode, PinNumber, PinState, Pull, PwmState};
 pub use real::polkit::{polkit_rules, PRODUCT_UNITS};
 pub use system::{
-    JournalEntry, Packages, Power, PowerAction, PowerReceipt, Services, UnitAction, UnitName, UnitState, Upgradable,
-    UpgradeStatus,
+    JournalEntry, PackageChange, PackageVersion, Packages, Power, PowerAction, PowerReceipt, Services, UnitAction,
+    UnitName, UnitState, Upgradable, UpgradeMode, UpgradeOutcome, UpgradeResult, UpgradeStatus, UPGRADE_OUTCOME_FILE,
 };
 
 /// Why a platform operation failed.
@@ -89,6 +90,16 @@ impl Platform {
         } else {
             sim::platform(reason)
         }
+    }
+
+    /// OS upgrades through `unit`, whose program records how each went in `state_dir`: the
+    /// configuration's `updates.os.upgrade_unit` and `paths.state_dir`. The simulated
+    /// backend keeps its upgrades in memory and needs neither.
+    pub fn with_os_upgrades(mut self, unit: &UnitName, state_dir: &Path) -> Platform {
+        if self.backend == real::BACKEND {
+            self.packages = real::packages(unit.clone(), state_dir.join(UPGRADE_OUTCOME_FILE));
+        }
+        self
     }
 }
 

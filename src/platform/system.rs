@@ -170,6 +170,124 @@ pub struct UpgradeStatus {
     pub state: String,
     /// Last lines of the upgrade's output.
     pub log_tail: Vec<String>,
+    /// What the upgrade's program recorded about this run: when it started and ended, how
+    /// it went, and which packages it upgraded, installed or removed. Absent before the
+    /// program has recorded anything, and when it failed before it could.
+    #[serde(default)]
+    pub outcome: Option<UpgradeOutcome>,
+}
+
+/// The file, in the state directory, where the upgrade's program records its outcome.
+pub const UPGRADE_OUTCOME_FILE: &str = "os-upgrade.json";
+
+/// How far an OS upgrade may go in changing the set of installed packages
+/// (`updates.os.upgrade_mode`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum UpgradeMode {
+    /// `apt-get upgrade`: newer versions of installed packages only; an upgrade that needs
+    /// a new package or a removal is held back.
+    Upgrade,
+    /// `apt-get upgrade --with-new-pkgs`: also installs the new packages upgrades depend on
+    /// (a new kernel's, for instance), and still removes nothing.
+    #[default]
+    WithNewPackages,
+    /// `apt-get full-upgrade`: also removes installed packages that block an upgrade.
+    FullUpgrade,
+}
+
+impl UpgradeMode {
+    /// The name used in the configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpgradeMode::Upgrade => "upgrade",
+            UpgradeMode::WithNewPackages => "with_new_packages",
+            UpgradeMode::FullUpgrade => "full_upgrade",
+        }
+    }
+
+    /// The apt-get command and its options that upgrade this far.
+    pub fn apt_command(self) -> &'static [&'static str] {
+        match self {
+            UpgradeMode::Upgrade => &["upgrade"],
+            UpgradeMode::WithNewPackages => &["upgrade", "--with-new-pkgs"],
+            UpgradeMode::FullUpgrade => &["full-upgrade"],
+        }
+    }
+}
+
+impl fmt::Display for UpgradeMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How an OS upgrade run went, as its program recorded it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum UpgradeResult {
+    /// It has not ended yet.
+    Running,
+    /// apt-get upgraded everything it was asked to.
+    Succeeded,
+    /// It was refused, or a step failed; `error` says which and why.
+    Failed,
+}
+
+/// A package whose installed version an upgrade changed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct PackageChange {
+    pub name: String,
+    /// The version installed before.
+    pub from: String,
+    /// The version installed after.
+    pub to: String,
+}
+
+/// A package an upgrade installed or removed, with that version.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct PackageVersion {
+    pub name: String,
+    pub version: String,
+}
+
+// The program is the dpkg-owned one, while the agent reading its record may be a newer
+// release installed by the self-update: reading ignores fields it does not know and fills in
+// the ones it misses.
+/// What the upgrade's program (`mcp-raspi os-upgrade`) recorded about its run, in
+/// os-upgrade.json in the state directory.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct UpgradeOutcome {
+    /// `running` until the program ends, then `succeeded` or `failed`.
+    pub result: UpgradeResult,
+    /// When the run started, RFC 3339 UTC.
+    pub started_at: String,
+    /// When it ended, RFC 3339 UTC; null while it runs.
+    #[serde(default)]
+    pub finished_at: Option<String>,
+    /// How far the upgrade may go (`updates.os.upgrade_mode`).
+    #[serde(default)]
+    pub mode: UpgradeMode,
+    /// Whether the package lists are refreshed (`apt-get update`) before upgrading.
+    #[serde(default)]
+    pub refresh_lists: bool,
+    /// Packages whose installed version changed, from which version to which (comparing
+    /// `dpkg-query -W` before and after).
+    #[serde(default)]
+    pub upgraded: Vec<PackageChange>,
+    /// Packages installed that were not before.
+    #[serde(default)]
+    pub installed: Vec<PackageVersion>,
+    /// Packages removed.
+    #[serde(default)]
+    pub removed: Vec<PackageVersion>,
+    /// Why the run failed (or was refused); null otherwise.
+    #[serde(default)]
+    pub error: Option<String>,
+    /// systemd's id of the unit run that wrote the record (`$INVOCATION_ID`), which tells
+    /// this run's record from an earlier one's; null when run outside systemd.
+    #[serde(default)]
+    pub invocation_id: Option<String>,
 }
 
 /// OS packages (apt).
@@ -180,4 +298,25 @@ pub trait Packages: Send + Sync {
     fn start_upgrade(&self) -> Result<UpgradeStatus, PlatformError>;
     /// How the upgrade started by `start_upgrade` is doing.
     fn upgrade_status(&self) -> Result<UpgradeStatus, PlatformError>;
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn an_upgrade_status_without_an_outcome_as_older_agents_send_it_still_reads() {
+        let status: UpgradeStatus = serde_json::from_str(r#"{"state": "succeeded", "log_tail": []}"#).unwrap();
+        assert_eq!((status.state.as_str(), status.outcome), ("succeeded", None));
+    }
+
+    #[test]
+    fn each_upgrade_mode_is_named_as_in_the_configuration() {
+        for mode in [UpgradeMode::Upgrade, UpgradeMode::WithNewPackages, UpgradeMode::FullUpgrade] {
+            assert_eq!(serde_json::to_value(mode).unwrap(), serde_json::json!(mode.as_str()));
+        }
+        assert_eq!(UpgradeMode::default().to_string(), "with_new_packages");
+    }
 }

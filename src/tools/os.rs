@@ -94,7 +94,9 @@ fn check_apply(updates: &OsUpdatesConfig, args: &ApplyArguments) -> Result<Durat
 
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct ApplyResult {
-    /// The upgrade's state (`running`, `succeeded` or `failed`) and the last lines of its output.
+    /// The upgrade's state (`running`, `succeeded` or `failed`), the last lines of its output,
+    /// and the outcome its program recorded: which packages went from which version to which,
+    /// or why it failed.
     pub status: UpgradeStatus,
     /// Whether the upgrade has ended; if not, it goes on, and calling os.apply_updates again
     /// while it runs joins it rather than starting another.
@@ -125,7 +127,7 @@ impl Tool for ApplyUpdates {
         ..read_only_spec(
             "os.apply_updates",
             "Apply OS updates",
-            "Upgrades the OS packages with apt, downloading from the configured package mirrors, in a root one-shot unit; needs confirm: true and updates.os.apply_enabled. Waits up to wait_seconds for it to end, reporting progress, and returns its state and last output lines. Calling again while it runs joins it, so this also tells how a running upgrade is doing.",
+            "Upgrades the OS packages with apt, downloading from the configured package mirrors, in a root one-shot unit; needs confirm: true and updates.os.apply_enabled (updates.os.refresh_lists and upgrade_mode say whether the package lists are refreshed first and whether new packages may be installed or old ones removed). Waits up to wait_seconds for it to end, reporting progress, and returns its state, last output lines and recorded outcome: each package upgraded from and to its version, those installed and removed, or why it failed. Calling again while it runs joins it, so this also tells how a running upgrade is doing.",
         )
     };
 
@@ -193,7 +195,7 @@ mod tests {
 
     #[test]
     fn only_a_running_upgrade_is_unfinished() {
-        let status = |state: &str| UpgradeStatus { state: state.into(), log_tail: Vec::new() };
+        let status = |state: &str| UpgradeStatus { state: state.into(), log_tail: Vec::new(), outcome: None };
         assert!(!finished(&status("running")));
         assert!(finished(&status("succeeded")));
         assert!(finished(&status("failed")));

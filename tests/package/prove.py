@@ -47,6 +47,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import operations
+import os_upgrade
 
 ROOT = Path(__file__).resolve().parents[2]
 WORK = ROOT / "target" / "package-test"
@@ -731,8 +732,8 @@ def test_config(box, port, update_url):
         ("  backend: auto", "  backend: raspberry_pi"),
         ("  allowed_units: []", f"  allowed_units: [{TEST_UNIT}]"),
         ('  server_url: ""', f'  server_url: "{update_url}"'),
-        # The releases it updates to are development builds (build_releases): about 16 MB packages
-        # whose programs unpack to more than 64 MB (the limit applies to the payload too).
+        # The releases it updates to are development builds (build_releases): about 16 MB, and
+        # about 78 MB unpacked, which the same limit bounds.
         ("  max_download_mb: 20", "  max_download_mb: 128"),
     ]
     for old, new in changes:
@@ -1243,6 +1244,7 @@ def prove_amd64(version, releases, repo, update_repo):
         check_install(box, version, port)
         token = check_mcp(box, port)
         check_real_backends(box, port, token, update_repo.url)
+        os_upgrade.prove(sys.modules[__name__], box, port, token)
         operations.check_operations(sys.modules[__name__], box, port, token, version)
         log(f"self-update over MCP: {version} to {v2}")
         check_update_over_mcp(box, port, token, update_repo, version, v2, v2_deb)

@@ -1,10 +1,15 @@
 //! Simulated OS packages: three upgradable packages of a Raspberry Pi OS (bookworm) host,
-//! and an upgrade that takes about a second, so the update tools show every state.
+//! and an upgrade that takes about a second, so the update tools show every state. Its
+//! outcome is what the real upgrade's program records: running, then succeeded with each
+//! package from and to its version.
 
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::platform::{Packages, PlatformError, Upgradable, UpgradeStatus};
+use crate::platform::{
+    PackageChange, Packages, PlatformError, Upgradable, UpgradeMode, UpgradeOutcome, UpgradeResult, UpgradeStatus,
+};
+use crate::update::state::now;
 
 /// How long a simulated upgrade runs.
 const UPGRADE_TIME: Duration = Duration::from_secs(1);
@@ -14,8 +19,8 @@ const LOG_TAIL_LINES: usize = 20;
 
 enum Run {
     Idle,
-    Running { since: Instant, packages: Vec<Upgradable> },
-    Finished { log: Vec<String> },
+    Running { since: Instant, started_at: String, packages: Vec<Upgradable> },
+    Finished { log: Vec<String>, outcome: UpgradeOutcome },
 }
 
 struct State {
@@ -54,11 +59,12 @@ impl SimPackages {
     /// The state, with a running upgrade finished once its time has passed.
     fn lock(&self) -> Result<MutexGuard<'_, State>, PlatformError> {
         let mut state = self.state.lock().map_err(|_| PlatformError::Failed("simulated apt is unavailable".into()))?;
-        if let Run::Running { since, packages } = &state.run {
+        if let Run::Running { since, started_at, packages } = &state.run {
             if since.elapsed() >= self.upgrade_time {
                 let log = apt_log(packages, true);
+                let outcome = outcome(started_at, packages, true);
                 state.pending.clear();
-                state.run = Run::Finished { log };
+                state.run = Run::Finished { log, outcome };
             }
         }
         Ok(state)
@@ -111,6 +117,27 @@ fn apt_log(packages: &[Upgradable], finished: bool) -> Vec<String> {
     log
 }
 
+/// The record of an upgrade of `packages` that started at `started_at`, running or done.
+fn outcome(started_at: &str, packages: &[Upgradable], finished: bool) -> UpgradeOutcome {
+    let upgraded = packages.iter().map(|p| PackageChange {
+        name: p.name.clone(),
+        from: p.installed_version.clone(),
+        to: p.candidate_version.clone(),
+    });
+    UpgradeOutcome {
+        result: if finished { UpgradeResult::Succeeded } else { UpgradeResult::Running },
+        started_at: started_at.to_string(),
+        finished_at: finished.then(now),
+        mode: UpgradeMode::default(),
+        refresh_lists: true,
+        upgraded: if finished { upgraded.collect() } else { Vec::new() },
+        installed: Vec::new(),
+        removed: Vec::new(),
+        error: None,
+        invocation_id: None,
+    }
+}
+
 fn tail(lines: &[String]) -> Vec<String> {
     lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].to_vec()
 }
@@ -126,7 +153,7 @@ impl Packages for SimPackages {
             // Starting a running upgrade joins it, as `systemctl start` does.
             if !matches!(state.run, Run::Running { .. }) {
                 let packages = state.pending.clone();
-                state.run = Run::Running { since: Instant::now(), packages };
+                state.run = Run::Running { since: Instant::now(), started_at: now(), packages };
             }
         }
         self.upgrade_status()
@@ -135,11 +162,15 @@ impl Packages for SimPackages {
     fn upgrade_status(&self) -> Result<UpgradeStatus, PlatformError> {
         let state = self.lock()?;
         Ok(match &state.run {
-            Run::Idle => UpgradeStatus { state: "idle".into(), log_tail: Vec::new() },
-            Run::Running { packages, .. } => {
-                UpgradeStatus { state: "running".into(), log_tail: tail(&apt_log(packages, false)) }
+            Run::Idle => UpgradeStatus { state: "idle".into(), log_tail: Vec::new(), outcome: None },
+            Run::Running { packages, started_at, .. } => UpgradeStatus {
+                state: "running".into(),
+                log_tail: tail(&apt_log(packages, false)),
+                outcome: Some(outcome(started_at, packages, false)),
+            },
+            Run::Finished { log, outcome } => {
+                UpgradeStatus { state: "succeeded".into(), log_tail: tail(log), outcome: Some(outcome.clone()) }
             }
-            Run::Finished { log } => UpgradeStatus { state: "succeeded".into(), log_tail: tail(log) },
         })
     }
 }
@@ -162,7 +193,7 @@ mod tests {
     #[test]
     fn nothing_runs_before_an_upgrade_is_started() {
         let status = SimPackages::new().upgrade_status().unwrap();
-        assert_eq!(status, UpgradeStatus { state: "idle".into(), log_tail: Vec::new() });
+        assert_eq!(status, UpgradeStatus { state: "idle".into(), log_tail: Vec::new(), outcome: None });
     }
 
     #[test]
@@ -170,6 +201,8 @@ mod tests {
         let apt = SimPackages::with_upgrade_time(Duration::from_millis(200));
         let started = apt.start_upgrade().unwrap();
         assert_eq!(started.state, "running");
+        let running = started.outcome.as_ref().unwrap();
+        assert_eq!((running.result, running.finished_at.as_deref()), (UpgradeResult::Running, None));
         assert!(started.log_tail.contains(&"3 upgraded, 0 newly installed, 0 to remove and 0 not upgraded.".into()));
         assert_eq!(apt.list_upgradable().unwrap().len(), 3);
         // Starting again while it runs joins the same upgrade.
@@ -179,6 +212,14 @@ mod tests {
         assert_eq!(done.state, "succeeded");
         assert!(done.log_tail.len() <= LOG_TAIL_LINES);
         assert!(done.log_tail.contains(&"Setting up libssl3 (3.0.15-1~deb12u1) ...".into()), "{:?}", done.log_tail);
+        let outcome = done.outcome.unwrap();
+        assert_eq!(outcome.result, UpgradeResult::Succeeded);
+        assert_eq!(outcome.started_at, running.started_at);
+        assert_eq!(
+            outcome.upgraded[0],
+            PackageChange { name: "libssl3".into(), from: "3.0.14-1~deb12u2".into(), to: "3.0.15-1~deb12u1".into() }
+        );
+        assert_eq!(outcome.upgraded.len(), 3);
         assert!(apt.list_upgradable().unwrap().is_empty());
     }
 
@@ -202,5 +243,7 @@ mod tests {
             again.log_tail.last().map(String::as_str),
             Some("0 upgraded, 0 newly installed, 0 to remove and 0 not upgraded.")
         );
+        let outcome = again.outcome.unwrap();
+        assert_eq!((outcome.result, outcome.upgraded.len()), (UpgradeResult::Succeeded, 0));
     }
 }
