@@ -180,7 +180,7 @@ pub fn install(
         let from = begun.in_progress().and_then(|u| u.from.clone());
         let installed = (|| -> Result<Installed, InstallError> {
             remove_dir_if_present(&payload)?;
-            let limits = deb::Limits::default();
+            let limits = deb::Limits::for_download(request.policy.max_download_bytes);
             deb::extract_payload_observed(&copy, &payload, &expected, limits, &mut |entries| {
                 observe(&Step::Extracting { entries })
             })?;

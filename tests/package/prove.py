@@ -733,7 +733,7 @@ def test_config(box, port, update_url):
         ("  allowed_units: []", f"  allowed_units: [{TEST_UNIT}]"),
         ('  server_url: ""', f'  server_url: "{update_url}"'),
         # The releases it updates to are development builds (build_releases): about 16 MB, and
-        # about 78 MB unpacked, which the same limit bounds.
+        # about 78 MB unpacked (a package may unpack to four times the download limit).
         ("  max_download_mb: 20", "  max_download_mb: 128"),
     ]
     for old, new in changes:

@@ -110,6 +110,16 @@ impl Default for Limits {
     }
 }
 
+impl Limits {
+    /// How much a package of at most `max_download_bytes` may unpack to: four times that
+    /// (programs compress about threefold with xz), and never less than the default. An
+    /// operator who allows larger downloads (`updates.max_download_mb`) allows this too.
+    pub fn for_download(max_download_bytes: u64) -> Limits {
+        let default = Limits::default();
+        Limits { max_total_bytes: default.max_total_bytes.max(max_download_bytes.saturating_mul(4)), ..default }
+    }
+}
+
 /// Why a `.deb` could not be read or its payload not extracted.
 #[derive(Debug)]
 pub enum DebError {

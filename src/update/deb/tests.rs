@@ -648,3 +648,11 @@ fn the_package_built_by_cargo_deb_extracts_when_one_is_present() {
     }
     assert!(scratch.dest().join("share/config.example.yml").is_file());
 }
+
+#[test]
+fn what_a_package_may_unpack_to_grows_with_the_download_it_may_be() {
+    assert_eq!(Limits::for_download(10 << 20), Limits::default(), "the default covers a 10 MB download");
+    assert_eq!(Limits::for_download(20 << 20).max_total_bytes, 80 << 20);
+    assert_eq!(Limits::for_download(128 << 20).max_total_bytes, 512 << 20);
+    assert_eq!(Limits::for_download(u64::MAX).max_total_bytes, u64::MAX);
+}
