@@ -94,13 +94,14 @@ impl Connection {
             Ok(loaded) => loaded,
             // The packaged configuration is not readable by every user: who may not read it
             // brings the token, and the address unless it is the default one.
-            Err(e) if unreadable(&self.config) => {
+            Err(_) if unreadable(&self.config) => {
                 let Some(token) = &self.token else {
                     return Err(CliError::new(
                         EXIT_NOPERM,
                         format!(
-                            "no bearer token: {e}: run the command with sudo, or pass --token TOKEN or set \
-                             MCP_RASPI_TOKEN (and --url URL when the server does not listen on {})",
+                            "no bearer token: you may not read {}: run the command with sudo, or pass --token \
+                             TOKEN or set MCP_RASPI_TOKEN (and --url URL when the server does not listen on {})",
+                            self.config.display(),
                             default_url()
                         ),
                     ));
