@@ -300,8 +300,7 @@ pub fn get_healthz(addr: std::net::SocketAddr, timeout: Duration) -> Result<(u16
         let mut source: Option<&dyn std::error::Error> = Some(&e);
         while let Some(s) = source {
             if let Some(io) = s.downcast_ref::<std::io::Error>() {
-                let text = io.to_string();
-                return text.split(" (os error").next().unwrap_or(&text).to_lowercase();
+                return io_message(io);
             }
             source = s.source();
         }
@@ -318,6 +317,15 @@ pub fn get_healthz(addr: std::net::SocketAddr, timeout: Duration) -> Result<(u16
         let body = response.bytes().await.map_err(failed)?;
         Ok((status, serde_json::from_slice(&body).unwrap_or(Value::Null)))
     })
+}
+
+/// An I/O error without its `(os error N)` tail, which says nothing to an operator.
+pub(super) fn io_message(e: &std::io::Error) -> String {
+    let text = e.to_string();
+    match text.find(" (os error") {
+        Some(i) => text[..i].to_lowercase(),
+        None => text,
+    }
 }
 
 /// The error for an HTTP status or JSON-RPC error the server answered with.

@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use clap::Args as ClapArgs;
 
+use super::client::io_message;
 use super::{CliError, DEFAULT_CONFIG};
 use crate::config::{Config, ConfigError};
 use crate::host::{disk, memory, thermal, Roots};
@@ -131,7 +132,7 @@ pub fn gather(args: &HealthcheckArgs) -> Result<Readings, String> {
     let (config, source) = settings(&args.config)?;
     let roots = super::storage::roots_of(&config);
     // systemd creates this directory early at boot, and nothing else does.
-    let units = (!args.no_units && Path::new("/run/systemd/system").is_dir()).then(unit_states);
+    let units = (!args.no_units && super::update::under_systemd()).then(unit_states);
     let address = crate::selfcheck::loopback_for(args.address.unwrap_or(config.listen_addr()));
     let socket = args.socket.clone().unwrap_or_else(|| config.ops_agent.socket_path.clone());
     Ok(Readings {
@@ -179,15 +180,6 @@ fn probe_server(address: SocketAddr, timeout: Duration) -> ServerProbe {
             ServerProbe::Answered { address, status, version }
         }
         Err(error) => ServerProbe::Unreachable { address, error },
-    }
-}
-
-/// An I/O error without its `(os error N)` tail, which says nothing to an operator.
-fn io_message(e: &std::io::Error) -> String {
-    let text = e.to_string();
-    match text.find(" (os error") {
-        Some(i) => text[..i].to_lowercase(),
-        None => text,
     }
 }
 

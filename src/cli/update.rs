@@ -87,7 +87,8 @@ pub enum ManageCommand {
     },
 }
 
-fn load(path: &Path) -> Result<Config, String> {
+/// The configuration at `path`, with the environment's overrides, as the services load it.
+pub(super) fn load(path: &Path) -> Result<Config, String> {
     let env = std::env::vars().collect();
     Config::load(path, &env).map(|l| l.config).map_err(|e| e.to_string())
 }
@@ -108,7 +109,7 @@ pub(super) fn installation(config: &Config) -> Result<Installation, String> {
 
 /// Whether systemd manages this machine (it does on a Pi; it does not in a container
 /// without it, or in tests).
-fn under_systemd() -> bool {
+pub(super) fn under_systemd() -> bool {
     Path::new("/run/systemd/system").is_dir()
 }
 

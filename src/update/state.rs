@@ -13,7 +13,7 @@
 
 use std::fmt;
 use std::fs::{self, File};
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -205,6 +205,16 @@ impl VersionState {
 /// synced, renamed over `path`, and the directory synced, so that a reader finds the old
 /// file or the new one, whole, even after a power cut.
 pub fn write_atomically(path: &Path, bytes: &[u8], mode: u32, owner: Option<Owner>) -> Result<(), StateError> {
+    write_atomically_from(path, bytes, mode, owner)
+}
+
+/// [`write_atomically`] of what `data` reads, for contents too large to hold in memory.
+pub fn write_atomically_from(
+    path: &Path,
+    mut data: impl std::io::Read,
+    mode: u32,
+    owner: Option<Owner>,
+) -> Result<(), StateError> {
     let io_err = |action| move |source| StateError::Io { action, path: path.to_path_buf(), source };
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
@@ -218,7 +228,7 @@ pub fn write_atomically(path: &Path, bytes: &[u8], mode: u32, owner: Option<Owne
             .custom_flags(nix::libc::O_NOFOLLOW)
             .open(&tmp)
             .map_err(io_err("create a temporary file beside"))?;
-        file.write_all(bytes).map_err(io_err("write"))?;
+        std::io::copy(&mut data, &mut file).map_err(io_err("write"))?;
         if let Some(o) = owner {
             std::os::unix::fs::fchown(&file, Some(o.uid), Some(o.gid)).map_err(io_err("change the owner of"))?;
         }

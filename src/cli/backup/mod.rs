@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{self, BufWriter, IsTerminal, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -95,11 +95,12 @@ impl Places {
     }
 }
 
-/// Loads the configuration at `path` as the services would (environment overrides
-/// included).
-pub fn load_config(path: &Path) -> Result<Config, String> {
-    let env = std::env::vars().collect();
-    Config::load(path, &env).map(|l| l.config).map_err(|e| e.to_string())
+pub(super) use crate::cli::update::load as load_config;
+
+/// The configuration of a file that sets nothing: every place at its default.
+pub fn default_config() -> Config {
+    let text = format!("config_version: \"{}\"\n", crate::config::CONFIG_VERSION);
+    Config::from_yaml(&text, "defaults").unwrap_or_else(|_| unreachable!("the defaults load"))
 }
 
 /// Whether a unit file or drop-in directory in the units directory is the product's.
@@ -297,8 +298,7 @@ pub fn run_backup(args: BackupArgs, out: &mut dyn Write) -> Result<(), CliError>
         // A broken configuration is when a backup of it matters most: saved with the
         // default places of state and logs.
         Err(e) => (
-            Config::from_yaml(&format!("config_version: \"{}\"\n", crate::config::CONFIG_VERSION), "defaults")
-                .map_err(|e| e.to_string())?,
+            default_config(),
             Some(format!("the configuration does not load ({e}); state and logs are taken from their default places")),
         ),
     };
@@ -523,9 +523,4 @@ fn apply_retention(dest: &Path, days: u64, keep: &Path) -> Vec<PathBuf> {
     }
     removed.sort();
     removed
-}
-
-/// The permission bits of `mode` as a `PermissionsExt` value.
-pub fn permissions(mode: u32) -> fs::Permissions {
-    fs::Permissions::from_mode(mode)
 }

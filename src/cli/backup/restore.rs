@@ -6,7 +6,7 @@
 
 use std::fs;
 use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -16,10 +16,12 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::archive::{self, Entry, Kind, Staged};
-use super::{load_config, permissions, Places, UNITS_DIR};
+use super::{default_config, load_config, Places, UNITS_DIR};
 use crate::base::hex;
 use crate::cli::{CliError, DEFAULT_CONFIG};
 use crate::config::Config;
+use crate::update::release::Owner;
+use crate::update::state::write_atomically_from;
 
 /// `mcp-raspi restore`.
 #[derive(Debug, ClapArgs)]
@@ -96,11 +98,6 @@ fn places_for(args: &RestoreArgs, staged: &Staged, notes: &mut Vec<String>) -> P
     Places::of(&args.config, &config, &args.units_dir)
 }
 
-fn default_config() -> Config {
-    let text = format!("config_version: \"{}\"\n", crate::config::CONFIG_VERSION);
-    Config::from_yaml(&text, "defaults").unwrap_or_else(|_| unreachable!("the defaults load"))
-}
-
 fn sha256_of(path: &Path) -> Option<String> {
     let mut file = fs::File::open(path).ok()?;
     let mut hasher = Sha256::new();
@@ -152,7 +149,7 @@ fn apply(step: &Step, staged: &Staged, as_root: bool, notes: &mut Vec<String>) -
     if as_root && (uid.is_none() || gid.is_none()) {
         notes.push(format!("{}: no user {:?} or group {:?} here; left to root", step.path.display(), e.owner, e.group));
     }
-    let owner = |path: &Path| -> Result<(), String> {
+    let give = |path: &Path| -> Result<(), String> {
         if as_root {
             std::os::unix::fs::lchown(path, uid.or(Some(0)), gid.or(Some(0)))
                 .map_err(|err| format!("cannot give {} to {}:{}: {err}", path.display(), e.owner, e.group))?;
@@ -168,39 +165,15 @@ fn apply(step: &Step, staged: &Staged, as_root: bool, notes: &mut Vec<String>) -
                     .create(&step.path)
                     .map_err(|err| format!("cannot create {}: {err}", step.path.display()))?;
             }
-            owner(&step.path)?;
-            fs::set_permissions(&step.path, permissions(e.mode))
+            give(&step.path)?;
+            fs::set_permissions(&step.path, fs::Permissions::from_mode(e.mode))
                 .map_err(|err| format!("cannot set the mode of {}: {err}", step.path.display()))
         }
         Kind::File => {
-            let dir = step.path.parent().unwrap_or(Path::new("/"));
-            let name = step.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            let tmp = dir.join(format!(".{name}.restore-{}", std::process::id()));
-            let result = (|| {
-                let _ = fs::remove_file(&tmp);
-                let mut out = fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .custom_flags(nix::libc::O_NOFOLLOW)
-                    .open(&tmp)
-                    .map_err(|err| format!("cannot write beside {}: {err}", step.path.display()))?;
-                let mut from = fs::File::open(staged.path_of(e))
-                    .map_err(|err| format!("cannot read the staged {}: {err}", e.path))?;
-                io::copy(&mut from, &mut out).map_err(|err| format!("cannot write {}: {err}", step.path.display()))?;
-                owner(&tmp)?;
-                out.set_permissions(permissions(e.mode))
-                    .map_err(|err| format!("cannot set the mode of {}: {err}", step.path.display()))?;
-                out.sync_all().map_err(|err| format!("cannot sync {}: {err}", step.path.display()))?;
-                fs::rename(&tmp, &step.path).map_err(|err| format!("cannot replace {}: {err}", step.path.display()))
-            })();
-            if result.is_err() {
-                let _ = fs::remove_file(&tmp);
-            }
-            result?;
-            fs::File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|err| format!("cannot sync {}: {err}", dir.display()))
+            let from =
+                fs::File::open(staged.path_of(e)).map_err(|err| format!("cannot read the staged {}: {err}", e.path))?;
+            let owner = as_root.then(|| Owner { uid: uid.unwrap_or(0), gid: gid.unwrap_or(0) });
+            write_atomically_from(&step.path, from, e.mode, owner).map_err(|err| err.to_string())
         }
     }
 }
@@ -256,7 +229,7 @@ pub fn run_restore(args: RestoreArgs, out: &mut dyn Write) -> Result<(), CliErro
         healthy: None,
         seconds: 0.0,
     };
-    let systemd = !args.no_restart && Path::new("/run/systemd/system").is_dir();
+    let systemd = !args.no_restart && crate::cli::update::under_systemd();
     if !args.dry_run {
         let as_root = nix::unistd::geteuid().is_root();
         if systemd {
