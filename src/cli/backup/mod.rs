@@ -131,12 +131,15 @@ fn group_name(gid: u32) -> String {
 /// A file or directory to save: where it is, and its entry in the manifest.
 struct Source {
     path: PathBuf,
+    /// Seconds since the epoch of its last change, as the tar header keeps it.
+    mtime: u64,
     entry: Entry,
 }
 
 fn source(path: &Path, archived: String, meta: &fs::Metadata) -> Source {
     Source {
         path: path.to_path_buf(),
+        mtime: meta.mtime().max(0) as u64,
         entry: Entry {
             path: archived,
             kind: if meta.is_dir() { Kind::Dir } else { Kind::File },
@@ -368,13 +371,7 @@ pub fn write_backup(places: &Places, dest: &Path, retention_days: u64) -> Result
         let member = format!("{name}/{}", s.entry.path);
         let mut header = tar::Header::new_gnu();
         header.set_mode(s.entry.mode);
-        header.set_mtime(
-            fs::metadata(&s.path)
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
-                .map_or(0, |d| d.as_secs()),
-        );
+        header.set_mtime(s.mtime);
         header.set_username(&s.entry.owner).ok();
         header.set_groupname(&s.entry.group).ok();
         match s.entry.kind {
