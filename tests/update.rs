@@ -596,7 +596,7 @@ fn kill_point_child() {
             Step::Installed => at("after rename (Installed)"),
             Step::Switching => at("before flip (Switching)"),
             Step::Switched => at("after flip (Switched)"),
-            Step::Verified { .. } => false,
+            Step::Verified { .. } | Step::Patched { .. } => false,
         };
         if now {
             reached(&point)
@@ -892,4 +892,95 @@ fn healthy(scene: &Scene, state: &VersionState) -> Result<String, String> {
         return Err("current/share/config.example.yml is missing".into());
     }
     Ok(link)
+}
+
+/// Turns the experimental feature updates.delta on in the configuration at `config`.
+fn with_delta_updates(config: &Path) {
+    let mut text = std::fs::read_to_string(config).unwrap();
+    text.push_str(
+        "experimental_features:\n  enabled: true\n  features:\n    - name: updates.delta\n      enabled: true\n      \
+         acknowledged_risks: true\n",
+    );
+    std::fs::write(config, text).unwrap();
+}
+
+/// Release OLD installed and NEW published with a delta between them; both carry the same
+/// 320 KiB of programs, so that the delta is a small part of the package. Returns the
+/// scene, NEW's package and the delta.
+fn delta_scene() -> (Scene, std::path::PathBuf, std::path::PathBuf) {
+    let scene = Scene::starting_with(DebSpec::new(OLD, arch()).padded(320 * 1024));
+    let deb = scene.release(NEW);
+    let old_deb = scene.dir.path().join("publisher").join(deb_name(OLD, arch()));
+    let delta = scene.publish_delta(&old_deb, &deb, NEW);
+    (scene, deb, delta)
+}
+
+fn pool_file(path: &Path) -> String {
+    format!("/pool/{}", path.file_name().unwrap().to_string_lossy())
+}
+
+#[test]
+fn with_updates_delta_the_cli_downloads_the_delta_instead_of_the_package() {
+    let (scene, deb, delta) = delta_scene();
+    let (delta_size, package_size) = (std::fs::metadata(&delta).unwrap().len(), std::fs::metadata(&deb).unwrap().len());
+    assert!(delta_size * 20 < package_size, "delta {delta_size} bytes, package {package_size}");
+    let config = scene.config(20);
+    with_delta_updates(&config);
+    scene.hand_to_cli_user();
+    let out = scene.cli_update(&config, &[], CLI_LIMIT);
+    let stdout = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stdout}");
+    let via = format!("from the {delta_size}-byte delta of {OLD} instead of the {package_size}-byte package");
+    assert!(stdout.contains(&format!("0.2.0 is installed and current ({via})")), "{stdout}");
+    assert_eq!(scene.installation().current().unwrap().as_deref(), Some(NEW));
+    for program in PROGRAMS {
+        assert_eq!(run_program(&scene.device.install_root.join("current/bin").join(program)).unwrap(), NEW);
+    }
+    let padding =
+        std::fs::read(scene.device.install_root.join("releases").join(NEW).join("share/padding.bin")).unwrap();
+    assert_eq!(padding.len(), 320 * 1024);
+    assert!(scene.server.served(&pool_file(&delta)).iter().any(|s| s.status == 200));
+    assert!(scene.server.served(&pool_path(NEW)).is_empty(), "the package was not downloaded");
+    let staging = std::fs::read_dir(scene.state_dir.join("staging")).unwrap();
+    let left: Vec<_> = staging.flatten().map(|e| e.file_name()).filter(|n| n != "root-downloads").collect();
+    assert!(left.is_empty(), "the staging directory keeps {left:?}");
+}
+
+#[test]
+fn a_delta_that_cannot_be_used_falls_back_to_the_package_and_without_the_feature_none_is_fetched() {
+    // The installed release was changed on disk: it is no longer the delta's base.
+    let (scene, _deb, _delta) = delta_scene();
+    std::fs::write(scene.device.install_root.join("releases").join(OLD).join("share/padding.bin"), b"edited").unwrap();
+    let config = scene.config(20);
+    with_delta_updates(&config);
+    scene.hand_to_cli_user();
+    let out = scene.cli_update(&config, &[], CLI_LIMIT);
+    let stdout = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("not the one the delta was built from"), "{stdout}");
+    assert!(stdout.contains("downloading the whole package instead"), "{stdout}");
+    assert_eq!(scene.installation().current().unwrap().as_deref(), Some(NEW));
+    assert_eq!(scene.installation().state().unwrap().last_update.unwrap().status, UpdateStatus::InProgress);
+    assert!(!scene.server.served(&pool_path(NEW)).is_empty());
+
+    // A damaged index: the package, and the reason.
+    let (scene, _deb, delta) = delta_scene();
+    std::fs::write(scene.repo.join("stable/deltas.json.sig"), b"{}").unwrap();
+    let config = scene.config(20);
+    with_delta_updates(&config);
+    scene.hand_to_cli_user();
+    let out = scene.cli_update(&config, &[], CLI_LIMIT);
+    let stdout = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("the delta index cannot be used"), "{stdout}");
+    assert!(scene.server.served(&pool_file(&delta)).is_empty());
+
+    // The feature off: the index is not even asked for.
+    let (scene, _deb, _delta) = delta_scene();
+    let config = scene.config(20);
+    scene.hand_to_cli_user();
+    let out = scene.cli_update(&config, &[], CLI_LIMIT);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(scene.server.served("/stable/deltas.json").is_empty());
+    assert!(!scene.server.served(&pool_path(NEW)).is_empty());
 }

@@ -134,7 +134,9 @@ impl AgentState {
                 Response::Upgrade { status: p.packages.start_upgrade().map_err(fail)? }
             }
             Request::OsUpgradeStatus => Response::Upgrade { status: p.packages.upgrade_status().map_err(fail)? },
-            Request::UpdateApply { manifest, signature } => self.update_apply(&manifest, &signature)?,
+            Request::UpdateApply { manifest, signature, delta } => {
+                self.update_apply(&manifest, &signature, delta.as_ref())?
+            }
             Request::UpdateRollback { to_version, reason } => self.update_rollback(to_version.as_deref(), &reason)?,
             Request::UpdateHealth { version, healthy, detail } => {
                 self.update_health(super::update::HealthReport { version, healthy, detail })

@@ -18,10 +18,11 @@ use tokio::sync::watch;
 use super::dispatch::AgentState;
 use crate::base::VERSION;
 use crate::config::Config;
-use crate::ipc::{ErrorCode, Response};
+use crate::ipc::{DeltaIndexFiles, ErrorCode, Response};
 use crate::platform::{Platform, UnitName};
 use crate::update::activate::Installation;
-use crate::update::install::{self, InstallRequest};
+use crate::update::delta;
+use crate::update::install::{self, Download, InstallError, InstallRequest};
 use crate::update::manifest::{self, Keyring};
 use crate::update::state::{Reconciled, UpdateStatus};
 
@@ -96,9 +97,16 @@ pub fn restart_later(platform: &Platform, delay: Duration) {
 // The error side of these results is the answer itself, as in `dispatch`.
 #[allow(clippy::result_large_err)]
 impl AgentState {
-    /// Installs the release `manifest` describes from the server's download, and schedules
-    /// the restart.
-    pub(super) fn update_apply(&self, manifest_bytes: &str, signature: &str) -> Result<Response, Response> {
+    /// Installs the release `manifest` describes from the server's download (the package,
+    /// or the delta from the installed release that `delta` indexes), and schedules the
+    /// restart. A delta that cannot be used is answered with `delta_unusable`, nothing
+    /// changed, so that the server can fetch the package instead.
+    pub(super) fn update_apply(
+        &self,
+        manifest_bytes: &str,
+        signature: &str,
+        delta: Option<&DeltaIndexFiles>,
+    ) -> Result<Response, Response> {
         check_remote_enabled(&self.config)?;
         let updates = &self.updates;
         let keys_dir = &self.config.updates.keys_dir;
@@ -108,12 +116,25 @@ impl AgentState {
             .map_err(|e| failed(e.to_string()))?;
         let max_bytes = self.config.updates.max_download_mb.saturating_mul(1024 * 1024);
         let policy = install::device_policy(&updates.installation, max_bytes).map_err(failed)?;
-        let package =
-            updates.downloads_dir.join(install::package_file_name(&verified.version.to_string(), &policy.architecture));
+        let to = verified.version.to_string();
+        let package = updates.downloads_dir.join(install::package_file_name(&to, &policy.architecture));
+        let delta_file = updates.downloads_dir.join(delta::delta_file_name(
+            &policy.installed.to_string(),
+            &to,
+            &policy.architecture,
+        ));
+        let download = match delta {
+            None => Download::Package(&package),
+            Some(files) => Download::Delta {
+                index: files.index.as_bytes(),
+                signature: files.signature.as_bytes(),
+                file: &delta_file,
+            },
+        };
         let request = InstallRequest {
             manifest: manifest_bytes.as_bytes(),
             signature: signature.as_bytes(),
-            package: &package,
+            download,
             keyring: &keyring,
             policy,
             staging_dir: &updates.staging_dir,
@@ -125,7 +146,13 @@ impl AgentState {
             install::Step::Extracting { .. } => log::debug!("update: {step:?}"),
             _ => log::info!("update: {step:?}"),
         })
-        .map_err(|e| failed(e.to_string()))?;
+        .map_err(|e| match e {
+            InstallError::Delta(_) => {
+                log::warn!("{e}");
+                Response::Error { code: ErrorCode::DeltaUnusable, message: e.to_string() }
+            }
+            other => failed(other.to_string()),
+        })?;
         log::info!("installed {} (was {:?}); restarting the services", installed.to, installed.from);
         restart_later(&self.platform, RESTART_DELAY);
         Ok(Response::UpdateApplied {

@@ -1,9 +1,11 @@
-//! The publisher's side of self-update: `mcp-raspi release keygen | manifest | sign | verify`.
+//! The publisher's side of self-update: `mcp-raspi release keygen | manifest | sign | verify
+//! | delta | deltas`.
 //!
 //! A release is published as `manifest.json` (what it is, for which architectures, until
 //! when) and `manifest.json.sig` (an ed25519 signature over the manifest's exact bytes by a
-//! key whose public half devices hold in `/etc/mcp-raspi/keys/`). `make update-repo` runs
-//! these commands; README shows the steps.
+//! key whose public half devices hold in `/etc/mcp-raspi/keys/`). Deltas from earlier
+//! releases (`release delta`) are listed in `deltas.json` (`release deltas`), signed the
+//! same way. `make update-repo` runs these commands; README shows the steps.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -12,8 +14,10 @@ use std::time::{Duration, SystemTime};
 use clap::Args as ClapArgs;
 
 use super::write_atomically;
-use crate::update::deb;
+use crate::base::hex;
+use crate::update::delta::{self, index::MAX_INDEX_BYTES, DeltaEntry, DeltaIndex, INDEX_FILE};
 use crate::update::manifest::{self, Keyring, PublishedDeb, SecretKey};
+use crate::update::{deb, release};
 
 /// `release keygen`.
 #[derive(Debug, ClapArgs)]
@@ -53,9 +57,38 @@ pub struct Sign {
     /// The secret key (KEYID.secret, from `release keygen`).
     #[arg(long, value_name = "FILE")]
     pub key: PathBuf,
-    /// The manifest; the signature is written beside it as MANIFEST.sig.
+    /// The manifest (or a deltas.json); the signature is written beside it as MANIFEST.sig.
     #[arg(value_name = "MANIFEST")]
     pub manifest: PathBuf,
+}
+
+/// `release delta`.
+#[derive(Debug, ClapArgs)]
+pub struct BuildDelta {
+    /// The package of the release devices update from.
+    #[arg(long, value_name = "DEB")]
+    pub from: PathBuf,
+    /// The package of the release they update to (same architecture, newer version).
+    #[arg(long, value_name = "DEB")]
+    pub to: PathBuf,
+    /// Directory the delta is written to as mcp-raspi_FROM_to_TO_ARCH.delta (default: the
+    /// directory of the --to package).
+    #[arg(long, value_name = "DIR")]
+    pub out_dir: Option<PathBuf>,
+}
+
+/// `release deltas`.
+#[derive(Debug, ClapArgs)]
+pub struct BuildDeltaIndex {
+    /// Prefix of each delta's URL, absolute or relative to the index's URL.
+    #[arg(long, value_name = "PREFIX", default_value = "../pool/")]
+    pub url_prefix: String,
+    /// Write the index here (atomically) instead of printing it.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// The release's deltas (from `release delta`), all to the same version.
+    #[arg(value_name = "DELTA", required = true)]
+    pub deltas: Vec<PathBuf>,
 }
 
 /// `release verify`.
@@ -123,9 +156,13 @@ pub fn build(args: BuildManifest, out: &mut dyn Write) -> Result<(), String> {
 
 pub fn sign(args: Sign, out: &mut dyn Write) -> Result<(), String> {
     let key = SecretKey::read(&args.key).map_err(|e| e.to_string())?;
-    let bytes = read(&args.manifest, manifest::MAX_MANIFEST_BYTES)?;
+    let bytes = read(&args.manifest, manifest::MAX_MANIFEST_BYTES.max(MAX_INDEX_BYTES))?;
     // Refuse to sign what devices would refuse to install.
-    manifest::Manifest::from_json_bytes(&bytes).map_err(|e| format!("{}: {e}", args.manifest.display()))?;
+    if is_delta_index(&args.manifest) {
+        DeltaIndex::from_json_bytes(&bytes).map_err(|e| format!("{}: {e}", args.manifest.display()))?;
+    } else {
+        manifest::Manifest::from_json_bytes(&bytes).map_err(|e| format!("{}: {e}", args.manifest.display()))?;
+    }
     let signature = manifest::sign(&bytes, &key);
     let path = sig_path(&args.manifest);
     write_atomically(&path, &signature, 0o644)?;
@@ -134,9 +171,27 @@ pub fn sign(args: Sign, out: &mut dyn Write) -> Result<(), String> {
 
 pub fn verify(args: Verify, out: &mut dyn Write) -> Result<(), String> {
     let keyring = Keyring::load(&args.keys).map_err(|e| e.to_string())?;
-    let bytes = read(&args.manifest, manifest::MAX_MANIFEST_BYTES)?;
+    let bytes = read(&args.manifest, manifest::MAX_MANIFEST_BYTES.max(MAX_INDEX_BYTES))?;
     let sig_file = args.signature.unwrap_or_else(|| sig_path(&args.manifest));
     let signature = read(&sig_file, manifest::MAX_SIGNATURE_BYTES)?;
+    if is_delta_index(&args.manifest) {
+        let index = DeltaIndex::verify(&bytes, &signature, &keyring)?;
+        say(out, &format!("{}: deltas to {}; signature good", args.manifest.display(), index.version))?;
+        for d in &index.deltas {
+            say(
+                out,
+                &format!(
+                    "  {} from {}: {} ({} bytes, sha256 {})",
+                    d.architecture,
+                    d.from,
+                    d.url,
+                    d.size,
+                    hex(&d.sha256)
+                ),
+            )?;
+        }
+        return Ok(());
+    }
     let verified = manifest::verify(&bytes, &signature, &keyring).map_err(|e| e.to_string())?;
     let time = |t: SystemTime| humantime::format_rfc3339_seconds(t).to_string();
     say(
@@ -163,6 +218,112 @@ pub fn verify(args: Verify, out: &mut dyn Write) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+pub fn build_delta(args: BuildDelta, out: &mut dyn Write) -> Result<(), String> {
+    let info = |path: &Path| deb::read_info(path).map_err(|e| format!("{}: {e}", path.display()));
+    let (old, new) = (info(&args.from)?, info(&args.to)?);
+    for (path, found) in [(&args.from, &old), (&args.to, &new)] {
+        if found.package != manifest::PACKAGE_NAME {
+            return Err(format!(
+                "{} is a package of {}, not {}",
+                path.display(),
+                found.package,
+                manifest::PACKAGE_NAME
+            ));
+        }
+    }
+    if old.architecture != new.architecture {
+        return Err(format!(
+            "{} is for {} and {} for {}: a delta connects two packages of one architecture",
+            args.from.display(),
+            old.architecture,
+            args.to.display(),
+            new.architecture
+        ));
+    }
+    if release::compare_versions(&old.version, &new.version) != std::cmp::Ordering::Less {
+        return Err(format!("--from is {} and --to {}: a delta leads to a newer release", old.version, new.version));
+    }
+    let out_dir = match args.out_dir {
+        Some(dir) => dir,
+        None => args.to.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf),
+    };
+    let work = out_dir.join(format!(".delta-work-{}", std::process::id()));
+    let built = (|| {
+        std::fs::create_dir_all(&work).map_err(|e| format!("cannot create {}: {e}", work.display()))?;
+        let limits = deb::Limits::default();
+        let (old_payload, new_payload) = (work.join("from"), work.join("to"));
+        deb::extract_payload(&args.from, &old_payload, &old, limits)
+            .map_err(|e| format!("{}: {e}", args.from.display()))?;
+        deb::extract_payload(&args.to, &new_payload, &new, limits)
+            .map_err(|e| format!("{}: {e}", args.to.display()))?;
+        delta::build(&old_payload, &new_payload, &new.architecture, &old.version, &new.version, limits)
+            .map_err(|e| e.to_string())
+    })();
+    let _ = std::fs::remove_dir_all(&work);
+    let (_, bytes) = built?;
+    let path = out_dir.join(delta::delta_file_name(&old.version, &new.version, &new.architecture));
+    write_atomically(&path, &bytes, 0o644)?;
+    let package = std::fs::metadata(&args.to).map(|m| m.len()).unwrap_or(0);
+    let share = if package > 0 {
+        format!(" ({:.0}% of the package's {package})", bytes.len() as f64 * 100.0 / package as f64)
+    } else {
+        String::new()
+    };
+    say(
+        out,
+        &format!(
+            "{}: {} {} to {} for {}, {} bytes{share}",
+            path.display(),
+            manifest::PACKAGE_NAME,
+            old.version,
+            new.version,
+            new.architecture,
+            bytes.len()
+        ),
+    )
+}
+
+pub fn build_delta_index(args: BuildDeltaIndex, out: &mut dyn Write) -> Result<(), String> {
+    let mut version: Option<semver::Version> = None;
+    let mut deltas = Vec::new();
+    for path in &args.deltas {
+        let header = delta::header_of(path).map_err(|e| e.to_string())?;
+        let parse = |v: &str| {
+            semver::Version::parse(v).map_err(|e| format!("{}: {v:?} is not a semantic version: {e}", path.display()))
+        };
+        let to = parse(&header.to)?;
+        match &version {
+            Some(v) if *v != to => {
+                return Err(format!(
+                    "{} leads to {to}, the other deltas to {v}: an index lists one release's",
+                    path.display()
+                ))
+            }
+            _ => version = Some(to),
+        }
+        let digest = manifest::file_digest(path).map_err(|e| e.to_string())?;
+        let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        deltas.push(DeltaEntry {
+            architecture: header.architecture,
+            from: parse(&header.from)?,
+            url: format!("{}{file_name}", args.url_prefix),
+            size: digest.size,
+            sha256: digest.sha256,
+        });
+    }
+    let version = version.ok_or("name at least one delta")?;
+    let bytes = DeltaIndex { version, deltas }.to_json_bytes()?;
+    match args.out {
+        Some(path) => write_atomically(&path, &bytes, 0o644),
+        None => out.write_all(&bytes).map_err(|e| e.to_string()),
+    }
+}
+
+/// Whether `path` names a delta index rather than a manifest.
+fn is_delta_index(path: &Path) -> bool {
+    path.file_name().is_some_and(|n| n == INDEX_FILE)
 }
 
 fn sig_path(manifest: &Path) -> PathBuf {

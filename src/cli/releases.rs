@@ -34,8 +34,13 @@ pub enum ReleaseCommand {
     Manifest(publish::BuildManifest),
     /// Sign a manifest (writes MANIFEST.sig).
     Sign(publish::Sign),
-    /// Check a manifest's signature against trusted keys, and optionally packages against it.
+    /// Check a manifest's (or a deltas.json's) signature against trusted keys, and
+    /// optionally packages against it.
     Verify(publish::Verify),
+    /// Build the delta between two packages of one architecture (experimental: updates.delta).
+    Delta(publish::BuildDelta),
+    /// Build a release's deltas.json from its deltas.
+    Deltas(publish::BuildDeltaIndex),
     /// Point current at an installed release, atomically.
     Activate {
         /// Install root holding releases/ and current.
@@ -91,6 +96,8 @@ pub(super) fn run_release(command: ReleaseCommand, out: &mut dyn Write) -> Resul
         ReleaseCommand::Manifest(args) => publish::build(args, out),
         ReleaseCommand::Sign(args) => publish::sign(args, out),
         ReleaseCommand::Verify(args) => publish::verify(args, out),
+        ReleaseCommand::Delta(args) => publish::build_delta(args, out),
+        ReleaseCommand::Deltas(args) => publish::build_delta_index(args, out),
         ReleaseCommand::Activate { root, release_version, owner, state_dir, keep } => {
             let owner = owner.as_deref().map(|o| resolve_owner(o, "--owner")).transpose()?;
             let previous = match state_dir {

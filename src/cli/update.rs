@@ -19,7 +19,7 @@ use super::DEFAULT_CONFIG;
 use crate::config::{Config, CHANNELS};
 use crate::update::activate::Installation;
 use crate::update::download::{FetchSettings, Fetcher};
-use crate::update::install::{self, InstallRequest, Step};
+use crate::update::install::{self, Download, InstallError, InstallRequest, Step};
 use crate::update::manifest::Keyring;
 use crate::update::release::Owner;
 use crate::update::resolve::{self, Resolution, Target};
@@ -323,24 +323,85 @@ fn server(args: ServerArgs, out: &mut dyn Write) -> Result<(), String> {
     }
     // Not the server's downloads/: what root creates there the server could not resume.
     let downloads = config.paths.state_dir.join("staging").join("root-downloads");
-    let package = runtime
-        .block_on(resolve::download(&fetcher, &resolved, &downloads, &policy.architecture, &mut |p| {
-            reporter.bytes(p.done, p.total)
-        }))
-        .map_err(|e| e.to_string())?;
-    reporter.finish();
-    let request = InstallRequest {
+    let staging_dir = config.paths.state_dir.join("staging");
+    let request = |download| InstallRequest {
         manifest: &resolved.manifest_bytes,
         signature: &resolved.signature_bytes,
-        package: &package,
+        download,
         keyring: &keyring,
-        policy,
-        staging_dir: &config.paths.state_dir.join("staging"),
+        policy: policy.clone(),
+        staging_dir: &staging_dir,
         source: "cli",
     };
-    let installed =
-        install::install(&inst, request, &mut |step| reporter.step(&describe(step))).map_err(|e| e.to_string())?;
-    let _ = std::fs::remove_file(&package);
+    // The downloads outlive every request made of them.
+    let (mut delta_found, mut delta_file) = (None, None);
+    let mut installed = None;
+    // How the release came, for the last line: said only when a delta was used.
+    let mut via = String::new();
+    if config.experimental_features.feature_enabled("updates.delta") {
+        let found = runtime.block_on(resolve::find_delta(&fetcher, &resolved, &keyring, &policy));
+        match found {
+            Ok(Some(found)) => {
+                let found = &*delta_found.insert(found);
+                reporter.step(&format!(
+                    "download: the delta from {} ({} bytes instead of {})",
+                    found.entry.from, found.entry.size, resolved.artifact.size
+                ));
+                let file = runtime
+                    .block_on(resolve::download_delta(&fetcher, &resolved, found, &downloads, &mut |p| {
+                        reporter.bytes(p.done, p.total)
+                    }))
+                    .map_err(|e| e.to_string());
+                reporter.finish();
+                match file {
+                    Ok(file) => {
+                        let file: &std::path::PathBuf = delta_file.insert(file);
+                        let download =
+                            Download::Delta { index: &found.index_bytes, signature: &found.signature_bytes, file };
+                        let result =
+                            install::install(&inst, request(download), &mut |step| reporter.step(&describe(step)));
+                        let _ = std::fs::remove_file(file);
+                        match result {
+                            Ok(done) => {
+                                installed = Some(done);
+                                via = format!(
+                                    " (from the {}-byte delta of {} instead of the {}-byte package)",
+                                    found.entry.size, found.entry.from, resolved.artifact.size
+                                );
+                            }
+                            Err(e @ InstallError::Delta(_)) => {
+                                eprintln!("mcp-raspi: warning: {e}; downloading the whole package instead")
+                            }
+                            Err(e) => return Err(e.to_string()),
+                        }
+                    }
+                    Err(e) => {
+                        reporter.step(&format!("the delta's download failed ({e}); downloading the whole package"))
+                    }
+                }
+            }
+            Ok(None) => reporter.step("download: no delta from this release is published"),
+            Err(e) => {
+                eprintln!("mcp-raspi: warning: the delta index cannot be used ({e}); downloading the whole package")
+            }
+        }
+    }
+    let installed = match installed {
+        Some(installed) => installed,
+        None => {
+            let package = runtime
+                .block_on(resolve::download(&fetcher, &resolved, &downloads, &policy.architecture, &mut |p| {
+                    reporter.bytes(p.done, p.total)
+                }))
+                .map_err(|e| e.to_string())?;
+            reporter.finish();
+            let installed = install::install(&inst, request(Download::Package(&package)), &mut |step| {
+                reporter.step(&describe(step))
+            });
+            let _ = std::fs::remove_file(&package);
+            installed.map_err(|e| e.to_string())?
+        }
+    };
     let (restarting, restarted) = restart_running_units();
     reporter.step(&restarted);
     // Nothing to wait for when the services are not starting into the release: its health
@@ -352,7 +413,8 @@ fn server(args: ServerArgs, out: &mut dyn Write) -> Result<(), String> {
             to: Some(installed.to.clone()),
             reason: None,
         };
-        let text = format!("{} is installed and current; {restarted}; its health check decides the rest", installed.to);
+        let text =
+            format!("{} is installed and current{via}; {restarted}; its health check decides the rest", installed.to);
         return report(out, args.json, &outcome, &text);
     }
     reporter.step(&format!("health check: up to {} s", config.updates.health_timeout_seconds));
@@ -365,7 +427,7 @@ fn server(args: ServerArgs, out: &mut dyn Write) -> Result<(), String> {
         Outcome { status: status.as_str().into(), from: installed.from, to: Some(installed.to.clone()), reason };
     match status {
         UpdateStatus::Succeeded => {
-            report(out, args.json, &outcome, &format!("{} is running and healthy", installed.to))
+            report(out, args.json, &outcome, &format!("{} is running and healthy{via}", installed.to))
         }
         UpdateStatus::InProgress => {
             report(out, args.json, &outcome, "")?;
@@ -390,7 +452,8 @@ fn server(args: ServerArgs, out: &mut dyn Write) -> Result<(), String> {
 fn describe(step: &Step) -> String {
     match step {
         Step::Verified { version } => format!("verify: the manifest of {version} is signed by a trusted key"),
-        Step::Copied { bytes } => format!("verify: the package's {bytes} bytes match the manifest"),
+        Step::Copied { bytes } => format!("verify: the download's {bytes} bytes match the signed size and SHA-256"),
+        Step::Patched { bytes } => format!("verify: the delta rebuilt the release's {bytes}-byte payload exactly"),
         Step::Begun => "install: started".into(),
         Step::Extracting { entries } => format!("install: extracting ({entries} entries)"),
         Step::Extracted => "install: payload extracted".into(),

@@ -157,6 +157,10 @@ pub enum Request {
         manifest: String,
         /// The exact bytes of `manifest.json.sig`.
         signature: String,
+        /// Install from the downloaded delta from the installed release instead of the
+        /// package (`updates.delta`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        delta: Option<DeltaIndexFiles>,
     },
     /// Move `current` back to `to_version` (an installed release) or to the previous good
     /// version, and restart the services.
@@ -266,9 +270,13 @@ impl Request {
                 None => write!(s, " unit={unit} lines={lines}"),
             },
             Request::Power { action, delay_seconds } => write!(s, " action={action:?} delay_seconds={delay_seconds}"),
-            Request::UpdateApply { manifest, signature } => {
-                write!(s, " manifest=<{} bytes> signature=<{} bytes>", manifest.len(), signature.len())
-            }
+            Request::UpdateApply { manifest, signature, delta } => write!(
+                s,
+                " manifest=<{} bytes> signature=<{} bytes>{}",
+                manifest.len(),
+                signature.len(),
+                if delta.is_some() { " delta" } else { "" }
+            ),
             Request::UpdateRollback { to_version, reason } => write!(s, " to_version={to_version:?} reason={reason:?}"),
             Request::UpdateHealth { version, healthy, detail } => {
                 write!(s, " version={version:?} healthy={healthy} detail={detail:?}")
@@ -304,6 +312,15 @@ pub struct AgentCapabilities {
     pub backend_reason: String,
 }
 
+/// The signed delta index of an update, as fetched: the exact bytes of `deltas.json` and
+/// `deltas.json.sig`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeltaIndexFiles {
+    pub index: String,
+    pub signature: String,
+}
+
 /// Why the agent refused or failed a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
@@ -324,6 +341,9 @@ pub enum ErrorCode {
     BadRequest,
     /// The agent is at its limit of requests in flight.
     Busy,
+    /// The delta of an update cannot be used; nothing changed, and the whole package can be
+    /// installed instead.
+    DeltaUnusable,
 }
 
 impl ErrorCode {
@@ -338,6 +358,7 @@ impl ErrorCode {
             ErrorCode::VersionMismatch => "version_mismatch",
             ErrorCode::BadRequest => "bad_request",
             ErrorCode::Busy => "busy",
+            ErrorCode::DeltaUnusable => "delta_unusable",
         }
     }
 }

@@ -137,6 +137,7 @@ fn sample_requests() -> Vec<RequestFrame> {
         Request::UpdateApply {
             manifest: "{\"name\":\"mcp-raspi\",\"version\":\"0.2.0\"}\n".into(),
             signature: "{\"key_id\":\"0123456789abcdef\"}\n".into(),
+            delta: Some(DeltaIndexFiles { index: "{\"version\":\"0.2.0\"}\n".into(), signature: "{}\n".into() }),
         },
         Request::UpdateRollback { to_version: Some("0.1.0".into()), reason: "operator".into() },
         Request::UpdateHealth { version: "0.2.0".into(), healthy: true, detail: "/healthz 200; tools/call ok".into() },

@@ -17,10 +17,10 @@ use super::{App, Cx, NoArguments, Tool, ToolError, ToolSpec};
 use crate::agent_client::AgentError;
 use crate::base::VERSION;
 use crate::config::{Config, Role, CHANNELS};
-use crate::ipc::{Request, Response};
+use crate::ipc::{DeltaIndexFiles, ErrorCode, Request, Response};
 use crate::mcp::Progress;
 use crate::update::activate::{Installation, InstalledRelease};
-use crate::update::download::{FetchSettings, Fetcher};
+use crate::update::download::{FetchSettings, Fetcher, Progress as DownloadProgress};
 use crate::update::install;
 use crate::update::manifest::{Keyring, Policy};
 use crate::update::resolve::{self, Resolution, Target};
@@ -59,7 +59,8 @@ pub struct UpdateStatus {
     pub channel: Option<String>,
     /// The step reached (`checked`, `restarting`).
     pub phase: Option<&'static str>,
-    /// Package size in bytes.
+    /// Bytes of the download: the package's size, or the delta's when the update used one
+    /// (experimental feature updates.delta).
     pub download_bytes: Option<u64>,
     /// When the release was published (RFC 3339).
     pub released_at: Option<String>,
@@ -194,34 +195,50 @@ pub async fn update(app: &App, progress: &Progress, target: Target, dry_run: boo
         });
     }
     let downloads = config.paths.state_dir.join("downloads");
-    let download_progress = progress;
-    let mut last_reported = 0u64;
-    let package = resolve::download(&fetcher, &resolved, &downloads, &policy.architecture, &mut |p| {
-        // A notification per percent at most.
-        if p.done == p.total || p.done.saturating_sub(last_reported) > p.total / 100 {
-            last_reported = p.done;
-            let fraction = if p.total == 0 { 1.0 } else { p.done as f64 / p.total as f64 };
-            download_progress.report(
-                1.0 + fraction,
-                Some(STEPS.len() as f64),
-                &format!("download: {} of {} bytes", p.done, p.total),
-            );
+    let mut answer = None;
+    let mut download_bytes = size;
+    if config.experimental_features.feature_enabled("updates.delta") {
+        match resolve::find_delta(&fetcher, &resolved, &keyring, &policy).await {
+            Ok(Some(found)) => {
+                step(
+                    progress,
+                    1,
+                    &format!("the delta from {} ({} bytes instead of {size})", found.entry.from, found.entry.size),
+                );
+                let delta = DeltaIndexFiles {
+                    index: String::from_utf8_lossy(&found.index_bytes).into_owned(),
+                    signature: String::from_utf8_lossy(&found.signature_bytes).into_owned(),
+                };
+                match resolve::download_delta(&fetcher, &resolved, &found, &downloads, &mut reporter(progress)).await {
+                    Ok(file) => match install(app, progress, &resolved, Some(delta), &file).await {
+                        Err(AgentError::Remote { code: ErrorCode::DeltaUnusable, message }) => {
+                            log::warn!("update to {version}: {message}; downloading the whole package");
+                            step(progress, 1, &format!("{message}; downloading the whole package instead"));
+                        }
+                        other => {
+                            download_bytes = found.entry.size;
+                            answer = Some(other);
+                        }
+                    },
+                    Err(e) => {
+                        log::warn!("update to {version}: the delta's download failed ({e}); downloading the package");
+                    }
+                }
+            }
+            Ok(None) => log::info!("update to {version}: no delta from {} is published", policy.installed),
+            Err(e) => log::warn!("update to {version}: the delta index cannot be used ({e}); downloading the package"),
         }
-    })
-    .await
-    .map_err(|e| ToolError { code: "failed", message: e.to_string() })?;
-    step(progress, 2, "size and SHA-256 match the signed manifest");
-    step(progress, 3, "the ops agent verifies the package again and installs it");
-    let request = Request::UpdateApply {
-        manifest: String::from_utf8_lossy(&resolved.manifest_bytes).into_owned(),
-        signature: String::from_utf8_lossy(&resolved.signature_bytes).into_owned(),
-    };
-    let answer = app.agent.call_with_timeout(request, INSTALL_TIMEOUT).await;
-    // The agent works on its own copy, made before it answers; without an answer it may
-    // still be reading the download.
-    if matches!(answer, Ok(_) | Err(AgentError::Remote { .. })) {
-        let _ = std::fs::remove_file(&package);
     }
+    let answer = match answer {
+        Some(answer) => answer,
+        None => {
+            let package =
+                resolve::download(&fetcher, &resolved, &downloads, &policy.architecture, &mut reporter(progress))
+                    .await
+                    .map_err(|e| ToolError { code: "failed", message: e.to_string() })?;
+            install(app, progress, &resolved, None, &package).await
+        }
+    };
     let (from, restart_in_ms) = match answer? {
         Response::UpdateApplied { from, restart_in_ms, .. } => (from, restart_in_ms),
         other => {
@@ -238,7 +255,7 @@ pub async fn update(app: &App, progress: &Progress, target: Target, dry_run: boo
         target_version: Some(version.clone()),
         channel,
         phase: Some("restarting"),
-        download_bytes: Some(size),
+        download_bytes: Some(download_bytes),
         released_at,
         message: format!(
             "{version} is installed and the services are restarting into it; it must prove healthy within {} s \
@@ -247,6 +264,47 @@ pub async fn update(app: &App, progress: &Progress, target: Target, dry_run: boo
             config.updates.health_timeout_seconds
         ),
     })
+}
+
+/// Reports a download's progress, a notification per percent at most.
+fn reporter(progress: &Progress) -> impl FnMut(DownloadProgress) + Send + '_ {
+    let mut last_reported = 0u64;
+    move |p| {
+        if p.done == p.total || p.done.saturating_sub(last_reported) > p.total / 100 {
+            last_reported = p.done;
+            let fraction = if p.total == 0 { 1.0 } else { p.done as f64 / p.total as f64 };
+            progress.report(
+                1.0 + fraction,
+                Some(STEPS.len() as f64),
+                &format!("download: {} of {} bytes", p.done, p.total),
+            );
+        }
+    }
+}
+
+/// Has the ops agent install the release of `resolved` from `file`, the package or (with
+/// `delta`) the delta, and removes the file once the agent has its own copy.
+async fn install(
+    app: &App,
+    progress: &Progress,
+    resolved: &resolve::Resolved,
+    delta: Option<DeltaIndexFiles>,
+    file: &std::path::Path,
+) -> Result<Response, AgentError> {
+    step(progress, 2, "size and SHA-256 match the signed manifest");
+    step(progress, 3, "the ops agent verifies the download again and installs it");
+    let request = Request::UpdateApply {
+        manifest: String::from_utf8_lossy(&resolved.manifest_bytes).into_owned(),
+        signature: String::from_utf8_lossy(&resolved.signature_bytes).into_owned(),
+        delta,
+    };
+    let answer = app.agent.call_with_timeout(request, INSTALL_TIMEOUT).await;
+    // The agent works on its own copy, made before it answers; without an answer it may
+    // still be reading the download.
+    if matches!(answer, Ok(_) | Err(AgentError::Remote { .. })) {
+        let _ = std::fs::remove_file(file);
+    }
+    answer
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

@@ -20,6 +20,7 @@ use sha2::{Digest, Sha256};
 
 use super::activate::{Installation, SwitchError};
 use super::deb::{self, DebError, DebInfo};
+use super::delta::{self, DeltaIndex};
 use super::manifest::{self, Keyring, ManifestError, Policy};
 use super::release::{self, ReleaseError};
 use crate::base::hex;
@@ -30,8 +31,12 @@ use crate::base::hex;
 pub enum Step {
     /// The manifest's signature and the policy were checked.
     Verified { version: String },
-    /// The package was copied into the staging directory and its size and digest match.
+    /// The package (or the delta) was copied into the staging directory and its size and
+    /// digest match.
     Copied { bytes: u64 },
+    /// The delta was applied to the installed release: the payload, `bytes` long unpacked,
+    /// is the one the delta promises.
+    Patched { bytes: u64 },
     /// The package's control fields match, and the state records the update.
     Begun,
     /// Extracting the payload into the staging directory: archive entries read so far.
@@ -59,6 +64,9 @@ pub enum InstallError {
     Deb(Box<DebError>),
     /// The install tree or the state refused.
     Switch(Box<SwitchError>),
+    /// The delta cannot be used (its index, the download, or the installed release it
+    /// applies to); nothing was changed, and the whole package can be installed instead.
+    Delta(String),
     /// Reading or writing the staging directory failed.
     Io { action: &'static str, path: PathBuf, source: io::Error },
 }
@@ -70,6 +78,7 @@ impl fmt::Display for InstallError {
             InstallError::Package(m) => f.write_str(m),
             InstallError::Deb(e) => e.fmt(f),
             InstallError::Switch(e) => e.fmt(f),
+            InstallError::Delta(m) => write!(f, "the delta update cannot be used: {m}"),
             InstallError::Io { action, path, source } => write!(f, "cannot {action} {}: {source}", path.display()),
         }
     }
@@ -106,8 +115,8 @@ pub struct InstallRequest<'a> {
     /// The exact bytes of `manifest.json` and `manifest.json.sig`.
     pub manifest: &'a [u8],
     pub signature: &'a [u8],
-    /// The downloaded package.
-    pub package: &'a Path,
+    /// The download: the package, or a delta from the installed release.
+    pub download: Download<'a>,
     /// This side's trusted keys.
     pub keyring: &'a Keyring,
     /// This side's policy (architecture, versions, expiry, size cap).
@@ -116,6 +125,20 @@ pub struct InstallRequest<'a> {
     pub staging_dir: &'a Path,
     /// Who started the update (`mcp`, `cli`), for the state.
     pub source: &'a str,
+}
+
+/// What was downloaded for an install.
+#[derive(Debug, Clone, Copy)]
+pub enum Download<'a> {
+    /// The release's package, as the manifest describes it.
+    Package(&'a Path),
+    /// A delta from the installed release, as the signed delta index describes it.
+    Delta {
+        /// The exact bytes of `deltas.json` and `deltas.json.sig`.
+        index: &'a [u8],
+        signature: &'a [u8],
+        file: &'a Path,
+    },
 }
 
 /// A release installed and switched to.
@@ -151,39 +174,63 @@ pub fn install(
                 .map_err(io_err("change the owner of", request.staging_dir))?;
         }
     }
-    let copy = request.staging_dir.join(package_file_name(&version, &request.policy.architecture));
+    let architecture = request.policy.architecture.clone();
+    let limits = deb::Limits::for_download(request.policy.max_download_bytes);
     let payload = request.staging_dir.join(format!("{version}.payload"));
+    let mut made: Vec<PathBuf> = Vec::new();
     let result = (|| {
-        let bytes = copy_checked(request.package, &copy, artifact.size, &artifact.sha256)?;
-        observe(&Step::Copied { bytes });
-        let expected = DebInfo {
-            package: manifest::PACKAGE_NAME.to_string(),
-            version: version.clone(),
-            architecture: request.policy.architecture.clone(),
+        // What the payload is extracted from, checked: the package, or the tar a delta rebuilt.
+        let source = match request.download {
+            Download::Package(package) => {
+                let copy = request.staging_dir.join(package_file_name(&version, &architecture));
+                made.push(copy.clone());
+                let bytes = copy_checked(package, &copy, artifact.size, &artifact.sha256)?;
+                observe(&Step::Copied { bytes });
+                let expected =
+                    DebInfo { package: manifest::PACKAGE_NAME.to_string(), version: version.clone(), architecture };
+                let info = deb::read_info(&copy)?;
+                if info != expected {
+                    return Err(InstallError::Package(format!(
+                        "the package is {} {} for {}, but the manifest describes {} {} for {}",
+                        info.package,
+                        info.version,
+                        info.architecture,
+                        expected.package,
+                        expected.version,
+                        expected.architecture
+                    )));
+                }
+                Source::Package { copy, expected }
+            }
+            Download::Delta { index, signature, file } => {
+                let tar = request.staging_dir.join(format!("{version}.payload.tar"));
+                made.push(tar.clone());
+                let from = request.policy.installed.to_string();
+                let base = release::release_dir(&installation.install_root, &from);
+                let to = &manifest.version;
+                let found = prepare_delta(&request, to, index, signature, file, &base, &tar, &mut made, observe)
+                    .map_err(|e| match e {
+                        InstallError::Delta(_) => e,
+                        other => InstallError::Delta(other.to_string()),
+                    })?;
+                observe(&Step::Patched { bytes: found });
+                Source::Tar(tar)
+            }
         };
-        let info = deb::read_info(&copy)?;
-        if info != expected {
-            return Err(InstallError::Package(format!(
-                "the package is {} {} for {}, but the manifest describes {} {} for {}",
-                info.package,
-                info.version,
-                info.architecture,
-                expected.package,
-                expected.version,
-                expected.architecture
-            )));
-        }
         let lock = installation.lock()?;
-        remove_stale(request.staging_dir, &copy);
+        remove_stale(request.staging_dir, &made);
         let begun = installation.begin(&lock, &version, request.source)?;
         observe(&Step::Begun);
         let from = begun.in_progress().and_then(|u| u.from.clone());
         let installed = (|| -> Result<Installed, InstallError> {
             remove_dir_if_present(&payload)?;
-            let limits = deb::Limits::for_download(request.policy.max_download_bytes);
-            deb::extract_payload_observed(&copy, &payload, &expected, limits, &mut |entries| {
-                observe(&Step::Extracting { entries })
-            })?;
+            let mut extracting = |entries| observe(&Step::Extracting { entries });
+            match &source {
+                Source::Package { copy, expected } => {
+                    deb::extract_payload_observed(copy, &payload, expected, limits, &mut extracting)?
+                }
+                Source::Tar(tar) => deb::extract_tar_payload(tar, &payload, limits, &mut extracting)?,
+            }
             observe(&Step::Extracted);
             let root = &installation.install_root;
             release::install_release_observed(&payload, root, &version, installation.owner, &mut || {
@@ -202,9 +249,61 @@ pub fn install(
         drop(lock);
         installed
     })();
-    let _ = fs::remove_file(&copy);
+    for path in &made {
+        let _ = fs::remove_file(path);
+    }
     let _ = remove_dir_if_present(&payload);
     result
+}
+
+/// What the payload is extracted from.
+enum Source {
+    Package { copy: PathBuf, expected: DebInfo },
+    Tar(PathBuf),
+}
+
+/// Checks the delta index and the delta against the keys and the manifest, copies the delta
+/// into the staging directory and applies it to the installed release `base` (the
+/// policy's installed version), writing the rebuilt payload tar to `tar`. Returns the tar's size. Nothing of
+/// the install tree or the state changes here.
+#[allow(clippy::too_many_arguments)]
+fn prepare_delta(
+    request: &InstallRequest,
+    to: &semver::Version,
+    index: &[u8],
+    signature: &[u8],
+    file: &Path,
+    base: &Path,
+    tar: &Path,
+    made: &mut Vec<PathBuf>,
+    observe: &mut dyn FnMut(&Step),
+) -> Result<u64, InstallError> {
+    let index = DeltaIndex::verify(index, signature, request.keyring).map_err(InstallError::Delta)?;
+    let from = request.policy.installed.to_string();
+    if &index.version != to {
+        return Err(InstallError::Delta(format!(
+            "the delta index is for {}, but the manifest offers {to}",
+            index.version
+        )));
+    }
+    let architecture = &request.policy.architecture;
+    let entry = index.find(architecture, &request.policy.installed).ok_or_else(|| {
+        InstallError::Delta(format!("the delta index has no {architecture} delta from {from} to {to}"))
+    })?;
+    if entry.size > request.policy.max_download_bytes {
+        return Err(InstallError::Delta(format!(
+            "the delta is {} bytes, more than the {} allowed (updates.max_download_mb)",
+            entry.size, request.policy.max_download_bytes
+        )));
+    }
+    let to = to.to_string();
+    let copy = request.staging_dir.join(delta::delta_file_name(&from, &to, architecture));
+    made.push(copy.clone());
+    let bytes = copy_checked(file, &copy, entry.size, &entry.sha256)?;
+    observe(&Step::Copied { bytes });
+    let limits = deb::Limits::for_download(request.policy.max_download_bytes);
+    let expected = delta::Expected { architecture, from: &from, to: &to };
+    delta::apply(base, &copy, &expected, tar, limits).map_err(|e| InstallError::Delta(e.to_string()))
 }
 
 /// Removes what an install killed before its own cleanup left in the staging directory:
@@ -213,15 +312,20 @@ pub fn install(
 /// the update lock held, so no payload is being written. A concurrent install still
 /// copying its package loses its copy and fails; it would be refused anyway, by this
 /// install's lock or by the update it records, unless this one fails too.
-fn remove_stale(staging_dir: &Path, own_copy: &Path) {
+fn remove_stale(staging_dir: &Path, own: &[PathBuf]) {
     let Ok(entries) = fs::read_dir(staging_dir) else { return };
     let prefix = format!("{}_", manifest::PACKAGE_NAME);
     for entry in entries.flatten() {
         let (path, name) = (entry.path(), entry.file_name());
         let name = name.to_string_lossy();
+        if own.contains(&path) {
+            continue;
+        }
         if name.ends_with(".payload") {
             let _ = remove_dir_if_present(&path);
-        } else if name.starts_with(&prefix) && name.ends_with(".deb") && path != own_copy {
+        } else if (name.starts_with(&prefix) && (name.ends_with(".deb") || name.ends_with(".delta")))
+            || name.ends_with(".payload.tar")
+        {
             let _ = fs::remove_file(&path);
         }
     }

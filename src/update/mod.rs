@@ -6,6 +6,7 @@
 
 pub mod activate;
 pub mod deb;
+pub mod delta;
 pub mod download;
 pub mod install;
 pub mod manifest;

@@ -11,11 +11,18 @@
 //! <server_url>/pool/mcp-raspi_<v>_<arch>.deb
 //! ```
 //!
+//! A release may also have deltas (see [`super::delta`]): `deltas.json` and
+//! `deltas.json.sig` next to each of its manifests, and the deltas in the pool,
+//! `mcp-raspi_<from>_to_<v>_<arch>.delta`. A device that has `updates.delta` on looks for
+//! one from the release it runs ([`find_delta`]) and falls back to the package when there is
+//! none or it cannot be used.
+//!
 //! The server and `mcp-raspi update` share this code; the installer checks everything again.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use super::delta::{self, index::MAX_INDEX_BYTES, DeltaEntry, DeltaIndex, INDEX_FILE};
 use super::download::{DownloadError, Fetcher, Progress};
 use super::install::package_file_name;
 use super::manifest::{
@@ -146,19 +153,95 @@ pub async fn download(
     architecture: &str,
     progress: &mut (dyn FnMut(Progress) + Send),
 ) -> Result<PathBuf, ResolveError> {
+    let name = package_file_name(&resolved.manifest.version.to_string(), architecture);
+    let artifact = &resolved.artifact;
+    fetch_into(fetcher, &resolved.artifact_url, downloads_dir, &name, artifact.size, artifact.sha256, progress).await
+}
+
+/// Downloads `url` as `downloads_dir/name`, checking its size and SHA-256, readable by the
+/// group (the ops agent's) and nobody else.
+async fn fetch_into(
+    fetcher: &Fetcher,
+    url: &str,
+    downloads_dir: &Path,
+    name: &str,
+    size: u64,
+    sha256: [u8; 32],
+    progress: &mut (dyn FnMut(Progress) + Send),
+) -> Result<PathBuf, ResolveError> {
     use std::os::unix::fs::PermissionsExt;
     let io = |action, path: &Path| {
         let path = path.to_path_buf();
         move |source| ResolveError::Manifest(Box::new(ManifestError::Io { action, path, source }))
     };
     std::fs::create_dir_all(downloads_dir).map_err(io("create", downloads_dir))?;
-    // The ops agent reads the package through the group (the server's umask is 0077).
+    // The ops agent reads the download through the group (the server's umask is 0077).
     std::fs::set_permissions(downloads_dir, std::fs::Permissions::from_mode(0o750))
         .map_err(io("set the mode of", downloads_dir))?;
-    let dest = downloads_dir.join(package_file_name(&resolved.manifest.version.to_string(), architecture));
-    fetcher.download(&resolved.artifact_url, &dest, resolved.artifact.size, resolved.artifact.sha256, progress).await?;
+    let dest = downloads_dir.join(name);
+    fetcher.download(url, &dest, size, sha256, progress).await?;
     std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o640)).map_err(io("set the mode of", &dest))?;
     Ok(dest)
+}
+
+/// A delta to the release of a [`Resolved`] from the release this device runs.
+#[derive(Debug, Clone)]
+pub struct ResolvedDelta {
+    /// The exact bytes of `deltas.json` and its signature, which the installer verifies again.
+    pub index_bytes: Vec<u8>,
+    pub signature_bytes: Vec<u8>,
+    pub entry: DeltaEntry,
+    /// The delta's absolute URL.
+    pub url: String,
+}
+
+/// Looks for a delta from the installed release (`policy.installed`) to `resolved`'s, for
+/// this architecture, in the signed index next to the manifest. `Ok(None)` when the release
+/// publishes no index or the index has no such delta, or when the delta would not be
+/// smaller than the package; an error when the index is there but cannot be trusted (the
+/// caller then downloads the package, and says why).
+pub async fn find_delta(
+    fetcher: &Fetcher,
+    resolved: &Resolved,
+    keyring: &Keyring,
+    policy: &Policy,
+) -> Result<Option<ResolvedDelta>, String> {
+    let index_url = manifest::artifact_url(&resolved.manifest_url, INDEX_FILE).map_err(|e| e.to_string())?;
+    let index_bytes = match fetcher.fetch_small(&index_url, MAX_INDEX_BYTES).await {
+        Ok(bytes) => bytes,
+        Err(DownloadError::Status { status, .. }) if status == reqwest::StatusCode::NOT_FOUND => return Ok(None),
+        Err(e) => return Err(e.to_string()),
+    };
+    let signature_bytes =
+        fetcher.fetch_small(&format!("{index_url}.sig"), MAX_SIGNATURE_BYTES).await.map_err(|e| e.to_string())?;
+    let index = DeltaIndex::verify(&index_bytes, &signature_bytes, keyring)?;
+    if index.version != resolved.manifest.version {
+        return Err(format!("{index_url} lists deltas to {}, not to {}", index.version, resolved.manifest.version));
+    }
+    let Some(entry) = index.find(&policy.architecture, &policy.installed) else { return Ok(None) };
+    if entry.size >= resolved.artifact.size || entry.size > policy.max_download_bytes {
+        return Ok(None);
+    }
+    let url = manifest::artifact_url(&index_url, &entry.url).map_err(|e| e.to_string())?;
+    let entry = entry.clone();
+    Ok(Some(ResolvedDelta { index_bytes, signature_bytes, entry, url }))
+}
+
+/// Downloads the delta into `downloads_dir` (resuming, checking size and SHA-256 against the
+/// signed index) under the name the installer looks for. Returns the file's path.
+pub async fn download_delta(
+    fetcher: &Fetcher,
+    resolved: &Resolved,
+    found: &ResolvedDelta,
+    downloads_dir: &Path,
+    progress: &mut (dyn FnMut(Progress) + Send),
+) -> Result<PathBuf, ResolveError> {
+    let name = delta::delta_file_name(
+        &found.entry.from.to_string(),
+        &resolved.manifest.version.to_string(),
+        &found.entry.architecture,
+    );
+    fetch_into(fetcher, &found.url, downloads_dir, &name, found.entry.size, found.entry.sha256, progress).await
 }
 
 #[cfg(test)]

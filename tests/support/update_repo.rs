@@ -122,7 +122,7 @@ impl Device {
         let request = InstallRequest {
             manifest: &resolved.manifest_bytes,
             signature: &resolved.signature_bytes,
-            package: &package,
+            download: install::Download::Package(&package),
             keyring: &keyring,
             policy,
             staging_dir: &self.state_dir.join("staging"),
@@ -258,6 +258,43 @@ impl Scene {
         let deb = self.pool_deb(&DebSpec::new(version, arch()).padded(320 * 1024));
         self.publish(&self.manifest(version, &deb));
         deb
+    }
+
+    /// Publishes the delta from the package `from` to the pooled package `to` with the
+    /// publisher's commands (`mcp-raspi release delta | deltas | sign`), next to the manifests
+    /// of `to`'s version. Returns the delta's path.
+    pub fn publish_delta(&self, from: &Path, to: &Path, version: &str) -> PathBuf {
+        let pool = self.repo.join("pool");
+        let key = self.dir.path().join("publisher").join(format!("{}.secret", self.key.id()));
+        let publisher = |args: &[&std::ffi::OsStr]| {
+            let out = Command::new(env!("CARGO_BIN_EXE_mcp-raspi")).arg("release").args(args).output().unwrap();
+            assert!(out.status.success(), "release {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        let said = publisher(&[
+            "delta".as_ref(),
+            "--from".as_ref(),
+            from.as_os_str(),
+            "--to".as_ref(),
+            to.as_os_str(),
+            "--out-dir".as_ref(),
+            pool.as_os_str(),
+        ]);
+        let delta = PathBuf::from(said.split(": ").next().unwrap());
+        assert!(delta.starts_with(&pool), "{said}");
+        for (dir, up) in [("stable".to_string(), "../pool/"), (format!("versions/{version}"), "../../pool/")] {
+            let index = self.repo.join(dir).join("deltas.json");
+            publisher(&[
+                "deltas".as_ref(),
+                "--url-prefix".as_ref(),
+                up.as_ref(),
+                "--out".as_ref(),
+                index.as_os_str(),
+                delta.as_os_str(),
+            ]);
+            publisher(&["sign".as_ref(), "--key".as_ref(), key.as_os_str(), index.as_os_str()]);
+        }
+        delta
     }
 
     /// The CLI's configuration: the scene's paths and repository, a download cap of

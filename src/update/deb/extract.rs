@@ -14,8 +14,8 @@ use std::path::{Component, Path, PathBuf};
 use nix::fcntl::{OFlag, AT_FDCWD};
 use nix::sys::stat::Mode;
 
-use super::ar::{Member, Trouble};
-use super::decompress::{decompressor, drain, unpack_err, Bounded, Compression};
+use super::ar::Trouble;
+use super::decompress::{drain, unpack_err, Bounded};
 use super::{components, write_err, DebError, Limits, COPY_BUFFER, REQUIRED_BINARIES};
 use crate::update::release::PAYLOAD_PARTS;
 
@@ -54,17 +54,17 @@ impl<'a> Extractor<'a> {
         Ok(Extractor { dest, root, limits, made: HashMap::new(), entries: 0, bytes: 0 })
     }
 
+    /// Extracts the payload of `stream`, the unpacked `data.tar` (member `name`).
     pub(super) fn run(
         mut self,
-        member: Member<'_>,
+        stream: Box<dyn Read + '_>,
         name: &str,
-        compression: Compression,
         trouble: &Trouble,
         observe: &mut dyn FnMut(usize),
     ) -> Result<(), DebError> {
         let limit = self.limits.max_total_bytes;
         let fail = |e| unpack_err(name, limit, trouble, e);
-        let stream = Bounded { inner: decompressor(member, compression), left: limit, trouble };
+        let stream = Bounded { inner: stream, left: limit, trouble };
         let mut archive = tar::Archive::new(stream);
         for entry in archive.entries().map_err(fail)? {
             let entry = entry.map_err(fail)?;

@@ -73,7 +73,7 @@ use nix::sys::stat::Mode;
 
 use self::ar::{Ar, Member, Trouble};
 use self::control::read_control;
-use self::decompress::compression_of;
+use self::decompress::{compression_of, decompressor};
 use self::extract::Extractor;
 
 /// The programs a payload must carry in `bin/`: without them there is nothing to run.
@@ -293,15 +293,38 @@ pub fn extract_payload_observed(
     check_identity(expected, &info)?;
     let name = ar.next_package_member("data.tar")?;
     let compression = compression_of(&name, "data.tar")?;
+    let stream = decompressor(Member { ar: &mut ar, trouble: &trouble }, compression);
+    extract_stream(stream, &name, dest, limits, &trouble, observe)
+}
 
+/// Extracts the payload of an uncompressed tar laid out as a package's `data.tar` (the
+/// payload under `usr/lib/mcp-raspi/`) into `dest`, exactly as [`extract_payload`] does:
+/// the same defences, limits and cleanup. A delta update rebuilds such a tar.
+pub fn extract_tar_payload(
+    tar: &Path,
+    dest: &Path,
+    limits: Limits,
+    observe: &mut dyn FnMut(usize),
+) -> Result<(), DebError> {
+    let file = fs::File::open(tar).map_err(|source| DebError::Read { path: tar.to_path_buf(), source })?;
+    let name = tar.file_name().map_or_else(|| "the payload".to_string(), |n| n.to_string_lossy().into_owned());
+    extract_stream(Box::new(io::BufReader::new(file)), &name, dest, limits, &Trouble::default(), observe)
+}
+
+fn extract_stream(
+    stream: Box<dyn io::Read + '_>,
+    name: &str,
+    dest: &Path,
+    limits: Limits,
+    trouble: &Trouble,
+    observe: &mut dyn FnMut(usize),
+) -> Result<(), DebError> {
     match nix::unistd::mkdir(dest, Mode::from_bits_truncate(0o700)) {
         Ok(()) => {}
         Err(Errno::EEXIST) => return Err(DebError::DestinationExists { path: dest.to_path_buf() }),
         Err(e) => return Err(write_err("create", dest)(io::Error::from(e))),
     }
-    let result = Extractor::new(dest, limits).and_then(|extractor| {
-        extractor.run(Member { ar: &mut ar, trouble: &trouble }, &name, compression, &trouble, observe)
-    });
+    let result = Extractor::new(dest, limits).and_then(|extractor| extractor.run(stream, name, trouble, observe));
     if result.is_err() {
         // Ours alone, and std removes a tree without following symlinks in it. A failure
         // here leaves a private (0700) directory that the next attempt refuses to reuse.

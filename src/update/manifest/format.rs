@@ -102,17 +102,23 @@ impl Manifest {
             return Err(format!("it lists more than {MAX_ARTIFACTS} artifacts"));
         }
         for (architecture, artifact) in &self.artifacts {
-            if architecture.is_empty()
-                || architecture.len() > MAX_ARCH_LEN
-                || !architecture.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-            {
-                return Err(format!("{architecture:?} is not a Debian architecture name"));
-            }
+            check_architecture(architecture)?;
             check_url_text(&artifact.url)
                 .map_err(|reason| format!("the {architecture} artifact's url {:?}: {reason}", artifact.url))?;
         }
         Ok(())
     }
+}
+
+/// Checks that `architecture` can be a Debian architecture name (`arm64`, `armhf`).
+pub(crate) fn check_architecture(architecture: &str) -> Result<(), String> {
+    if architecture.is_empty()
+        || architecture.len() > MAX_ARCH_LEN
+        || !architecture.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    {
+        return Err(format!("{architecture:?} is not a Debian architecture name"));
+    }
+    Ok(())
 }
 
 fn check_word(field: &str, value: &str, allowed: impl Fn(char) -> bool) -> Result<(), String> {
@@ -225,7 +231,7 @@ impl From<Manifest> for WireManifest {
     }
 }
 
-fn parse_sha256(text: &str) -> Option<[u8; 32]> {
+pub(crate) fn parse_sha256(text: &str) -> Option<[u8; 32]> {
     let digit = |b: u8| match b {
         b'0'..=b'9' => Some(b - b'0'),
         b'a'..=b'f' => Some(b - b'a' + 10),

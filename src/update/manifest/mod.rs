@@ -104,12 +104,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use semver::Version;
 
+pub(crate) use self::format::{check_architecture, parse_sha256};
 pub use self::format::{Artifact, Manifest};
 pub use self::keys::{keygen, GeneratedKey, KeyFormatError, KeyId, Keyring, PublicKey, SecretKey};
 pub use self::policy::{check, Policy};
 pub use self::publish::{build_manifest, file_digest, FileDigest, PublishedDeb};
-pub use self::signature::{sign, verify};
+pub use self::signature::{sign, verify, verify_signature};
 pub use self::url::artifact_url;
+pub(crate) use self::url::check_url_text;
 use crate::base::hex;
 
 /// The Debian package that self-update installs.
@@ -365,7 +367,7 @@ impl std::error::Error for ManifestError {
 }
 
 /// Parses one JSON value, naming where in it a problem is.
-fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
         let path = e.path().to_string();

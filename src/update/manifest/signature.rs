@@ -36,6 +36,13 @@ pub fn verify(manifest_bytes: &[u8], sig_bytes: &[u8], keyring: &Keyring) -> Res
     if manifest_bytes.len() > MAX_MANIFEST_BYTES {
         return Err(ManifestError::OversizedManifest { size: manifest_bytes.len(), max: MAX_MANIFEST_BYTES });
     }
+    verify_signature(manifest_bytes, sig_bytes, keyring)?;
+    Manifest::from_json_bytes(manifest_bytes)
+}
+
+/// Checks that `sig_bytes` is a signature of `bytes` by a key of `keyring`: the check of
+/// [`verify`], for the other signed files of a release (the delta index).
+pub fn verify_signature(bytes: &[u8], sig_bytes: &[u8], keyring: &Keyring) -> Result<(), ManifestError> {
     if sig_bytes.len() > MAX_SIGNATURE_BYTES {
         return Err(ManifestError::OversizedSignature { size: sig_bytes.len(), max: MAX_SIGNATURE_BYTES });
     }
@@ -50,7 +57,7 @@ pub fn verify(manifest_bytes: &[u8], sig_bytes: &[u8], keyring: &Keyring) -> Res
     let decoded = BASE64.decode(&wire.signature).map_err(|e| ManifestError::InvalidSignatureFile {
         reason: format!("the signature is not valid base64: {e}"),
     })?;
-    let bytes = <[u8; 64]>::try_from(decoded.as_slice()).map_err(|_| ManifestError::InvalidSignatureFile {
+    let signature = <[u8; 64]>::try_from(decoded.as_slice()).map_err(|_| ManifestError::InvalidSignatureFile {
         reason: format!("the signature is {} bytes long instead of 64", decoded.len()),
     })?;
     let Some(key) = keyring.get(&key_id) else {
@@ -63,10 +70,7 @@ pub fn verify(manifest_bytes: &[u8], sig_bytes: &[u8], keyring: &Keyring) -> Res
     };
     // verify_strict also refuses malleable signatures and weak keys, which the plain check
     // lets through.
-    key.key
-        .verify_strict(manifest_bytes, &Signature::from_bytes(&bytes))
-        .map_err(|_| ManifestError::BadSignature { key_id })?;
-    Manifest::from_json_bytes(manifest_bytes)
+    key.key.verify_strict(bytes, &Signature::from_bytes(&signature)).map_err(|_| ManifestError::BadSignature { key_id })
 }
 
 #[cfg(test)]

@@ -112,7 +112,7 @@ fn check_scheme(scheme: &str) -> Result<(), String> {
 
 /// Refuses what is never part of a well-formed URL, which is also what could make one
 /// mean different things to different readers.
-pub(super) fn check_url_text(url: &str) -> Result<(), String> {
+pub(crate) fn check_url_text(url: &str) -> Result<(), String> {
     if url.is_empty() {
         return Err("it is empty".to_string());
     }

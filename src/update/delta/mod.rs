@@ -1,0 +1,326 @@
+//! Delta updates (the experimental feature `updates.delta`): downloading what changed
+//! between the installed release and the next one instead of the whole package.
+//!
+//! A delta turns the payload of one release into the payload of the next. Both are taken
+//! in their canonical form (see `canonical`): one uncompressed tar of `bin/` and `share/`
+//! that the publisher builds from the two packages and a device builds from the release it
+//! has installed under `releases/<from>`. The delta is a bsdiff patch between those two
+//! tars, compressed with xz, behind a header that names the releases and the digests of
+//! both tars.
+//!
+//! # Trust
+//!
+//! A device believes a delta only through the release key. The signed delta index,
+//! `deltas.json` next to the manifest (see [`index`]), gives each delta's size and SHA-256;
+//! the file is checked against them before it is opened, exactly as a package is against
+//! the manifest. Its header is then believed: it must name this package, this architecture,
+//! the installed release and the release the manifest offers. The tar rebuilt from the
+//! installed release must have the base digest (a release changed on disk, or built
+//! differently, is not patched), and the patched tar must have the target digest before it
+//! goes, like a package's `data.tar`, through the extraction with all of its defences.
+//!
+//! A delta that cannot be used (none published for the installed release, a base that
+//! differs, a damaged download) is never an error of the update: the update downloads the
+//! whole package instead.
+//!
+//! # The file
+//!
+//! ```text
+//! mcp-raspi-delta 1\n
+//! {"name":"mcp-raspi","architecture":"arm64","from":"0.1.0","to":"0.2.0",
+//!  "base_size":…,"base_sha256":"…","target_size":…,"target_sha256":"…"}\n
+//! <xz stream of the bsdiff patch from the base tar to the target tar>
+//! ```
+//!
+//! The header is one line of JSON of at most [`MAX_HEADER_BYTES`]; unknown fields are
+//! refused. The patch is the format of the `bsdiff` crate (bsdiff 4 control, diff and
+//! extra data interleaved, uncompressed), which is why it is compressed here.
+//!
+//! # Costs
+//!
+//! Applying holds the base tar and the target tar in memory (the size of two unpacked
+//! releases, about 20 MiB each today) and the xz window of the patch. Building runs bsdiff's
+//! suffix sort over the base, about nine times its size in memory: that is the publisher's
+//! machine.
+
+mod canonical;
+pub mod index;
+
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::fs::{self, File};
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use self::canonical::{payload_tar, Bounds};
+use super::deb::{Limits, XZ_MEMORY_LIMIT_KIB};
+use super::manifest::PACKAGE_NAME;
+use crate::base::hex;
+
+pub use self::index::{DeltaEntry, DeltaIndex, INDEX_FILE};
+
+/// The first line of every delta file.
+pub const MAGIC: &[u8] = b"mcp-raspi-delta 1\n";
+/// The longest header line accepted, its newline included.
+pub const MAX_HEADER_BYTES: usize = 4096;
+/// The xz preset deltas are written with: -6, with its 8 MiB dictionary, which the
+/// devices' decoder limit ([`XZ_MEMORY_LIMIT_KIB`]) allows.
+const XZ_PRESET: u32 = 6;
+
+/// The header of a delta file: what it turns into what.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeltaHeader {
+    pub name: String,
+    pub architecture: String,
+    /// The release the delta applies to.
+    pub from: String,
+    /// The release it makes.
+    pub to: String,
+    pub base_size: u64,
+    pub base_sha256: String,
+    pub target_size: u64,
+    pub target_sha256: String,
+}
+
+/// The releases a delta must connect, as the device knows them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expected<'a> {
+    pub architecture: &'a str,
+    pub from: &'a str,
+    pub to: &'a str,
+}
+
+/// Why a delta was not built or not used.
+#[derive(Debug)]
+pub enum DeltaError {
+    /// Reading or writing a file failed.
+    Io { action: &'static str, path: PathBuf, source: io::Error },
+    /// The file is not a delta, or its header or patch is malformed.
+    Format { path: PathBuf, reason: String },
+    /// The delta connects other releases or another architecture than the ones at hand.
+    Mismatch { field: &'static str, expected: String, found: String },
+    /// A payload could not be read into its canonical tar.
+    Payload { path: PathBuf, reason: String },
+    /// The installed release is not the base the delta was built from.
+    BaseDiffers { release: PathBuf, expected: String, found: String },
+    /// The patched payload is not the one the delta promises.
+    TargetDiffers { expected: String, found: String },
+}
+
+impl fmt::Display for DeltaError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DeltaError::Io { action, path, source } => write!(f, "cannot {action} {}: {source}", path.display()),
+            DeltaError::Format { path, reason } => write!(f, "{} is not a usable delta: {reason}", path.display()),
+            DeltaError::Mismatch { field, expected, found } => {
+                write!(f, "the delta is for {field} {found}, not {expected}")
+            }
+            DeltaError::Payload { path, reason } => {
+                write!(f, "cannot read the payload in {}: {reason}", path.display())
+            }
+            DeltaError::BaseDiffers { release, expected, found } => write!(
+                f,
+                "the release in {} is not the one the delta was built from (its payload has SHA-256 {found}, \
+                 the delta's base {expected}): it was changed on disk or built differently",
+                release.display()
+            ),
+            DeltaError::TargetDiffers { expected, found } => write!(
+                f,
+                "the patched payload has SHA-256 {found}, not {expected} as the delta says; the delta is damaged"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for DeltaError {}
+
+fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> DeltaError + 'a {
+    move |source| DeltaError::Io { action, path: path.to_path_buf(), source }
+}
+
+/// The file name a delta has in a repository's pool and in the downloads directory.
+pub fn delta_file_name(from: &str, to: &str, architecture: &str) -> String {
+    format!("{PACKAGE_NAME}_{from}_to_{to}_{architecture}.delta")
+}
+
+fn bounds(limits: Limits) -> Bounds {
+    Bounds { max_bytes: limits.max_total_bytes, max_entries: limits.max_entries }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
+
+/// Builds the delta from the payload in `old_payload` (release `from`) to the one in
+/// `new_payload` (release `to`), both extracted from their packages; returns its header and
+/// the whole file.
+pub fn build(
+    old_payload: &Path,
+    new_payload: &Path,
+    architecture: &str,
+    from: &str,
+    to: &str,
+    limits: Limits,
+) -> Result<(DeltaHeader, Vec<u8>), DeltaError> {
+    let read = |dir: &Path| {
+        payload_tar(dir, bounds(limits)).map_err(|reason| DeltaError::Payload { path: dir.to_path_buf(), reason })
+    };
+    let (base, target) = (read(old_payload)?, read(new_payload)?);
+    let header = DeltaHeader {
+        name: PACKAGE_NAME.to_string(),
+        architecture: architecture.to_string(),
+        from: from.to_string(),
+        to: to.to_string(),
+        base_size: base.len() as u64,
+        base_sha256: sha256_hex(&base),
+        target_size: target.len() as u64,
+        target_sha256: sha256_hex(&target),
+    };
+    let mut patch = Vec::new();
+    bsdiff::diff(&base, &target, &mut patch).map_err(io_err("compute the patch to", new_payload))?;
+    let mut file = MAGIC.to_vec();
+    serde_json::to_writer(&mut file, &header).map_err(|e| io_err("write the header of", new_payload)(e.into()))?;
+    file.push(b'\n');
+    let options = lzma_rust2::XzOptions::with_preset(XZ_PRESET);
+    let mut xz = lzma_rust2::XzWriter::new(file, options).map_err(io_err("compress the patch to", new_payload))?;
+    xz.write_all(&patch).map_err(io_err("compress the patch to", new_payload))?;
+    let file = xz.finish().map_err(io_err("compress the patch to", new_payload))?;
+    Ok((header, file))
+}
+
+/// Reads the header of the delta in `reader` (the file `path`), leaving the reader at the
+/// start of the compressed patch.
+fn read_header(reader: &mut impl BufRead, path: &Path) -> Result<DeltaHeader, DeltaError> {
+    let format = |reason: String| DeltaError::Format { path: path.to_path_buf(), reason };
+    let mut magic = vec![0u8; MAGIC.len()];
+    reader.read_exact(&mut magic).map_err(|_| format("it is shorter than a delta's first line".into()))?;
+    if magic != MAGIC {
+        return Err(format(format!("it does not begin with {:?}", String::from_utf8_lossy(MAGIC).trim_end())));
+    }
+    let mut line = Vec::new();
+    reader.take(MAX_HEADER_BYTES as u64).read_until(b'\n', &mut line).map_err(io_err("read", path))?;
+    if line.last() != Some(&b'\n') {
+        return Err(format(format!("its header is not a line of at most {MAX_HEADER_BYTES} bytes")));
+    }
+    let header: DeltaHeader =
+        serde_json::from_slice(&line).map_err(|e| format(format!("its header is not valid: {e}")))?;
+    if header.name != PACKAGE_NAME {
+        return Err(DeltaError::Mismatch { field: "package", expected: PACKAGE_NAME.into(), found: header.name });
+    }
+    Ok(header)
+}
+
+/// The header of the delta file at `path`, for the publisher's index.
+pub fn header_of(path: &Path) -> Result<DeltaHeader, DeltaError> {
+    let file = File::open(path).map_err(io_err("read", path))?;
+    read_header(&mut BufReader::new(file), path)
+}
+
+/// Rebuilds the canonical tar of release `expected.to` from the installed release in
+/// `base_release` and the delta at `delta`, whose size and digest the caller has checked
+/// against the signed index, and writes it to `out_tar` (created afresh, 0600) for the
+/// package extraction to unpack. Nothing else is written; on failure `out_tar` is removed.
+pub fn apply(
+    base_release: &Path,
+    delta: &Path,
+    expected: &Expected,
+    out_tar: &Path,
+    limits: Limits,
+) -> Result<u64, DeltaError> {
+    let file = File::open(delta).map_err(io_err("read", delta))?;
+    let mut reader = BufReader::new(file);
+    let header = read_header(&mut reader, delta)?;
+    for (field, want, found) in [
+        ("architecture", expected.architecture, &header.architecture),
+        ("the installed release", expected.from, &header.from),
+        ("the release offered", expected.to, &header.to),
+    ] {
+        if want != found {
+            return Err(DeltaError::Mismatch { field, expected: want.to_string(), found: found.clone() });
+        }
+    }
+    if header.target_size > limits.max_total_bytes || header.base_size > limits.max_total_bytes {
+        return Err(DeltaError::Format {
+            path: delta.to_path_buf(),
+            reason: format!(
+                "its payloads are larger than the {} bytes a package may unpack to",
+                limits.max_total_bytes
+            ),
+        });
+    }
+    let base = payload_tar(base_release, bounds(limits))
+        .map_err(|reason| DeltaError::Payload { path: base_release.to_path_buf(), reason })?;
+    let found = sha256_hex(&base);
+    if base.len() as u64 != header.base_size || found != header.base_sha256 {
+        return Err(DeltaError::BaseDiffers {
+            release: base_release.to_path_buf(),
+            expected: header.base_sha256,
+            found,
+        });
+    }
+    // The patch's data is about as long as the target (bsdiff's diff and extra strings add
+    // up to it) plus 24 bytes of control per block; a stream longer than twice the target
+    // is not a patch to it, and stopping there bounds the memory patching takes.
+    let patch_limit = header.target_size.saturating_mul(2).saturating_add(1 << 20);
+    let xz = lzma_rust2::XzReader::new_mem_limit(reader, true, XZ_MEMORY_LIMIT_KIB);
+    let mut patch = Capped { inner: xz, left: patch_limit, hit: false };
+    let mut target = Vec::with_capacity(header.target_size as usize);
+    let patched = bsdiff::patch(&base, &mut patch, &mut target);
+    drop(base);
+    if let Err(e) = patched {
+        let reason = if patch.hit {
+            format!("its patch unpacks past {patch_limit} bytes")
+        } else {
+            format!("its patch is damaged: {e}")
+        };
+        return Err(DeltaError::Format { path: delta.to_path_buf(), reason });
+    }
+    let found = sha256_hex(&target);
+    if target.len() as u64 != header.target_size || found != header.target_sha256 {
+        return Err(DeltaError::TargetDiffers { expected: header.target_sha256, found });
+    }
+    write_new(out_tar, &target).inspect_err(|_| {
+        let _ = fs::remove_file(out_tar);
+    })?;
+    Ok(target.len() as u64)
+}
+
+fn write_new(path: &Path, bytes: &[u8]) -> Result<(), DeltaError> {
+    let _ = fs::remove_file(path);
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(io_err("create", path))?;
+    file.write_all(bytes).map_err(io_err("write", path))?;
+    file.sync_all().map_err(io_err("sync", path))
+}
+
+/// Fails once more than `left` bytes have been read, noting that it did.
+struct Capped<R> {
+    inner: R,
+    left: u64,
+    hit: bool,
+}
+
+impl<R: Read> Read for Capped<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let want = usize::try_from(self.left.saturating_add(1)).map_or(buf.len(), |w| w.min(buf.len()));
+        let n = self.inner.read(&mut buf[..want])?;
+        if n as u64 > self.left {
+            self.hit = true;
+            return Err(io::Error::other("the patch is longer than allowed"));
+        }
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
