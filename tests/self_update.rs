@@ -27,8 +27,16 @@ fn programs() -> PathBuf {
 /// A device running release 0.0.1 with release NEW published, and the configuration of
 /// its server and agent.
 fn device(health_timeout_seconds: u64) -> (Scene, PathBuf) {
-    let scene = Scene::starting_with(DebSpec::new(OLD, arch()).running(&programs()));
-    let deb = scene.pool_deb(&DebSpec::new(NEW, arch()).running(&programs()));
+    let (scene, config, _) = device_with(0, health_timeout_seconds, false);
+    (scene, config)
+}
+
+/// [`device`] with `padding` bytes of the same data in both releases (programs that did not
+/// change), and the experimental feature updates.delta on when `delta` is. Returns NEW's
+/// package too.
+fn device_with(padding: usize, health_timeout_seconds: u64, delta: bool) -> (Scene, PathBuf, PathBuf) {
+    let scene = Scene::starting_with(DebSpec::new(OLD, arch()).running(&programs()).padded(padding));
+    let deb = scene.pool_deb(&DebSpec::new(NEW, arch()).running(&programs()).padded(padding));
     scene.publish(&scene.manifest(NEW, &deb));
     let base = scene.dir.path();
     let paths = format!(
@@ -42,13 +50,18 @@ fn device(health_timeout_seconds: u64) -> (Scene, PathBuf) {
         scene.keys_dir.display()
     );
     // The test configuration has an `updates` section already (its OS updates): extend it.
-    let text = config_yaml(base, None, &paths).replacen("updates:\n", &updates, 1);
+    let mut text = config_yaml(base, None, &paths).replacen("updates:\n", &updates, 1);
+    if delta {
+        let gpio = "    - { name: gpio, enabled: true, acknowledged_risks: true }\n";
+        let both = format!("{gpio}    - {{ name: updates.delta, enabled: true, acknowledged_risks: true }}\n");
+        text = text.replacen(gpio, &both, 1);
+    }
     let config = base.join("daemons.yml");
     std::fs::write(&config, text).unwrap();
     if is_root() {
         chown_tree(base, UNPRIVILEGED);
     }
-    (scene, config)
+    (scene, config, deb)
 }
 
 fn state(scene: &Scene) -> Value {
@@ -205,4 +218,60 @@ fn a_new_server_that_starts_before_its_agent_reports_once_the_agent_is_there() {
     let _ = agent.wait();
     assert_eq!(after["last_update"]["status"], "succeeded", "{after}");
     assert_eq!(after["current_version"], NEW);
+}
+
+fn pool_file(path: &Path) -> String {
+    format!("/pool/{}", path.file_name().unwrap().to_string_lossy())
+}
+
+#[test]
+fn with_updates_delta_the_server_downloads_the_delta_and_the_agent_rebuilds_the_release_from_it() {
+    let (scene, config, deb) = device_with(256 * 1024, 30, true);
+    let old_deb = scene.dir.path().join("publisher").join(crate::support::update_repo::deb_name(OLD, arch()));
+    let delta = scene.publish_delta(&old_deb, &deb, NEW);
+    if is_root() {
+        chown_tree(scene.dir.path(), UNPRIVILEGED);
+    }
+    let delta_size = std::fs::metadata(&delta).unwrap().len();
+    let current = scene.install_root.join("current/bin");
+    let server = Server::from_release(&current, &config);
+    let answer = server.call_tool("manage.update_server", json!({"channel": "stable"}));
+    let status = structured(&answer);
+    assert_eq!(status["status"], "in_progress", "{status}");
+    assert_eq!(status["download_bytes"], delta_size, "{status}");
+    assert!(scene.server.served(&pool_file(&deb)).is_empty(), "the package was not downloaded");
+    assert!(scene.server.served(&pool_file(&delta)).iter().any(|s| s.status == 200));
+    assert_eq!(state(&scene)["current_version"], NEW);
+    drop(server);
+    let _server = Server::from_release(&current, &config);
+    let after = wait_for_end(&scene, Duration::from_secs(30));
+    assert_eq!(after["last_update"]["status"], "succeeded", "{after}");
+    let padding = std::fs::read(scene.install_root.join("releases").join(NEW).join("share/padding.bin")).unwrap();
+    assert_eq!(padding.len(), 256 * 1024);
+}
+
+#[test]
+fn a_delta_the_agent_cannot_use_makes_the_server_download_the_package() {
+    let (scene, config, deb) = device_with(256 * 1024, 30, true);
+    let old_deb = scene.dir.path().join("publisher").join(crate::support::update_repo::deb_name(OLD, arch()));
+    let delta = scene.publish_delta(&old_deb, &deb, NEW);
+    // The installed release is no longer the one the delta was built from.
+    std::fs::write(scene.install_root.join("releases").join(OLD).join("share/padding.bin"), b"edited").unwrap();
+    if is_root() {
+        chown_tree(scene.dir.path(), UNPRIVILEGED);
+    }
+    let current = scene.install_root.join("current/bin");
+    let server = Server::from_release(&current, &config);
+    let answer = server.call_tool("manage.update_server", json!({"channel": "stable"}));
+    let status = structured(&answer);
+    assert_eq!(status["status"], "in_progress", "{status}");
+    assert_eq!(status["download_bytes"], std::fs::metadata(&deb).unwrap().len(), "{status}");
+    assert!(scene.server.served(&pool_file(&delta)).iter().any(|s| s.status == 200));
+    assert!(scene.server.served(&pool_file(&deb)).iter().any(|s| s.status == 200));
+    assert_eq!(state(&scene)["current_version"], NEW);
+    let log = std::fs::read_to_string(scene.dir.path().join("log/app.log")).unwrap_or_default();
+    assert!(log.contains("not the one the delta was built from"), "{log}");
+    let staging: Vec<_> =
+        std::fs::read_dir(scene.state_dir.join("staging")).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert!(staging.is_empty(), "the staging directory keeps {staging:?}");
 }
