@@ -16,6 +16,12 @@
 # tests, while a publisher keeps its own key offline and points UPDATE_KEY at it.
 # UPDATE_EXPIRES_IN (default 90d) is how long devices accept the manifests; rebuild and
 # re-sign before then. Any static HTTP server can serve OUT_DIR.
+#
+# Delta updates (experimental, updates.delta on the devices): UPDATE_DELTA_FROM lists the
+# packages of earlier releases, separated by spaces; for each one whose architecture is
+# among DEB..., the delta to this release goes into pool/ and the signed deltas.json of
+# the release beside each manifest. A delta no smaller than its package is left out, since
+# devices would not use it.
 set -euo pipefail
 
 if [ $# -lt 3 ]; then
@@ -52,6 +58,23 @@ for deb in "$@"; do
     debs+=("$out/pool/$(basename "$deb")")
 done
 
+deltas=()
+for old in ${UPDATE_DELTA_FROM:-}; do
+    arch=$(dpkg-deb --field "$old" Architecture)
+    for deb in "${debs[@]}"; do
+        [ "$(dpkg-deb --field "$deb" Architecture)" = "$arch" ] || continue
+        made=$("$cli" release delta --from "$old" --to "$deb" --out-dir "$out/pool")
+        echo "$made" >&2
+        delta=${made%%: *}
+        if [ "$(stat -c %s "$delta")" -lt "$(stat -c %s "$deb")" ]; then
+            deltas+=("$delta")
+        else
+            echo "left out: $delta is no smaller than its package" >&2
+            rm -f "$delta"
+        fi
+    done
+done
+
 publish() {
     # directory, channel, URL prefix from there to pool/
     mkdir -p "$1"
@@ -59,6 +82,12 @@ publish() {
         --out "$1/manifest.json" "${debs[@]}"
     "$cli" release sign --key "$key" "$1/manifest.json" >&2
     "$cli" release verify --keys "$out/keys" "$1/manifest.json" --deb "${debs[0]}" >/dev/null
+    rm -f "$1/deltas.json" "$1/deltas.json.sig"
+    if [ ${#deltas[@]} -gt 0 ]; then
+        "$cli" release deltas --url-prefix "$3" --out "$1/deltas.json" "${deltas[@]}"
+        "$cli" release sign --key "$key" "$1/deltas.json" >&2
+        "$cli" release verify --keys "$out/keys" "$1/deltas.json" >/dev/null
+    fi
 }
 
 first=${channels%% *}

@@ -11,7 +11,7 @@
 //! that), a directory's is 0755.
 
 use std::fs;
-use std::io::{self, Read as _};
+use std::io::{self, Read as _, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -30,7 +30,12 @@ pub(super) struct Bounds {
 
 /// The canonical tar of the payload in `dir` (a release directory or an extracted payload).
 pub(super) fn payload_tar(dir: &Path, bounds: Bounds) -> Result<Vec<u8>, String> {
-    let mut walk = Walk { builder: tar::Builder::new(Vec::new()), bounds, entries: 0, bytes: 0 };
+    write_payload_tar(dir, bounds, Vec::new())
+}
+
+/// [`payload_tar`], written to `out`, which is returned.
+pub(super) fn write_payload_tar<W: Write>(dir: &Path, bounds: Bounds, out: W) -> Result<W, String> {
+    let mut walk = Walk { builder: tar::Builder::new(out), bounds, entries: 0, bytes: 0 };
     let mut found = false;
     for part in PAYLOAD_PARTS {
         let path = dir.join(part);
@@ -50,14 +55,14 @@ pub(super) fn payload_tar(dir: &Path, bounds: Bounds) -> Result<Vec<u8>, String>
     walk.builder.into_inner().map_err(|e| format!("cannot finish the payload's tar: {e}"))
 }
 
-struct Walk {
-    builder: tar::Builder<Vec<u8>>,
+struct Walk<W: Write> {
+    builder: tar::Builder<W>,
     bounds: Bounds,
     entries: usize,
     bytes: u64,
 }
 
-impl Walk {
+impl<W: Write> Walk<W> {
     /// Adds `path`, known as `rel` in the payload, and everything beneath it.
     fn add(&mut self, path: &Path, rel: &str) -> Result<(), String> {
         let meta = fs::symlink_metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;

@@ -38,20 +38,21 @@
 //!
 //! # Costs
 //!
-//! Applying holds the base tar and the target tar in memory (the size of two unpacked
-//! releases, about 20 MiB each today) and the xz window of the patch. Building runs bsdiff's
-//! suffix sort over the base, about nine times its size in memory: that is the publisher's
-//! machine.
+//! Applying streams (see `patch`): it writes the installed release's canonical tar and the
+//! new one to the staging directory (about 20 MB each today, removed at the end) and holds
+//! buffers and the xz window of the patch in memory. Building runs bsdiff's suffix sort
+//! over the base, about nine times its size in memory: that is the publisher's machine.
 
 mod canonical;
 pub mod index;
+mod patch;
 
 #[cfg(test)]
 mod tests;
 
 use std::fmt;
 use std::fs::{self, File};
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
@@ -226,12 +227,36 @@ pub fn header_of(path: &Path) -> Result<DeltaHeader, DeltaError> {
 /// Rebuilds the canonical tar of release `expected.to` from the installed release in
 /// `base_release` and the delta at `delta`, whose size and digest the caller has checked
 /// against the signed index, and writes it to `out_tar` (created afresh, 0600) for the
-/// package extraction to unpack. Nothing else is written; on failure `out_tar` is removed.
+/// package extraction to unpack. Returns the tar's size.
+///
+/// The installed release's own canonical tar is written beside `out_tar` (as
+/// `<out_tar>.base`) and read back at the offsets the patch names, and the new tar is
+/// written as it is made: memory holds buffers and the xz window, not payloads. Both files
+/// are removed on failure, the base one in any case.
 pub fn apply(
     base_release: &Path,
     delta: &Path,
     expected: &Expected,
     out_tar: &Path,
+    limits: Limits,
+) -> Result<u64, DeltaError> {
+    let mut base_tar = out_tar.as_os_str().to_os_string();
+    base_tar.push(".base");
+    let base_tar = PathBuf::from(base_tar);
+    let result = apply_with(base_release, delta, expected, out_tar, &base_tar, limits);
+    let _ = fs::remove_file(&base_tar);
+    if result.is_err() {
+        let _ = fs::remove_file(out_tar);
+    }
+    result
+}
+
+fn apply_with(
+    base_release: &Path,
+    delta: &Path,
+    expected: &Expected,
+    out_tar: &Path,
+    base_tar: &Path,
     limits: Limits,
 ) -> Result<u64, DeltaError> {
     let file = File::open(delta).map_err(io_err("read", delta))?;
@@ -255,25 +280,28 @@ pub fn apply(
             ),
         });
     }
-    let base = payload_tar(base_release, bounds(limits))
+
+    let base = Hashing::new(BufWriter::new(create_new(base_tar)?));
+    let base = canonical::write_payload_tar(base_release, bounds(limits), base)
         .map_err(|reason| DeltaError::Payload { path: base_release.to_path_buf(), reason })?;
-    let found = sha256_hex(&base);
-    if base.len() as u64 != header.base_size || found != header.base_sha256 {
+    let (base_len, found) = base.finish().map_err(io_err("write", base_tar))?;
+    if base_len != header.base_size || found != header.base_sha256 {
         return Err(DeltaError::BaseDiffers {
             release: base_release.to_path_buf(),
             expected: header.base_sha256,
             found,
         });
     }
-    // The patch's data is about as long as the target (bsdiff's diff and extra strings add
-    // up to it) plus 24 bytes of control per block; a stream longer than twice the target
-    // is not a patch to it, and stopping there bounds the memory patching takes.
+
+    // The patch's data is as long as the target (bsdiff's mix and literal data add up to
+    // it) plus 24 bytes of control per block; a stream longer than twice the target is not
+    // a patch to it, and stopping there bounds the work a hostile one can cause.
     let patch_limit = header.target_size.saturating_mul(2).saturating_add(1 << 20);
     let xz = lzma_rust2::XzReader::new_mem_limit(reader, true, XZ_MEMORY_LIMIT_KIB);
     let mut patch = Capped { inner: xz, left: patch_limit, hit: false };
-    let mut target = Vec::with_capacity(header.target_size as usize);
-    let patched = bsdiff::patch(&base, &mut patch, &mut target);
-    drop(base);
+    let old = File::open(base_tar).map_err(io_err("read", base_tar))?;
+    let mut target = Hashing::new(BufWriter::new(create_new(out_tar)?));
+    let patched = patch::apply_streaming(&old, base_len, &mut patch, &mut target, header.target_size);
     if let Err(e) = patched {
         let reason = if patch.hit {
             format!("its patch unpacks past {patch_limit} bytes")
@@ -282,27 +310,56 @@ pub fn apply(
         };
         return Err(DeltaError::Format { path: delta.to_path_buf(), reason });
     }
-    let found = sha256_hex(&target);
-    if target.len() as u64 != header.target_size || found != header.target_sha256 {
+    let (len, found) = (target.len, hex(&target.hasher.clone().finalize()));
+    let file = target.inner.into_inner().map_err(|e| io_err("write", out_tar)(e.into_error()))?;
+    if len != header.target_size || found != header.target_sha256 {
         return Err(DeltaError::TargetDiffers { expected: header.target_sha256, found });
     }
-    write_new(out_tar, &target).inspect_err(|_| {
-        let _ = fs::remove_file(out_tar);
-    })?;
-    Ok(target.len() as u64)
+    file.sync_all().map_err(io_err("sync", out_tar))?;
+    Ok(len)
 }
 
-fn write_new(path: &Path, bytes: &[u8]) -> Result<(), DeltaError> {
+fn create_new(path: &Path) -> Result<File, DeltaError> {
     let _ = fs::remove_file(path);
-    let mut file = fs::OpenOptions::new()
+    fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .custom_flags(nix::libc::O_NOFOLLOW)
         .open(path)
-        .map_err(io_err("create", path))?;
-    file.write_all(bytes).map_err(io_err("write", path))?;
-    file.sync_all().map_err(io_err("sync", path))
+        .map_err(io_err("create", path))
+}
+
+/// Counts and hashes what goes through to `inner`.
+struct Hashing<W> {
+    inner: W,
+    hasher: Sha256,
+    len: u64,
+}
+
+impl<W: Write> Hashing<W> {
+    fn new(inner: W) -> Hashing<W> {
+        Hashing { inner, hasher: Sha256::new(), len: 0 }
+    }
+
+    /// Flushes, and returns the length and the SHA-256 (hex) of what was written.
+    fn finish(mut self) -> io::Result<(u64, String)> {
+        self.inner.flush()?;
+        Ok((self.len, hex(&self.hasher.finalize())))
+    }
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// Fails once more than `left` bytes have been read, noting that it did.

@@ -109,6 +109,8 @@ fn a_delta_rebuilds_the_new_payload_from_the_installed_release_and_is_much_small
     let delta = fs::metadata(&c.delta).unwrap().len();
     assert!(delta < 30_000, "the delta of a small change to 330 kB of programs is {delta} bytes");
     assert_eq!(fs::metadata(&c.tar).unwrap().permissions().mode() & 0o777, 0o600);
+    let left: Vec<_> = fs::read_dir(c.tar.parent().unwrap()).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert!(!left.iter().any(|n| n.to_string_lossy().ends_with(".base")), "the base tar is removed: {left:?}");
     // The old payload and the release agree, which is what made the base match.
     assert_eq!(listing(&c.old).len(), listing(&c.release).len());
 }
@@ -161,6 +163,7 @@ fn a_damaged_or_foreign_file_is_an_error_never_a_panic() {
         let err = apply(&c.release, &c.delta, &EXPECTED, &c.tar, Limits::default()).unwrap_err();
         assert!(err.to_string().contains(reason), "{reason}: {err}");
         assert!(!c.tar.exists());
+        assert!(!c.tar.with_extension("tar.base").exists());
     }
 }
 
