@@ -18,7 +18,7 @@ DEV_LISTEN ?= 127.0.0.1:8000
 # The server refuses to run as root; as root, `make run` starts it as this user.
 RUN_AS_UID ?= 65534
 
-.PHONY: all build release run test reachable lint unit pytest conformance venv bench docs clean
+.PHONY: all build release run test reachable lint unit pytest conformance venv bench bench-delta docs clean
 
 all: build
 
@@ -97,6 +97,12 @@ bench: release deb
 	  --cli target/release/mcp-raspi --packages $(DEB_DIR) --out BENCHMARKS.md
 	$(PYTHON) bench/hostile.py --server target/release/mcp-raspi-server --agent target/release/raspi-ops-agent \
 	  --out BENCHMARKS.md
+
+# Delta updates between two releases' packages for this machine (bench/delta.py), e.g.
+# make bench-delta DELTA_FROM=old/mcp-raspi_0.1.0_amd64.deb DELTA_TO=target/packages/mcp-raspi_0.1.1_amd64.deb
+bench-delta: release
+	@test -n "$(DELTA_FROM)" -a -n "$(DELTA_TO)" || { echo "give DELTA_FROM=OLD.deb DELTA_TO=NEW.deb" >&2; exit 2; }
+	$(PYTHON) bench/delta.py --cli target/release/mcp-raspi --from $(DELTA_FROM) --to $(DELTA_TO) --out BENCHMARKS.md
 
 docs:
 	MCP_RASPI_UPDATE_DOCS=1 $(CARGO) test --lib tools::docs

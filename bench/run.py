@@ -1087,6 +1087,28 @@ def merge_update_section(existing, section):
 # ---------------------------------------------------------------- the report
 
 
+def keep_other_sections(existing, rendered):
+    """`rendered` with the `## ` sections of `existing` that it does not have (those other
+    scripts write: hostile load, delta updates, recovery) put back before `## Reproduce`."""
+    def sections(text):
+        lines, found, name = text.splitlines(), {}, None
+        for line in lines:
+            if line.startswith("## "):
+                name = line
+                found[name] = []
+            if name:
+                found[name].append(line)
+        return found
+    have = sections(rendered)
+    kept = [lines for name, lines in sections(existing).items() if name not in have]
+    if not kept:
+        return rendered
+    lines = rendered.splitlines()
+    at = next((i for i, line in enumerate(lines) if line == "## Reproduce"), len(lines))
+    extra = [line for block in kept for line in block]
+    return "\n".join(lines[:at] + extra + lines[at:]).rstrip("\n") + "\n"
+
+
 def mb(kb):
     return kb * 1024 / 1e6
 
@@ -1361,6 +1383,8 @@ def render(r, rows, problems):
         "# the update scenario alone, replacing its section of BENCHMARKS.md:",
         "python3 bench/run.py --server target/release/mcp-raspi-server \\",
         "    --agent target/release/raspi-ops-agent --only update",
+        "# delta updates between two releases' packages for this machine, adding their section:",
+        "make bench-delta DELTA_FROM=OLD.deb DELTA_TO=NEW.deb",
         "# hostile load and the soak (about 6 min), adding their section:",
         "python3 bench/hostile.py --server target/release/mcp-raspi-server \\",
         "    --agent target/release/raspi-ops-agent --out BENCHMARKS.md [--only flood|slow|soak]",
@@ -1499,7 +1523,8 @@ def main():
     else:
         rows = build_rows(r)
         problems = load_problems(r)
-        out.write_text(merge_update_section(render(r, rows, problems), section))
+        existing = out.read_text() if out.exists() else ""
+        out.write_text(merge_update_section(keep_other_sections(existing, render(r, rows, problems)), section))
         missed = print_rows(rows)
     missed += print_rows(urows)
     print()
