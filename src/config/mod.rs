@@ -360,6 +360,15 @@ pub struct Loaded {
 /// agent socket, logs, the database and the files tools read.
 pub const MAX_CONNECTIONS: usize = 7168;
 
+/// What a parse error containing the first text means, for keys an operator may take from
+/// the specification's examples that this build spells another way.
+const HINTS: [(&str, &str); 1] = [(
+    "unknown field `delta_updates`",
+    "delta updates are the experimental feature updates.delta: list \
+     `{ name: updates.delta, enabled: true, acknowledged_risks: true }` under experimental_features.features \
+     (with experimental_features.enabled: true) and remove updates.delta_updates",
+)];
+
 /// [`Loaded::origin`] of the embedded development configuration.
 pub const DEV_ORIGIN: &str = "<embedded development config>";
 
@@ -373,8 +382,13 @@ impl Loaded {
 impl Config {
     /// Parses YAML text; `origin` names the text in error messages.
     pub fn from_yaml(text: &str, origin: &str) -> Result<Config, ConfigError> {
-        let parse_error =
-            |e: serde_saphyr::Error| ConfigError::Parse { origin: origin.to_string(), message: e.to_string() };
+        let parse_error = |e: serde_saphyr::Error| {
+            let mut message = e.to_string();
+            if let Some((_, hint)) = HINTS.iter().find(|(found, _)| message.contains(found)) {
+                message = format!("{message}\nhint: {hint}");
+            }
+            ConfigError::Parse { origin: origin.to_string(), message }
+        };
         // The version alone first: an older file's renamed keys would otherwise be reported
         // as unknown, when what it needs is a migration. A file this read fails on gets the
         // full parse's message below.

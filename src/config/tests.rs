@@ -35,6 +35,15 @@ fn an_unknown_key_is_named_with_its_line() {
 }
 
 #[test]
+fn the_specifications_delta_updates_section_is_answered_with_the_feature_that_turns_them_on() {
+    let e = parse_err(
+        "config_version: \"1.2\"\nupdates:\n  delta_updates:\n    enabled: true\n    bandwidth_threshold_mbps: 5\n",
+    );
+    assert!(e.contains("unknown field `delta_updates`"), "{e}");
+    assert!(e.contains("hint: delta updates are the experimental feature updates.delta"), "{e}");
+}
+
+#[test]
 fn a_wrong_type_or_bad_value_names_the_key_and_what_is_allowed() {
     let e = parse_err("config_version: \"1.2\"\nserver:\n  max_sessions: lots\n");
     assert!(e.contains("max_sessions") || e.contains("line 3"), "{e}");
