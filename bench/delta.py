@@ -186,18 +186,6 @@ def render(d):
     return "\n".join(lines)
 
 
-def merge(existing, section):
-    """`existing` with its Delta updates section replaced by `section`, or `section` put
-    before `## Reproduce` (or at the end)."""
-    lines = existing.splitlines()
-    start = next((i for i, line in enumerate(lines) if line == SECTION), None)
-    if start is not None:
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-    else:
-        start = end = next((i for i, line in enumerate(lines) if line == "## Reproduce"), len(lines))
-    return "\n".join(lines[:start] + section.rstrip("\n").split("\n") + [""] + lines[end:]).rstrip("\n") + "\n"
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cli", required=True, help="the mcp-raspi program of a build with delta updates")
@@ -214,7 +202,7 @@ def main():
     section = render(d)
     out = Path(args.out)
     existing = out.read_text() if out.exists() else "# Benchmarks\n"
-    out.write_text(merge(existing, section))
+    out.write_text(run.merge_section(existing, section))
     print(section)
     return 0
 

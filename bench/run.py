@@ -1072,10 +1072,16 @@ def render_update(u, rows):
 
 
 def merge_update_section(existing, section):
-    """`existing` with its `## Self-update` section replaced by `section` (or `section` put
-    before `## Reproduce`, or at the end)."""
+    """`existing` with its `## Self-update` section replaced by `section`."""
+    return merge_section(existing, section)
+
+
+def merge_section(existing, section):
+    """`existing` with the section named by `section`'s first line (`## ...`) replaced by
+    `section`, or `section` put before `## Reproduce` (or at the end)."""
+    heading = section.split("\n", 1)[0]
     lines = existing.splitlines()
-    start = next((i for i, line in enumerate(lines) if line == "## Self-update"), None)
+    start = next((i for i, line in enumerate(lines) if line == heading), None)
     if start is not None:
         end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
     else:

@@ -919,20 +919,29 @@ fn pool_file(path: &Path) -> String {
     format!("/pool/{}", path.file_name().unwrap().to_string_lossy())
 }
 
+/// Runs `mcp-raspi update server --no-wait` on `scene`, with updates.delta on when `delta`
+/// is; it must succeed. Returns what it printed, stdout and stderr.
+fn update_with(scene: &Scene, delta: bool) -> String {
+    let config = scene.config(20);
+    if delta {
+        with_delta_updates(&config);
+    }
+    scene.hand_to_cli_user();
+    let out = scene.cli_update(&config, &[], CLI_LIMIT);
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{said}");
+    assert_eq!(scene.installation().current().unwrap().as_deref(), Some(NEW));
+    said
+}
+
 #[test]
 fn with_updates_delta_the_cli_downloads_the_delta_instead_of_the_package() {
     let (scene, deb, delta) = delta_scene();
     let (delta_size, package_size) = (std::fs::metadata(&delta).unwrap().len(), std::fs::metadata(&deb).unwrap().len());
     assert!(delta_size * 20 < package_size, "delta {delta_size} bytes, package {package_size}");
-    let config = scene.config(20);
-    with_delta_updates(&config);
-    scene.hand_to_cli_user();
-    let out = scene.cli_update(&config, &[], CLI_LIMIT);
-    let stdout = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "{stdout}");
+    let said = update_with(&scene, true);
     let via = format!("from the {delta_size}-byte delta of {OLD} instead of the {package_size}-byte package");
-    assert!(stdout.contains(&format!("0.2.0 is installed and current ({via})")), "{stdout}");
-    assert_eq!(scene.installation().current().unwrap().as_deref(), Some(NEW));
+    assert!(said.contains(&format!("0.2.0 is installed and current ({via})")), "{said}");
     for program in PROGRAMS {
         assert_eq!(run_program(&scene.device.install_root.join("current/bin").join(program)).unwrap(), NEW);
     }
@@ -951,36 +960,22 @@ fn a_delta_that_cannot_be_used_falls_back_to_the_package_and_without_the_feature
     // The installed release was changed on disk: it is no longer the delta's base.
     let (scene, _deb, _delta) = delta_scene();
     std::fs::write(scene.device.install_root.join("releases").join(OLD).join("share/padding.bin"), b"edited").unwrap();
-    let config = scene.config(20);
-    with_delta_updates(&config);
-    scene.hand_to_cli_user();
-    let out = scene.cli_update(&config, &[], CLI_LIMIT);
-    let stdout = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "{stdout}");
-    assert!(stdout.contains("not the one the delta was built from"), "{stdout}");
-    assert!(stdout.contains("downloading the whole package instead"), "{stdout}");
-    assert_eq!(scene.installation().current().unwrap().as_deref(), Some(NEW));
+    let said = update_with(&scene, true);
+    assert!(said.contains("not the one the delta was built from"), "{said}");
+    assert!(said.contains("downloading the whole package instead"), "{said}");
     assert_eq!(scene.installation().state().unwrap().last_update.unwrap().status, UpdateStatus::InProgress);
     assert!(!scene.server.served(&pool_path(NEW)).is_empty());
 
     // A damaged index: the package, and the reason.
     let (scene, _deb, delta) = delta_scene();
     std::fs::write(scene.repo.join("stable/deltas.json.sig"), b"{}").unwrap();
-    let config = scene.config(20);
-    with_delta_updates(&config);
-    scene.hand_to_cli_user();
-    let out = scene.cli_update(&config, &[], CLI_LIMIT);
-    let stdout = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "{stdout}");
-    assert!(stdout.contains("the delta index cannot be used"), "{stdout}");
+    let said = update_with(&scene, true);
+    assert!(said.contains("the delta index cannot be used"), "{said}");
     assert!(scene.server.served(&pool_file(&delta)).is_empty());
 
     // The feature off: the index is not even asked for.
     let (scene, _deb, _delta) = delta_scene();
-    let config = scene.config(20);
-    scene.hand_to_cli_user();
-    let out = scene.cli_update(&config, &[], CLI_LIMIT);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    update_with(&scene, false);
     assert!(scene.server.served("/stable/deltas.json").is_empty());
     assert!(!scene.server.served(&pool_path(NEW)).is_empty());
 }
