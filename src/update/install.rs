@@ -307,8 +307,9 @@ fn prepare_delta(
 }
 
 /// Removes what an install killed before its own cleanup left in the staging directory:
-/// other package copies and payloads (a later install of the same version replaces them,
-/// but an update that went on to another version would leave them for good). Called with
+/// other package and delta copies, payloads, and the tars a delta rebuilds (a later install
+/// of the same version replaces them, but an update that went on to another version would
+/// leave them for good). Called with
 /// the update lock held, so no payload is being written. A concurrent install still
 /// copying its package loses its copy and fails; it would be refused anyway, by this
 /// install's lock or by the update it records, unless this one fails too.
@@ -325,6 +326,7 @@ fn remove_stale(staging_dir: &Path, own: &[PathBuf]) {
             let _ = remove_dir_if_present(&path);
         } else if (name.starts_with(&prefix) && (name.ends_with(".deb") || name.ends_with(".delta")))
             || name.ends_with(".payload.tar")
+            || name.ends_with(".payload.tar.base")
         {
             let _ = fs::remove_file(&path);
         }
