@@ -123,6 +123,12 @@ impl AgentState {
             &to,
             &policy.architecture,
         ));
+        if delta.is_some() && !self.config.experimental_features.feature_enabled("updates.delta") {
+            return Err(Response::Error {
+                code: ErrorCode::DeltaUnusable,
+                message: "delta updates are off on this device (the experimental feature updates.delta)".into(),
+            });
+        }
         let download = match delta {
             None => Download::Package(&package),
             Some(files) => Download::Delta {

@@ -175,6 +175,9 @@ pub fn verify(args: Verify, out: &mut dyn Write) -> Result<(), String> {
     let sig_file = args.signature.unwrap_or_else(|| sig_path(&args.manifest));
     let signature = read(&sig_file, manifest::MAX_SIGNATURE_BYTES)?;
     if is_delta_index(&args.manifest) {
+        if !args.debs.is_empty() {
+            return Err("--deb checks packages against a manifest; a deltas.json lists deltas, not packages".into());
+        }
         let index = DeltaIndex::verify(&bytes, &signature, &keyring)?;
         say(out, &format!("{}: deltas to {}; signature good", args.manifest.display(), index.version))?;
         for d in &index.deltas {
@@ -242,9 +245,18 @@ pub fn build_delta(args: BuildDelta, out: &mut dyn Write) -> Result<(), String> 
             new.architecture
         ));
     }
+    for (flag, found) in [("--from", &old), ("--to", &new)] {
+        semver::Version::parse(&found.version).map_err(|e| {
+            format!(
+                "{flag} is version {:?}, which devices cannot update by (not a semantic version: {e})",
+                found.version
+            )
+        })?;
+    }
     if release::compare_versions(&old.version, &new.version) != std::cmp::Ordering::Less {
         return Err(format!("--from is {} and --to {}: a delta leads to a newer release", old.version, new.version));
     }
+    let package = manifest::file_digest(&args.to).map_err(|e| e.to_string())?;
     let out_dir = match args.out_dir {
         Some(dir) => dir,
         None => args.to.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf),
@@ -258,7 +270,8 @@ pub fn build_delta(args: BuildDelta, out: &mut dyn Write) -> Result<(), String> 
             .map_err(|e| format!("{}: {e}", args.from.display()))?;
         deb::extract_payload(&args.to, &new_payload, &new, limits)
             .map_err(|e| format!("{}: {e}", args.to.display()))?;
-        delta::build(&old_payload, &new_payload, &new.architecture, &old.version, &new.version, limits)
+        let versions = (old.version.as_str(), new.version.as_str());
+        delta::build(&old_payload, &new_payload, &new.architecture, versions, &package.sha256, limits)
             .map_err(|e| e.to_string())
     })();
     let _ = std::fs::remove_dir_all(&work);
@@ -305,9 +318,12 @@ pub fn build_delta_index(args: BuildDeltaIndex, out: &mut dyn Write) -> Result<(
         }
         let digest = manifest::file_digest(path).map_err(|e| e.to_string())?;
         let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let package_sha256 = manifest::parse_sha256(&header.package_sha256)
+            .ok_or_else(|| format!("{}: its header's package_sha256 is not a SHA-256", path.display()))?;
         deltas.push(DeltaEntry {
             architecture: header.architecture,
             from: parse(&header.from)?,
+            package_sha256,
             url: format!("{}{file_name}", args.url_prefix),
             size: digest.size,
             sha256: digest.sha256,

@@ -179,12 +179,15 @@ pub fn install(
     let payload = request.staging_dir.join(format!("{version}.payload"));
     let mut made: Vec<PathBuf> = Vec::new();
     let result = (|| {
+        // Held from here on: no other install writes the staging directory meanwhile.
+        let lock = installation.lock()?;
+        remove_stale(request.staging_dir);
         // What the payload is extracted from, checked: the package, or the tar a delta rebuilt.
         let source = match request.download {
             Download::Package(package) => {
                 let copy = request.staging_dir.join(package_file_name(&version, &architecture));
                 made.push(copy.clone());
-                let bytes = copy_checked(package, &copy, artifact.size, &artifact.sha256)?;
+                let bytes = copy_checked(package, &copy, artifact.size, &artifact.sha256, "the manifest")?;
                 observe(&Step::Copied { bytes });
                 let expected =
                     DebInfo { package: manifest::PACKAGE_NAME.to_string(), version: version.clone(), architecture };
@@ -205,29 +208,27 @@ pub fn install(
             Download::Delta { index, signature, file } => {
                 let tar = request.staging_dir.join(format!("{version}.payload.tar"));
                 made.push(tar.clone());
-                let from = request.policy.installed.to_string();
-                let base = release::release_dir(&installation.install_root, &from);
-                let to = &manifest.version;
-                let found = prepare_delta(&request, to, index, signature, file, &base, &tar, &mut made, observe)
-                    .map_err(|e| match e {
-                        InstallError::Delta(_) => e,
-                        other => InstallError::Delta(other.to_string()),
-                    })?;
-                observe(&Step::Patched { bytes: found });
+                let delta = Delta { index, signature, file, tar: &tar };
+                let (bytes, tar) =
+                    prepare_delta(installation, &request, &manifest, artifact, delta, &mut made, observe).map_err(
+                        |e| match e {
+                            InstallError::Delta(_) => e,
+                            other => InstallError::Delta(other.to_string()),
+                        },
+                    )?;
+                observe(&Step::Patched { bytes });
                 Source::Tar(tar)
             }
         };
-        let lock = installation.lock()?;
-        remove_stale(request.staging_dir, &made);
         let begun = installation.begin(&lock, &version, request.source)?;
         observe(&Step::Begun);
         let from = begun.in_progress().and_then(|u| u.from.clone());
         let installed = (|| -> Result<Installed, InstallError> {
             remove_dir_if_present(&payload)?;
             let mut extracting = |entries| observe(&Step::Extracting { entries });
-            match &source {
+            match source {
                 Source::Package { copy, expected } => {
-                    deb::extract_payload_observed(copy, &payload, expected, limits, &mut extracting)?
+                    deb::extract_payload_observed(&copy, &payload, &expected, limits, &mut extracting)?
                 }
                 Source::Tar(tar) => deb::extract_tar_payload(tar, &payload, limits, &mut extracting)?,
             }
@@ -258,29 +259,38 @@ pub fn install(
 
 /// What the payload is extracted from.
 enum Source {
-    Package { copy: PathBuf, expected: DebInfo },
-    Tar(PathBuf),
+    Package {
+        copy: PathBuf,
+        expected: DebInfo,
+    },
+    /// The tar a delta rebuilt, open.
+    Tar(File),
+}
+
+/// The delta of a request, and where its rebuilt tar goes.
+struct Delta<'a> {
+    index: &'a [u8],
+    signature: &'a [u8],
+    file: &'a Path,
+    tar: &'a Path,
 }
 
 /// Checks the delta index and the delta against the keys and the manifest, copies the delta
-/// into the staging directory and applies it to the installed release `base` (the
-/// policy's installed version), writing the rebuilt payload tar to `tar`. Returns the tar's size. Nothing of
-/// the install tree or the state changes here.
-#[allow(clippy::too_many_arguments)]
+/// into the staging directory and applies it to the installed release (the policy's
+/// installed version), writing the rebuilt payload tar to `delta.tar`. Returns the tar's
+/// size and the open file. Nothing of the install tree or the state changes here.
 fn prepare_delta(
+    installation: &Installation,
     request: &InstallRequest,
-    to: &semver::Version,
-    index: &[u8],
-    signature: &[u8],
-    file: &Path,
-    base: &Path,
-    tar: &Path,
+    manifest: &manifest::Manifest,
+    artifact: &manifest::Artifact,
+    delta: Delta,
     made: &mut Vec<PathBuf>,
     observe: &mut dyn FnMut(&Step),
-) -> Result<u64, InstallError> {
-    let index = DeltaIndex::verify(index, signature, request.keyring).map_err(InstallError::Delta)?;
-    let from = request.policy.installed.to_string();
-    if &index.version != to {
+) -> Result<(u64, File), InstallError> {
+    let index = DeltaIndex::verify(delta.index, delta.signature, request.keyring).map_err(InstallError::Delta)?;
+    let (from, to) = (request.policy.installed.to_string(), manifest.version.to_string());
+    if index.version != manifest.version {
         return Err(InstallError::Delta(format!(
             "the delta index is for {}, but the manifest offers {to}",
             index.version
@@ -290,38 +300,43 @@ fn prepare_delta(
     let entry = index.find(architecture, &request.policy.installed).ok_or_else(|| {
         InstallError::Delta(format!("the delta index has no {architecture} delta from {from} to {to}"))
     })?;
+    if entry.package_sha256 != artifact.sha256 {
+        return Err(InstallError::Delta(format!(
+            "the delta stands for the package with SHA-256 {}, but the manifest's is {}: the index belongs to \
+             another build of {to}",
+            hex(&entry.package_sha256),
+            artifact.sha256_hex()
+        )));
+    }
     if entry.size > request.policy.max_download_bytes {
         return Err(InstallError::Delta(format!(
             "the delta is {} bytes, more than the {} allowed (updates.max_download_mb)",
             entry.size, request.policy.max_download_bytes
         )));
     }
-    let to = to.to_string();
     let copy = request.staging_dir.join(delta::delta_file_name(&from, &to, architecture));
     made.push(copy.clone());
-    let bytes = copy_checked(file, &copy, entry.size, &entry.sha256)?;
+    let bytes = copy_checked(delta.file, &copy, entry.size, &entry.sha256, "the delta index")?;
     observe(&Step::Copied { bytes });
     let limits = deb::Limits::for_download(request.policy.max_download_bytes);
     let expected = delta::Expected { architecture, from: &from, to: &to };
-    delta::apply(base, &copy, &expected, tar, limits).map_err(|e| InstallError::Delta(e.to_string()))
+    let applied = delta::apply(&installation.install_root, &copy, &expected, delta.tar, limits);
+    // Not needed any more: the staging directory holds the rebuilt tar and soon its payload.
+    let _ = fs::remove_file(&copy);
+    applied.map_err(|e| InstallError::Delta(e.to_string()))
 }
 
 /// Removes what an install killed before its own cleanup left in the staging directory:
 /// other package and delta copies, payloads, and the tars a delta rebuilds (a later install
 /// of the same version replaces them, but an update that went on to another version would
-/// leave them for good). Called with
-/// the update lock held, so no payload is being written. A concurrent install still
-/// copying its package loses its copy and fails; it would be refused anyway, by this
-/// install's lock or by the update it records, unless this one fails too.
-fn remove_stale(staging_dir: &Path, own: &[PathBuf]) {
+/// leave them for good). Called with the update lock held, before this install writes
+/// anything there: every install writes the staging directory under that lock only.
+fn remove_stale(staging_dir: &Path) {
     let Ok(entries) = fs::read_dir(staging_dir) else { return };
     let prefix = format!("{}_", manifest::PACKAGE_NAME);
     for entry in entries.flatten() {
         let (path, name) = (entry.path(), entry.file_name());
         let name = name.to_string_lossy();
-        if own.contains(&path) {
-            continue;
-        }
         if name.ends_with(".payload") {
             let _ = remove_dir_if_present(&path);
         } else if (name.starts_with(&prefix) && (name.ends_with(".deb") || name.ends_with(".delta")))
@@ -347,8 +362,9 @@ fn remove_dir_if_present(path: &Path) -> Result<(), InstallError> {
 
 /// Copies `from` (a regular file, never through a symlink) to `to` (created afresh, 0600)
 /// while hashing it, reading at most one byte more than `size`; the copy must be exactly
-/// `size` bytes with digest `sha256`. Returns the size.
-fn copy_checked(from: &Path, to: &Path, size: u64, sha256: &[u8; 32]) -> Result<u64, InstallError> {
+/// `size` bytes with digest `sha256`, as `what` (the manifest, the delta index) gives them.
+/// Returns the size.
+fn copy_checked(from: &Path, to: &Path, size: u64, sha256: &[u8; 32], what: &str) -> Result<u64, InstallError> {
     let source = fs::OpenOptions::new()
         .read(true)
         .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
@@ -386,9 +402,9 @@ fn copy_checked(from: &Path, to: &Path, size: u64, sha256: &[u8; 32]) -> Result<
     }
     if copied != size {
         let _ = fs::remove_file(to);
-        let what = if copied > size { "larger" } else { "smaller" };
+        let larger = if copied > size { "larger" } else { "smaller" };
         return Err(InstallError::Package(format!(
-            "{} is {what} than the {size} bytes the manifest gives (read {copied}); download it again",
+            "{} is {larger} than the {size} bytes {what} gives (read {copied}); download it again",
             from.display()
         )));
     }
@@ -396,7 +412,7 @@ fn copy_checked(from: &Path, to: &Path, size: u64, sha256: &[u8; 32]) -> Result<
     if &digest != sha256 {
         let _ = fs::remove_file(to);
         return Err(InstallError::Package(format!(
-            "{} has SHA-256 {}, not {} as the manifest says; it was altered or damaged",
+            "{} has SHA-256 {}, not {} as {what} says; it was altered or damaged",
             from.display(),
             hex(&digest),
             hex(sha256)

@@ -219,6 +219,14 @@ pub async fn find_delta(
         return Err(format!("{index_url} lists deltas to {}, not to {}", index.version, resolved.manifest.version));
     }
     let Some(entry) = index.find(&policy.architecture, &policy.installed) else { return Ok(None) };
+    if entry.package_sha256 != resolved.artifact.sha256 {
+        return Err(format!(
+            "{index_url} describes another build of {}: its package has SHA-256 {}, the manifest's {}",
+            resolved.manifest.version,
+            crate::base::hex(&entry.package_sha256),
+            resolved.artifact.sha256_hex()
+        ));
+    }
     if entry.size >= resolved.artifact.size || entry.size > policy.max_download_bytes {
         return Ok(None);
     }

@@ -298,17 +298,19 @@ pub fn extract_payload_observed(
 }
 
 /// Extracts the payload of an uncompressed tar laid out as a package's `data.tar` (the
-/// payload under `usr/lib/mcp-raspi/`) into `dest`, exactly as [`extract_payload`] does:
-/// the same defences, limits and cleanup. A delta update rebuilds such a tar.
+/// payload under `usr/lib/mcp-raspi/`), read from the start of `tar`, into `dest`, exactly
+/// as [`extract_payload`] does: the same defences, limits and cleanup. A delta update
+/// rebuilds such a tar.
 pub fn extract_tar_payload(
-    tar: &Path,
+    mut tar: fs::File,
     dest: &Path,
     limits: Limits,
     observe: &mut dyn FnMut(usize),
 ) -> Result<(), DebError> {
-    let file = fs::File::open(tar).map_err(|source| DebError::Read { path: tar.to_path_buf(), source })?;
-    let name = tar.file_name().map_or_else(|| "the payload".to_string(), |n| n.to_string_lossy().into_owned());
-    extract_stream(Box::new(io::BufReader::new(file)), &name, dest, limits, &Trouble::default(), observe)
+    use std::io::Seek;
+    let name = "the rebuilt payload";
+    tar.rewind().map_err(|source| DebError::Corrupt { member: name.to_string(), source })?;
+    extract_stream(Box::new(io::BufReader::new(tar)), name, dest, limits, &Trouble::default(), observe)
 }
 
 fn extract_stream(

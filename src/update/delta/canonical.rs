@@ -3,23 +3,35 @@
 //! installed release, byte for byte the same when the files are.
 //!
 //! Only what a release is made of goes in: `bin/` and `share/` with their directories,
-//! files and symlinks, in byte order of their paths, each entry under
-//! `usr/lib/mcp-raspi/` as in a package's `data.tar`, so that the rebuilt tar goes through
-//! the same extraction as a package. Nothing that differs between two copies of the same
-//! files does: owners are 0, times are 0, a file's mode is 0755 when anyone may execute it
-//! and 0644 otherwise (the package, dpkg and the release installer agree on no more than
-//! that), a directory's is 0755.
+//! files and symlinks, depth first and, within a directory, in byte order of the names,
+//! each entry under `usr/lib/mcp-raspi/` as in a package's `data.tar`, so that the rebuilt
+//! tar goes through the same extraction as a package. Nothing that differs between two
+//! copies of the same files does: owners and times are 0, a directory's mode is 0755 (what
+//! the extraction gives it), a file's is its mode masked to 0755 (what the extraction keeps
+//! of a package's, and what dpkg and the release installer leave of it).
+//!
+//! The installed release belongs to the ops agent's user, while `mcp-raspi update` reads it
+//! as root: the tree is walked through descriptors opened with `O_NOFOLLOW`, as
+//! [`crate::update::release`] does, so a symlink planted in it is read as a symlink, never
+//! followed, and a file is read from the descriptor it was checked through.
 
-use std::fs;
-use std::io::{self, Read as _, Write};
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use crate::update::release::PAYLOAD_PARTS;
+use nix::fcntl::{AtFlags, OFlag, AT_FDCWD};
+use nix::sys::stat::{FileStat, Mode, SFlag};
+
+use crate::update::release::{PAYLOAD_PARTS, RELEASES_DIR};
 
 /// Where the payload lies in the tar, as in a package's `data.tar`.
 pub(super) const PREFIX: &str = "usr/lib/mcp-raspi";
+
+const DIR_FLAGS: OFlag = OFlag::O_RDONLY.union(OFlag::O_DIRECTORY).union(OFlag::O_NOFOLLOW).union(OFlag::O_CLOEXEC);
+const FILE_FLAGS: OFlag = OFlag::O_RDONLY.union(OFlag::O_NOFOLLOW).union(OFlag::O_NONBLOCK).union(OFlag::O_CLOEXEC);
 
 /// Bounds on a payload read into its canonical tar.
 #[derive(Debug, Clone, Copy)]
@@ -28,31 +40,76 @@ pub(super) struct Bounds {
     pub(super) max_entries: usize,
 }
 
-/// The canonical tar of the payload in `dir` (a release directory or an extracted payload).
-pub(super) fn payload_tar(dir: &Path, bounds: Bounds) -> Result<Vec<u8>, String> {
-    write_payload_tar(dir, bounds, Vec::new())
+/// A payload to read: an extracted one (the publisher's), or an installed release.
+pub(super) struct Tree {
+    fd: OwnedFd,
+    shown: PathBuf,
+}
+
+impl Tree {
+    /// The payload extracted into `dir`.
+    pub(super) fn at(dir: &Path) -> Result<Tree, String> {
+        let fd = nix::fcntl::openat(AT_FDCWD, dir, DIR_FLAGS, Mode::empty())
+            .map_err(|e| format!("cannot open {}: {e}", dir.display()))?;
+        Ok(Tree { fd, shown: dir.to_path_buf() })
+    }
+
+    /// Release `version` under the install root: the root may be a symlink (an administrator
+    /// may have moved it), `releases/` and the release may not.
+    pub(super) fn release(install_root: &Path, version: &str) -> Result<Tree, String> {
+        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+        let root = nix::fcntl::openat(AT_FDCWD, install_root, flags, Mode::empty())
+            .map_err(|e| format!("cannot open {}: {e}", install_root.display()))?;
+        let releases = install_root.join(RELEASES_DIR);
+        let dir = nix::fcntl::openat(&root, RELEASES_DIR, DIR_FLAGS, Mode::empty())
+            .map_err(|e| format!("cannot open the directory {}: {e}", releases.display()))?;
+        let shown = releases.join(version);
+        let fd = nix::fcntl::openat(&dir, version, DIR_FLAGS, Mode::empty())
+            .map_err(|e| format!("cannot open the directory {}: {e}", shown.display()))?;
+        Ok(Tree { fd, shown })
+    }
+
+    pub(super) fn shown(&self) -> &Path {
+        &self.shown
+    }
+}
+
+/// The canonical tar of `tree`.
+pub(super) fn payload_tar(tree: &Tree, bounds: Bounds) -> Result<Vec<u8>, String> {
+    write_payload_tar(tree, bounds, Vec::new())
 }
 
 /// [`payload_tar`], written to `out`, which is returned.
-pub(super) fn write_payload_tar<W: Write>(dir: &Path, bounds: Bounds, out: W) -> Result<W, String> {
+pub(super) fn write_payload_tar<W: Write>(tree: &Tree, bounds: Bounds, out: W) -> Result<W, String> {
     let mut walk = Walk { builder: tar::Builder::new(out), bounds, entries: 0, bytes: 0 };
     let mut found = false;
     for part in PAYLOAD_PARTS {
-        let path = dir.join(part);
-        match fs::symlink_metadata(&path) {
-            Ok(meta) if meta.is_dir() => {
+        let shown = tree.shown.join(part);
+        match stat_at(&tree.fd, OsStr::new(part), &shown)? {
+            Some(st) if kind(&st) == SFlag::S_IFDIR => {
                 found = true;
-                walk.add(&path, part)?;
+                walk.add(&tree.fd, OsStr::new(part), part, &shown)?;
             }
-            Ok(_) => return Err(format!("{} is not a directory", path.display())),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+            Some(_) => return Err(format!("{} is not a directory", shown.display())),
+            None => {}
         }
     }
     if !found {
-        return Err(format!("{} holds no payload ({})", dir.display(), PAYLOAD_PARTS.join("/, ") + "/"));
+        return Err(format!("{} holds no payload ({})", tree.shown.display(), PAYLOAD_PARTS.join("/, ") + "/"));
     }
     walk.builder.into_inner().map_err(|e| format!("cannot finish the payload's tar: {e}"))
+}
+
+fn stat_at(dir: &OwnedFd, name: &OsStr, shown: &Path) -> Result<Option<FileStat>, String> {
+    match nix::sys::stat::fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+        Ok(st) => Ok(Some(st)),
+        Err(nix::errno::Errno::ENOENT) => Ok(None),
+        Err(e) => Err(format!("cannot read {}: {e}", shown.display())),
+    }
+}
+
+fn kind(st: &FileStat) -> SFlag {
+    SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits())
 }
 
 struct Walk<W: Write> {
@@ -63,57 +120,106 @@ struct Walk<W: Write> {
 }
 
 impl<W: Write> Walk<W> {
-    /// Adds `path`, known as `rel` in the payload, and everything beneath it.
-    fn add(&mut self, path: &Path, rel: &str) -> Result<(), String> {
-        let meta = fs::symlink_metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    /// Adds `name` of `dir`, known as `rel` in the payload and `shown` in messages, and
+    /// everything beneath it.
+    fn add(&mut self, dir: &OwnedFd, name: &OsStr, rel: &str, shown: &Path) -> Result<(), String> {
         self.entries += 1;
         if self.entries > self.bounds.max_entries {
             return Err(format!("the payload holds more than {} entries", self.bounds.max_entries));
         }
-        let name = format!("{PREFIX}/{rel}");
+        let Some(st) = stat_at(dir, name, shown)? else {
+            return Err(format!("{} disappeared while it was read", shown.display()));
+        };
+        let path = format!("{PREFIX}/{rel}");
         let mut header = tar::Header::new_gnu();
         header.set_uid(0);
         header.set_gid(0);
         header.set_mtime(0);
-        let fail = |e: io::Error| format!("cannot add {} to the payload's tar: {e}", path.display());
-        if meta.is_dir() {
-            header.set_entry_type(tar::EntryType::Directory);
-            header.set_mode(0o755);
-            header.set_size(0);
-            self.builder.append_data(&mut header, format!("{name}/"), io::empty()).map_err(fail)?;
-            let mut names: Vec<_> = fs::read_dir(path)
-                .map_err(|e| format!("cannot list {}: {e}", path.display()))?
-                .map(|entry| entry.map(|e| e.file_name()))
-                .collect::<Result<_, _>>()
-                .map_err(|e| format!("cannot list {}: {e}", path.display()))?;
-            names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
-            for child in names {
-                let Some(child_name) = child.to_str() else {
-                    return Err(format!("{} has a name that is not UTF-8", path.join(&child).display()));
-                };
-                self.add(&path.join(&child), &format!("{rel}/{child_name}"))?;
+        let fail = |e: io::Error| format!("cannot add {} to the payload's tar: {e}", shown.display());
+        match kind(&st) {
+            SFlag::S_IFDIR => {
+                let fd = nix::fcntl::openat(dir, name, DIR_FLAGS, Mode::empty())
+                    .map_err(|e| format!("cannot open the directory {}: {e}", shown.display()))?;
+                header.set_entry_type(tar::EntryType::Directory);
+                header.set_mode(0o755);
+                header.set_size(0);
+                self.builder.append_data(&mut header, format!("{path}/"), io::empty()).map_err(fail)?;
+                for child in entries(&fd, shown)? {
+                    let Some(child_name) = child.to_str() else {
+                        return Err(format!("{} has a name that is not UTF-8", shown.join(&child).display()));
+                    };
+                    self.add(&fd, &child, &format!("{rel}/{child_name}"), &shown.join(&child))?;
+                }
             }
-        } else if meta.is_file() {
-            self.bytes += meta.len();
-            if self.bytes > self.bounds.max_bytes {
-                return Err(format!("the payload is larger than {} bytes", self.bounds.max_bytes));
+            SFlag::S_IFREG => {
+                let fd = nix::fcntl::openat(dir, name, FILE_FLAGS, Mode::empty())
+                    .map_err(|e| format!("cannot read {}: {e}", shown.display()))?;
+                // What is read is what this descriptor is, whatever the name now stands for.
+                let st = nix::sys::stat::fstat(&fd).map_err(|e| format!("cannot read {}: {e}", shown.display()))?;
+                if kind(&st) != SFlag::S_IFREG {
+                    return Err(format!("{} changed while it was read", shown.display()));
+                }
+                let size = st.st_size as u64;
+                self.bytes += size;
+                if self.bytes > self.bounds.max_bytes {
+                    return Err(format!("the payload is larger than {} bytes", self.bounds.max_bytes));
+                }
+                header.set_entry_type(tar::EntryType::Regular);
+                header.set_mode(st.st_mode & 0o755);
+                header.set_size(size);
+                let file = Exactly { inner: File::from(fd).take(size), left: size };
+                self.builder.append_data(&mut header, &path, file).map_err(fail)?;
             }
-            let executable = meta.permissions().mode() & 0o111 != 0;
-            header.set_entry_type(tar::EntryType::Regular);
-            header.set_mode(if executable { 0o755 } else { 0o644 });
-            header.set_size(meta.len());
-            let file = fs::File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-            // A file that changes size while it is read makes a tar the builder refuses.
-            self.builder.append_data(&mut header, &name, file.take(meta.len())).map_err(fail)?;
-        } else if meta.file_type().is_symlink() {
-            let target = fs::read_link(path).map_err(|e| format!("cannot read the link {}: {e}", path.display()))?;
-            header.set_entry_type(tar::EntryType::Symlink);
-            header.set_mode(0o777);
-            header.set_size(0);
-            self.builder.append_link(&mut header, &name, &target).map_err(fail)?;
-        } else {
-            return Err(format!("{} is neither a directory, a file nor a symlink", path.display()));
+            SFlag::S_IFLNK => {
+                let target = nix::fcntl::readlinkat(dir, name)
+                    .map_err(|e| format!("cannot read the link {}: {e}", shown.display()))?;
+                // The tar writer stores a target in normal form (`a//b` as `a/b`); a target
+                // written otherwise would read back as another one.
+                let normal: PathBuf = Path::new(&target).components().collect();
+                if normal.as_os_str() != target.as_os_str() {
+                    return Err(format!("the link {} has a target not in normal form", shown.display()));
+                }
+                header.set_entry_type(tar::EntryType::Symlink);
+                header.set_mode(0o777);
+                header.set_size(0);
+                self.builder.append_link(&mut header, &path, &target).map_err(fail)?;
+            }
+            _ => return Err(format!("{} is neither a directory, a file nor a symlink", shown.display())),
         }
         Ok(())
+    }
+}
+
+/// The names in `dir`, in byte order, without `.` and `..`.
+fn entries(dir: &OwnedFd, shown: &Path) -> Result<Vec<OsString>, String> {
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+    let fail = |e: nix::errno::Errno| format!("cannot list {}: {e}", shown.display());
+    let mut listing = nix::dir::Dir::openat(dir, ".", flags, Mode::empty()).map_err(fail)?;
+    let mut names = Vec::new();
+    for entry in listing.iter() {
+        let name = OsStr::from_bytes(entry.map_err(fail)?.file_name().to_bytes()).to_os_string();
+        if name != "." && name != ".." {
+            names.push(name);
+        }
+    }
+    names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+    Ok(names)
+}
+
+/// Reads exactly `left` bytes of `inner`: a file that shrinks while it is read is an error,
+/// not a shorter entry in a tar whose header says otherwise.
+struct Exactly<R> {
+    inner: R,
+    left: u64,
+}
+
+impl<R: Read> Read for Exactly<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n == 0 && self.left > 0 && !buf.is_empty() {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the file shrank while it was read"));
+        }
+        self.left -= n as u64;
+        Ok(n)
     }
 }

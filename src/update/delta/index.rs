@@ -2,12 +2,14 @@
 //!
 //! ```json
 //! {
+//!   "format": "mcp-raspi deltas 1",
 //!   "name": "mcp-raspi",
 //!   "version": "0.2.0",
 //!   "deltas": [
 //!     {
 //!       "architecture": "arm64",
 //!       "from": "0.1.0",
+//!       "package_sha256": "<64 lowercase hex digits>",
 //!       "url": "../pool/mcp-raspi_0.1.0_to_0.2.0_arm64.delta",
 //!       "size": 412345,
 //!       "sha256": "<64 lowercase hex digits>"
@@ -19,8 +21,11 @@
 //! `deltas.json.sig` signs it exactly as `manifest.json.sig` signs the manifest, with the
 //! same release key. The index is a file of its own rather than a field of the manifest so
 //! that a device of a release that parses manifests strictly, and knows nothing of deltas,
-//! goes on updating from a repository that publishes them. `version` binds the index to the
-//! manifest's release: an index of another release is refused. Unknown fields, a delta
+//! goes on updating from a repository that publishes them. `format` says what the signed
+//! bytes are (a manifest has no such field, and both are parsed refusing unknown fields, so
+//! neither can pass for the other). `version` binds the index to the manifest's release,
+//! and each delta's `package_sha256` to the package the manifest gives for its
+//! architecture: the delta rebuilds that build of the release and no other. Unknown fields, a delta
 //! listed twice for the same architecture and base, and a base not older than the release
 //! are refused.
 
@@ -34,6 +39,8 @@ use crate::update::manifest::{self, ManifestError, PACKAGE_NAME};
 
 /// The index's file name, next to `manifest.json`.
 pub const INDEX_FILE: &str = "deltas.json";
+/// The value of `format`.
+pub const INDEX_FORMAT: &str = "mcp-raspi deltas 1";
 /// The largest index accepted: a few hundred deltas.
 pub const MAX_INDEX_BYTES: usize = 64 * 1024;
 const MAX_DELTAS: usize = 256;
@@ -44,6 +51,8 @@ pub struct DeltaEntry {
     pub architecture: String,
     /// The release it applies to.
     pub from: Version,
+    /// The SHA-256 of the package of the release (this architecture) it stands for.
+    pub package_sha256: [u8; 32],
     /// Absolute, or relative to the index's URL.
     pub url: String,
     pub size: u64,
@@ -60,6 +69,7 @@ pub struct DeltaIndex {
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct WireIndex {
+    format: String,
     name: String,
     version: String,
     deltas: Vec<WireEntry>,
@@ -70,6 +80,7 @@ struct WireIndex {
 struct WireEntry {
     architecture: String,
     from: String,
+    package_sha256: String,
     url: String,
     size: u64,
     sha256: String,
@@ -90,6 +101,9 @@ impl DeltaIndex {
     pub fn from_json_bytes(bytes: &[u8]) -> Result<DeltaIndex, String> {
         let wire: WireIndex = manifest::parse_json(bytes).map_err(|e| format!("{INDEX_FILE} is not valid: {e}"))?;
         let invalid = |reason: String| format!("{INDEX_FILE} is not valid: {reason}");
+        if wire.format != INDEX_FORMAT {
+            return Err(invalid(format!("its format is {:?}, not {INDEX_FORMAT:?}", wire.format)));
+        }
         if wire.name != PACKAGE_NAME {
             return Err(invalid(format!("it lists deltas of {:?}, not {PACKAGE_NAME}", wire.name)));
         }
@@ -117,9 +131,12 @@ impl DeltaIndex {
             }
             let sha256 = manifest::parse_sha256(&entry.sha256)
                 .ok_or_else(|| invalid(format!("{shown}: sha256 is not 64 lowercase hex digits")))?;
+            let package_sha256 = manifest::parse_sha256(&entry.package_sha256)
+                .ok_or_else(|| invalid(format!("{shown}: package_sha256 is not 64 lowercase hex digits")))?;
             deltas.push(DeltaEntry {
                 architecture: entry.architecture,
                 from,
+                package_sha256,
                 url: entry.url,
                 size: entry.size,
                 sha256,
@@ -133,6 +150,7 @@ impl DeltaIndex {
         let mut deltas: Vec<&DeltaEntry> = self.deltas.iter().collect();
         deltas.sort_by(|a, b| (&a.architecture, &a.from).cmp(&(&b.architecture, &b.from)));
         let wire = WireIndex {
+            format: INDEX_FORMAT.to_string(),
             name: PACKAGE_NAME.to_string(),
             version: self.version.to_string(),
             deltas: deltas
@@ -140,6 +158,7 @@ impl DeltaIndex {
                 .map(|d| WireEntry {
                     architecture: d.architecture.clone(),
                     from: d.from.to_string(),
+                    package_sha256: hex(&d.package_sha256),
                     url: d.url.clone(),
                     size: d.size,
                     sha256: hex(&d.sha256),

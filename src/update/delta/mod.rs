@@ -11,10 +11,12 @@
 //! # Trust
 //!
 //! A device believes a delta only through the release key. The signed delta index,
-//! `deltas.json` next to the manifest (see [`index`]), gives each delta's size and SHA-256;
-//! the file is checked against them before it is opened, exactly as a package is against
-//! the manifest. Its header is then believed: it must name this package, this architecture,
-//! the installed release and the release the manifest offers. The tar rebuilt from the
+//! `deltas.json` next to the manifest (see [`index`]), gives each delta's size and SHA-256
+//! and the SHA-256 of the package it stands for, which must be the one the manifest gives
+//! for this architecture (so a delta is bound to one build of its release, as the package
+//! is); the file is checked against them before it is opened, exactly as a package is
+//! against the manifest. Its header is then believed: it must name this package, this
+//! architecture, the installed release and the release the manifest offers. The tar rebuilt from the
 //! installed release must have the base digest (a release changed on disk, or built
 //! differently, is not patched), and the patched tar must have the target digest before it
 //! goes, like a package's `data.tar`, through the extraction with all of its defences.
@@ -27,7 +29,7 @@
 //!
 //! ```text
 //! mcp-raspi-delta 1\n
-//! {"name":"mcp-raspi","architecture":"arm64","from":"0.1.0","to":"0.2.0",
+//! {"name":"mcp-raspi","architecture":"arm64","from":"0.1.0","to":"0.2.0","package_sha256":"…",
 //!  "base_size":…,"base_sha256":"…","target_size":…,"target_sha256":"…"}\n
 //! <xz stream of the bsdiff patch from the base tar to the target tar>
 //! ```
@@ -41,7 +43,8 @@
 //! Applying streams (see `patch`): it writes the installed release's canonical tar and the
 //! new one to the staging directory (about 20 MB each today, removed at the end) and holds
 //! buffers and the xz window of the patch in memory. Building runs bsdiff's suffix sort
-//! over the base, about nine times its size in memory: that is the publisher's machine.
+//! over the base, whose arrays alone take sixteen times its size (376 MB for a 19 MB
+//! payload in BENCHMARKS.md): that is the publisher's machine.
 
 mod canonical;
 pub mod index;
@@ -59,7 +62,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use self::canonical::{payload_tar, Bounds};
+use self::canonical::{payload_tar, Bounds, Tree};
 use super::deb::{Limits, XZ_MEMORY_LIMIT_KIB};
 use super::manifest::PACKAGE_NAME;
 use crate::base::hex;
@@ -84,6 +87,9 @@ pub struct DeltaHeader {
     pub from: String,
     /// The release it makes.
     pub to: String,
+    /// The SHA-256 of the package of `to` the delta was built from (what its manifest gives),
+    /// which the index repeats, so that a delta is bound to one build of its release.
+    pub package_sha256: String,
     pub base_size: u64,
     pub base_sha256: String,
     pub target_size: u64,
@@ -160,18 +166,20 @@ fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 /// Builds the delta from the payload in `old_payload` (release `from`) to the one in
-/// `new_payload` (release `to`), both extracted from their packages; returns its header and
-/// the whole file.
+/// `new_payload` (release `to`, whose package has SHA-256 `package_sha256`), both extracted
+/// from their packages; returns its header and the whole file. The delta is applied once,
+/// as a device would, before it is returned: a patch devices would refuse is never written.
 pub fn build(
     old_payload: &Path,
     new_payload: &Path,
     architecture: &str,
-    from: &str,
-    to: &str,
+    (from, to): (&str, &str),
+    package_sha256: &[u8; 32],
     limits: Limits,
 ) -> Result<(DeltaHeader, Vec<u8>), DeltaError> {
     let read = |dir: &Path| {
-        payload_tar(dir, bounds(limits)).map_err(|reason| DeltaError::Payload { path: dir.to_path_buf(), reason })
+        let payload = |reason| DeltaError::Payload { path: dir.to_path_buf(), reason };
+        Tree::at(dir).and_then(|tree| payload_tar(&tree, bounds(limits))).map_err(payload)
     };
     let (base, target) = (read(old_payload)?, read(new_payload)?);
     let header = DeltaHeader {
@@ -179,6 +187,7 @@ pub fn build(
         architecture: architecture.to_string(),
         from: from.to_string(),
         to: to.to_string(),
+        package_sha256: hex(package_sha256),
         base_size: base.len() as u64,
         base_sha256: sha256_hex(&base),
         target_size: target.len() as u64,
@@ -193,7 +202,42 @@ pub fn build(
     let mut xz = lzma_rust2::XzWriter::new(file, options).map_err(io_err("compress the patch to", new_payload))?;
     xz.write_all(&patch).map_err(io_err("compress the patch to", new_payload))?;
     let file = xz.finish().map_err(io_err("compress the patch to", new_payload))?;
+
+    let shown = PathBuf::from(delta_file_name(from, to, architecture));
+    let mut reader = &file[..];
+    read_header(&mut reader, &shown)?;
+    let mut rebuilt = Hashing::new(io::sink());
+    patch_stream(&base[..], &header, reader, &mut rebuilt, &shown)?;
+    let (len, found) = rebuilt.finish().map_err(io_err("check", &shown))?;
+    if len != header.target_size || found != header.target_sha256 {
+        return Err(DeltaError::TargetDiffers { expected: header.target_sha256, found });
+    }
     Ok((header, file))
+}
+
+/// Applies the xz-compressed patch in `compressed` (the rest of the delta `shown` after its
+/// header) to `base`, writing the result to `out`, within the bounds a device applies.
+fn patch_stream(
+    base: &(impl patch::ReadAt + ?Sized),
+    header: &DeltaHeader,
+    compressed: impl Read,
+    out: &mut impl Write,
+    shown: &Path,
+) -> Result<u64, DeltaError> {
+    // The patch's data is as long as the target (bsdiff's mix and literal data add up to
+    // it) plus 24 bytes of control per block; a stream longer than twice the target is not
+    // a patch to it, and stopping there bounds the work a hostile one can cause.
+    let patch_limit = header.target_size.saturating_mul(2).saturating_add(1 << 20);
+    let xz = lzma_rust2::XzReader::new_mem_limit(compressed, true, XZ_MEMORY_LIMIT_KIB);
+    let mut patch = Capped { inner: xz, left: patch_limit, hit: false };
+    patch::apply_streaming(base, header.base_size, &mut patch, out, header.target_size).map_err(|e| {
+        let reason = if patch.hit {
+            format!("its patch unpacks past {patch_limit} bytes")
+        } else {
+            format!("its patch is damaged: {e}")
+        };
+        DeltaError::Format { path: shown.to_path_buf(), reason }
+    })
 }
 
 /// Reads the header of the delta in `reader` (the file `path`), leaving the reader at the
@@ -224,26 +268,27 @@ pub fn header_of(path: &Path) -> Result<DeltaHeader, DeltaError> {
     read_header(&mut BufReader::new(file), path)
 }
 
-/// Rebuilds the canonical tar of release `expected.to` from the installed release in
-/// `base_release` and the delta at `delta`, whose size and digest the caller has checked
+/// Rebuilds the canonical tar of release `expected.to` from release `expected.from` under
+/// `install_root` and the delta at `delta`, whose size and digest the caller has checked
 /// against the signed index, and writes it to `out_tar` (created afresh, 0600) for the
-/// package extraction to unpack. Returns the tar's size.
+/// package extraction to unpack. Returns the tar's size and the open file.
 ///
 /// The installed release's own canonical tar is written beside `out_tar` (as
-/// `<out_tar>.base`) and read back at the offsets the patch names, and the new tar is
-/// written as it is made: memory holds buffers and the xz window, not payloads. Both files
-/// are removed on failure, the base one in any case.
+/// `<out_tar>.base`) and read back, through the descriptor it was written with, at the
+/// offsets the patch names, and the new tar is written as it is made: memory holds buffers
+/// and the xz window, not payloads. Both files are removed on failure, the base one in any
+/// case.
 pub fn apply(
-    base_release: &Path,
+    install_root: &Path,
     delta: &Path,
     expected: &Expected,
     out_tar: &Path,
     limits: Limits,
-) -> Result<u64, DeltaError> {
+) -> Result<(u64, File), DeltaError> {
     let mut base_tar = out_tar.as_os_str().to_os_string();
     base_tar.push(".base");
     let base_tar = PathBuf::from(base_tar);
-    let result = apply_with(base_release, delta, expected, out_tar, &base_tar, limits);
+    let result = apply_with(install_root, delta, expected, out_tar, &base_tar, limits);
     let _ = fs::remove_file(&base_tar);
     if result.is_err() {
         let _ = fs::remove_file(out_tar);
@@ -252,13 +297,13 @@ pub fn apply(
 }
 
 fn apply_with(
-    base_release: &Path,
+    install_root: &Path,
     delta: &Path,
     expected: &Expected,
     out_tar: &Path,
     base_tar: &Path,
     limits: Limits,
-) -> Result<u64, DeltaError> {
+) -> Result<(u64, File), DeltaError> {
     let file = File::open(delta).map_err(io_err("read", delta))?;
     let mut reader = BufReader::new(file);
     let header = read_header(&mut reader, delta)?;
@@ -281,47 +326,33 @@ fn apply_with(
         });
     }
 
-    let base = Hashing::new(BufWriter::new(create_new(base_tar)?));
-    let base = canonical::write_payload_tar(base_release, bounds(limits), base)
-        .map_err(|reason| DeltaError::Payload { path: base_release.to_path_buf(), reason })?;
-    let (base_len, found) = base.finish().map_err(io_err("write", base_tar))?;
+    let tree = Tree::release(install_root, expected.from)
+        .map_err(|reason| DeltaError::Payload { path: install_root.join("releases").join(expected.from), reason })?;
+    let base = create_new(base_tar)?;
+    let written = canonical::write_payload_tar(&tree, bounds(limits), Hashing::new(BufWriter::new(&base)))
+        .map_err(|reason| DeltaError::Payload { path: tree.shown().to_path_buf(), reason })?;
+    let (base_len, found) = written.finish().map_err(io_err("write", base_tar))?;
     if base_len != header.base_size || found != header.base_sha256 {
-        return Err(DeltaError::BaseDiffers {
-            release: base_release.to_path_buf(),
-            expected: header.base_sha256,
-            found,
-        });
+        let release = tree.shown().to_path_buf();
+        return Err(DeltaError::BaseDiffers { release, expected: header.base_sha256, found });
     }
 
-    // The patch's data is as long as the target (bsdiff's mix and literal data add up to
-    // it) plus 24 bytes of control per block; a stream longer than twice the target is not
-    // a patch to it, and stopping there bounds the work a hostile one can cause.
-    let patch_limit = header.target_size.saturating_mul(2).saturating_add(1 << 20);
-    let xz = lzma_rust2::XzReader::new_mem_limit(reader, true, XZ_MEMORY_LIMIT_KIB);
-    let mut patch = Capped { inner: xz, left: patch_limit, hit: false };
-    let old = File::open(base_tar).map_err(io_err("read", base_tar))?;
-    let mut target = Hashing::new(BufWriter::new(create_new(out_tar)?));
-    let patched = patch::apply_streaming(&old, base_len, &mut patch, &mut target, header.target_size);
-    if let Err(e) = patched {
-        let reason = if patch.hit {
-            format!("its patch unpacks past {patch_limit} bytes")
-        } else {
-            format!("its patch is damaged: {e}")
-        };
-        return Err(DeltaError::Format { path: delta.to_path_buf(), reason });
-    }
-    let (len, found) = (target.len, hex(&target.hasher.clone().finalize()));
-    let file = target.inner.into_inner().map_err(|e| io_err("write", out_tar)(e.into_error()))?;
+    let target = create_new(out_tar)?;
+    let mut writer = Hashing::new(BufWriter::new(&target));
+    patch_stream(&base, &header, reader, &mut writer, delta)?;
+    let (len, found) = writer.finish().map_err(io_err("write", out_tar))?;
     if len != header.target_size || found != header.target_sha256 {
         return Err(DeltaError::TargetDiffers { expected: header.target_sha256, found });
     }
-    file.sync_all().map_err(io_err("sync", out_tar))?;
-    Ok(len)
+    target.sync_all().map_err(io_err("sync", out_tar))?;
+    Ok((len, target))
 }
 
+/// `path` created afresh, never through a symlink, for writing and reading back.
 fn create_new(path: &Path) -> Result<File, DeltaError> {
     let _ = fs::remove_file(path);
     fs::OpenOptions::new()
+        .read(true)
         .write(true)
         .create_new(true)
         .mode(0o600)

@@ -21,12 +21,34 @@ use std::os::unix::fs::FileExt;
 const CHUNK: usize = 64 * 1024;
 const CONTROL_LEN: usize = 24;
 
+/// Old data read at offsets: a file on a device, a buffer where the publisher checks its
+/// delta.
+pub(super) trait ReadAt {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+}
+
+impl ReadAt for File {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        FileExt::read_exact_at(self, buf, offset)
+    }
+}
+
+impl ReadAt for [u8] {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let start = usize::try_from(offset).ok().filter(|&s| s <= self.len());
+        let source = start.and_then(|s| self.get(s..s.checked_add(buf.len())?));
+        let source = source.ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "past the end of the data"))?;
+        buf.copy_from_slice(source);
+        Ok(())
+    }
+}
+
 /// Applies the patch read from `patch` to the first `old_len` bytes of `old`, writing the
 /// result to `new`, never more than `max_new` bytes. Returns the bytes written. A patch
 /// that reads outside the old data, ends inside a block, or makes more than `max_new` bytes
 /// is an `InvalidData` or `UnexpectedEof` error.
 pub(super) fn apply_streaming(
-    old: &File,
+    old: &(impl ReadAt + ?Sized),
     old_len: u64,
     patch: &mut impl Read,
     new: &mut impl Write,
@@ -126,11 +148,43 @@ mod tests {
             .collect()
     }
 
+    /// The patch applied from a file and from a buffer, which must agree.
     fn streamed(old: &[u8], patch: &[u8], max_new: u64) -> io::Result<Vec<u8>> {
         let (_keep, file) = file_of(old);
         let mut out = Vec::new();
-        apply_streaming(&file, old.len() as u64, &mut &patch[..], &mut out, max_new)?;
-        Ok(out)
+        let from_file = apply_streaming(&file, old.len() as u64, &mut &patch[..], &mut out, max_new);
+        let mut again = Vec::new();
+        let from_buffer = apply_streaming(old, old.len() as u64, &mut &patch[..], &mut again, max_new);
+        assert_eq!(from_file.is_ok(), from_buffer.is_ok());
+        assert_eq!(out, again);
+        from_file.map(|_| out)
+    }
+
+    /// The blocks of a patch: (mix length, literal length, seek).
+    fn blocks(mut patch: &[u8]) -> Vec<(u64, u64, i64)> {
+        let mut out = Vec::new();
+        while let Some(c) = read_control(&mut patch).unwrap() {
+            patch = &patch[(c[0] + c[1]) as usize..];
+            out.push((c[0], c[1], sign_magnitude(c[2])));
+        }
+        out
+    }
+
+    #[test]
+    fn reordered_and_repeated_parts_make_blocks_that_seek_both_ways() {
+        let old = bytes(60_000, 11);
+        let (a, b, c) = (&old[..20_000], &old[20_000..40_000], &old[40_000..]);
+        let mut new = [c, a, b, a].concat();
+        new[30_000] ^= 0x40;
+        let mut patch = Vec::new();
+        bsdiff::diff(&old, &new, &mut patch).unwrap();
+        let found = blocks(&patch);
+        assert!(found.len() >= 3, "{found:?}");
+        assert!(found[..found.len() - 1].iter().any(|b| b.2 < 0), "a backward seek before the last block: {found:?}");
+        let mut by_crate = Vec::new();
+        bsdiff::patch(&old, &mut &patch[..], &mut by_crate).unwrap();
+        assert_eq!(by_crate, new);
+        assert_eq!(streamed(&old, &patch, new.len() as u64).unwrap(), new);
     }
 
     #[test]

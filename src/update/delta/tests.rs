@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use semver::Version;
 
 use super::*;
+use crate::base::hex;
 use crate::update::deb;
 use crate::update::manifest::{sign, Keyring, SecretKey};
 
@@ -50,11 +51,15 @@ struct Case {
     _dir: tempfile::TempDir,
     old: PathBuf,
     new: PathBuf,
-    /// The installed release (the old payload as the release installer left it).
+    /// The install root, and the release in it (the old payload as the release installer
+    /// left it).
+    root: PathBuf,
     release: PathBuf,
     delta: PathBuf,
     tar: PathBuf,
 }
+
+const PACKAGE: [u8; 32] = [9; 32];
 
 const EXPECTED: Expected<'static> = Expected { architecture: "arm64", from: "0.1.0", to: "0.2.0" };
 
@@ -64,14 +69,13 @@ fn case() -> Case {
     payload(&old, "0.1.0", false);
     payload(&new, "0.2.0", true);
     payload(&release, "0.1.0", false);
-    // Modes beyond what the canonical form keeps do not make another base.
-    fs::set_permissions(release.join("bin/raspi-ops-agent"), fs::Permissions::from_mode(0o750)).unwrap();
-    let (header, bytes) = build(&old, &new, "arm64", "0.1.0", "0.2.0", Limits::default()).unwrap();
+    let (header, bytes) = build(&old, &new, "arm64", ("0.1.0", "0.2.0"), &PACKAGE, Limits::default()).unwrap();
     assert_eq!((header.from.as_str(), header.to.as_str()), ("0.1.0", "0.2.0"));
+    assert_eq!(header.package_sha256, hex(&PACKAGE));
     let delta = dir.path().join(delta_file_name("0.1.0", "0.2.0", "arm64"));
     fs::write(&delta, bytes).unwrap();
     let tar = dir.path().join("0.2.0.payload.tar");
-    Case { old, new, release, delta, tar, _dir: dir }
+    Case { old, new, root: dir.path().to_path_buf(), release, delta, tar, _dir: dir }
 }
 
 /// Every path under `dir` with its kind, mode (files) and contents or target.
@@ -89,8 +93,8 @@ fn listing(dir: &Path) -> Vec<String> {
             } else if meta.file_type().is_symlink() {
                 out.push(format!("{rel} -> {}", fs::read_link(&path).unwrap().display()));
             } else {
-                let x = meta.permissions().mode() & 0o111 != 0;
-                out.push(format!("{rel} x={x} sha256={}", sha256_hex(&fs::read(&path).unwrap())));
+                let mode = meta.permissions().mode() & 0o7777;
+                out.push(format!("{rel} {mode:o} sha256={}", sha256_hex(&fs::read(&path).unwrap())));
             }
         }
     }
@@ -101,25 +105,61 @@ fn listing(dir: &Path) -> Vec<String> {
 #[test]
 fn a_delta_rebuilds_the_new_payload_from_the_installed_release_and_is_much_smaller() {
     let c = case();
-    let unpacked = apply(&c.release, &c.delta, &EXPECTED, &c.tar, Limits::default()).unwrap();
+    let (unpacked, tar) = apply(&c.root, &c.delta, &EXPECTED, &c.tar, Limits::default()).unwrap();
     assert_eq!(unpacked, fs::metadata(&c.tar).unwrap().len());
     let out = c.tar.with_extension("dir");
-    deb::extract_tar_payload(&c.tar, &out, Limits::default(), &mut |_| {}).unwrap();
-    assert_eq!(listing(&out), listing(&c.new));
+    deb::extract_tar_payload(tar, &out, Limits::default(), &mut |_| {}).unwrap();
+    assert_eq!(listing(&out), listing(&c.new), "the same files, contents and modes");
     let delta = fs::metadata(&c.delta).unwrap().len();
     assert!(delta < 30_000, "the delta of a small change to 330 kB of programs is {delta} bytes");
     assert_eq!(fs::metadata(&c.tar).unwrap().permissions().mode() & 0o777, 0o600);
     let left: Vec<_> = fs::read_dir(c.tar.parent().unwrap()).unwrap().flatten().map(|e| e.file_name()).collect();
     assert!(!left.iter().any(|n| n.to_string_lossy().ends_with(".base")), "the base tar is removed: {left:?}");
-    // The old payload and the release agree, which is what made the base match.
-    assert_eq!(listing(&c.old).len(), listing(&c.release).len());
+}
+
+#[test]
+fn a_release_whose_files_or_modes_differ_from_the_base_is_not_patched() {
+    let c = case();
+    fs::set_permissions(c.release.join("bin/raspi-ops-agent"), fs::Permissions::from_mode(0o750)).unwrap();
+    let err = apply(&c.root, &c.delta, &EXPECTED, &c.tar, Limits::default()).unwrap_err();
+    assert!(matches!(err, DeltaError::BaseDiffers { .. }), "{err}");
+}
+
+#[test]
+fn symlinks_in_the_installed_release_are_read_as_links_never_followed() {
+    let c = case();
+    // The release itself made a link to another tree: refused, not walked.
+    let elsewhere = c.root.join("elsewhere");
+    fs::rename(&c.release, &elsewhere).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &c.release).unwrap();
+    let err = apply(&c.root, &c.delta, &EXPECTED, &c.tar, Limits::default()).unwrap_err();
+    assert!(matches!(err, DeltaError::Payload { .. }), "{err}");
+    fs::remove_file(&c.release).unwrap();
+    fs::rename(&elsewhere, &c.release).unwrap();
+    // A file swapped for a link to a secret: the link is what the tar holds, so the base
+    // differs; nothing of the target is read.
+    let secret = c.root.join("secret");
+    fs::write(&secret, "not for the tar").unwrap();
+    fs::remove_file(c.release.join("share/config.example.yml")).unwrap();
+    std::os::unix::fs::symlink(&secret, c.release.join("share/config.example.yml")).unwrap();
+    let bounds = Bounds { max_bytes: 1 << 30, max_entries: 1000 };
+    let tar = canonical::payload_tar(&canonical::Tree::release(&c.root, "0.1.0").unwrap(), bounds).unwrap();
+    assert!(!tar.windows(15).any(|w| w == b"not for the tar"));
+    let err = apply(&c.root, &c.delta, &EXPECTED, &c.tar, Limits::default()).unwrap_err();
+    assert!(matches!(err, DeltaError::BaseDiffers { .. }), "{err}");
+    // A FIFO where a file was is refused, not opened.
+    fs::remove_file(c.release.join("share/config.example.yml")).unwrap();
+    nix::unistd::mkfifo(&c.release.join("share/config.example.yml"), nix::sys::stat::Mode::from_bits_truncate(0o600))
+        .unwrap();
+    let err = apply(&c.root, &c.delta, &EXPECTED, &c.tar, Limits::default()).unwrap_err();
+    assert!(err.to_string().contains("neither a directory, a file nor a symlink"), "{err}");
 }
 
 #[test]
 fn a_release_that_differs_from_the_base_is_not_patched() {
     let c = case();
     write(&c.release.join("bin/raspi-ops-agent"), &noise(120_000, 3), 0o755);
-    let err = apply(&c.release, &c.delta, &EXPECTED, &c.tar, Limits::default()).unwrap_err();
+    let err = apply(&c.root, &c.delta, &EXPECTED, &c.tar, Limits::default()).unwrap_err();
     assert!(matches!(err, DeltaError::BaseDiffers { .. }), "{err}");
     assert!(err.to_string().contains("not the one the delta was built from"), "{err}");
     assert!(!c.tar.exists());
@@ -133,7 +173,7 @@ fn a_delta_for_other_releases_or_another_architecture_is_refused() {
         (Expected { to: "0.3.0", ..EXPECTED }, "the release offered"),
         (Expected { architecture: "armhf", ..EXPECTED }, "architecture"),
     ] {
-        let err = apply(&c.release, &c.delta, &expected, &c.tar, Limits::default()).unwrap_err();
+        let err = apply(&c.root, &c.delta, &expected, &c.tar, Limits::default()).unwrap_err();
         assert!(matches!(err, DeltaError::Mismatch { field: f, .. } if f == field), "{err}");
     }
     assert!(!c.tar.exists());
@@ -160,7 +200,7 @@ fn a_damaged_or_foreign_file_is_an_error_never_a_panic() {
     }
     for (bytes, reason) in cases {
         fs::write(&c.delta, &bytes).unwrap();
-        let err = apply(&c.release, &c.delta, &EXPECTED, &c.tar, Limits::default()).unwrap_err();
+        let err = apply(&c.root, &c.delta, &EXPECTED, &c.tar, Limits::default()).unwrap_err();
         assert!(err.to_string().contains(reason), "{reason}: {err}");
         assert!(!c.tar.exists());
         assert!(!c.tar.with_extension("tar.base").exists());
@@ -171,10 +211,10 @@ fn a_damaged_or_foreign_file_is_an_error_never_a_panic() {
 fn payloads_larger_than_the_limits_are_refused_before_patching() {
     let c = case();
     let small = Limits { max_total_bytes: 100_000, max_entries: 100 };
-    let err = apply(&c.release, &c.delta, &EXPECTED, &c.tar, small).unwrap_err();
+    let err = apply(&c.root, &c.delta, &EXPECTED, &c.tar, small).unwrap_err();
     assert!(err.to_string().contains("larger than the 100000 bytes"), "{err}");
     let few = Limits { max_total_bytes: 64 << 20, max_entries: 3 };
-    let err = build(&c.old, &c.new, "arm64", "0.1.0", "0.2.0", few).unwrap_err();
+    let err = build(&c.old, &c.new, "arm64", ("0.1.0", "0.2.0"), &PACKAGE, few).unwrap_err();
     assert!(err.to_string().contains("more than 3 entries"), "{err}");
 }
 
@@ -182,11 +222,14 @@ fn payloads_larger_than_the_limits_are_refused_before_patching() {
 fn the_canonical_tar_depends_on_the_files_alone() {
     let c = case();
     let bounds = Bounds { max_bytes: 1 << 30, max_entries: 1000 };
-    let a = canonical::payload_tar(&c.old, bounds).unwrap();
-    assert_eq!(a, canonical::payload_tar(&c.release, bounds).unwrap());
+    let tar = |dir: &Path| canonical::payload_tar(&canonical::Tree::at(dir).unwrap(), bounds);
+    let a = tar(&c.old).unwrap();
+    assert_eq!(a, tar(&c.release).unwrap());
+    let release = canonical::Tree::release(&c.root, "0.1.0").unwrap();
+    assert_eq!(a, canonical::payload_tar(&release, bounds).unwrap());
     fs::write(c.release.join("share/config.example.yml"), "changed\n").unwrap();
-    assert_ne!(a, canonical::payload_tar(&c.release, bounds).unwrap());
-    let err = canonical::payload_tar(c.old.parent().unwrap(), bounds).unwrap_err();
+    assert_ne!(a, tar(&c.release).unwrap());
+    let err = tar(c.old.parent().unwrap()).unwrap_err();
     assert!(err.contains("holds no payload"), "{err}");
 }
 
@@ -194,6 +237,7 @@ fn entry(architecture: &str, from: &str) -> DeltaEntry {
     DeltaEntry {
         architecture: architecture.into(),
         from: Version::parse(from).unwrap(),
+        package_sha256: PACKAGE,
         url: format!("../pool/{}", delta_file_name(from, "0.2.0", architecture)),
         size: 4096,
         sha256: [7; 32],
@@ -235,6 +279,9 @@ fn an_index_devices_would_misread_is_refused() {
     };
     let cases: Vec<(Vec<u8>, &str)> = vec![
         (edited(&|v| v["extra"] = 1.into()), "unknown field"),
+        (edited(&|v| v["format"] = "mcp-raspi deltas 2".into()), "its format"),
+        (edited(&|v| v.as_object_mut().unwrap().remove("format").map(|_| ()).unwrap()), "format"),
+        (edited(&|v| v["deltas"][0]["package_sha256"] = "00".into()), "package_sha256"),
         (edited(&|v| v["deltas"][0]["mirror"] = "x".into()), "unknown field"),
         (edited(&|v| v["name"] = "other".into()), "not mcp-raspi"),
         (edited(&|v| v["version"] = "0.2".into()), "semantic version"),
