@@ -63,6 +63,10 @@ for old in ${UPDATE_DELTA_FROM:-}; do
     arch=$(dpkg-deb --field "$old" Architecture)
     for deb in "${debs[@]}"; do
         [ "$(dpkg-deb --field "$deb" Architecture)" = "$arch" ] || continue
+        if ! dpkg --compare-versions "$(dpkg-deb --field "$old" Version)" lt "$(dpkg-deb --field "$deb" Version)"; then
+            echo "left out: $old is not older than $deb" >&2
+            continue
+        fi
         made=$("$cli" release delta --from "$old" --to "$deb" --out-dir "$out/pool")
         echo "$made" >&2
         delta=${made%%: *}

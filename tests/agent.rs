@@ -275,3 +275,20 @@ fn cpu_ticks(pid: u32) -> u64 {
     let fields: Vec<&str> = after.split_whitespace().collect();
     fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
 }
+
+#[test]
+fn a_delta_install_is_refused_when_this_device_has_delta_updates_off() {
+    let dir = temp_dir();
+    let mut agent = agent_admitting_tests(dir.path());
+    let mut s = connect(dir.path());
+    send(&mut s, &hello(env!("CARGO_PKG_VERSION")));
+    assert_eq!(receive(&mut s).unwrap()["response"]["kind"], "hello");
+    let request = json!({"op": "update_apply", "manifest": "{}", "signature": "{}",
+                         "delta": {"index": "{}", "signature": "{}"}});
+    send(&mut s, &json!({"id": 3, "deadline_unix_ms": now_ms() + 5000, "request": request}));
+    let refused = receive(&mut s).unwrap();
+    assert_eq!(refused["response"]["code"], "delta_unusable", "{refused}");
+    assert!(refused["response"]["message"].as_str().unwrap().contains("updates.delta"), "{refused}");
+    agent.kill().unwrap();
+    agent.wait().unwrap();
+}

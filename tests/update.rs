@@ -979,3 +979,75 @@ fn a_delta_that_cannot_be_used_falls_back_to_the_package_and_without_the_feature
     assert!(scene.server.served("/stable/deltas.json").is_empty());
     assert!(!scene.server.served(&pool_path(NEW)).is_empty());
 }
+
+/// Installs NEW through the library from `file` as a delta, with `index` and `signature` as
+/// the server would hand them to the ops agent, against the channel's signed manifest.
+fn install_delta(
+    scene: &Scene,
+    index: &[u8],
+    signature: &[u8],
+    file: &Path,
+) -> Result<mcp_raspi::update::install::Installed, mcp_raspi::update::install::InstallError> {
+    use mcp_raspi::update::install::{self, Download, InstallRequest};
+    let manifest = std::fs::read(scene.repo.join("stable/manifest.json")).unwrap();
+    let manifest_sig = std::fs::read(scene.repo.join("stable/manifest.json.sig")).unwrap();
+    let inst = scene.installation();
+    let request = InstallRequest {
+        manifest: &manifest,
+        signature: &manifest_sig,
+        download: Download::Delta { index, signature, file },
+        keyring: &manifest::Keyring::load(&scene.keys_dir).unwrap(),
+        policy: install::device_policy(&inst, 20 * 1024 * 1024).unwrap(),
+        staging_dir: &scene.state_dir.join("staging"),
+        source: "mcp",
+    };
+    install::install(&inst, request, &mut |_| {})
+}
+
+#[test]
+fn the_installer_refuses_a_delta_it_cannot_trust_and_changes_nothing() {
+    use mcp_raspi::update::install::InstallError;
+    let (scene, _deb, delta) = delta_scene();
+    let index = std::fs::read(scene.repo.join("stable/deltas.json")).unwrap();
+    let signature = std::fs::read(scene.repo.join("stable/deltas.json.sig")).unwrap();
+    let edited = |edit: &dyn Fn(&mut serde_json::Value)| {
+        let mut value: serde_json::Value = serde_json::from_slice(&index).unwrap();
+        edit(&mut value);
+        let bytes = serde_json::to_vec(&value).unwrap();
+        let sig = manifest::sign(&bytes, &scene.key);
+        (bytes, sig)
+    };
+    let stranger = new_key(&scene.dir.path().join("publisher"));
+    let (newer, newer_sig) = edited(&|v| v["version"] = NEWER.into());
+    let (older_base, older_base_sig) = edited(&|v| v["deltas"][0]["from"] = "0.0.9".into());
+    let (other_build, other_build_sig) = edited(&|v| v["deltas"][0]["package_sha256"] = "00".repeat(32).into());
+    let link = scene.dir.path().join("delta-link");
+    std::os::unix::fs::symlink(&delta, &link).unwrap();
+    let damaged = scene.dir.path().join("damaged.delta");
+    let mut bytes = std::fs::read(&delta).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&damaged, bytes).unwrap();
+    // What is wrong, the index and its signature, the delta file, what the refusal says.
+    type Case<'a> = (&'a str, Vec<u8>, Vec<u8>, &'a Path, &'a str);
+    let cases: Vec<Case> = vec![
+        ("signed by another key", index.clone(), manifest::sign(&index, &stranger), &delta, "not trusted"),
+        ("the index of another release", newer, newer_sig, &delta, "the delta index is for 0.3.0"),
+        ("no delta from the installed release", older_base, older_base_sig, &delta, "delta from 0.1.0 to 0.2.0"),
+        ("the delta of another build", other_build, other_build_sig, &delta, "another build"),
+        ("the delta file a symlink", index.clone(), signature.clone(), &link, "symlink"),
+        ("the delta damaged", index.clone(), signature.clone(), &damaged, "altered or damaged"),
+    ];
+    let before = scene.fingerprint();
+    for (what, index, signature, file, reason) in cases {
+        let err = install_delta(&scene, &index, &signature, file).unwrap_err();
+        assert!(matches!(err, InstallError::Delta(_)), "{what}: {err}");
+        assert!(err.to_string().contains(reason), "{what}: {err}");
+        assert_eq!(scene.fingerprint(), before, "{what} changed the install tree or its state");
+        let staging: Vec<_> =
+            std::fs::read_dir(scene.state_dir.join("staging")).unwrap().flatten().map(|e| e.file_name()).collect();
+        assert!(staging.is_empty(), "{what} left {staging:?}");
+    }
+    let installed = install_delta(&scene, &index, &signature, &delta).unwrap();
+    assert_eq!(installed.to, NEW);
+}

@@ -108,6 +108,13 @@ impl AgentState {
         delta: Option<&DeltaIndexFiles>,
     ) -> Result<Response, Response> {
         check_remote_enabled(&self.config)?;
+        // The server decides on a delta, but the operator turned the feature on here or not.
+        if delta.is_some() && !self.config.experimental_features.feature_enabled("updates.delta") {
+            return Err(Response::Error {
+                code: ErrorCode::DeltaUnusable,
+                message: "delta updates are off on this device (the experimental feature updates.delta)".into(),
+            });
+        }
         let updates = &self.updates;
         let keys_dir = &self.config.updates.keys_dir;
         let keyring = Keyring::load(keys_dir).map_err(|e| failed(e.to_string()))?;
@@ -123,12 +130,6 @@ impl AgentState {
             &to,
             &policy.architecture,
         ));
-        if delta.is_some() && !self.config.experimental_features.feature_enabled("updates.delta") {
-            return Err(Response::Error {
-                code: ErrorCode::DeltaUnusable,
-                message: "delta updates are off on this device (the experimental feature updates.delta)".into(),
-            });
-        }
         let download = match delta {
             None => Download::Package(&package),
             Some(files) => Download::Delta {

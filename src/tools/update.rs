@@ -123,7 +123,7 @@ impl Tool for UpdateServer {
     const SPEC: ToolSpec = ToolSpec {
         name: "manage.update_server",
         title: "Update mcp-raspi",
-        description: "Updates mcp-raspi itself to the newest release of a channel (or to target_version) from the signed update repository (updates.server_url). Checks the manifest's ed25519 signature, version and architecture, downloads and verifies the package, has the ops agent install it and restart the services; the new release must then answer /healthz and a tools/call within updates.health_timeout_seconds or it is rolled back automatically. The call ends at the restart with status in_progress: poll manage.get_server_status until last_update.status is succeeded or rolled_back. dry_run only checks what would be installed.",
+        description: "Updates mcp-raspi itself to the newest release of a channel (or to target_version) from the signed update repository (updates.server_url). Checks the manifest's ed25519 signature, version and architecture, downloads and verifies the package (or, with the experimental feature updates.delta, the smaller delta from the installed release when the repository publishes one), has the ops agent install it and restart the services; the new release must then answer /healthz and a tools/call within updates.health_timeout_seconds or it is rolled back automatically. The call ends at the restart with status in_progress: poll manage.get_server_status until last_update.status is succeeded or rolled_back. dry_run only checks what would be installed.",
         min_role: Role::Admin,
         read_only: false,
         destructive: true,

@@ -1,14 +1,19 @@
 //! Installing a downloaded release: what the ops agent (or root, through `mcp-raspi update`)
-//! does with a package the network-facing server fetched.
+//! does with a package, or a delta, the network-facing server fetched.
 //!
 //! Nothing the server hands over is trusted. The manifest's signature is checked against
-//! this side's own keys and the policy applied again; the package is copied into a private
-//! staging directory while its SHA-256 is computed, so that the bytes checked are the bytes
-//! installed (the server can still write the file it downloaded); its control fields must
-//! name the same package, version and architecture. Only then does the install tree change:
-//! the state records the update, the payload is extracted, installed as
-//! `releases/<version>` and `current` is switched. Every refusal before that point leaves
-//! the install tree and `version.json` exactly as they were.
+//! this side's own keys and the policy applied again. Under the update lock, the package
+//! is copied into a private staging directory while its SHA-256 is computed, so that the
+//! bytes checked are the bytes installed (the server can still write the file it
+//! downloaded); its control fields must name the same package, version and architecture.
+//! A delta (see [`super::delta`]) is checked the same way against the signed delta index,
+//! which must be bound to the manifest's package, and applied to the installed release; the
+//! tar it rebuilds must have the digest the delta promises. Only then does the install tree
+//! change: the state records the update, the payload is extracted (from the package, or the
+//! rebuilt tar, with the same defences), installed as `releases/<version>` and `current` is
+//! switched. Every refusal before that point leaves the install tree and `version.json`
+//! exactly as they were; a delta's refusals are [`InstallError::Delta`], after which the
+//! caller can install the package instead.
 
 use std::fmt;
 use std::fs::{self, File};
