@@ -264,7 +264,9 @@ pub fn build_delta(args: BuildDelta, out: &mut dyn Write) -> Result<(), String> 
     let work = out_dir.join(format!(".delta-work-{}", std::process::id()));
     let built = (|| {
         std::fs::create_dir_all(&work).map_err(|e| format!("cannot create {}: {e}", work.display()))?;
-        let limits = deb::Limits::default();
+        // The publisher's own packages: any size a device may accept (four times a download
+        // cap of a few hundred megabytes).
+        let limits = deb::Limits { max_total_bytes: 1 << 30, ..deb::Limits::default() };
         let (old_payload, new_payload) = (work.join("from"), work.join("to"));
         deb::extract_payload(&args.from, &old_payload, &old, limits)
             .map_err(|e| format!("{}: {e}", args.from.display()))?;

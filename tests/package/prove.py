@@ -210,6 +210,7 @@ RELEASE_ROLES = (
     ("v2", 1, ""),  # the update that must succeed
     ("v3", 2, "proof-unhealthy"),  # answers /healthz with 503: rolled back
     ("v4", 3, ""),  # what `mcp-raspi-update server` brings
+    ("v5", 4, ""),  # brought over MCP by the delta from v4
 )
 
 
@@ -827,10 +828,13 @@ class UpdateRepo:
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
 
-    def publish(self, deb, version):
-        """Makes `deb` the release of both channels (and versions/<version>)."""
-        env = {k: v for k, v in os.environ.items() if k != "UPDATE_KEY"}
+    def publish(self, deb, version, delta_from=None):
+        """Makes `deb` the release of both channels (and versions/<version>), with the delta
+        from the package `delta_from` when given."""
+        env = {k: v for k, v in os.environ.items() if k not in ("UPDATE_KEY", "UPDATE_DELTA_FROM")}
         env["UPDATE_KEY_DIR"] = str(self.key_dir)
+        if delta_from:
+            env["UPDATE_DELTA_FROM"] = str(delta_from)
         code, out, err = run([ROOT / "packaging/update-repo.sh", self.cli, self.dir, deb], env=env, check=False)
         try:
             offered = json.loads((self.dir / "stable/manifest.json").read_text()).get("version")
@@ -1077,6 +1081,53 @@ def check_update_with_cli(box, port, token, repo, v1, v4, v4_deb):
                  json.dumps(update))
 
 
+def check_delta_update(box, port, token, repo, v1, v4, v4_deb, v5, v5_deb):
+    """With updates.delta on, from v4 (back from v1 by a rollback) to v5 over MCP: the server
+    downloads the delta from v4, the agent rebuilds v5 from releases/v4 under its unit's
+    sandbox, and v5 proves healthy."""
+    code, out, err = box.sh(f"mcp-raspi manage rollback --to {v4}", check=False)
+    report.require(f"`mcp-raspi manage rollback --to {v4}` goes to {v4}", code == 0 and f"current: {v4}" in out,
+                   out + err)
+    config = box.out("cat /etc/mcp-raspi/config.yml")
+    old = "experimental_features:\n  enabled: false\n  features: []\n"
+    report.require("the installed configuration lists no experimental features", old in config, config[-2000:])
+    new = ("experimental_features:\n  enabled: true\n  features:\n"
+           "    - { name: updates.delta, enabled: true, acknowledged_risks: true }\n")
+    box.sh("cat > /etc/mcp-raspi/config.yml", input=config.replace(old, new, 1) + "\n")
+    box.sh("systemctl restart raspi-ops-agent.service mcp-raspi-server.service")
+    wait_version(port, v4, 60)
+    repo.publish(v5_deb, v5, delta_from=v4_deb)
+    deltas = sorted((repo.dir / "pool").glob(f"mcp-raspi_{v4}_to_{v5}_amd64.delta"))
+    report.require(f"update-repo.sh publishes the delta from {v4} to {v5} in a signed deltas.json",
+                   len(deltas) == 1 and (repo.dir / "stable/deltas.json.sig").exists(),
+                   str(sorted(p.name for p in (repo.dir / "pool").iterdir())))
+    delta_size, package_size = deltas[0].stat().st_size, v5_deb.stat().st_size
+    asked = len(repo.requests)
+    started = time.time()
+    status, result = call_tool(port, token, "manage.update_server", {"channel": "stable"}, timeout=300)
+    answer = structured(result)
+    report.require(f"tools/call manage.update_server answers in_progress from {v4} to {v5}",
+                   tool_ok(result) and answer.get("status") == "in_progress" and answer.get("target_version") == v5,
+                   f"{status} {tool_text(result)[:1500]}\n{journal(box)}")
+    fetched = repo.requests[asked:]
+    report.check(f"the server downloaded the {delta_size}-byte delta instead of the {package_size}-byte package",
+                 answer.get("download_bytes") == delta_size and deltas[0].name in " ".join(fetched)
+                 and not any(p.endswith(".deb") for p in fetched), f"{answer} {fetched}")
+    state, elapsed = wait_update_end(port, token, v5, v5, started)
+    update = (state or {}).get("last_update") or {}
+    report.require(f"the delta update to {v5} ends succeeded with {v5} answering",
+                   elapsed is not None and update.get("status") == "succeeded",
+                   json.dumps(state)[:1500] + "\n" + journal(box))
+    timings[f"{v4} to {v5} over MCP with the delta, from the call to {v5} healthy"] = elapsed
+    check_release_state(box, port, token, f"after the delta update to {v5}", v5, v4)
+    agent_log = box.out("journalctl -b --no-pager -o cat -u raspi-ops-agent", check=False)
+    report.check("the agent rebuilt the release from the delta (update: Patched)", "update: Patched" in agent_log,
+                 agent_log[-1500:])
+    for directory in ("staging", "downloads"):
+        left = box.out(f"ls -A /var/lib/mcp-raspi/{directory}", check=False)
+        report.check(f"nothing is left in {directory}/ once the agent installed the delta", left == "", left)
+
+
 def check_upgrade(box, version, upgrade_version, repo, upgrade_deb, port, token):
     run([ROOT / "packaging/apt-repo.sh", repo, upgrade_deb], env={**os.environ, "APT_REPO_GNUPGHOME": str(gnupghome())})
     box.sh("apt-get update -q")
@@ -1223,6 +1274,7 @@ def gpg_agents_of(home):
 def prove_amd64(version, releases, repo, update_repo):
     """`releases`: role (v2, v3, v4) to (version, .deb)."""
     (v2, v2_deb), (v3, v3_deb), (v4, v4_deb) = releases["v2"], releases["v3"], releases["v4"]
+    v5, v5_deb = releases["v5"]
     rootfs = fresh_rootfs("amd64")
     port = free_port()
     add_repo_source(rootfs, repo)
@@ -1256,8 +1308,12 @@ def prove_amd64(version, releases, repo, update_repo):
         check_manual_rollback(box, port, token, version, v2)
         log(f"mcp-raspi-update server --channel stable to {v4}, mcp-raspi-cli manage rollback")
         check_update_with_cli(box, port, token, update_repo, version, v4, v4_deb)
+        log(f"delta update over MCP from {v4} to {v5}")
+        check_delta_update(box, port, token, update_repo, version, v4, v4_deb, v5, Path(v5_deb))
         log("remove and purge")
-        check_remove_and_purge(box, (version, v2, v3, v4), port, token)
+        # Pruning keeps updates.keep_versions releases: the ones left are the ones remove keeps.
+        kept = box.out("ls /opt/mcp-raspi/releases", check=False).split()
+        check_remove_and_purge(box, kept, port, token)
     finally:
         # For the reader of a failure: what the two programs logged.
         (WORK / "amd64-journal.log").write_text(box.out(
