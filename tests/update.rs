@@ -528,6 +528,8 @@ fn root_gives_what_it_installs_to_the_owner_of_the_install_root() {
 const KILL_POINT: &str = "MCP_RASPI_TEST_KILL_POINT";
 const KILL_DIR: &str = "MCP_RASPI_TEST_KILL_DIR";
 const KILL_REPO: &str = "MCP_RASPI_TEST_KILL_REPO";
+/// Set when the child updates with the delta from the installed release.
+const KILL_DELTA: &str = "MCP_RASPI_TEST_KILL_DELTA";
 const REACHED: &str = "kill point reached:";
 /// How long a child waits at its kill point, and the parent for it to get there.
 const KILL_WAIT: Duration = Duration::from_secs(20);
@@ -596,14 +598,19 @@ fn kill_point_child() {
             Step::Installed => at("after rename (Installed)"),
             Step::Switching => at("before flip (Switching)"),
             Step::Switched => at("after flip (Switched)"),
-            Step::Verified { .. } | Step::Patched { .. } => false,
+            Step::Patched { .. } => at("after rebuild (Patched)"),
+            Step::Verified { .. } => false,
         };
         if now {
             reached(&point)
         }
     };
     let mut hooks = Hooks { progress: &mut progress, downloaded: &mut downloaded, step: &mut step };
-    device.update_through_library(&version(NEW), FetchSettings::default(), &mut hooks).unwrap();
+    if std::env::var_os(KILL_DELTA).is_some() {
+        device.update_through_library_delta(&version(NEW), &mut hooks).unwrap();
+    } else {
+        device.update_through_library(&version(NEW), FetchSettings::default(), &mut hooks).unwrap();
+    }
     if at("before commit") {
         reached(&point)
     }
@@ -627,14 +634,40 @@ struct KillRow {
 
 #[test]
 fn an_update_killed_at_any_step_leaves_a_release_that_runs_and_a_state_that_names_it() {
-    let started = Instant::now();
-    let mut rows = Vec::new();
-    for point in KILL_POINTS {
+    run_kill_points(&KILL_POINTS, None, || {
         let scene = Scene::new();
         scene.release(NEWER);
         scene.release(NEW);
+        scene
+    });
+}
+
+#[test]
+fn a_delta_update_killed_at_any_step_leaves_a_release_that_runs_and_a_state_that_names_it() {
+    // The package's points, and the rebuild; not mid-download (a delta of a few hundred
+    // bytes is too short to stop in) nor the rollback's (the same with either download).
+    let mut points: Vec<&'static str> =
+        KILL_POINTS.into_iter().filter(|p| *p != "mid-download" && !rolling_back(p)).collect();
+    let copied = points.iter().position(|p| *p == "after verify (Copied)").unwrap();
+    points.insert(copied + 1, "after rebuild (Patched)");
+    run_kill_points(&points, Some(KILL_DELTA), || {
+        let (scene, _deb, _delta) = delta_scene();
+        scene.release(NEWER);
+        scene.release(NEW);
+        scene
+    });
+}
+
+/// Kills an update at each of `points`, each on a fresh `scene()`, with `env` set in the
+/// child when given, and checks what the next start and the next update make of it.
+fn run_kill_points(points: &[&'static str], env: Option<&str>, scene: impl Fn() -> Scene) {
+    let started = Instant::now();
+    let mut rows = Vec::new();
+    for &point in points {
+        let scene = scene();
         let mut row = KillRow { point, found: String::new(), after: String::new(), result: Ok(()) };
-        row.result = kill_at(&scene, point, &mut row.found).and_then(|()| next_start(&scene, point, &mut row.after));
+        row.result =
+            kill_at(&scene, point, env, &mut row.found).and_then(|()| next_start(&scene, point, &mut row.after));
         rows.push(row);
     }
     let mut table = String::from("\nkill points: kill point | state found | next start and next update | result\n");
@@ -652,13 +685,17 @@ fn an_update_killed_at_any_step_leaves_a_release_that_runs_and_a_state_that_name
 }
 
 /// Runs the update in a child and SIGKILLs it at `point`; describes what it left in `found`.
-fn kill_at(scene: &Scene, point: &str, found: &mut String) -> Result<(), String> {
+fn kill_at(scene: &Scene, point: &str, env: Option<&str>, found: &mut String) -> Result<(), String> {
     if point == "mid-download" {
         // However the client reads the body, it reports progress past 128 KiB before the
         // server stops at 200 KiB, short of the whole package.
         scene.server.fault(&pool_path(NEW), Fault::Stall { after: 200 * 1024, pause: KILL_WAIT });
     }
-    let mut child = Command::new(std::env::current_exe().unwrap())
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    if let Some(name) = env {
+        command.env(name, "1");
+    }
+    let mut child = command
         .args(["update::kill_point_child", "--exact", "--nocapture", "--include-ignored", "--test-threads=1"])
         .env(KILL_POINT, point)
         .env(KILL_DIR, scene.dir.path())
@@ -761,7 +798,7 @@ fn describe(device: &Device) -> String {
     }
     for entry in std::fs::read_dir(device.downloads()).into_iter().flatten().flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let kind = if name.ends_with(".part") { ".part" } else { ".deb" };
+        let kind = [".part", ".delta"].into_iter().find(|k| name.ends_with(k)).unwrap_or(".deb");
         extra.push(format!("{kind} {} B", entry.metadata().map(|m| m.len()).unwrap_or(0)));
     }
     for entry in std::fs::read_dir(device.state_dir.join("staging")).into_iter().flatten().flatten() {

@@ -102,6 +102,22 @@ impl Device {
         settings: FetchSettings,
         hooks: &mut Hooks<'_>,
     ) -> Result<Installed, String> {
+        self.update_by_library(target, settings, false, hooks)
+    }
+
+    /// [`Self::update_through_library`] with the delta from the installed release, which
+    /// must be published.
+    pub fn update_through_library_delta(&self, target: &Target, hooks: &mut Hooks<'_>) -> Result<Installed, String> {
+        self.update_by_library(target, FetchSettings::default(), true, hooks)
+    }
+
+    fn update_by_library(
+        &self,
+        target: &Target,
+        settings: FetchSettings,
+        delta: bool,
+        hooks: &mut Hooks<'_>,
+    ) -> Result<Installed, String> {
         let inst = self.installation();
         let max_bytes = 20 * 1024 * 1024;
         let policy = install::device_policy(&inst, max_bytes)?;
@@ -115,21 +131,45 @@ impl Device {
             Resolution::UpToDate { offered } => return Err(format!("up to date: {offered} is offered")),
             Resolution::Available(resolved) => resolved,
         };
-        let package = runtime
-            .block_on(resolve::download(&fetcher, &resolved, &self.downloads(), &policy.architecture, hooks.progress))
-            .map_err(|e| e.to_string())?;
-        (hooks.downloaded)(&package);
+        let found = match delta {
+            true => Some(
+                runtime
+                    .block_on(resolve::find_delta(&fetcher, &resolved, &keyring, &policy))?
+                    .ok_or("no delta from the installed release is published")?,
+            ),
+            false => None,
+        };
+        let file = match &found {
+            Some(found) => {
+                runtime.block_on(resolve::download_delta(&fetcher, &resolved, found, &self.downloads(), hooks.progress))
+            }
+            None => runtime.block_on(resolve::download(
+                &fetcher,
+                &resolved,
+                &self.downloads(),
+                &policy.architecture,
+                hooks.progress,
+            )),
+        }
+        .map_err(|e| e.to_string())?;
+        (hooks.downloaded)(&file);
+        let download = match &found {
+            Some(found) => {
+                install::Download::Delta { index: &found.index_bytes, signature: &found.signature_bytes, file: &file }
+            }
+            None => install::Download::Package(&file),
+        };
         let request = InstallRequest {
             manifest: &resolved.manifest_bytes,
             signature: &resolved.signature_bytes,
-            download: install::Download::Package(&package),
+            download,
             keyring: &keyring,
             policy,
             staging_dir: &self.state_dir.join("staging"),
             source: "mcp",
         };
         let installed = install::install(&inst, request, hooks.step).map_err(|e| e.to_string())?;
-        let _ = std::fs::remove_file(&package);
+        let _ = std::fs::remove_file(&file);
         Ok(installed)
     }
 }
