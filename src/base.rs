@@ -16,6 +16,45 @@ pub fn hex(bytes: &[u8]) -> String {
     })
 }
 
+/// A reader or a writer that counts and hashes (SHA-256) what passes through it: a file
+/// checked as it is copied, archived or rebuilt.
+pub struct Hashing<T> {
+    pub inner: T,
+    pub hasher: sha2::Sha256,
+    pub count: u64,
+}
+
+impl<T> Hashing<T> {
+    pub fn new(inner: T) -> Hashing<T> {
+        use sha2::Digest;
+        Hashing { inner, hasher: sha2::Sha256::new(), count: 0 }
+    }
+}
+
+impl<R: std::io::Read> std::io::Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use sha2::Digest;
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.count += n as u64;
+        Ok(n)
+    }
+}
+
+impl<W: std::io::Write> std::io::Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        use sha2::Digest;
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.count += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 /// `text` cut to at most `max_bytes` (on a character boundary), with a marker that gives the
 /// original length when anything was cut: for echoing what a caller sent into messages and
 /// records of bounded size.

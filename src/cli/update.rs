@@ -18,7 +18,7 @@ use clap::{Args as ClapArgs, Subcommand};
 use super::DEFAULT_CONFIG;
 use crate::config::{Config, CHANNELS};
 use crate::update::activate::Installation;
-use crate::update::download::{FetchSettings, Fetcher};
+use crate::update::download::{FetchSettings, Fetcher, Progress};
 use crate::update::install::{self, Download, InstallError, InstallRequest, Step};
 use crate::update::manifest::Keyring;
 use crate::update::release::Owner;
@@ -324,70 +324,34 @@ fn server(args: ServerArgs, out: &mut dyn Write) -> Result<(), String> {
     // Not the server's downloads/: what root creates there the server could not resume.
     let downloads = config.paths.state_dir.join("staging").join("root-downloads");
     let staging_dir = config.paths.state_dir.join("staging");
-    let request = |download| InstallRequest {
-        manifest: &resolved.manifest_bytes,
-        signature: &resolved.signature_bytes,
-        download,
-        keyring: &keyring,
-        policy: policy.clone(),
-        staging_dir: &staging_dir,
-        source: "cli",
+    let install_from = |download: Download<'_>| {
+        let request = InstallRequest {
+            manifest: &resolved.manifest_bytes,
+            signature: &resolved.signature_bytes,
+            download,
+            keyring: &keyring,
+            policy: policy.clone(),
+            staging_dir: &staging_dir,
+            source: "cli",
+        };
+        install::install(&inst, request, &mut |step| reporter.step(&describe(step)))
     };
-    // The downloads outlive every request made of them.
-    let (mut delta_found, mut delta_file) = (None, None);
-    let mut installed = None;
-    // How the release came, for the last line: said only when a delta was used.
-    let mut via = String::new();
-    if config.experimental_features.feature_enabled("updates.delta") {
+    let from_delta = if config.experimental_features.feature_enabled("updates.delta") {
+        let download = |found: &resolve::ResolvedDelta| {
+            let mut progress = |p: Progress| reporter.bytes(p.done, p.total);
+            let file = resolve::download_delta(&fetcher, &resolved, found, &downloads, &mut progress);
+            let file = runtime.block_on(file).map_err(|e| e.to_string());
+            reporter.finish();
+            file
+        };
         let found = runtime.block_on(resolve::find_delta(&fetcher, &resolved, &keyring, &policy));
-        match found {
-            Ok(Some(found)) => {
-                let found = &*delta_found.insert(found);
-                reporter.step(&format!(
-                    "download: the delta from {} ({} bytes instead of {})",
-                    found.entry.from, found.entry.size, resolved.artifact.size
-                ));
-                let file = runtime
-                    .block_on(resolve::download_delta(&fetcher, &resolved, found, &downloads, &mut |p| {
-                        reporter.bytes(p.done, p.total)
-                    }))
-                    .map_err(|e| e.to_string());
-                reporter.finish();
-                match file {
-                    Ok(file) => {
-                        let file: &std::path::PathBuf = delta_file.insert(file);
-                        let download =
-                            Download::Delta { index: &found.index_bytes, signature: &found.signature_bytes, file };
-                        let result =
-                            install::install(&inst, request(download), &mut |step| reporter.step(&describe(step)));
-                        let _ = std::fs::remove_file(file);
-                        match result {
-                            Ok(done) => {
-                                installed = Some(done);
-                                via = format!(
-                                    " (from the {}-byte delta of {} instead of the {}-byte package)",
-                                    found.entry.size, found.entry.from, resolved.artifact.size
-                                );
-                            }
-                            Err(e @ InstallError::Delta(_)) => {
-                                eprintln!("mcp-raspi: warning: {e}; downloading the whole package instead")
-                            }
-                            Err(e) => return Err(e.to_string()),
-                        }
-                    }
-                    Err(e) => {
-                        reporter.step(&format!("the delta's download failed ({e}); downloading the whole package"))
-                    }
-                }
-            }
-            Ok(None) => reporter.step("download: no delta from this release is published"),
-            Err(e) => {
-                eprintln!("mcp-raspi: warning: the delta index cannot be used ({e}); downloading the whole package")
-            }
-        }
-    }
-    let installed = match installed {
-        Some(installed) => installed,
+        install_from_delta(found, &resolved, &reporter, download, install_from)?
+    } else {
+        None
+    };
+    // How the release came, for the last line: said only when a delta was used.
+    let (installed, via) = match from_delta {
+        Some(done) => done,
         None => {
             let package = runtime
                 .block_on(resolve::download(&fetcher, &resolved, &downloads, &policy.architecture, &mut |p| {
@@ -395,11 +359,9 @@ fn server(args: ServerArgs, out: &mut dyn Write) -> Result<(), String> {
                 }))
                 .map_err(|e| e.to_string())?;
             reporter.finish();
-            let installed = install::install(&inst, request(Download::Package(&package)), &mut |step| {
-                reporter.step(&describe(step))
-            });
+            let installed = install_from(Download::Package(&package));
             let _ = std::fs::remove_file(&package);
-            installed.map_err(|e| e.to_string())?
+            (installed.map_err(|e| e.to_string())?, String::new())
         }
     };
     let (restarting, restarted) = restart_running_units();
@@ -446,6 +408,55 @@ fn server(args: ServerArgs, out: &mut dyn Write) -> Result<(), String> {
                 outcome.reason.unwrap_or_default()
             ))
         }
+    }
+}
+
+/// Installs from `found`, the delta from the installed release, fetched with `download`
+/// and installed with `install_from`: the release and how it came. `None`, after saying
+/// why, when there is no delta or it cannot be used: the package is installed instead.
+fn install_from_delta(
+    found: Result<Option<resolve::ResolvedDelta>, String>,
+    resolved: &resolve::Resolved,
+    reporter: &Reporter,
+    download: impl FnOnce(&resolve::ResolvedDelta) -> Result<std::path::PathBuf, String>,
+    install_from: impl FnOnce(Download<'_>) -> Result<install::Installed, InstallError>,
+) -> Result<Option<(install::Installed, String)>, String> {
+    let found = match found {
+        Ok(Some(found)) => found,
+        Ok(None) => {
+            reporter.step("download: no delta from this release is published");
+            return Ok(None);
+        }
+        Err(e) => {
+            eprintln!("mcp-raspi: warning: the delta index cannot be used ({e}); downloading the whole package");
+            return Ok(None);
+        }
+    };
+    let (size, from) = (found.entry.size, &found.entry.from);
+    reporter.step(&format!("download: the delta from {from} ({size} bytes instead of {})", resolved.artifact.size));
+    let file = match download(&found) {
+        Ok(file) => file,
+        Err(e) => {
+            reporter.step(&format!("the delta's download failed ({e}); downloading the whole package"));
+            return Ok(None);
+        }
+    };
+    let installed =
+        install_from(Download::Delta { index: &found.index_bytes, signature: &found.signature_bytes, file: &file });
+    let _ = std::fs::remove_file(&file);
+    match installed {
+        Ok(installed) => {
+            let via = format!(
+                " (from the {size}-byte delta of {from} instead of the {}-byte package)",
+                resolved.artifact.size
+            );
+            Ok(Some((installed, via)))
+        }
+        Err(e @ InstallError::Delta(_)) => {
+            eprintln!("mcp-raspi: warning: {e}; downloading the whole package instead");
+            Ok(None)
+        }
+        Err(e) => Err(e.to_string()),
     }
 }
 

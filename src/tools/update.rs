@@ -195,48 +195,18 @@ pub async fn update(app: &App, progress: &Progress, target: Target, dry_run: boo
         });
     }
     let downloads = config.paths.state_dir.join("downloads");
-    let mut answer = None;
-    let mut download_bytes = size;
+    let mut from_delta = None;
     if config.experimental_features.feature_enabled("updates.delta") {
-        match resolve::find_delta(&fetcher, &resolved, &keyring, &policy).await {
-            Ok(Some(found)) => {
-                step(
-                    progress,
-                    1,
-                    &format!("the delta from {} ({} bytes instead of {size})", found.entry.from, found.entry.size),
-                );
-                let delta = DeltaIndexFiles {
-                    index: String::from_utf8_lossy(&found.index_bytes).into_owned(),
-                    signature: String::from_utf8_lossy(&found.signature_bytes).into_owned(),
-                };
-                match resolve::download_delta(&fetcher, &resolved, &found, &downloads, &mut reporter(progress)).await {
-                    Ok(file) => match install(app, progress, &resolved, Some(delta), &file).await {
-                        Err(AgentError::Remote { code: ErrorCode::DeltaUnusable, message }) => {
-                            log::warn!("update to {version}: {message}; downloading the whole package");
-                            step(progress, 1, &format!("{message}; downloading the whole package instead"));
-                        }
-                        other => {
-                            download_bytes = found.entry.size;
-                            answer = Some(other);
-                        }
-                    },
-                    Err(e) => {
-                        log::warn!("update to {version}: the delta's download failed ({e}); downloading the package");
-                    }
-                }
-            }
-            Ok(None) => log::info!("update to {version}: no delta from {} is published", policy.installed),
-            Err(e) => log::warn!("update to {version}: the delta index cannot be used ({e}); downloading the package"),
-        }
+        from_delta = install_from_delta(app, progress, &fetcher, &resolved, &keyring, &policy, &downloads).await;
     }
-    let answer = match answer {
-        Some(answer) => answer,
+    let (answer, download_bytes) = match from_delta {
+        Some(done) => done,
         None => {
             let package =
                 resolve::download(&fetcher, &resolved, &downloads, &policy.architecture, &mut reporter(progress))
                     .await
                     .map_err(|e| ToolError { code: "failed", message: e.to_string() })?;
-            install(app, progress, &resolved, None, &package).await
+            (install(app, progress, &resolved, None, &package).await, size)
         }
     };
     let (from, restart_in_ms) = match answer? {
@@ -264,6 +234,53 @@ pub async fn update(app: &App, progress: &Progress, target: Target, dry_run: boo
             config.updates.health_timeout_seconds
         ),
     })
+}
+
+/// With updates.delta on: the ops agent's answer to an install from the delta from the
+/// installed release, and the delta's size. `None`, after logging why, when there is no
+/// delta or it cannot be used: the package is installed instead.
+async fn install_from_delta(
+    app: &App,
+    progress: &Progress,
+    fetcher: &Fetcher,
+    resolved: &resolve::Resolved,
+    keyring: &Keyring,
+    policy: &Policy,
+    downloads: &std::path::Path,
+) -> Option<(Result<Response, AgentError>, u64)> {
+    let version = &resolved.manifest.version;
+    let found = match resolve::find_delta(fetcher, resolved, keyring, policy).await {
+        Ok(Some(found)) => found,
+        Ok(None) => {
+            log::info!("update to {version}: no delta from {} is published", policy.installed);
+            return None;
+        }
+        Err(e) => {
+            log::warn!("update to {version}: the delta index cannot be used ({e}); downloading the package");
+            return None;
+        }
+    };
+    let (size, package) = (found.entry.size, resolved.artifact.size);
+    step(progress, 1, &format!("the delta from {} ({size} bytes instead of {package})", found.entry.from));
+    let file = match resolve::download_delta(fetcher, resolved, &found, downloads, &mut reporter(progress)).await {
+        Ok(file) => file,
+        Err(e) => {
+            log::warn!("update to {version}: the delta's download failed ({e}); downloading the package");
+            return None;
+        }
+    };
+    let delta = DeltaIndexFiles {
+        index: String::from_utf8_lossy(&found.index_bytes).into_owned(),
+        signature: String::from_utf8_lossy(&found.signature_bytes).into_owned(),
+    };
+    match install(app, progress, resolved, Some(delta), &file).await {
+        Err(AgentError::Remote { code: ErrorCode::DeltaUnusable, message }) => {
+            log::warn!("update to {version}: {message}; downloading the whole package");
+            step(progress, 1, &format!("{message}; downloading the whole package instead"));
+            None
+        }
+        answer => Some((answer, size)),
+    }
 }
 
 /// Reports a download's progress, a notification per percent at most.

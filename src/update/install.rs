@@ -295,24 +295,13 @@ fn prepare_delta(
 ) -> Result<(u64, File), InstallError> {
     let index = DeltaIndex::verify(delta.index, delta.signature, request.keyring).map_err(InstallError::Delta)?;
     let (from, to) = (request.policy.installed.to_string(), manifest.version.to_string());
-    if index.version != manifest.version {
-        return Err(InstallError::Delta(format!(
-            "the delta index is for {}, but the manifest offers {to}",
-            index.version
-        )));
-    }
     let architecture = &request.policy.architecture;
-    let entry = index.find(architecture, &request.policy.installed).ok_or_else(|| {
-        InstallError::Delta(format!("the delta index has no {architecture} delta from {from} to {to}"))
-    })?;
-    if entry.package_sha256 != artifact.sha256 {
-        return Err(InstallError::Delta(format!(
-            "the delta stands for the package with SHA-256 {}, but the manifest's is {}: the index belongs to \
-             another build of {to}",
-            hex(&entry.package_sha256),
-            artifact.sha256_hex()
-        )));
-    }
+    let entry = index
+        .delta_for(&manifest.version, &artifact.sha256, architecture, &request.policy.installed)
+        .map_err(InstallError::Delta)?
+        .ok_or_else(|| {
+            InstallError::Delta(format!("the delta index has no {architecture} delta from {from} to {to}"))
+        })?;
     if entry.size > request.policy.max_download_bytes {
         return Err(InstallError::Delta(format!(
             "the delta is {} bytes, more than the {} allowed (updates.max_download_mb)",

@@ -215,18 +215,9 @@ pub async fn find_delta(
     let signature_bytes =
         fetcher.fetch_small(&format!("{index_url}.sig"), MAX_SIGNATURE_BYTES).await.map_err(|e| e.to_string())?;
     let index = DeltaIndex::verify(&index_bytes, &signature_bytes, keyring)?;
-    if index.version != resolved.manifest.version {
-        return Err(format!("{index_url} lists deltas to {}, not to {}", index.version, resolved.manifest.version));
-    }
-    let Some(entry) = index.find(&policy.architecture, &policy.installed) else { return Ok(None) };
-    if entry.package_sha256 != resolved.artifact.sha256 {
-        return Err(format!(
-            "{index_url} describes another build of {}: its package has SHA-256 {}, the manifest's {}",
-            resolved.manifest.version,
-            crate::base::hex(&entry.package_sha256),
-            resolved.artifact.sha256_hex()
-        ));
-    }
+    let (version, package) = (&resolved.manifest.version, &resolved.artifact.sha256);
+    let found = index.delta_for(version, package, &policy.architecture, &policy.installed);
+    let Some(entry) = found.map_err(|e| format!("{index_url}: {e}"))? else { return Ok(None) };
     if entry.size >= resolved.artifact.size || entry.size > policy.max_download_bytes {
         return Ok(None);
     }

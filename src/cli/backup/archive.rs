@@ -15,9 +15,9 @@ use std::io::{self, Read, Write};
 use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
+use sha2::Digest;
 
-use crate::base::hex;
+use crate::base::{hex, Hashing};
 
 /// The product a backup belongs to, as its manifest says.
 pub const PRODUCT: &str = "mcp-raspi";
@@ -99,22 +99,6 @@ pub fn safe_relative(path: &str) -> Option<PathBuf> {
         }
     }
     (!out.as_os_str().is_empty()).then_some(out)
-}
-
-/// A reader that hashes what passes through it.
-pub struct Hashing<R> {
-    pub inner: R,
-    pub hasher: Sha256,
-    pub count: u64,
-}
-
-impl<R: Read> Read for Hashing<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.count += n as u64;
-        Ok(n)
-    }
 }
 
 /// An archive read back and checked, its files in a staging directory.
@@ -220,7 +204,7 @@ pub fn read_and_verify(archive: &Path, work: &Path) -> Result<Staged, String> {
                     fs::OpenOptions::new().write(true).create_new(true).open(&target).map_err(|e| {
                         refused(archive, format!("cannot stage {inner_text} ({e}); is it listed twice?"))
                     })?;
-                let mut reader = Hashing { inner: &mut item, hasher: Sha256::new(), count: 0 };
+                let mut reader = Hashing::new(&mut item);
                 io::copy(&mut reader, &mut out)
                     .map_err(|e| refused(archive, format!("{inner_text} is truncated or corrupt ({e})")))?;
                 out.flush().map_err(|e| format!("cannot stage {inner_text}: {e}"))?;

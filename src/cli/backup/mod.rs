@@ -20,7 +20,7 @@ use clap::Args as ClapArgs;
 use sha2::{Digest, Sha256};
 
 use super::{CliError, DEFAULT_CONFIG};
-use crate::base::{hex, VERSION};
+use crate::base::{hex, Hashing, VERSION};
 use crate::config::Config;
 
 pub mod archive;
@@ -30,7 +30,7 @@ mod tests;
 
 pub use restore::{run_restore, RestoreArgs};
 
-use archive::{Entry, Hashing, Kind, Manifest, CHECKSUMS, FORMAT, MANIFEST, PRODUCT, SYSTEM_INFO};
+use archive::{Entry, Kind, Manifest, CHECKSUMS, FORMAT, MANIFEST, PRODUCT, SYSTEM_INFO};
 
 /// Where backups go unless told otherwise (Debian's place for them).
 pub const DEFAULT_DEST: &str = "/var/backups/mcp-raspi";
@@ -397,7 +397,7 @@ pub fn write_backup(places: &Places, dest: &Path, retention_days: u64) -> Result
                     file.metadata().map(|m| m.len()).map_err(|e| format!("cannot read {}: {e}", s.path.display()))?;
                 header.set_entry_type(tar::EntryType::Regular);
                 header.set_size(size);
-                let mut reader = Hashing { inner: (&mut file).take(size), hasher: Sha256::new(), count: 0 };
+                let mut reader = Hashing::new((&mut file).take(size));
                 tar.append_data(&mut header, &member, &mut reader).map_err(|e| write_error(dest, &e))?;
                 if reader.count != size {
                     return Err(format!("{} shrank while it was saved; run the backup again", s.path.display()));

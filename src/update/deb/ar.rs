@@ -18,9 +18,9 @@ pub(super) const AR_HEADER_LEN: usize = 60;
 /// Problems noticed beneath the decompressors and the tar reader, which pass them up only as
 /// opaque I/O errors: they are recorded here to be told apart from damaged data.
 #[derive(Default)]
-pub(super) struct Trouble {
+pub(crate) struct Trouble {
     pub(super) truncated: Cell<bool>,
-    pub(super) over_limit: Cell<bool>,
+    pub(crate) over_limit: Cell<bool>,
 }
 
 /// An ar archive read front to back, one member at a time.

@@ -36,10 +36,10 @@ pub(super) fn decompressor<'a>(member: Member<'a>, compression: Compression) -> 
 
 /// Fails once more than `left` bytes have come through, so an unpacked stream is bounded
 /// whatever its compressed size.
-pub(super) struct Bounded<'a, R> {
-    pub(super) inner: R,
-    pub(super) left: u64,
-    pub(super) trouble: &'a Trouble,
+pub(crate) struct Bounded<'a, R> {
+    pub(crate) inner: R,
+    pub(crate) left: u64,
+    pub(crate) trouble: &'a Trouble,
 }
 
 impl<R: Read> Read for Bounded<'_, R> {

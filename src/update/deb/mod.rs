@@ -71,9 +71,12 @@ use std::path::{Path, PathBuf};
 use nix::errno::Errno;
 use nix::sys::stat::Mode;
 
-use self::ar::{Ar, Member, Trouble};
+use self::ar::{Ar, Member};
 use self::control::read_control;
 use self::decompress::{compression_of, decompressor};
+// The bounded reader of unpacked members, which a delta's patch is read through too.
+pub(crate) use self::ar::Trouble;
+pub(crate) use self::decompress::Bounded;
 use self::extract::Extractor;
 
 /// The programs a payload must carry in `bin/`: without them there is nothing to run.

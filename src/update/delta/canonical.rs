@@ -12,25 +12,25 @@
 //!
 //! The installed release belongs to the ops agent's user, while `mcp-raspi update` reads it
 //! as root: the tree is walked through descriptors opened with `O_NOFOLLOW`, as
-//! [`crate::update::release`] does, so a symlink planted in it is read as a symlink, never
-//! followed, and a file is read from the descriptor it was checked through.
+//! [`crate::update::release`] does (with its `dirfd` operations), so a symlink planted in
+//! it is read as a symlink, never followed, and a file is read from the descriptor it was
+//! checked through.
 
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::OwnedFd;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use nix::fcntl::{AtFlags, OFlag, AT_FDCWD};
+use nix::fcntl::OFlag;
 use nix::sys::stat::{FileStat, Mode, SFlag};
 
+use crate::update::release::dirfd;
 use crate::update::release::{PAYLOAD_PARTS, RELEASES_DIR};
 
 /// Where the payload lies in the tar, as in a package's `data.tar`.
 pub(super) const PREFIX: &str = "usr/lib/mcp-raspi";
 
-const DIR_FLAGS: OFlag = OFlag::O_RDONLY.union(OFlag::O_DIRECTORY).union(OFlag::O_NOFOLLOW).union(OFlag::O_CLOEXEC);
 const FILE_FLAGS: OFlag = OFlag::O_RDONLY.union(OFlag::O_NOFOLLOW).union(OFlag::O_NONBLOCK).union(OFlag::O_CLOEXEC);
 
 /// Bounds on a payload read into its canonical tar.
@@ -49,23 +49,18 @@ pub(super) struct Tree {
 impl Tree {
     /// The payload extracted into `dir`.
     pub(super) fn at(dir: &Path) -> Result<Tree, String> {
-        let fd = nix::fcntl::openat(AT_FDCWD, dir, DIR_FLAGS, Mode::empty())
-            .map_err(|e| format!("cannot open {}: {e}", dir.display()))?;
+        let fd = dirfd::open_root(dir).map_err(|e| e.to_string())?;
         Ok(Tree { fd, shown: dir.to_path_buf() })
     }
 
     /// Release `version` under the install root: the root may be a symlink (an administrator
     /// may have moved it), `releases/` and the release may not.
     pub(super) fn release(install_root: &Path, version: &str) -> Result<Tree, String> {
-        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
-        let root = nix::fcntl::openat(AT_FDCWD, install_root, flags, Mode::empty())
-            .map_err(|e| format!("cannot open {}: {e}", install_root.display()))?;
+        let root = dirfd::open_root(install_root).map_err(|e| e.to_string())?;
         let releases = install_root.join(RELEASES_DIR);
-        let dir = nix::fcntl::openat(&root, RELEASES_DIR, DIR_FLAGS, Mode::empty())
-            .map_err(|e| format!("cannot open the directory {}: {e}", releases.display()))?;
+        let dir = dirfd::open_dir_at(&root, OsStr::new(RELEASES_DIR), &releases).map_err(|e| e.to_string())?;
         let shown = releases.join(version);
-        let fd = nix::fcntl::openat(&dir, version, DIR_FLAGS, Mode::empty())
-            .map_err(|e| format!("cannot open the directory {}: {e}", shown.display()))?;
+        let fd = dirfd::open_dir_at(&dir, OsStr::new(version), &shown).map_err(|e| e.to_string())?;
         Ok(Tree { fd, shown })
     }
 
@@ -86,7 +81,7 @@ pub(super) fn write_payload_tar<W: Write>(tree: &Tree, bounds: Bounds, out: W) -
     for part in PAYLOAD_PARTS {
         let shown = tree.shown.join(part);
         match stat_at(&tree.fd, OsStr::new(part), &shown)? {
-            Some(st) if kind(&st) == SFlag::S_IFDIR => {
+            Some(st) if dirfd::kind(&st) == SFlag::S_IFDIR => {
                 found = true;
                 walk.add(&tree.fd, OsStr::new(part), part, &shown)?;
             }
@@ -100,16 +95,9 @@ pub(super) fn write_payload_tar<W: Write>(tree: &Tree, bounds: Bounds, out: W) -
     walk.builder.into_inner().map_err(|e| format!("cannot finish the payload's tar: {e}"))
 }
 
+/// What `name` in `dir` is, without following a symlink; `None` when it does not exist.
 fn stat_at(dir: &OwnedFd, name: &OsStr, shown: &Path) -> Result<Option<FileStat>, String> {
-    match nix::sys::stat::fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
-        Ok(st) => Ok(Some(st)),
-        Err(nix::errno::Errno::ENOENT) => Ok(None),
-        Err(e) => Err(format!("cannot read {}: {e}", shown.display())),
-    }
-}
-
-fn kind(st: &FileStat) -> SFlag {
-    SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits())
+    dirfd::stat_at(dir, name, shown).map_err(|e| e.to_string())
 }
 
 struct Walk<W: Write> {
@@ -136,15 +124,14 @@ impl<W: Write> Walk<W> {
         header.set_gid(0);
         header.set_mtime(0);
         let fail = |e: io::Error| format!("cannot add {} to the payload's tar: {e}", shown.display());
-        match kind(&st) {
+        match dirfd::kind(&st) {
             SFlag::S_IFDIR => {
-                let fd = nix::fcntl::openat(dir, name, DIR_FLAGS, Mode::empty())
-                    .map_err(|e| format!("cannot open the directory {}: {e}", shown.display()))?;
+                let fd = dirfd::open_dir_at(dir, name, shown).map_err(|e| e.to_string())?;
                 header.set_entry_type(tar::EntryType::Directory);
                 header.set_mode(0o755);
                 header.set_size(0);
                 self.builder.append_data(&mut header, format!("{path}/"), io::empty()).map_err(fail)?;
-                for child in entries(&fd, shown)? {
+                for child in dirfd::entries_at(&fd, shown).map_err(|e| e.to_string())? {
                     let Some(child_name) = child.to_str() else {
                         return Err(format!("{} has a name that is not UTF-8", shown.join(&child).display()));
                     };
@@ -156,7 +143,7 @@ impl<W: Write> Walk<W> {
                     .map_err(|e| format!("cannot read {}: {e}", shown.display()))?;
                 // What is read is what this descriptor is, whatever the name now stands for.
                 let st = nix::sys::stat::fstat(&fd).map_err(|e| format!("cannot read {}: {e}", shown.display()))?;
-                if kind(&st) != SFlag::S_IFREG {
+                if dirfd::kind(&st) != SFlag::S_IFREG {
                     return Err(format!("{} changed while it was read", shown.display()));
                 }
                 let size = st.st_size as u64;
@@ -188,22 +175,6 @@ impl<W: Write> Walk<W> {
         }
         Ok(())
     }
-}
-
-/// The names in `dir`, in byte order, without `.` and `..`.
-fn entries(dir: &OwnedFd, shown: &Path) -> Result<Vec<OsString>, String> {
-    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
-    let fail = |e: nix::errno::Errno| format!("cannot list {}: {e}", shown.display());
-    let mut listing = nix::dir::Dir::openat(dir, ".", flags, Mode::empty()).map_err(fail)?;
-    let mut names = Vec::new();
-    for entry in listing.iter() {
-        let name = OsStr::from_bytes(entry.map_err(fail)?.file_name().to_bytes()).to_os_string();
-        if name != "." && name != ".." {
-            names.push(name);
-        }
-    }
-    names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
-    Ok(names)
 }
 
 /// Reads exactly `left` bytes of `inner`: a file that shrinks while it is read is an error,

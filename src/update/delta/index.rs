@@ -176,4 +176,30 @@ impl DeltaIndex {
     pub fn find(&self, architecture: &str, installed: &Version) -> Option<&DeltaEntry> {
         self.deltas.iter().find(|d| d.architecture == architecture && &d.from == installed)
     }
+
+    /// The delta a device of `architecture` running `installed` can take to the release
+    /// `version`, whose package for that architecture has SHA-256 `package_sha256` (as its
+    /// manifest says): `Ok(None)` when the index lists none; an error when the index belongs
+    /// to another release, or to another build of this one.
+    pub fn delta_for(
+        &self,
+        version: &Version,
+        package_sha256: &[u8; 32],
+        architecture: &str,
+        installed: &Version,
+    ) -> Result<Option<&DeltaEntry>, String> {
+        if &self.version != version {
+            return Err(format!("the delta index is for {}, but the manifest offers {version}", self.version));
+        }
+        let Some(entry) = self.find(architecture, installed) else { return Ok(None) };
+        if &entry.package_sha256 != package_sha256 {
+            return Err(format!(
+                "the delta stands for the package with SHA-256 {}, but the manifest's is {}: the index belongs \
+                 to another build of {version}",
+                hex(&entry.package_sha256),
+                hex(package_sha256)
+            ));
+        }
+        Ok(Some(entry))
+    }
 }

@@ -63,9 +63,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use self::canonical::{payload_tar, Bounds, Tree};
-use super::deb::{Limits, XZ_MEMORY_LIMIT_KIB};
+use super::deb::{Bounded, Limits, Trouble, XZ_MEMORY_LIMIT_KIB};
 use super::manifest::PACKAGE_NAME;
-use crate::base::hex;
+use crate::base::{hex, Hashing};
 
 pub use self::index::{DeltaEntry, DeltaIndex, INDEX_FILE};
 
@@ -208,7 +208,7 @@ pub fn build(
     read_header(&mut reader, &shown)?;
     let mut rebuilt = Hashing::new(io::sink());
     patch_stream(&base[..], &header, reader, &mut rebuilt, &shown)?;
-    let (len, found) = rebuilt.finish().map_err(io_err("check", &shown))?;
+    let (len, found) = finish(rebuilt).map_err(io_err("check", &shown))?;
     if len != header.target_size || found != header.target_sha256 {
         return Err(DeltaError::TargetDiffers { expected: header.target_sha256, found });
     }
@@ -229,9 +229,10 @@ fn patch_stream(
     // a patch to it, and stopping there bounds the work a hostile one can cause.
     let patch_limit = header.target_size.saturating_mul(2).saturating_add(1 << 20);
     let xz = lzma_rust2::XzReader::new_mem_limit(compressed, true, XZ_MEMORY_LIMIT_KIB);
-    let mut patch = Capped { inner: xz, left: patch_limit, hit: false };
+    let trouble = Trouble::default();
+    let mut patch = Bounded { inner: xz, left: patch_limit, trouble: &trouble };
     patch::apply_streaming(base, header.base_size, &mut patch, out, header.target_size).map_err(|e| {
-        let reason = if patch.hit {
+        let reason = if trouble.over_limit.get() {
             format!("its patch unpacks past {patch_limit} bytes")
         } else {
             format!("its patch is damaged: {e}")
@@ -331,7 +332,7 @@ fn apply_with(
     let base = create_new(base_tar)?;
     let written = canonical::write_payload_tar(&tree, bounds(limits), Hashing::new(BufWriter::new(&base)))
         .map_err(|reason| DeltaError::Payload { path: tree.shown().to_path_buf(), reason })?;
-    let (base_len, found) = written.finish().map_err(io_err("write", base_tar))?;
+    let (base_len, found) = finish(written).map_err(io_err("write", base_tar))?;
     if base_len != header.base_size || found != header.base_sha256 {
         let release = tree.shown().to_path_buf();
         return Err(DeltaError::BaseDiffers { release, expected: header.base_sha256, found });
@@ -340,7 +341,7 @@ fn apply_with(
     let target = create_new(out_tar)?;
     let mut writer = Hashing::new(BufWriter::new(&target));
     patch_stream(&base, &header, reader, &mut writer, delta)?;
-    let (len, found) = writer.finish().map_err(io_err("write", out_tar))?;
+    let (len, found) = finish(writer).map_err(io_err("write", out_tar))?;
     if len != header.target_size || found != header.target_sha256 {
         return Err(DeltaError::TargetDiffers { expected: header.target_sha256, found });
     }
@@ -361,54 +362,8 @@ fn create_new(path: &Path) -> Result<File, DeltaError> {
         .map_err(io_err("create", path))
 }
 
-/// Counts and hashes what goes through to `inner`.
-struct Hashing<W> {
-    inner: W,
-    hasher: Sha256,
-    len: u64,
-}
-
-impl<W: Write> Hashing<W> {
-    fn new(inner: W) -> Hashing<W> {
-        Hashing { inner, hasher: Sha256::new(), len: 0 }
-    }
-
-    /// Flushes, and returns the length and the SHA-256 (hex) of what was written.
-    fn finish(mut self) -> io::Result<(u64, String)> {
-        self.inner.flush()?;
-        Ok((self.len, hex(&self.hasher.finalize())))
-    }
-}
-
-impl<W: Write> Write for Hashing<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.len += n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
-/// Fails once more than `left` bytes have been read, noting that it did.
-struct Capped<R> {
-    inner: R,
-    left: u64,
-    hit: bool,
-}
-
-impl<R: Read> Read for Capped<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let want = usize::try_from(self.left.saturating_add(1)).map_or(buf.len(), |w| w.min(buf.len()));
-        let n = self.inner.read(&mut buf[..want])?;
-        if n as u64 > self.left {
-            self.hit = true;
-            return Err(io::Error::other("the patch is longer than allowed"));
-        }
-        self.left -= n as u64;
-        Ok(n)
-    }
+/// Flushes `writer` and returns the length and the SHA-256 (hex) of what went through it.
+fn finish<W: Write>(mut writer: Hashing<W>) -> io::Result<(u64, String)> {
+    writer.flush()?;
+    Ok((writer.count, hex(&writer.hasher.finalize())))
 }

@@ -17,18 +17,18 @@ use super::{errno_err, ReleaseError};
 const DIR_FLAGS: OFlag = OFlag::O_RDONLY.union(OFlag::O_DIRECTORY).union(OFlag::O_NOFOLLOW).union(OFlag::O_CLOEXEC);
 
 /// The install root itself, following a symlink there (an administrator may have moved it).
-pub(super) fn open_root(root: &Path) -> Result<OwnedFd, ReleaseError> {
+pub(crate) fn open_root(root: &Path) -> Result<OwnedFd, ReleaseError> {
     let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
     nix::fcntl::openat(AT_FDCWD, root, flags, Mode::empty()).map_err(errno_err("open", root))
 }
 
 /// The directory `name` in `dir`; a symlink there is refused.
-pub(super) fn open_dir_at(dir: &OwnedFd, name: &OsStr, shown: &Path) -> Result<OwnedFd, ReleaseError> {
+pub(crate) fn open_dir_at(dir: &OwnedFd, name: &OsStr, shown: &Path) -> Result<OwnedFd, ReleaseError> {
     nix::fcntl::openat(dir, name, DIR_FLAGS, Mode::empty()).map_err(errno_err("open the directory", shown))
 }
 
 /// What `name` in `dir` is, without following a symlink; `None` when it does not exist.
-pub(super) fn stat_at(dir: &OwnedFd, name: &OsStr, shown: &Path) -> Result<Option<FileStat>, ReleaseError> {
+pub(crate) fn stat_at(dir: &OwnedFd, name: &OsStr, shown: &Path) -> Result<Option<FileStat>, ReleaseError> {
     match nix::sys::stat::fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
         Ok(st) => Ok(Some(st)),
         Err(Errno::ENOENT) => Ok(None),
@@ -42,7 +42,7 @@ pub(super) fn identity(st: &FileStat) -> (u64, u64) {
     (u64::from(st.st_dev), u64::from(st.st_ino))
 }
 
-pub(super) fn kind(st: &FileStat) -> SFlag {
+pub(crate) fn kind(st: &FileStat) -> SFlag {
     SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits())
 }
 
@@ -51,7 +51,7 @@ pub(super) fn is_dir(st: &FileStat) -> bool {
 }
 
 /// The names in `dir`, sorted, without `.` and `..`.
-pub(super) fn entries_at(dir: &OwnedFd, shown: &Path) -> Result<Vec<OsString>, ReleaseError> {
+pub(crate) fn entries_at(dir: &OwnedFd, shown: &Path) -> Result<Vec<OsString>, ReleaseError> {
     let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
     let mut listing = nix::dir::Dir::openat(dir, ".", flags, Mode::empty()).map_err(errno_err("list", shown))?;
     let mut names = Vec::new();

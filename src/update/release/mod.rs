@@ -29,7 +29,7 @@
 //! and pruning. `dirfd` holds the descriptor-relative file operations they are built on,
 //! and `version` what makes a valid release name and how names are ordered.
 
-mod dirfd;
+pub(crate) mod dirfd;
 mod version;
 
 #[cfg(test)]
