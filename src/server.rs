@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::base::VERSION;
-use crate::config::{parse_env_file, AuthMode, Config, ListenAddr, Loaded};
+use crate::config::{parse_env_file, Config, ListenAddr, Loaded};
 use crate::tools::App;
 
 /// MCP server for inspecting and safely controlling a Raspberry Pi.
@@ -125,14 +125,15 @@ pub fn main() -> ExitCode {
         }
     };
     drop(secrets);
-    if app.config.security.auth_mode == AuthMode::None {
+    if app.config.security.auth_mode.is_none() {
         log::warn!(
             "AUTHENTICATION IS OFF (security.auth_mode: none): every local caller is {}. Development only.",
             app.config.security.anonymous_role
         );
     }
+    log::info!("authentication: {}", app.auth.describe());
     log::debug!(
-        "settings: listen {}, auth_mode {:?}, agent socket {}, state {}, log level {} ({})",
+        "settings: listen {}, auth_mode {}, agent socket {}, state {}, log level {} ({})",
         app.config.server.listen.addr(),
         app.config.security.auth_mode,
         app.config.ops_agent.socket_path.display(),
@@ -173,6 +174,7 @@ pub fn main() -> ExitCode {
             };
         }
         let listener = crate::mcp::http::bind(app.config.listen_addr()).await?;
+        app.auth.prefetch();
         let shutdown = shutdown_signal();
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         log::info!("listening on http://{addr}/mcp");

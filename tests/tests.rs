@@ -12,6 +12,7 @@ mod fixtures;
 mod golden;
 mod hostile;
 mod http;
+mod identity;
 mod malformed;
 mod operator;
 mod ops;

@@ -116,10 +116,20 @@ impl Connection {
             Some(url) => url.clone(),
             None => format!("http://{}/mcp", crate::selfcheck::loopback_for(config.listen_addr())),
         };
-        let token = match (&self.token, config.security.auth_mode) {
-            (Some(token), _) => Some(token.clone()),
-            (None, AuthMode::None) => None,
-            (None, _) => Some(token_from_secrets(config)?),
+        let modes = &config.security.auth_mode;
+        let token = match &self.token {
+            Some(token) => Some(token.clone()),
+            None if modes.is_none() => None,
+            None if !modes.contains(AuthMode::Token) => {
+                return Err(CliError::new(
+                    EXIT_NOPERM,
+                    format!(
+                        "the server accepts only tokens of its issuers (security.auth_mode: {modes}): add token to \
+                         security.auth_mode for this command line (e.g. [token, cloudflare_access]), or pass --token"
+                    ),
+                ))
+            }
+            None => Some(token_from_secrets(config)?),
         };
         Ok(Endpoint { url, token, timeout })
     }

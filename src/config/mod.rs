@@ -6,6 +6,7 @@
 
 mod devices;
 mod features;
+mod identity;
 pub mod migrate;
 mod policy;
 mod pwm;
@@ -29,6 +30,9 @@ pub use devices::{
 pub use features::{
     feature_names, ExperimentalConfig, ExperimentalReport, Feature, FeatureFlag, FeatureStatus, FlagStatus, FlagTarget,
     FEATURES,
+};
+pub use identity::{
+    is_trusted_url, AuthMode, AuthModes, CloudflareAccessConfig, JwtAlgorithm, OidcConfig, RoleMapping,
 };
 pub use policy::{DenialKind, Denied};
 pub use pwm::{PwmConfig, HARDWARE_MAX_FREQUENCY_HZ};
@@ -131,20 +135,15 @@ pub struct CorsConfig {
     pub allowed_origins: Vec<String>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AuthMode {
-    /// Bearer tokens from secrets, each mapped to a role.
-    Token,
-    /// No authentication: development only, refused unless listening on loopback.
-    None,
-}
-
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SecurityConfig {
-    pub auth_mode: AuthMode,
+    pub auth_mode: AuthModes,
     pub tokens: Vec<TokenConfig>,
+    pub cloudflare_access: CloudflareAccessConfig,
+    pub oidc: OidcConfig,
+    /// Roles of `cloudflare_access` and `oidc` callers, from their token's claims.
+    pub role_mappings: Vec<RoleMapping>,
     /// Role of the local user of `--stdio` (the process already runs as that user).
     pub stdio_role: Role,
     /// Role given to every caller when `auth_mode` is `none`.
@@ -157,12 +156,15 @@ pub struct SecurityConfig {
 impl Default for SecurityConfig {
     fn default() -> Self {
         SecurityConfig {
-            auth_mode: AuthMode::Token,
+            auth_mode: AuthModes::one(AuthMode::Token),
             tokens: vec![TokenConfig {
                 identity: "admin".into(),
                 role: Role::Admin,
                 env: "MCP_RASPI_ADMIN_TOKEN".into(),
             }],
+            cloudflare_access: CloudflareAccessConfig::default(),
+            oidc: OidcConfig::default(),
+            role_mappings: Vec::new(),
             stdio_role: Role::Operator,
             anonymous_role: Role::Admin,
             secrets_file: Some(PathBuf::from("/etc/mcp-raspi/secrets.env")),

@@ -14,7 +14,7 @@ fn the_shipped_example_config_parses_and_validates() {
     let text = include_str!("../../etc/config.example.yml");
     let c = Config::from_yaml(text, "config.example.yml").unwrap();
     c.validate().unwrap();
-    assert_eq!(c.security.auth_mode, AuthMode::Token);
+    assert_eq!(c.security.auth_mode, AuthModes::one(AuthMode::Token));
     assert!(c.listen_addr().ip().is_loopback());
 }
 
@@ -22,7 +22,7 @@ fn the_shipped_example_config_parses_and_validates() {
 fn the_embedded_development_config_is_loopback_without_auth_and_simulated() {
     let dir = tempfile::tempdir().unwrap();
     let l = Config::dev(dir.path(), &BTreeMap::new()).unwrap();
-    assert_eq!(l.config.security.auth_mode, AuthMode::None);
+    assert_eq!(l.config.security.auth_mode, AuthModes::one(AuthMode::None));
     assert_eq!(l.config.platform.backend, Backend::Simulated);
     assert!(l.config.logging.app_path.starts_with(dir.path()));
 }

@@ -7,7 +7,7 @@ impl Config {
     /// Checks rules that span several keys.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |key: &str, message: String| Err(ConfigError::Invalid { key: key.into(), message });
-        if self.security.auth_mode == AuthMode::None && !self.server.listen.addr().ip().is_loopback() {
+        if self.security.auth_mode.is_none() && !self.server.listen.addr().ip().is_loopback() {
             return invalid(
                 "security.auth_mode",
                 format!(
@@ -16,8 +16,8 @@ impl Config {
                 ),
             );
         }
-        if self.security.auth_mode == AuthMode::Token && self.security.tokens.is_empty() {
-            return invalid("security.tokens", "auth_mode \"token\" needs at least one token entry".into());
+        if let Err((key, message)) = self.security.validate_identity() {
+            return invalid(&key, message);
         }
         for (i, t) in self.security.tokens.iter().enumerate() {
             if t.identity.is_empty() || !t.identity.chars().all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c)) {

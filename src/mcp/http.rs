@@ -22,11 +22,14 @@ use warp::Filter;
 
 use super::conn::{Limits, Peer};
 use super::throttle::AuthThrottle;
+use guard::ProtectedResource;
+
+mod guard;
 use super::{
     batch_response, dispatch, initialize_result, response, Call, Incoming, Json, Meta, Outgoing, Progress, RpcError,
     Session, Sessions, Version,
 };
-use crate::auth::{AuthError, Identity};
+use crate::auth::Identity;
 use crate::tools::App;
 
 /// The HTTP transport's state.
@@ -37,6 +40,8 @@ pub struct HttpServer {
     allowed_hosts: Vec<String>,
     /// Failed authentication per peer address.
     auth_failures: AuthThrottle,
+    /// This server as an OAuth protected resource, when tokens come from an OIDC issuer.
+    resource: Option<ProtectedResource>,
 }
 
 type Reply = warp::reply::Response;
@@ -72,6 +77,9 @@ struct Headers<'a> {
     protocol_version: Option<&'a str>,
     method: Option<&'a str>,
     name: Option<&'a str>,
+    access_assertion: Option<&'a str>,
+    cookie: Option<&'a str>,
+    cf_ray: Option<&'a str>,
 }
 
 impl<'a> Headers<'a> {
@@ -89,6 +97,9 @@ impl<'a> Headers<'a> {
                 "mcp-protocol-version" => (64, &mut h.protocol_version),
                 "mcp-method" => (128, &mut h.method),
                 "mcp-name" => (256, &mut h.name),
+                "cf-access-jwt-assertion" => (512, &mut h.access_assertion),
+                "cookie" => (1024, &mut h.cookie),
+                "cf-ray" => (2048, &mut h.cf_ray),
                 _ => continue,
             };
             if seen & bit == 0 {
@@ -136,7 +147,8 @@ impl HttpServer {
             server.max_sessions_per_identity,
             Duration::from_secs(server.session_idle_timeout_seconds.max(1)),
         );
-        Arc::new(HttpServer { app, sessions, allowed_hosts, auth_failures: AuthThrottle::default() })
+        let resource = ProtectedResource::new(&app.config);
+        Arc::new(HttpServer { app, sessions, allowed_hosts, auth_failures: AuthThrottle::default(), resource })
     }
 
     /// Checks `Host` and `Origin`; `Ok` holds the origin to answer CORS for, `Err` why the
@@ -167,82 +179,6 @@ impl HttpServer {
         }
     }
 
-    /// The caller's identity, or the answer refusing it: 401, or 429 for an address that
-    /// keeps failing (see [`super::throttle`]). Failures are audited per address.
-    fn authenticate(&self, headers: &Headers, peer: Option<SocketAddr>) -> Result<Identity, Box<Reply>> {
-        let e = match self.app.auth.authenticate(headers.authorization) {
-            Ok(identity) => return Ok(identity),
-            Err(e) => e,
-        };
-        // A request without a token is how a client learns that it needs one.
-        let (AuthError::Invalid | AuthError::Malformed, Some(peer)) = (&e, peer) else {
-            return Err(Box::new(Self::unauthorized(e)));
-        };
-        let failure = self.auth_failures.fail(peer.ip(), std::time::Instant::now());
-        if let Some((count, since)) = failure.record {
-            self.audit_auth_failures(peer.ip(), count, since);
-        }
-        match failure.retry_after {
-            None => Err(Box::new(Self::unauthorized(e))),
-            Some(secs) => {
-                let e = RpcError::new(
-                    rmcp::model::ErrorCode(-32000),
-                    format!("Too many failed authentications from {}: retry in {secs} s", peer.ip()),
-                )
-                .data(json!({"reason": "auth_throttled", "retry_after_seconds": secs}))
-                .status(429);
-                let mut r = error_reply(&Value::Null, &e);
-                r.headers_mut().insert("retry-after", HeaderValue::from(secs));
-                Err(Box::new(r))
-            }
-        }
-    }
-
-    /// One audit record (and one warning) for `count` failed authentications from `peer`.
-    fn audit_auth_failures(&self, peer: std::net::IpAddr, count: u64, since: std::time::SystemTime) {
-        let peer = peer.to_string();
-        log::warn!("{count} failed authentication(s) from {peer} since {}", crate::logs::rfc3339(since));
-        self.app.audit.write(&crate::audit::Record {
-            time: std::time::SystemTime::now(),
-            request_id: &Value::Null,
-            identity: "(unauthenticated)",
-            role: None,
-            transport: "http",
-            tool: "(authentication)",
-            arguments: json!({"failures": count, "since": crate::logs::rfc3339(since).to_string()}),
-            outcome: crate::audit::Outcome::Denied,
-            error_code: Some("unauthorized"),
-            error: Some("invalid bearer token"),
-            duration_ms: 0.0,
-            deprecated: false,
-            peer: Some(&peer),
-        });
-    }
-
-    /// Records the failed authentications not recorded yet (when the server stops).
-    fn flush_auth_failures(&self) {
-        for (peer, count, since) in self.auth_failures.drain() {
-            self.audit_auth_failures(peer, count, since);
-        }
-    }
-
-    fn unauthorized(e: AuthError) -> Reply {
-        {
-            let mut r = error_reply(
-                &Value::Null,
-                &RpcError::new(rmcp::model::ErrorCode(-32000), e.to_string())
-                    .data(json!({"reason": "unauthorized"}))
-                    .status(401),
-            );
-            let challenge = match e {
-                AuthError::Missing => "Bearer realm=\"mcp-raspi\"",
-                _ => "Bearer realm=\"mcp-raspi\", error=\"invalid_token\"",
-            };
-            r.headers_mut().insert("www-authenticate", HeaderValue::from_static(challenge));
-            r
-        }
-    }
-
     async fn handle(
         self: Arc<Self>,
         method: Method,
@@ -262,6 +198,14 @@ impl HttpServer {
                 return json_reply(200, Json::of(&json!({"status": "ok", "version": crate::base::VERSION})));
             }
             ("/mcp", _) => {}
+            (p, Method::GET) if p == guard::METADATA_PREFIX || p.starts_with(guard::METADATA_PREFIX) => {
+                if let Some(resource) = &self.resource {
+                    return resource.reply();
+                }
+                let body =
+                    json!({"error": "this server is not an OAuth protected resource (security.auth_mode has no oidc)"});
+                return json_reply(404, Json::of(&body));
+            }
             _ => {
                 let body = json!({"error": format!("no such endpoint {path}; MCP is served at /mcp")});
                 return json_reply(404, Json::of(&body));
@@ -275,7 +219,7 @@ impl HttpServer {
         let mut reply = match method {
             Method::OPTIONS => self.preflight(cors_origin.is_some()),
             Method::POST => self.post(&headers, body, peer).await,
-            Method::DELETE => self.delete(&headers, peer),
+            Method::DELETE => self.delete(&headers, peer).await,
             _ => {
                 let mut r = error_reply(
                     &Value::Null,
@@ -317,8 +261,8 @@ impl HttpServer {
         r
     }
 
-    fn delete(&self, headers: &Headers, peer: Option<SocketAddr>) -> Reply {
-        let identity = match self.authenticate(headers, peer) {
+    async fn delete(&self, headers: &Headers<'_>, peer: Option<SocketAddr>) -> Reply {
+        let identity = match self.authenticate(headers, peer).await {
             Ok(i) => i,
             Err(refused) => return *refused,
         };
@@ -327,7 +271,7 @@ impl HttpServer {
                 &Value::Null,
                 &RpcError::invalid_request("Bad request: DELETE needs the Mcp-Session-Id header").status(400),
             ),
-            Some(id) => match self.sessions.remove(id, &identity.name) {
+            Some(id) => match self.sessions.remove(id, &identity.principal) {
                 Ok(()) => empty(StatusCode::OK),
                 Err(why) => {
                     error_reply(&Value::Null, &RpcError::invalid_request(why.message(self.sessions.idle())).status(404))
@@ -337,7 +281,7 @@ impl HttpServer {
     }
 
     async fn post(self: Arc<Self>, headers: &Headers<'_>, body: BodyStream, peer: Option<SocketAddr>) -> Reply {
-        let identity = match self.authenticate(headers, peer) {
+        let identity = match self.authenticate(headers, peer).await {
             Ok(i) => i,
             Err(refused) => return *refused,
         };
@@ -367,7 +311,7 @@ impl HttpServer {
                 Err(e) => return error_reply(&Value::Null, &RpcError::parse_error(e)),
             },
         };
-        if let Err(wait) = self.app.rate_limiter.check(&identity.name) {
+        if let Err(wait) = self.app.rate_limiter.check(&identity.principal) {
             let secs = wait.ceil().max(1.0) as u64;
             let id = match &message {
                 Ok(Incoming::Request { id, .. }) => id.clone(),
@@ -402,7 +346,7 @@ impl HttpServer {
         };
         let session = self
             .sessions
-            .get(sid, &identity.name)
+            .get(sid, &identity.principal)
             .map_err(|why| RpcError::invalid_request(why.message(self.sessions.idle())).status(404))?;
         if let Some(hv) = headers.protocol_version {
             let v = Version::parse(hv).ok_or_else(|| RpcError::unsupported_version(hv))?;
@@ -449,7 +393,7 @@ impl HttpServer {
             }
             let requested = params.as_ref().and_then(|p| p.get("protocolVersion")).and_then(Value::as_str);
             let version = Version::negotiate(requested);
-            let session = match self.sessions.create(version, &identity.name) {
+            let session = match self.sessions.create(version, &identity.principal) {
                 Ok(s) => s,
                 Err(e) => return error_reply(&id, &RpcError::internal(e)),
             };

@@ -43,10 +43,8 @@ pub async fn serve(app: Arc<App>) -> std::io::Result<()> {
         }
     });
     let user = nix::unistd::User::from_uid(nix::unistd::getuid()).ok().flatten().map(|u| u.name);
-    let identity = Identity {
-        name: format!("local:{}", user.unwrap_or_else(|| "unknown".into())).into(),
-        role: app.config.security.stdio_role,
-    };
+    let name = format!("local:{}", user.unwrap_or_else(|| "unknown".into()));
+    let identity = Identity::new("stdio", &name, app.config.security.stdio_role);
     let negotiated: Arc<Mutex<Option<Version>>> = Arc::new(Mutex::new(None));
     let inflight: Arc<Mutex<HashMap<String, AbortHandle>>> = Arc::new(Mutex::new(HashMap::new()));
     let limit = app.config.server.max_request_bytes as usize;

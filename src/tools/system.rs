@@ -397,7 +397,8 @@ pub struct Capabilities {
     pub agent: crate::agent_client::AgentStatus,
     /// Your identity and role.
     pub caller: Caller,
-    /// Authentication mode: `token` or `none`.
+    /// Authentication modes: `token`, `cloudflare_access`, `oidc` or `none`; modes that
+    /// combine are joined by `+` (`token+cloudflare_access`).
     pub auth_mode: String,
     /// The experimental features: the master switch, each feature name this build knows
     /// (whether it is on, and what it turns on), and the configured entries.
@@ -452,10 +453,7 @@ impl Tool for GetCapabilities {
             tools,
             agent: cx.app.agent.refresh().await,
             caller: Caller { identity: cx.identity.name.clone(), role: cx.identity.role },
-            auth_mode: match cx.app.auth.mode() {
-                crate::config::AuthMode::Token => "token".into(),
-                crate::config::AuthMode::None => "none".into(),
-            },
+            auth_mode: cx.app.auth.modes().to_string(),
             experimental_features: cx.app.config.experimental_features.report(&super::tool_names()),
         })
     }

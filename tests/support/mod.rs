@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 
 pub mod deb;
 pub mod file_server;
+pub mod issuer;
 pub mod update_repo;
 
 pub const ADMIN_TOKEN: &str = "admin-token-0123456789abcdef";
@@ -265,7 +266,35 @@ impl Server {
 
     /// Sends one raw HTTP/1.1 request.
     pub fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
-        let mut stream = TcpStream::connect(&self.addr).unwrap();
+        self.request_on(TcpStream::connect(&self.addr).unwrap(), method, path, headers, body)
+    }
+
+    /// [`Server::request`] from the loopback address `source` (127.0.0.2, …): each source is
+    /// a peer of its own for the server's per-address throttling of failed authentication.
+    pub fn request_from(
+        &self,
+        source: std::net::Ipv4Addr,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Response {
+        use nix::sys::socket::{bind, connect, socket, AddressFamily, SockFlag, SockType, SockaddrIn};
+        let fd = socket(AddressFamily::Inet, SockType::Stream, SockFlag::SOCK_CLOEXEC, None).unwrap();
+        bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrIn::from(std::net::SocketAddrV4::new(source, 0))).unwrap();
+        let target: std::net::SocketAddrV4 = self.addr.parse().unwrap();
+        connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrIn::from(target)).unwrap();
+        self.request_on(TcpStream::from(fd), method, path, headers, body)
+    }
+
+    fn request_on(
+        &self,
+        mut stream: TcpStream,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Response {
         stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
         let mut req = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
         if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
