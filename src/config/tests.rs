@@ -173,3 +173,111 @@ fn an_unknown_upgrade_mode_is_named_with_the_modes_there_are() {
     let e = parse_err("config_version: \"1.2\"\nupdates:\n  os:\n    refresh_lists: sometimes\n");
     assert!(e.contains("refresh_lists") || e.contains("line 4"), "{e}");
 }
+
+/// The runbook's Cloudflare Access section, exactly as operators copy it.
+const RUNBOOK_CLOUDFLARE_ACCESS: &str = r#"config_version: "1.2"
+security:
+  auth_mode: "cloudflare_access"
+
+  cloudflare_access:
+    enabled: true
+    team_domain: "<team-name>.cloudflareaccess.com"
+    audience_tag: "<application-aud-from-cloudflare>"
+    jwt_algorithm: "RS256"
+    jwks_url: "https://<team-name>.cloudflareaccess.com/cdn-cgi/access/certs"
+    jwks_cache_ttl_seconds: 3600
+
+  # Role mapping from JWT claims
+  role_mappings:
+    - jwt_claim: "email"
+      pattern: "admin@yourdomain.com"
+      role: "admin"
+
+    - jwt_claim: "email"
+      pattern: ".*@yourdomain.com"
+      role: "operator"
+
+    - jwt_claim: "groups"
+      value: "mcp-viewers"
+      role: "viewer"
+"#;
+
+#[test]
+fn the_runbooks_cloudflare_access_yaml_is_accepted_as_written() {
+    let c = Config::from_yaml(RUNBOOK_CLOUDFLARE_ACCESS, "t").unwrap();
+    c.validate().unwrap();
+    assert!(c.security.auth_mode.contains(AuthMode::CloudflareAccess));
+    assert_eq!(c.security.cloudflare_access.issuer(), "https://<team-name>.cloudflareaccess.com");
+    assert_eq!(c.security.role_mappings.len(), 3);
+}
+
+#[test]
+fn modes_combine_in_a_list_and_none_stays_alone() {
+    let yaml =
+        RUNBOOK_CLOUDFLARE_ACCESS.replace("auth_mode: \"cloudflare_access\"", "auth_mode: [token, cloudflare_access]");
+    let c = Config::from_yaml(&yaml, "t").unwrap();
+    c.validate().unwrap();
+    assert!(
+        c.security.auth_mode.contains(AuthMode::Token) && c.security.auth_mode.contains(AuthMode::CloudflareAccess)
+    );
+    assert_eq!(c.security.auth_mode.to_string(), "token+cloudflare_access");
+    for (modes, expected) in [
+        ("[none, token]", "cannot be combined"),
+        ("[]", "empty"),
+        ("[token, token]", "listed twice"),
+        ("[token, magic]", "cloudflare_access, oidc"),
+    ] {
+        let e = parse_err(&format!("config_version: \"1.2\"\nsecurity:\n  auth_mode: {modes}\n"));
+        assert!(e.contains(expected), "{modes}: {e}");
+    }
+}
+
+#[test]
+fn unsafe_or_incomplete_identity_settings_are_refused_with_the_key() {
+    let cases: [(&str, &str, &str); 9] = [
+        ("jwt_algorithm: \"RS256\"", "jwt_algorithm: \"HS256\"", "HMAC"),
+        ("jwt_algorithm: \"RS256\"", "jwt_algorithm: \"none\"", "unsigned"),
+        ("jwt_algorithm: \"RS256\"", "jwt_algorithm: \"ES256\"", "RS256 only"),
+        ("enabled: true", "enabled: false", "security.cloudflare_access.enabled"),
+        ("jwks_url: \"https://", "jwks_url: \"http://", "security.cloudflare_access.jwks_url"),
+        (
+            "team_domain: \"<team-name>.cloudflareaccess.com\"",
+            "team_domain: \"https://x.cloudflareaccess.com\"",
+            "team domain alone",
+        ),
+        ("audience_tag: \"<application-aud-from-cloudflare>\"", "audience_tag: \"\"", "audience_tag"),
+        ("pattern: \".*@yourdomain.com\"", "pattern: \"(unclosed\"", "role_mappings[1].pattern"),
+        ("      value: \"mcp-viewers\"\n", "      value: \"mcp-viewers\"\n      pattern: \"x\"\n", "exactly one"),
+    ];
+    for (from, to, expected) in cases {
+        let yaml = RUNBOOK_CLOUDFLARE_ACCESS.replace(from, to);
+        assert_ne!(yaml, RUNBOOK_CLOUDFLARE_ACCESS, "{from}");
+        let e = match Config::from_yaml(&yaml, "t") {
+            Ok(c) => c.validate().unwrap_err().to_string(),
+            Err(e) => e.to_string(),
+        };
+        assert!(e.contains(expected), "{to}: {e}");
+    }
+    let no_mappings = RUNBOOK_CLOUDFLARE_ACCESS.split("  # Role mapping").next().unwrap();
+    let e = Config::from_yaml(no_mappings, "t").unwrap().validate().unwrap_err().to_string();
+    assert!(e.contains("security.role_mappings") && e.contains("denied"), "{e}");
+}
+
+#[test]
+fn oidc_needs_an_issuer_and_this_servers_resource_and_refuses_hmac() {
+    let base = "config_version: \"1.2\"\nsecurity:\n  auth_mode: oidc\n  oidc:\n    issuer: https://id.example.com\n    resource: https://pi.example.com/mcp\n    algorithms: [RS256, ES256, EdDSA]\n  role_mappings:\n    - {jwt_claim: sub, pattern: \".+\", role: viewer}\n";
+    Config::from_yaml(base, "t").unwrap().validate().unwrap();
+    for (from, to, expected) in [
+        ("issuer: https://id.example.com", "issuer: http://id.example.com", "security.oidc.issuer"),
+        ("resource: https://pi.example.com/mcp", "resource: pi.example.com", "security.oidc.resource"),
+        ("algorithms: [RS256, ES256, EdDSA]", "algorithms: [RS256, HS256]", "HMAC"),
+        ("algorithms: [RS256, ES256, EdDSA]", "algorithms: []", "at least one"),
+    ] {
+        let yaml = base.replace(from, to);
+        let e = match Config::from_yaml(&yaml, "t") {
+            Ok(c) => c.validate().unwrap_err().to_string(),
+            Err(e) => e.to_string(),
+        };
+        assert!(e.contains(expected), "{to}: {e}");
+    }
+}
