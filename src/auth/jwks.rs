@@ -181,7 +181,8 @@ impl KeyCache {
     ) -> Result<Vec<Arc<Key>>, (Option<Due>, KeyError)> {
         let fresh = state.fetched.is_some_and(|t| now.duration_since(t) < self.ttl);
         if !fresh {
-            let due = state.attempted.is_none_or(|t| now.duration_since(t) >= RETRY_EVERY);
+            // Failures are retried every RETRY_EVERY; keys that merely expired are fetched now.
+            let due = state.error.is_none() || state.attempted.is_none_or(|t| now.duration_since(t) >= RETRY_EVERY);
             let why = match (&state.error, state.fetched) {
                 (Some(e), _) => e.clone(),
                 (None, Some(_)) => "the cached keys expired".to_string(),
@@ -299,6 +300,74 @@ mod tests {
     use super::*;
 
     const RSA_N: &str = "u1SU1LfVLPHCozMxH2Mo4lgOEePzNm0tRgeLezV6ffAt0gunVTLw7onLRnrq0_IzW7yWR7QkrmBL7jTKEn5u-qKhbwKfBstIs-bMY2Zkp18gnTxKLxoS2tFczGkPLPgizskuemMghRniWaoLcyehkd3qqGElvW_VDL5AaWTg0nLVkjRo9z-40RQzuVaE8AkAFmxZzow3x-VJYKdjykkJ0iT9wCS0DRTXu269V264Vf_3jvredZiKRkgwlL9xNAwxXFg0x_XFw005UWVRIkdgcKWTjpBP2dPwVZ4WWC-9aGVd-Gyn1o0CLelf4rEjGoXbAAEgAqeGUxrcIlbjXfbcmw";
+
+    /// A key set server on 127.0.0.1 answering every request with the set, or with 503
+    /// while `down` is set; counts the requests.
+    struct Served {
+        url: String,
+        down: Arc<std::sync::atomic::AtomicBool>,
+        requests: Arc<AtomicU64>,
+    }
+
+    fn serve_key_set() -> Served {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/certs", listener.local_addr().unwrap());
+        let down = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let requests = Arc::new(AtomicU64::new(0));
+        let (d, r) = (down.clone(), requests.clone());
+        let body = serde_json::json!({"keys": [{"kty": "RSA", "kid": "a", "n": RSA_N, "e": "AQAB"}]}).to_string();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().take(50) {
+                let Ok(mut stream) = stream else { continue };
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).is_ok_and(|n| n == 1) {
+                    head.push(byte[0]);
+                }
+                r.fetch_add(1, Ordering::SeqCst);
+                let (status, body) =
+                    if d.load(Ordering::SeqCst) { ("503 Down", "down") } else { ("200 OK", body.as_str()) };
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        Served { url, down, requests }
+    }
+
+    #[tokio::test]
+    async fn cached_keys_outlive_an_outage_until_their_ttl_and_refetches_are_bounded() {
+        let served = serve_key_set();
+        let ttl = Duration::from_millis(400);
+        let fetcher = Arc::new(Fetcher::new(crate::update::download::FetchSettings::default()));
+        let cache = KeyCache::new(KeySource::Url(served.url.clone()), ttl, fetcher);
+        let fetches = || served.requests.load(Ordering::SeqCst);
+        assert_eq!(cache.keys_for(Some("a"), JwtAlgorithm::RS256).await.unwrap().len(), 1);
+        assert_eq!(fetches(), 1);
+        // Unknown kids: one refetch, then refused without asking again.
+        assert_eq!(cache.keys_for(Some("b"), JwtAlgorithm::RS256).await.unwrap_err(), KeyError::UnknownKid("b".into()));
+        assert_eq!(cache.keys_for(Some("c"), JwtAlgorithm::RS256).await.unwrap_err(), KeyError::UnknownKid("c".into()));
+        assert_eq!(fetches(), 2);
+        // The issuer goes down: the cached key still works until the TTL.
+        served.down.store(true, Ordering::SeqCst);
+        assert!(cache.keys_for(Some("a"), JwtAlgorithm::RS256).await.is_ok());
+        assert_eq!(fetches(), 2);
+        tokio::time::sleep(ttl + Duration::from_millis(50)).await;
+        let KeyError::Unavailable(why) = cache.keys_for(Some("a"), JwtAlgorithm::RS256).await.unwrap_err() else {
+            panic!("expected the keys to be unavailable");
+        };
+        assert!(why.contains("503") && why.contains(&served.url), "{why}");
+        assert_eq!(fetches(), 3);
+        // No new attempt before RETRY_EVERY, however many requests come.
+        for _ in 0..20 {
+            assert!(matches!(cache.keys_for(Some("a"), JwtAlgorithm::RS256).await, Err(KeyError::Unavailable(_))));
+        }
+        assert_eq!(fetches(), 3);
+        assert_eq!(cache.requests(), 3);
+    }
 
     #[test]
     fn signature_keys_are_kept_and_others_left_out() {
