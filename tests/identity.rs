@@ -181,6 +181,11 @@ fn every_hostile_token_is_refused_with_401_naming_the_reason() {
             "alg_not_allowed",
         ),
         ("ES256 where only RS256 is allowed", issuer.token("ec-1", &claims), "alg_not_allowed"),
+        (
+            "an algorithm name made to break the challenge header",
+            sign(rsa, &json!({"alg": "RS256\r\nX-Injected: \"1\"", "kid": "rsa-1"}), &claims),
+            "alg_not_allowed",
+        ),
         ("wrong aud", with(&|c| c["aud"] = json!(["someone-else"])), "wrong_audience"),
         ("wrong iss", with(&|c| c["iss"] = json!("https://evil.cloudflareaccess.com")), "wrong_issuer"),
         ("expired", with(&|c| c["exp"] = json!(now() - 120)), "token_expired"),

@@ -164,7 +164,9 @@ impl Verifier {
         }
         let algorithm = JwtAlgorithm::parse(alg).filter(|a| self.algorithms.contains(a)).ok_or_else(|| {
             let allowed: Vec<&str> = self.algorithms.iter().map(|a| a.as_str()).collect();
-            JwtError::AlgNotAllowed { alg: alg.chars().take(16).collect(), allowed: allowed.join(", ") }
+            // The name is the caller's: only its harmless characters are repeated.
+            let alg = alg.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').take(16).collect();
+            JwtError::AlgNotAllowed { alg, allowed: allowed.join(", ") }
         })?;
         let kid = match header.get("kid") {
             None => None,

@@ -198,7 +198,10 @@ impl HttpServer {
                 return json_reply(200, Json::of(&json!({"status": "ok", "version": crate::base::VERSION})));
             }
             ("/mcp", _) => {}
-            (p, Method::GET) if p == guard::METADATA_PREFIX || p.starts_with(guard::METADATA_PREFIX) => {
+            (p, Method::GET)
+                if p.strip_prefix(guard::METADATA_PREFIX)
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('/')) =>
+            {
                 if let Some(resource) = &self.resource {
                     return resource.reply();
                 }

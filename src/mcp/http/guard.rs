@@ -71,7 +71,8 @@ fn challenge(resource: Option<&ProtectedResource>, e: &AuthError) -> String {
     }
     if e.presented() {
         // Quoted-string content: the messages are ASCII without quotes or backslashes.
-        let description: String = e.to_string().chars().filter(|c| c.is_ascii() && !matches!(c, '"' | '\\')).collect();
+        let description: String =
+            e.to_string().chars().filter(|c| (' '..='~').contains(c) && !matches!(c, '"' | '\\')).collect();
         c.push_str(&format!(", error=\"invalid_token\", error_description=\"{description}\""));
     }
     c
