@@ -4,6 +4,7 @@
 
 pub mod jwks;
 pub mod jwt;
+mod verified;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -155,6 +156,8 @@ pub struct Authenticator {
     cloudflare: Option<Issuer>,
     oidc: Option<Issuer>,
     roles: RoleMap,
+    /// Tokens of issuers verified recently.
+    verified: verified::Verified,
     /// The digest of the one-time token of a self-check in progress (see [`Self::begin_probe`]).
     probe: std::sync::RwLock<Option<[u8; 32]>>,
 }
@@ -221,6 +224,7 @@ impl Authenticator {
             cloudflare,
             oidc,
             roles,
+            verified: verified::Verified::default(),
             probe: std::sync::RwLock::new(None),
         })
     }
@@ -325,11 +329,24 @@ impl Authenticator {
 
     /// The identity of a verified token, with the role its claims map to.
     async fn by_claims(&self, issuer: &Issuer, token: &str) -> Result<Identity, Refusal> {
+        // Keyed by the mode too: the same token is not both issuers' at once.
+        let mut key = Sha256::new();
+        key.update(issuer.mode.as_str());
+        key.update([0]);
+        key.update(token.as_bytes());
+        let key: [u8; 32] = key.finalize().into();
+        if let Some(identity) = self.verified.get(&key) {
+            return Ok(identity);
+        }
         let claims: Map<String, Value> = issuer.verifier.verify(token).await.map_err(AuthError::Jwt)?;
         let name = jwt::caller_name(&claims)
             .ok_or(AuthError::Jwt(JwtError::MissingClaim("email, common_name or sub".into())))?;
         match self.roles.role(&claims) {
-            Some((_, role)) => Ok(Identity::new(issuer.mode.as_str(), &name, role)),
+            Some((_, role)) => {
+                let identity = Identity::new(issuer.mode.as_str(), &name, role);
+                self.verified.insert(key, &identity, &claims);
+                Ok(identity)
+            }
             None => Err(Refusal::Forbidden(NoRole { name })),
         }
     }
