@@ -6,8 +6,8 @@
 #                and lints, Rust unit and integration tests, the suite driven by the official
 #                MCP Python SDK, the MCP conformance suite, and the package proof (root)
 #   make bench   memory and latency figures, those of a self-update into the package of
-#                this build, and hostile load and a soak (bench/hostile.py), written to
-#                BENCHMARKS.md
+#                this build, hostile load and a soak (bench/hostile.py), and the cost of
+#                checking tokens (bench/identity.py), written to BENCHMARKS.md
 #   make docs    regenerate docs/TOOLS.md from the tool declarations
 
 SHELL := /bin/bash
@@ -99,6 +99,8 @@ bench: release deb
 	  --cli target/release/mcp-raspi --packages $(DEB_DIR) --out BENCHMARKS.md
 	$(PYTHON) bench/hostile.py --server target/release/mcp-raspi-server --agent target/release/raspi-ops-agent \
 	  --out BENCHMARKS.md
+	@packaging/need.sh openssl
+	$(PYTHON) bench/identity.py --server target/release/mcp-raspi-server --out BENCHMARKS.md
 
 # Delta updates between two releases' packages for this machine (bench/delta.py), e.g.
 # make bench-delta DELTA_FROM=old/mcp-raspi_0.1.0_amd64.deb DELTA_TO=target/packages/mcp-raspi_0.1.1_amd64.deb
