@@ -16,7 +16,7 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, Validation};
 use serde_json::{Map, Value};
 
-use super::jwks::{KeyCache, KeyError};
+use super::jwks::{Key, KeyCache, KeyError};
 use crate::config::{JwtAlgorithm, Role, RoleMapping};
 
 /// Tokens longer than this are refused unread.
@@ -120,6 +120,23 @@ impl Verifier {
             KeyError::UnknownKid(kid) => JwtError::UnknownKid(kid),
             KeyError::Unavailable(why) => JwtError::NoKeys(why),
         })?;
+        self.check(token, algorithm, &keys)
+    }
+
+    /// [`Self::verify`] against `keys` rather than the issuer's key set: the same checks,
+    /// without the network (the fuzz target of token parsing uses it).
+    pub fn verify_with(&self, token: &str, keys: &[Arc<Key>]) -> Result<Map<String, Value>, JwtError> {
+        let (algorithm, kid) = self.read_header(token)?;
+        let keys: Vec<Arc<Key>> =
+            keys.iter().filter(|k| k.algorithm == algorithm && (kid.is_none() || k.kid == kid)).cloned().collect();
+        if keys.is_empty() {
+            return Err(JwtError::UnknownKid(kid.unwrap_or_default()));
+        }
+        self.check(token, algorithm, &keys)
+    }
+
+    /// The signature (by one of `keys`) and the claims of a token whose header was read.
+    fn check(&self, token: &str, algorithm: JwtAlgorithm, keys: &[Arc<Key>]) -> Result<Map<String, Value>, JwtError> {
         let mut validation = Validation::new(jwt_algorithm(algorithm));
         validation.leeway = LEEWAY_SECONDS;
         validation.validate_nbf = true;
