@@ -115,7 +115,8 @@ clean:
 	$(CARGO) clean
 	rm -rf $(VENV)
 
-# Debian packages (cargo-deb), the fleet's signed APT repository, and the proof that the
+# Debian packages (cargo-deb, their payload recompressed with a 16 MiB window by
+# packaging/deb-recompress.py), the fleet's signed APT repository, and the proof that the
 # package installs, runs, upgrades, reinstalls, removes and purges cleanly in a booted Debian
 # bookworm (tests/package/prove.py). The proof needs root (debootstrap, systemd-nspawn);
 # missing build tools are installed with apt. Chroots are cached under target/package-test.
@@ -144,26 +145,31 @@ generated:
 	target/debug/mcp-raspi completions --out target/generated/completions
 
 deb: cargo-deb generated
+	@packaging/need.sh xz-utils
 	$(CARGO) deb --output $(DEB_DIR)/
+	packaging/deb-recompress.py $(DEB_DIR)/mcp-raspi_$(PKG_VERSION)_$$(dpkg --print-architecture).deb
 
 deb-arm64: cargo-deb generated
-	@packaging/need.sh gcc-aarch64-linux-gnu libc6-dev-arm64-cross
+	@packaging/need.sh gcc-aarch64-linux-gnu libc6-dev-arm64-cross xz-utils
 	rustup target add aarch64-unknown-linux-gnu
 	$(CARGO) deb --target aarch64-unknown-linux-gnu --output $(DEB_DIR)/
+	packaging/deb-recompress.py $(DEB_DIR)/mcp-raspi_$(PKG_VERSION)_arm64.deb
 
 deb-armhf: cargo-deb generated
-	@packaging/need.sh gcc-arm-linux-gnueabihf libc6-dev-armhf-cross
+	@packaging/need.sh gcc-arm-linux-gnueabihf libc6-dev-armhf-cross xz-utils
 	rustup target add armv7-unknown-linux-gnueabihf
 	$(CARGO) deb --target armv7-unknown-linux-gnueabihf --output $(DEB_DIR)/
+	packaging/deb-recompress.py $(DEB_DIR)/mcp-raspi_$(PKG_VERSION)_armhf.deb
 
 # The three packages from one cargo invocation: one job server keeps both cores busy across
 # the three graphs (each ends in long single-threaded LTO links), and the host's build
 # scripts and proc macros are compiled once.
 packages: cargo-deb generated
-	@packaging/need.sh $(CROSS_TOOLS)
+	@packaging/need.sh $(CROSS_TOOLS) xz-utils
 	rustup target add aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf
 	$(CARGO) build --release --bins $(foreach t,$(TRIPLES),--target $(t))
 	$(foreach t,$(TRIPLES),$(CARGO) deb --no-build --target $(t) --output $(DEB_DIR)/ &&) true
+	packaging/deb-recompress.py $(DEBS)
 
 lintian: packages
 	@packaging/need.sh lintian
