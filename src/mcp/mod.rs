@@ -294,7 +294,7 @@ impl<'de> Deserialize<'de> for Params {
 
 /// One parsed JSON-RPC message from a client. `params` comes without its `_meta`, which
 /// is read into `meta`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Incoming {
     Request {
         id: Value,
