@@ -9,6 +9,7 @@
 #                this build, hostile load and a soak (bench/hostile.py), and the cost of
 #                checking tokens (bench/identity.py), written to BENCHMARKS.md
 #   make docs    regenerate docs/TOOLS.md from the tool declarations
+#   make fuzz    each fuzz target for FUZZ_SECONDS (not part of `make test`)
 
 SHELL := /bin/bash
 CARGO ?= cargo
@@ -18,7 +19,7 @@ DEV_LISTEN ?= 127.0.0.1:8000
 # The server refuses to run as root; as root, `make run` starts it as this user.
 RUN_AS_UID ?= 65534
 
-.PHONY: all build release run test reachable lint unit pytest conformance venv bench bench-delta docs clean
+.PHONY: all build release run test reachable lint unit pytest conformance venv bench bench-delta docs fuzz cargo-fuzz clean
 
 all: build
 
@@ -114,6 +115,49 @@ docs:
 clean:
 	$(CARGO) clean
 	rm -rf $(VENV)
+
+# Fuzzing with cargo-fuzz (libFuzzer): the targets of fuzz/fuzz_targets/ (or FUZZ_TARGETS),
+# each for FUZZ_SECONDS, one after another, then a table of executions and crashes. Stable
+# Rust without a sanitizer by default (a panic is what the targets find, and safe Rust needs
+# no AddressSanitizer to report one); with a nightly toolchain installed,
+# FUZZ_TOOLCHAIN=nightly FUZZ_SANITIZER=address adds it. Working corpora grow in
+# fuzz/corpus/<target> from the seeds in fuzz/seeds/<target>, crash inputs land in
+# fuzz/artifacts/<target> and the output in fuzz/logs (all ignored by git); a crash, once
+# fixed, goes to fuzz/regressions/<target>/, which `cargo test` replays. An input that takes
+# over FUZZ_TIMEOUT seconds, or memory over FUZZ_RSS_MB, counts as a crash.
+CARGO_FUZZ_VERSION := 0.13.2
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= $(sort $(basename $(notdir $(wildcard fuzz/fuzz_targets/*.rs))))
+FUZZ_TOOLCHAIN ?= stable
+FUZZ_SANITIZER ?= none
+FUZZ_TIMEOUT ?= 10
+FUZZ_RSS_MB ?= 2048
+
+cargo-fuzz:
+	@if ! $(CARGO) fuzz --version 2>/dev/null | grep -q '^cargo-fuzz 0\.13\.'; then \
+	  $(CARGO) install cargo-fuzz --version $(CARGO_FUZZ_VERSION) --locked; fi
+
+fuzz: cargo-fuzz
+	RUSTUP_TOOLCHAIN=$(FUZZ_TOOLCHAIN) $(CARGO) fuzz build --sanitizer $(FUZZ_SANITIZER)
+	@mkdir -p fuzz/logs; table=""; failed=0; \
+	for t in $(FUZZ_TARGETS); do \
+	  mkdir -p fuzz/corpus/$$t fuzz/artifacts/$$t; touch fuzz/logs/$$t.start; start=$$(date +%s); \
+	  echo "fuzz: $$t for $(FUZZ_SECONDS) s (output in fuzz/logs/$$t.log)"; \
+	  RUSTUP_TOOLCHAIN=$(FUZZ_TOOLCHAIN) $(CARGO) fuzz run --sanitizer $(FUZZ_SANITIZER) $$t \
+	    fuzz/corpus/$$t fuzz/seeds/$$t -- -max_total_time=$(FUZZ_SECONDS) -timeout=$(FUZZ_TIMEOUT) \
+	    -rss_limit_mb=$(FUZZ_RSS_MB) -print_final_stats=1 >fuzz/logs/$$t.log 2>&1; status=$$?; \
+	  took=$$(( $$(date +%s) - start )); \
+	  runs=$$(sed -n 's/^stat::number_of_executed_units: *\([0-9]*\).*/\1/p' fuzz/logs/$$t.log | tail -n 1); \
+	  [ -n "$$runs" ] || runs=$$(sed -n 's/^#\([0-9]*\).*DONE.*/\1/p' fuzz/logs/$$t.log | tail -n 1); \
+	  crashes=$$(find fuzz/artifacts/$$t -type f -newer fuzz/logs/$$t.start \
+	    \( -name 'crash-*' -o -name 'oom-*' -o -name 'timeout-*' -o -name 'leak-*' \) | wc -l); \
+	  if [ $$status != 0 ] && [ $$crashes = 0 ]; then crashes="?"; fi; \
+	  if [ $$status != 0 ]; then failed=1; tail -n 30 fuzz/logs/$$t.log; fi; \
+	  table="$$table$$(printf '%-18s %8s %12s %8s' $$t $$took "$${runs:-?}" $$crashes)\n"; \
+	done; \
+	printf "%-18s %8s %12s %8s\n$$table" target seconds executions crashes; \
+	if [ $$failed != 0 ]; then echo "make fuzz: crashes above: the inputs are in fuzz/artifacts/<target>/"; fi; \
+	exit $$failed
 
 # Debian packages (cargo-deb, their payload recompressed with a 16 MiB window by
 # packaging/deb-recompress.py), the fleet's signed APT repository, and the proof that the

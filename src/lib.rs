@@ -12,6 +12,8 @@ pub mod auto_update;
 pub mod base;
 pub mod cli;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod host;
 pub mod ipc;
 pub mod logs;

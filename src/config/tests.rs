@@ -117,6 +117,20 @@ fn device_allowlists_are_checked() {
 }
 
 #[test]
+fn a_health_threshold_that_is_not_a_finite_number_is_refused() {
+    for (threshold, key) in [
+        ("{ warning: 80, critical: .inf }", "health.cpu_percent.critical"),
+        ("{ warning: -.inf, critical: 90 }", "health.cpu_percent.warning"),
+        ("{ warning: .nan, critical: 90 }", "health.cpu_percent.warning"),
+    ] {
+        let c =
+            Config::from_yaml(&format!("config_version: \"1.2\"\nhealth:\n  cpu_percent: {threshold}\n"), "t").unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains(key) && e.contains("not a finite number"), "{threshold}: {e}");
+    }
+}
+
+#[test]
 fn the_audit_write_delay_defaults_to_10_ms_in_files_and_in_the_development_config() {
     let c = Config::from_yaml("config_version: \"1.2\"\n", "t").unwrap();
     assert_eq!(c.logging.audit_write_delay_ms, 10);

@@ -96,6 +96,13 @@ impl Config {
             ("health.disk_percent", self.health.disk_percent),
             ("health.temperature_celsius", self.health.temperature_celsius),
         ] {
+            // `.inf` and `.nan` are YAML numbers, but JSON has no such numbers: an environment
+            // override, which takes the configuration through JSON, would fail on them.
+            for (which, value) in [("warning", t.warning), ("critical", t.critical)] {
+                if !value.is_finite() {
+                    return invalid(&format!("{key}.{which}"), format!("{value} is not a finite number"));
+                }
+            }
             if t.warning.partial_cmp(&t.critical) != Some(std::cmp::Ordering::Less) {
                 return invalid(key, format!("warning ({}) must be below critical ({})", t.warning, t.critical));
             }

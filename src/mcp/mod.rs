@@ -294,7 +294,7 @@ impl<'de> Deserialize<'de> for Params {
 
 /// One parsed JSON-RPC message from a client. `params` comes without its `_meta`, which
 /// is read into `meta`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Incoming {
     Request {
         id: Value,
@@ -336,7 +336,10 @@ impl Incoming {
         if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
             return None;
         }
-        let e: Envelope = serde_json::from_slice(bytes).ok()?;
+        // serde_json skips the members it ignores without checking that they are UTF-8: a
+        // body that is not is no JSON, and the tree reader refuses it as such.
+        let text = std::str::from_utf8(bytes).ok()?;
+        let e: Envelope = serde_json::from_str(text).ok()?;
         let id_ok = e.id.as_ref().is_none_or(|id| id.is_string() || id.is_i64() || id.is_u64());
         if e.jsonrpc != "2.0" || !id_ok {
             return None;
@@ -724,6 +727,13 @@ mod tests {
                 Incoming::parse(serde_json::from_str(case).unwrap_or_default()).unwrap_or_else(|_| unreachable!());
             assert_eq!(format!("{fast:?}"), format!("{tree:?}"), "{case}");
         }
+    }
+
+    #[test]
+    fn a_body_that_is_not_utf8_is_left_to_the_tree_reader_even_in_a_member_nobody_reads() {
+        let body = b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\",\"extra\":{\"\xff\":1}}";
+        assert!(Incoming::from_slice(body).is_none());
+        assert!(serde_json::from_slice::<Value>(body).is_err());
     }
 
     #[test]

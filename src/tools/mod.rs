@@ -224,6 +224,8 @@ pub trait DynTool: Send + Sync {
     fn spec(&self) -> &'static ToolSpec;
     fn input_schema(&self) -> Value;
     fn output_schema(&self) -> Value;
+    /// Parses `arguments` as [`invoke`](DynTool::invoke) does, without running the tool.
+    fn check_arguments(&self, arguments: Value) -> Result<(), ToolError>;
     fn invoke(&self, cx: Cx, arguments: Value) -> BoxFuture<Result<Invoked, ToolError>>;
 }
 
@@ -236,6 +238,9 @@ impl<T: Tool> DynTool for T {
     }
     fn output_schema(&self) -> Value {
         schema_for::<T::Output>(Side::Output)
+    }
+    fn check_arguments(&self, arguments: Value) -> Result<(), ToolError> {
+        parse_arguments::<T::Input>(arguments).map(drop)
     }
     fn invoke(&self, cx: Cx, arguments: Value) -> BoxFuture<Result<Invoked, ToolError>> {
         let input = parse_arguments::<T::Input>(arguments);

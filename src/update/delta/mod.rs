@@ -243,7 +243,7 @@ fn patch_stream(
 
 /// Reads the header of the delta in `reader` (the file `path`), leaving the reader at the
 /// start of the compressed patch.
-fn read_header(reader: &mut impl BufRead, path: &Path) -> Result<DeltaHeader, DeltaError> {
+pub(crate) fn read_header(reader: &mut impl BufRead, path: &Path) -> Result<DeltaHeader, DeltaError> {
     let format = |reason: String| DeltaError::Format { path: path.to_path_buf(), reason };
     let mut magic = vec![0u8; MAGIC.len()];
     reader.read_exact(&mut magic).map_err(|_| format("it is shorter than a delta's first line".into()))?;
