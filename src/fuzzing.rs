@@ -33,6 +33,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("config", config),
     ("ipc_frame", ipc_frame),
     ("update_manifest", update_manifest),
+    ("jwt", jwt),
 ];
 
 /// A body of `POST /mcp` (or a line of stdio), read as the transports read it: the fast
@@ -217,6 +218,84 @@ pub fn update_manifest(data: &[u8]) {
                 Err(e) => show(e),
             }
         }
+    }
+}
+
+/// A token of an issuer (a Cloudflare Access assertion or an OIDC access token) through
+/// what the server does with it: the header checks, the choice of key, the signature and
+/// the claims, and the role mappings; and the bytes as a key set (JWKS). Input with one dot
+/// (`header.claims`) is signed first with a fixed Ed25519 key the verifier trusts, so that
+/// the checks past the signature are reached too; a token so signed whose claims are
+/// acceptable must be accepted.
+pub fn jwt(data: &[u8]) {
+    use crate::auth::jwks::{self, Key};
+    use crate::auth::jwt::{self as token, RoleMap, Verifier};
+    use crate::config::{JwtAlgorithm, Role, RoleMapping};
+    use base64::Engine;
+    use ed25519_dalek::Signer;
+
+    struct Fixture {
+        verifier: Verifier,
+        keys: Vec<std::sync::Arc<Key>>,
+        signer: ed25519_dalek::SigningKey,
+        roles: RoleMap,
+    }
+    static FIXTURE: OnceLock<Option<Fixture>> = OnceLock::new();
+    let fixture = FIXTURE.get_or_init(|| {
+        // A key for fuzzing only, its seed 32 bytes of 9: known to all, trusted by no server.
+        let signer = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+        let public = signer.verifying_key().to_bytes();
+        let decoding = jsonwebtoken::DecodingKey::from_ed_der(&public);
+        let keys =
+            vec![std::sync::Arc::new(Key { kid: Some("fuzz".into()), algorithm: JwtAlgorithm::EdDSA, decoding })];
+        let fetcher = std::sync::Arc::new(crate::update::download::Fetcher::new(Default::default()));
+        let source = jwks::KeySource::Url("https://fuzz.invalid/certs".into());
+        let cache = std::sync::Arc::new(jwks::KeyCache::new(source, Duration::from_secs(60), fetcher));
+        let algorithms = vec![JwtAlgorithm::RS256, JwtAlgorithm::ES256, JwtAlgorithm::EdDSA];
+        let verifier = Verifier::new("https://fuzz.invalid".into(), "fuzz-audience".into(), algorithms, cache);
+        let mapping = |claim: &str, pattern: Option<&str>, value: Option<&str>, role| RoleMapping {
+            jwt_claim: claim.into(),
+            pattern: pattern.map(Into::into),
+            value: value.map(Into::into),
+            role,
+        };
+        let roles = RoleMap::new(&[
+            mapping("email", Some("admin@example\\.com"), None, Role::Admin),
+            mapping("custom.groups", None, Some("ops"), Role::Operator),
+            mapping("groups", None, Some("viewers"), Role::Viewer),
+        ])
+        .ok()?;
+        Some(Fixture { verifier, keys, signer, roles })
+    });
+    let Some(f) = fixture else { return };
+    let _ = jwks::parse_key_set(data).map_err(show);
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    let check = |token: &str| match f.verifier.verify_with(token, &f.keys) {
+        Ok(claims) => {
+            let _ = (token::caller_name(&claims), f.roles.role(&claims));
+            true
+        }
+        Err(e) => {
+            show(&e);
+            false
+        }
+    };
+    check(text);
+    if text.matches('.').count() == 1 && text.len() <= token::MAX_TOKEN_BYTES / 2 {
+        let signature = f.signer.sign(text.as_bytes()).to_bytes();
+        let signed = format!("{text}.{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(signature));
+        let accepted = check(&signed);
+        // Accepted means every check passed: then the claims are the issuer's, for us, and current.
+        if accepted {
+            let claims =
+                text.split('.').nth(1).and_then(|c| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(c).ok());
+            let claims: Option<serde_json::Map<String, Value>> = claims.and_then(|c| serde_json::from_slice(&c).ok());
+            let claims = claims.unwrap_or_default();
+            assert_eq!(claims.get("iss").and_then(Value::as_str), Some("https://fuzz.invalid"), "accepted: {text}");
+        }
+    }
+    if let Ok(Value::Object(claims)) = serde_json::from_slice::<Value>(data) {
+        let _ = (token::caller_name(&claims), f.roles.role(&claims));
     }
 }
 
