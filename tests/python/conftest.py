@@ -150,7 +150,10 @@ def _finish(proc: subprocess.Popen[str], root: Path) -> None:
     assert code == 0, f"the server exited with {code} on SIGTERM instead of 0:\n{log}"
 
 
-def _token_config(root: Path) -> ServerPaths:
+def _write_config(root: Path, security: str, listen: str = "127.0.0.1:0") -> ServerPaths:
+    """Writes `root`/config.yml: simulated hardware, files under `root`, the `security`
+    section given (YAML indented by two spaces, rate limiting off is added), and makes the
+    directories the server writes to."""
     paths = ServerPaths(
         root=root,
         config=root / "config.yml",
@@ -158,18 +161,13 @@ def _token_config(root: Path) -> ServerPaths:
         audit_log=root / "log" / "audit.log",
         state_dir=root / "state",
     )
-    tokens = "\n".join(
-        f"    - identity: {identity}\n      role: {role}\n      env: {var}" for identity, (role, var) in IDENTITIES.items()
-    )
     paths.config.write_text(
         f"""\
 config_version: "1.2"
 server:
-  listen: "127.0.0.1:0"
+  listen: "{listen}"
 security:
-  auth_mode: token
-  tokens:
-{tokens}
+{security}
   secrets_file: null
   rate_limit:
     # The suite sends a few hundred requests within seconds; limiting is not under test.
@@ -191,6 +189,13 @@ paths:
         if _as_root():
             os.chown(directory, UNPRIVILEGED_ID, UNPRIVILEGED_ID)
     return paths
+
+
+def _token_config(root: Path) -> ServerPaths:
+    tokens = "\n".join(
+        f"    - identity: {identity}\n      role: {role}\n      env: {var}" for identity, (role, var) in IDENTITIES.items()
+    )
+    return _write_config(root, f"  auth_mode: token\n  tokens:\n{tokens}")
 
 
 @pytest.fixture(scope="session")

@@ -32,7 +32,7 @@ from mcp.client.auth.extensions.client_credentials import ClientCredentialsOAuth
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.auth import OAuthClientInformationFull, OAuthToken
 
-from conftest import REPO, UNPRIVILEGED_ID, ServerPaths, _as_root, _child_environment, _finish, _private_dir, _start
+from conftest import REPO, ServerPaths, _child_environment, _finish, _private_dir, _start, _write_config
 
 pytestmark = pytest.mark.anyio
 
@@ -132,39 +132,15 @@ def protected() -> Iterator[ProtectedServer]:
     authorization = AuthorizationServer()
     root = _private_dir("mcp-raspi-oauth-")
     port = _free_port()
-    paths = ServerPaths(root, root / "config.yml", root / "log" / "app.log", root / "log" / "audit.log", root / "state")
-    paths.config.write_text(
-        f"""\
-config_version: "1.2"
-server:
-  listen: "127.0.0.1:{port}"
-security:
+    security = f"""\
   auth_mode: oidc
-  secrets_file: null
   oidc:
     issuer: "{authorization.issuer}"
     resource: "http://127.0.0.1:{port}/mcp"
     scopes_supported: [mcp]
   role_mappings:
-    - {{ jwt_claim: sub, value: "{CLIENT_ID}", role: operator }}
-  rate_limit:
-    requests_per_minute: 0
-logging:
-  level: debug
-  app_path: "{paths.app_log}"
-  audit_path: "{paths.audit_log}"
-  journald: off
-platform:
-  backend: simulated
-paths:
-  state_dir: "{paths.state_dir}"
-  install_dir: "{root / 'opt'}"
-"""
-    )
-    for directory in (paths.app_log.parent, paths.state_dir):
-        directory.mkdir()
-        if _as_root():
-            os.chown(directory, UNPRIVILEGED_ID, UNPRIVILEGED_ID)
+    - {{ jwt_claim: sub, value: "{CLIENT_ID}", role: operator }}"""
+    paths = _write_config(root, security, listen=f"127.0.0.1:{port}")
     proc, url = _start(["--config", str(paths.config)], _child_environment(root, {}), root)
     try:
         yield ProtectedServer(url=url, authorization=authorization, paths=paths)
