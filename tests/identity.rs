@@ -23,8 +23,7 @@ fn cloudflare_server(issuer: &Issuer) -> Server {
         "security:\n  auth_mode: [token, cloudflare_access]\n  secrets_file: null\n  rate_limit:\n    requests_per_minute: 0\n  tokens:\n    - {{ identity: admin, role: admin, env: TEST_ADMIN_TOKEN }}\n  cloudflare_access:\n    enabled: true\n    team_domain: {TEAM}\n    audience_tag: {AUD}\n    jwt_algorithm: RS256\n    jwks_url: {}\n    jwks_cache_ttl_seconds: 3600\n{ROLE_MAPPINGS}",
         issuer.jwks_url()
     );
-    let before = issuer.jwks_fetches();
-    started(Server::with_config(None, &security), issuer, before + 1)
+    started(issuer, &security)
 }
 
 /// Bearer tokens of an OIDC issuer found through its discovery document.
@@ -33,12 +32,14 @@ fn oidc_server(issuer: &Issuer) -> Server {
         "security:\n  auth_mode: oidc\n  secrets_file: null\n  rate_limit:\n    requests_per_minute: 0\n  oidc:\n    issuer: {}\n    resource: {RESOURCE}\n    algorithms: [RS256, ES256, EdDSA]\n    scopes_supported: [mcp]\n{ROLE_MAPPINGS}",
         issuer.url()
     );
-    let before = issuer.jwks_fetches();
-    started(Server::with_config(None, &security), issuer, before + 1)
+    started(issuer, &security)
 }
 
-/// Waits until the server has fetched the key set `fetches` times (its fetch at start).
-fn started(server: Server, issuer: &Issuer, fetches: usize) -> Server {
+/// A server with this `security` section, once it has fetched `issuer`'s key set (its fetch
+/// at start).
+fn started(issuer: &Issuer, security: &str) -> Server {
+    let fetches = issuer.jwks_fetches() + 1;
+    let server = Server::with_config(None, security);
     for _ in 0..200 {
         if issuer.jwks_fetches() >= fetches {
             return server;
@@ -318,16 +319,7 @@ fn a_session_created_by_one_identity_is_refused_to_another() {
     let server = cloudflare_server(&issuer);
     let alice = issuer.token("rsa-1", &cf_claims("alice@example.com"));
     let bob = issuer.token("rsa-1", &cf_claims("bob@example.com"));
-    let init = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
-        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "tests", "version": "1"}}});
-    let r = server.request(
-        "POST",
-        "/mcp",
-        &[("Content-Type", "application/json"), ("Cf-Access-Jwt-Assertion", &alice)],
-        init.to_string().as_bytes(),
-    );
-    assert_eq!(r.status, 200, "{}", r.text());
-    let session = r.header("mcp-session-id").unwrap().to_string();
+    let session = server.initialize_with("2025-11-25", &[("Cf-Access-Jwt-Assertion", &alice)]);
     let ping = json!({"jsonrpc": "2.0", "id": 1, "method": "ping"}).to_string();
     let with = |headers: &[(&str, &str)]| {
         let mut all = vec![

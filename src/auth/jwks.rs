@@ -49,6 +49,14 @@ pub struct Key {
     pub decoding: DecodingKey,
 }
 
+impl Key {
+    /// Whether this key may verify a token of `algorithm` naming `kid` (any key of the
+    /// algorithm when the token names none).
+    pub fn fits(&self, kid: Option<&str>, algorithm: JwtAlgorithm) -> bool {
+        self.algorithm == algorithm && (kid.is_none() || self.kid.as_deref() == kid)
+    }
+}
+
 impl std::fmt::Debug for Key {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Key").field("kid", &self.kid).field("algorithm", &self.algorithm).finish_non_exhaustive()
@@ -190,12 +198,7 @@ impl KeyCache {
             };
             return Err((due.then_some(Due::Stale), KeyError::Unavailable(why)));
         }
-        let keys: Vec<Arc<Key>> = state
-            .keys
-            .iter()
-            .filter(|k| k.algorithm == algorithm && (kid.is_none() || k.kid.as_deref() == kid))
-            .cloned()
-            .collect();
+        let keys: Vec<Arc<Key>> = state.keys.iter().filter(|k| k.fits(kid, algorithm)).cloned().collect();
         if !keys.is_empty() {
             return Ok(keys);
         }

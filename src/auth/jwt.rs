@@ -94,12 +94,26 @@ pub struct Verifier {
     issuer: String,
     audience: String,
     algorithms: Vec<JwtAlgorithm>,
+    /// The claim checks of each accepted algorithm, made once.
+    validations: Vec<(JwtAlgorithm, Validation)>,
     keys: Arc<KeyCache>,
 }
 
 impl Verifier {
     pub fn new(issuer: String, audience: String, algorithms: Vec<JwtAlgorithm>, keys: Arc<KeyCache>) -> Verifier {
-        Verifier { issuer, audience, algorithms, keys }
+        let validations = algorithms
+            .iter()
+            .map(|&algorithm| {
+                let mut validation = Validation::new(jwt_algorithm(algorithm));
+                validation.leeway = LEEWAY_SECONDS;
+                validation.validate_nbf = true;
+                validation.set_issuer(&[&issuer]);
+                validation.set_audience(&[&audience]);
+                validation.set_required_spec_claims(&["exp", "iss", "aud"]);
+                (algorithm, validation)
+            })
+            .collect();
+        Verifier { issuer, audience, algorithms, validations, keys }
     }
 
     /// The issuer, audience and algorithms, for the log.
@@ -127,8 +141,7 @@ impl Verifier {
     /// without the network (the fuzz target of token parsing uses it).
     pub fn verify_with(&self, token: &str, keys: &[Arc<Key>]) -> Result<Map<String, Value>, JwtError> {
         let (algorithm, kid) = self.read_header(token)?;
-        let keys: Vec<Arc<Key>> =
-            keys.iter().filter(|k| k.algorithm == algorithm && (kid.is_none() || k.kid == kid)).cloned().collect();
+        let keys: Vec<Arc<Key>> = keys.iter().filter(|k| k.fits(kid.as_deref(), algorithm)).cloned().collect();
         if keys.is_empty() {
             return Err(JwtError::UnknownKid(kid.unwrap_or_default()));
         }
@@ -137,15 +150,13 @@ impl Verifier {
 
     /// The signature (by one of `keys`) and the claims of a token whose header was read.
     fn check(&self, token: &str, algorithm: JwtAlgorithm, keys: &[Arc<Key>]) -> Result<Map<String, Value>, JwtError> {
-        let mut validation = Validation::new(jwt_algorithm(algorithm));
-        validation.leeway = LEEWAY_SECONDS;
-        validation.validate_nbf = true;
-        validation.set_issuer(&[&self.issuer]);
-        validation.set_audience(&[&self.audience]);
-        validation.set_required_spec_claims(&["exp", "iss", "aud"]);
+        // read_header accepts only the algorithms these were made for.
+        let Some((_, validation)) = self.validations.iter().find(|(a, _)| *a == algorithm) else {
+            return Err(JwtError::BadSignature);
+        };
         let mut last = JwtError::BadSignature;
         for key in keys {
-            match jsonwebtoken::decode::<Map<String, Value>>(token, &key.decoding, &validation) {
+            match jsonwebtoken::decode::<Map<String, Value>>(token, &key.decoding, validation) {
                 Ok(data) => return check_issued_at(data.claims),
                 Err(e) => {
                     last = convert(e.kind());

@@ -127,6 +127,7 @@ pub struct Presented<'a> {
 
 impl<'a> Presented<'a> {
     /// A request with only an `Authorization` header (or none).
+    #[cfg(test)]
     pub fn bearer(authorization: Option<&'a str>) -> Presented<'a> {
         Presented { authorization, ..Presented::default() }
     }
@@ -197,7 +198,9 @@ impl Authenticator {
                 tokens.push((digest(token), Identity::new("token", &t.identity, t.role)));
             }
         }
-        let fetcher = || Arc::new(Fetcher::new(FetchSettings::default()));
+        // One client for both issuers: connections are built on first use and reused.
+        let fetcher = Arc::new(Fetcher::new(FetchSettings::default()));
+        let fetcher = || Arc::clone(&fetcher);
         let cloudflare = security.auth_mode.contains(AuthMode::CloudflareAccess).then(|| {
             let cf = &security.cloudflare_access;
             let ttl = Duration::from_secs(cf.jwks_cache_ttl_seconds);
@@ -260,12 +263,8 @@ impl Authenticator {
         }
     }
 
-    /// Requests made to token issuers (key sets and discovery documents) since start.
-    pub fn issuer_requests(&self) -> u64 {
-        [&self.cloudflare, &self.oidc].into_iter().flatten().map(|i| i.verifier.keys().requests()).sum()
-    }
-
     /// Authenticates the value of an `Authorization` header alone.
+    #[cfg(test)]
     pub async fn authenticate(&self, authorization: Option<&str>) -> Result<Identity, Refusal> {
         self.authenticate_request(&Presented::bearer(authorization)).await
     }

@@ -51,6 +51,8 @@ if [ -z "$node" ]; then
   fi
 fi
 if [ ${#packages[@]} -gt 0 ]; then
+  # A fresh machine has no npm: Debian's package brings it.
+  command -v npm >/dev/null || "$repo/packaging/need.sh" npm
   command -v npm >/dev/null || die "npm is needed to install ${packages[*]}"
   echo "conformance: installing ${packages[*]} into $modules"
   # Both packages are always named: npm drops from node_modules what a command leaves out.

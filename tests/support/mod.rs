@@ -330,15 +330,16 @@ impl Server {
     }
 
     pub fn initialize_as(&self, version: &str, token: &str) -> String {
-        let auth = format!("Bearer {token}");
+        self.initialize_with(version, &[("Authorization", &format!("Bearer {token}"))])
+    }
+
+    /// Opens a session at `version` with these credential headers and returns its id.
+    pub fn initialize_with(&self, version: &str, credentials: &[(&str, &str)]) -> String {
         let body = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
             "protocolVersion": version, "capabilities": {}, "clientInfo": {"name": "tests", "version": "1"}}});
-        let r = self.request(
-            "POST",
-            "/mcp",
-            &[("Content-Type", "application/json"), ("Authorization", &auth)],
-            body.to_string().as_bytes(),
-        );
+        let mut headers = vec![("Content-Type", "application/json")];
+        headers.extend_from_slice(credentials);
+        let r = self.request("POST", "/mcp", &headers, body.to_string().as_bytes());
         assert_eq!(r.status, 200, "{}", r.text());
         r.header("mcp-session-id").expect("a session id").to_string()
     }
