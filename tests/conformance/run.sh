@@ -52,9 +52,9 @@ if [ -z "$node" ]; then
 fi
 if [ ${#packages[@]} -gt 0 ]; then
   # A fresh machine has no npm: Debian's package brings it.
-  command -v npm >/dev/null || "$repo/packaging/need.sh" npm
+  command -v npm >/dev/null || "$repo/packaging/need.sh" npm >&2
   command -v npm >/dev/null || die "npm is needed to install ${packages[*]}"
-  echo "conformance: installing ${packages[*]} into $modules"
+  echo "conformance: installing ${packages[*]} into $modules" >&2
   # Both packages are always named: npm drops from node_modules what a command leaves out.
   all=("@modelcontextprotocol/conformance@$suite_version")
   [ -n "${node_pkg:-}" ] && all+=("$node_pkg@22")
