@@ -7,6 +7,7 @@
 mod devices;
 mod features;
 mod identity;
+mod metrics;
 pub mod migrate;
 mod policy;
 mod pwm;
@@ -34,6 +35,7 @@ pub use features::{
 pub use identity::{
     is_trusted_url, AuthMode, AuthModes, CloudflareAccessConfig, JwtAlgorithm, OidcConfig, RoleMapping,
 };
+pub use metrics::{CollectionConfig, MetricsConfig, PrometheusConfig, RetentionConfig};
 pub use policy::{DenialKind, Denied};
 pub use pwm::{PwmConfig, HARDWARE_MAX_FREQUENCY_HZ};
 pub use values::{ListenAddr, Role};
@@ -85,6 +87,8 @@ pub struct Config {
     pub power: PowerConfig,
     #[serde(default)]
     pub updates: UpdatesConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]

@@ -185,6 +185,9 @@ impl Config {
         if !(1..=20).contains(&updates.max_failed_starts) {
             return invalid("updates.max_failed_starts", format!("{} is outside 1 to 20", updates.max_failed_starts));
         }
+        if let Err((key, message)) = self.metrics.validate() {
+            return invalid(key, message);
+        }
         for unit in &self.health.services {
             if !crate::platform::UnitName::is_valid(unit) {
                 return invalid("health.services", format!("{unit:?} is not a systemd unit name"));

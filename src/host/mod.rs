@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 pub mod board;
 pub mod cpu;
 pub mod disk;
+pub mod diskio;
 pub mod memory;
 pub mod net;
 pub mod os;
