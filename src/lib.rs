@@ -18,6 +18,7 @@ pub mod host;
 pub mod ipc;
 pub mod logs;
 pub mod mcp;
+pub mod metrics;
 pub mod platform;
 pub mod selfcheck;
 pub mod server;

@@ -18,7 +18,7 @@ pub struct CollectionConfig {
     /// Whether sampling is on when nobody has switched it with `metrics.start_sampling` or
     /// `metrics.stop_sampling` (whose choice is kept in the state directory and wins).
     pub enabled: bool,
-    /// Seconds between two samples, 5 to 3600 (300 suits a metered link).
+    /// Seconds between two samples, 1 to 3600 (300 suits a metered link).
     pub interval_seconds: u64,
 }
 
@@ -30,7 +30,7 @@ impl Default for CollectionConfig {
 
 /// What the sampler keeps: samples older than `max_age_days` go, and the oldest go first
 /// while the database is over `max_size_mb`.
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetentionConfig {
     pub max_age_days: u64,
@@ -56,8 +56,8 @@ impl MetricsConfig {
     /// Checks the ranges, as `(key, message)`.
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
         let interval = self.collection.interval_seconds;
-        if !(5..=3600).contains(&interval) {
-            return Err(("metrics.collection.interval_seconds", format!("{interval} is outside 5 to 3600")));
+        if !(1..=3600).contains(&interval) {
+            return Err(("metrics.collection.interval_seconds", format!("{interval} is outside 1 to 3600")));
         }
         let days = self.retention.max_age_days;
         if !(1..=3650).contains(&days) {
