@@ -280,6 +280,15 @@ impl History {
     /// Answers a query on the reading connection (opened on first use, and again after
     /// the database was replaced). Blocking: call it off the async workers.
     pub fn query(&self, q: &Query) -> Result<Vec<Series>, QueryError> {
+        let starting = lock(&self.shared.status).state == State::Starting;
+        if starting || !self.shared.path.exists() {
+            return match q.names.first() {
+                None => Ok(Vec::new()),
+                Some(name) => Err(QueryError::Invalid(format!(
+                    "no series is recorded yet, {name:?} neither: the sampler is starting or has not written a round (metrics.get_status)"
+                ))),
+            };
+        }
         let generation = self.shared.generation.load(Ordering::Acquire);
         let mut reader = lock(&self.shared.reader);
         if reader.as_ref().is_none_or(|(g, _)| *g != generation) {

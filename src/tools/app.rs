@@ -27,6 +27,8 @@ pub struct App {
     pub rate_limiter: RateLimiter,
     pub audit: AuditLog,
     pub catalogue: Catalogue,
+    /// The metrics sampler and its history.
+    pub metrics: crate::metrics::History,
     pub started: Instant,
     pub started_at: SystemTime,
     /// CPU times at the previous snapshot, so a snapshot can report usage since then
@@ -64,11 +66,13 @@ impl App {
             fs: config.platform.fs_root.clone(),
         };
         let platform = Platform::select(config.platform.backend, &roots);
+        let metrics = crate::metrics::History::start(&config, roots.clone())?;
         let cpu_freq = LiveAttr::new(crate::host::cpu::cpu_freq_path(&roots));
         Ok(Arc::new(App {
             agent: crate::agent_client::AgentClient::new(&config.ops_agent, start_agent),
             rate_limiter: RateLimiter::new(&config.security.rate_limit),
             catalogue: Catalogue::new(),
+            metrics,
             config,
             config_origin: loaded.origin,
             config_sha256: loaded.sha256,
