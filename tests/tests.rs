@@ -14,6 +14,7 @@ mod hostile;
 mod http;
 mod identity;
 mod malformed;
+mod metrics;
 mod operator;
 mod ops;
 mod self_update;

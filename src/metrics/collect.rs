@@ -24,7 +24,8 @@ pub enum Unit {
 }
 
 impl Unit {
-    pub const ALL: [Unit; 6] = [Unit::Percent, Unit::Bytes, Unit::BytesPerSecond, Unit::Celsius, Unit::Count, Unit::Flag];
+    pub const ALL: [Unit; 6] =
+        [Unit::Percent, Unit::Bytes, Unit::BytesPerSecond, Unit::Celsius, Unit::Count, Unit::Flag];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -133,7 +134,11 @@ impl Collector {
                 push("memory.used_bytes".into(), Unit::Bytes, m.used_bytes as f64);
                 push("memory.cached_bytes".into(), Unit::Bytes, m.cached_bytes as f64);
                 push("memory.available_bytes".into(), Unit::Bytes, m.available_bytes as f64);
-                push("swap.used_bytes".into(), Unit::Bytes, m.swap_total_bytes.saturating_sub(m.swap_free_bytes) as f64);
+                push(
+                    "swap.used_bytes".into(),
+                    Unit::Bytes,
+                    m.swap_total_bytes.saturating_sub(m.swap_free_bytes) as f64,
+                );
             }
             Err(e) => errors.push(e.to_string()),
         }

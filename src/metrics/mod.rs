@@ -362,7 +362,8 @@ impl Sampler {
             }
             let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
             let into = now.as_secs() % interval;
-            let next = Duration::from_secs(interval - into).saturating_sub(Duration::from_nanos(u64::from(now.subsec_nanos())));
+            let next = Duration::from_secs(interval - into)
+                .saturating_sub(Duration::from_nanos(u64::from(now.subsec_nanos())));
             due = Instant::now() + next.max(Duration::from_millis(1));
         }
     }
@@ -378,8 +379,11 @@ impl Sampler {
                         r.reason,
                         r.moved_to.display()
                     );
-                    lock(&self.shared.status).recovered =
-                        Some(RecoveredReport { at: now_text(), moved_to: r.moved_to.display().to_string(), reason: r.reason });
+                    lock(&self.shared.status).recovered = Some(RecoveredReport {
+                        at: now_text(),
+                        moved_to: r.moved_to.display().to_string(),
+                        reason: r.reason,
+                    });
                     self.shared.generation.fetch_add(1, Ordering::AcqRel);
                 }
                 self.publish(&store);
@@ -389,7 +393,7 @@ impl Sampler {
             Err(e) => {
                 let was = lock(&self.shared.status).state;
                 if was != State::Unavailable {
-                    log::error!("metrics: cannot open {}: {e}; retrying every interval", self.shared.path.display());
+                    log::error!("metrics: {e}; retrying every interval");
                 }
                 self.set_state(State::Unavailable);
                 self.error(e);
@@ -435,8 +439,9 @@ impl Sampler {
                     log::info!("metrics: the database is free again");
                     self.busy = false;
                 }
-                let store = self.store.as_ref().expect("store present");
-                self.publish(store);
+                if let Some(store) = self.store.as_ref() {
+                    self.publish(store);
+                }
                 let mut inner = lock(&self.shared.status);
                 inner.state = State::Sampling;
                 inner.last_round =

@@ -42,9 +42,7 @@ pub fn current() -> u32 {
 /// The schema version of a database: 0 when it has none yet.
 pub fn version_of(conn: &Connection) -> rusqlite::Result<u32> {
     let has_table: Option<String> = conn
-        .query_row("SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'", [], |r| {
-            r.get(0)
-        })
+        .query_row("SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'", [], |r| r.get(0))
         .optional()?;
     if has_table.is_none() {
         return Ok(0);
@@ -67,11 +65,7 @@ pub enum Migrated {
 
 /// Brings a database to the last of `migrations`, each step in a transaction of its own.
 /// A database at a version newer than this build knows is an error: it is not touched.
-pub fn migrate(
-    conn: &mut Connection,
-    migrations: &[Migration],
-    backup: &Path,
-) -> Result<Migrated, String> {
+pub fn migrate(conn: &mut Connection, migrations: &[Migration], backup: &Path) -> Result<Migrated, String> {
     let target = migrations.last().map_or(0, |m| m.version);
     let from = version_of(conn).map_err(|e| format!("cannot read its schema version: {e}"))?;
     if from > target {
@@ -81,7 +75,8 @@ pub fn migrate(
         return Ok(Migrated::Current);
     }
     if from > 0 {
-        copy_to(conn, backup).map_err(|e| format!("cannot keep a copy at {} before migrating: {e}", backup.display()))?;
+        copy_to(conn, backup)
+            .map_err(|e| format!("cannot keep a copy at {} before migrating: {e}", backup.display()))?;
     } else {
         // Freed pages go back to the file system a few at a time (see retention).
         conn.execute_batch("PRAGMA auto_vacuum = INCREMENTAL; VACUUM;")
@@ -109,10 +104,7 @@ pub fn migrate(
 /// Copies a live database to `dest` with SQLite's online backup, which reads a consistent
 /// state while the database stays in use; the copy is written beside `dest` and renamed.
 pub fn copy_to(conn: &Connection, dest: &Path) -> Result<(), String> {
-    let partial = dest.with_extension(format!(
-        "{}.partial",
-        dest.extension().and_then(|e| e.to_str()).unwrap_or("db")
-    ));
+    let partial = dest.with_extension(format!("{}.partial", dest.extension().and_then(|e| e.to_str()).unwrap_or("db")));
     let _ = std::fs::remove_file(&partial);
     let result = (|| {
         let mut out = Connection::open(&partial).map_err(|e| e.to_string())?;

@@ -2,6 +2,7 @@
 //! and retention.
 
 use std::collections::HashMap;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -111,13 +112,36 @@ fn move_aside(path: &Path, what: &str) -> std::io::Result<PathBuf> {
     Ok(aside)
 }
 
-/// Opens a database and checks it: `Err` names what is wrong with it.
-fn open_checked(path: &Path) -> Result<Connection, String> {
-    let conn = Connection::open(path).map_err(|e| e.to_string())?;
-    configure(&conn, Duration::from_secs(2)).map_err(|e| e.to_string())?;
-    let verdict: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0)).map_err(|e| e.to_string())?;
+/// Why a database could not be opened.
+enum OpenError {
+    /// It is damaged or not a database: it can be set aside.
+    Damaged(String),
+    /// It cannot be reached (permissions, a missing directory): setting it aside would not help.
+    Unusable(String),
+}
+
+impl OpenError {
+    fn from_sqlite(e: rusqlite::Error) -> OpenError {
+        match e.sqlite_error_code() {
+            Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase) => OpenError::Damaged(e.to_string()),
+            _ => OpenError::Unusable(e.to_string()),
+        }
+    }
+
+    fn message(self) -> String {
+        match self {
+            OpenError::Damaged(m) | OpenError::Unusable(m) => m,
+        }
+    }
+}
+
+/// Opens a database and checks it.
+fn open_checked(path: &Path) -> Result<Connection, OpenError> {
+    let conn = Connection::open(path).map_err(OpenError::from_sqlite)?;
+    configure(&conn, Duration::from_secs(2)).map_err(OpenError::from_sqlite)?;
+    let verdict: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0)).map_err(OpenError::from_sqlite)?;
     if verdict != "ok" {
-        return Err(format!("integrity check: {verdict}"));
+        return Err(OpenError::Damaged(format!("integrity check: {verdict}")));
     }
     Ok(conn)
 }
@@ -129,31 +153,45 @@ impl Store {
     pub fn open(path: &Path, migrations: &[schema::Migration]) -> Result<(Store, Option<Recovered>), String> {
         let backup = backup_path(path);
         let mut recovered = None;
+        if let Some(dir) = path.parent() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o750)
+                .create(dir)
+                .map_err(|e| format!("cannot create the state directory {}: {e}", dir.display()))?;
+        }
         let mut conn = match open_checked(path) {
             Ok(conn) => conn,
-            Err(reason) => {
+            Err(OpenError::Damaged(reason)) => {
                 let moved_to = move_aside(path, "corrupt")
                     .map_err(|e| format!("{} is damaged ({reason}) and cannot be moved aside: {e}", path.display()))?;
                 recovered = Some(Recovered { moved_to, reason });
-                open_checked(path)?
+                open_checked(path).map_err(OpenError::message)?
             }
+            Err(OpenError::Unusable(reason)) => return Err(format!("cannot open {}: {reason}", path.display())),
         };
         let target = migrations.last().map_or(0, |m| m.version);
         if schema::version_of(&conn).map_err(|e| e.to_string())? > target {
             drop(conn);
             let older = open_checked(&backup).ok().filter(|c| schema::version_of(c).is_ok_and(|v| v <= target));
             let reason = format!("it was written by a newer version (schema newer than {target})");
-            let moved_to = move_aside(path, "newer").map_err(|e| format!("cannot move {} aside: {e}", path.display()))?;
+            let moved_to =
+                move_aside(path, "newer").map_err(|e| format!("cannot move {} aside: {e}", path.display()))?;
             if let Some(c) = older {
                 drop(c);
                 std::fs::rename(&backup, path).map_err(|e| format!("cannot restore {}: {e}", backup.display()))?;
             }
             recovered = Some(Recovered { moved_to, reason });
-            conn = open_checked(path)?;
+            conn = open_checked(path).map_err(OpenError::message)?;
         }
         schema::migrate(&mut conn, migrations, &backup)?;
-        let mut store =
-            Store { conn, path: path.to_path_buf(), series: HashMap::new(), open: HashMap::new(), totals: Totals::default() };
+        let mut store = Store {
+            conn,
+            path: path.to_path_buf(),
+            series: HashMap::new(),
+            open: HashMap::new(),
+            totals: Totals::default(),
+        };
         store.load().map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         Ok((store, recovered))
     }
@@ -218,7 +256,8 @@ impl Store {
         let mut updated = Vec::with_capacity(readings.len());
         {
             let mut add_series = tx.prepare("INSERT INTO series (name, unit) VALUES (?1, ?2)")?;
-            let mut write = tx.prepare("INSERT OR REPLACE INTO samples (start, series, n, data) VALUES (?1, ?2, ?3, ?4)")?;
+            let mut write =
+                tx.prepare("INSERT OR REPLACE INTO samples (start, series, n, data) VALUES (?1, ?2, ?3, ?4)")?;
             for r in readings {
                 let id = match self.series.get(&r.name) {
                     Some((id, _)) => *id,
@@ -271,7 +310,13 @@ impl Store {
     /// pages back to the file system when the file holds more than it uses. Each step is
     /// short, so that a database far over its limits shrinks over several rounds without
     /// a long pause.
-    pub fn enforce(&mut self, now: i64, max_age: Duration, max_bytes: u64, budget: Duration) -> Result<Retention, WriteError> {
+    pub fn enforce(
+        &mut self,
+        now: i64,
+        max_age: Duration,
+        max_bytes: u64,
+        budget: Duration,
+    ) -> Result<Retention, WriteError> {
         let started = Instant::now();
         let mut pass = Retention::default();
         let age_limit = now - i64::try_from(max_age.as_secs()).unwrap_or(i64::MAX);
@@ -283,7 +328,8 @@ impl Store {
             }
             let bound = oldest + SPAN_SECONDS;
             let tx = self.conn.transaction()?;
-            let gone: Option<i64> = tx.query_row("SELECT SUM(n) FROM samples WHERE start < ?1", [bound], |r| r.get(0))?;
+            let gone: Option<i64> =
+                tx.query_row("SELECT SUM(n) FROM samples WHERE start < ?1", [bound], |r| r.get(0))?;
             tx.execute("DELETE FROM samples WHERE start < ?1", [bound])?;
             let next: Option<i64> = tx.query_row("SELECT MIN(start) FROM samples", [], |r| r.get(0))?;
             tx.commit()?;

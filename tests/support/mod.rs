@@ -219,9 +219,14 @@ impl Server {
     }
 
     fn spawn_program(program: &Path, config: &Path, dir: tempfile::TempDir, agent: Option<Child>) -> Server {
-        let mut child = program_command(program)
-            .arg("--config")
-            .arg(config)
+        let mut cmd = program_command(program);
+        cmd.arg("--config").arg(config);
+        Server::from_command(cmd, dir, agent)
+    }
+
+    /// The server `cmd` starts (with the test tokens in its environment), once it listens.
+    pub fn from_command(mut cmd: Command, dir: tempfile::TempDir, agent: Option<Child>) -> Server {
+        let mut child = cmd
             .env("TEST_ADMIN_TOKEN", ADMIN_TOKEN)
             .env("TEST_VIEWER_TOKEN", VIEWER_TOKEN)
             .stdout(Stdio::piped())
@@ -236,7 +241,25 @@ impl Server {
             panic!("server did not start: {line:?} {err}");
         };
         let addr = url.trim_end_matches("/mcp").to_string();
+        // What the server writes to standard error (its log at debug level) is read and
+        // dropped: a pipe nobody reads fills up and stops a server that logs a lot.
+        if let Some(mut stderr) = child.stderr.take() {
+            std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+        }
         Server { child, addr, dir, agent }
+    }
+
+    /// Stops this server and starts the server binary again on the same directory and
+    /// configuration, as a service restart does.
+    pub fn restart(mut self) -> Server {
+        assert!(self.terminate().is_some(), "the server did not stop");
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        Server::spawn(dir, self.agent.take())
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn config_path(&self) -> PathBuf {
@@ -360,6 +383,22 @@ impl Server {
     pub fn call_tool(&self, name: &str, arguments: Value) -> Value {
         let s = self.initialize("2025-11-25");
         let msg = self.rpc(&s, "2025-11-25", "tools/call", json!({"name": name, "arguments": arguments}));
+        msg.get("result").cloned().unwrap_or_else(|| panic!("no result: {msg}"))
+    }
+
+    /// Calls a tool in a fresh 2025-11-25 session of the caller with `token`.
+    pub fn call_tool_as(&self, token: &str, name: &str, arguments: Value) -> Value {
+        let session = self.initialize_as("2025-11-25", token);
+        let auth = format!("Bearer {token}");
+        let call = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": name, "arguments": arguments}});
+        let headers = [
+            ("Content-Type", "application/json"),
+            ("Accept", "application/json, text/event-stream"),
+            ("Authorization", auth.as_str()),
+            ("Mcp-Session-Id", session.as_str()),
+            ("MCP-Protocol-Version", "2025-11-25"),
+        ];
+        let msg = self.request("POST", "/mcp", &headers, call.to_string().as_bytes()).json();
         msg.get("result").cloned().unwrap_or_else(|| panic!("no result: {msg}"))
     }
 
