@@ -3,8 +3,9 @@
 #   make run     the server on 127.0.0.1:8000 with the development config (simulated
 #                hardware, no authentication, state under ~/.local/state/mcp-raspi)
 #   make test    every stage below (TEST_STAGES), printing how long each took: formatting
-#                and lints, Rust unit and integration tests, the suite driven by the official
-#                MCP Python SDK, the MCP conformance suite, and the package proof (root)
+#                and lints, Rust unit and integration tests, the Prometheus and Grafana
+#                examples, the suite driven by the official MCP Python SDK, the MCP
+#                conformance suite, and the package proof (root)
 #   make bench   memory and latency figures, those of a self-update into the package of
 #                this build, hostile load and a soak (bench/hostile.py), and the cost of
 #                checking tokens (bench/identity.py), written to BENCHMARKS.md
@@ -19,7 +20,7 @@ DEV_LISTEN ?= 127.0.0.1:8000
 # The server refuses to run as root; as root, `make run` starts it as this user.
 RUN_AS_UID ?= 65534
 
-.PHONY: all build release run test reachable lint unit pytest conformance venv bench bench-delta docs fuzz cargo-fuzz clean
+.PHONY: all build release run test reachable lint unit prometheus-examples pytest conformance venv bench bench-delta docs fuzz cargo-fuzz clean
 
 all: build
 
@@ -43,7 +44,7 @@ run: build
 	status=0; $$as_user target/debug/mcp-raspi-server --dev --listen $(DEV_LISTEN) || status=$$?; \
 	wait $$agent 2>/dev/null || true; exit $$status
 
-TEST_STAGES := reachable lint unit pytest conformance test-package
+TEST_STAGES := reachable lint unit prometheus-examples pytest conformance test-package
 
 test:
 	@total=$$(date +%s); times=""; \
@@ -70,6 +71,15 @@ lint:
 
 unit:
 	$(CARGO) test
+
+# The Prometheus and Grafana examples the package ships (packaging/prometheus/check.sh):
+# promtool checks the scrape configuration and the alerting rules and runs the rules' unit
+# tests, and every metric and label the rules and dashboards use must be one the server
+# exports (packaging/prometheus/metric-names.txt). promtool comes with Debian's prometheus
+# package.
+prometheus-examples:
+	@packaging/need.sh prometheus python3-yaml
+	packaging/prometheus/check.sh
 
 $(VENV)/.installed: tests/python/requirements.txt
 	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || { \
