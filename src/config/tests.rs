@@ -91,6 +91,38 @@ fn environment_overrides_reach_nested_keys_and_are_checked() {
 }
 
 #[test]
+fn the_metrics_section_takes_the_specs_examples_and_its_environment_override() {
+    // The capacity plan's three storage sizes and the metered-link example, as written.
+    for (yaml, days, mb, interval) in [
+        ("metrics:\n  retention:\n    max_age_days: 7            # 1 week retention\n    max_size_mb: 50            # 50 MB limit\n", 7, 50, 60),
+        ("metrics:\n  retention:\n    max_age_days: 90           # 90 day retention\n    max_size_mb: 2000          # 2 GB limit\n", 90, 2000, 60),
+        ("metrics:\n  collection:\n    interval_seconds: 300      # 5 minutes instead of 1 minute\n\n  prometheus:\n    enabled: false             # Disable metrics export\n", 30, 100, 300),
+    ] {
+        let c = Config::from_yaml(&format!("config_version: \"1.2\"\n{yaml}"), "t").unwrap();
+        c.validate().unwrap();
+        let m = &c.metrics;
+        assert_eq!((m.retention.max_age_days, m.retention.max_size_mb, m.collection.interval_seconds), (days, mb, interval));
+    }
+    let c = Config::from_yaml("config_version: \"1.2\"\n", "t").unwrap();
+    let c = c
+        .with_env_overrides(&env(&[
+            ("MCP_RASPI_METRICS__RETENTION__MAX_AGE_DAYS", "7"),
+            ("MCP_RASPI_METRICS__PROMETHEUS__ENABLED", "true"),
+        ]))
+        .unwrap();
+    assert_eq!(c.metrics.retention.max_age_days, 7);
+    assert!(c.metrics.prometheus.enabled);
+    let c =
+        Config::from_yaml("config_version: \"1.2\"\nmetrics:\n  collection:\n    interval_seconds: 0\n", "t").unwrap();
+    let e = c.validate().unwrap_err().to_string();
+    assert!(e.contains("metrics.collection.interval_seconds") && e.contains("outside 1 to 3600"), "{e}");
+    let e = Config::from_yaml("config_version: \"1.2\"\nmetrics:\n  retention:\n    max_days: 7\n", "t")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("max_days"), "{e}");
+}
+
+#[test]
 fn secrets_files_are_read_like_systemd_environment_files() {
     let m = parse_env_file("# comment\nA=1\nexport B=\"two words\"\n\nC='x=y'\nnot a pair\n");
     assert_eq!(m.get("A").map(String::as_str), Some("1"));
