@@ -228,7 +228,16 @@ fn resources_and_prompts_are_listed_and_read() {
     let list = server.rpc(&session, "2025-11-25", "resources/list", json!({}));
     let uris: Vec<&str> =
         list["result"]["resources"].as_array().unwrap().iter().map(|r| r["uri"].as_str().unwrap()).collect();
-    assert_eq!(uris, ["raspi://system/info", "raspi://metrics/snapshot", "raspi://logs/app", "raspi://logs/audit"]);
+    assert_eq!(
+        uris,
+        [
+            "raspi://system/info",
+            "raspi://metrics/snapshot",
+            "raspi://metrics/last-24h",
+            "raspi://logs/app",
+            "raspi://logs/audit"
+        ]
+    );
     for uri in uris {
         let read = server.rpc(&session, "2025-11-25", "resources/read", json!({"uri": uri}));
         let text = read["result"]["contents"][0]["text"].as_str().unwrap_or_else(|| panic!("{uri}: {read}"));

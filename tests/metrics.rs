@@ -70,6 +70,15 @@ fn the_sampler_records_rounds_that_metrics_query_reads_back_and_its_switch_survi
         .clone();
     assert_eq!(temperature["points"][0][1], live_temperature, "the history keeps what the kernel reports");
 
+    // The day at a glance, as a resource.
+    let session = server.initialize("2025-11-25");
+    let read = server.rpc(&session, "2025-11-25", "resources/read", json!({"uri": "raspi://metrics/last-24h"}));
+    let text = read["result"]["contents"][0]["text"].as_str().unwrap();
+    let day: Value = serde_json::from_str(text).unwrap();
+    let t = day["series"].as_array().unwrap().iter().find(|s| s["name"] == "temperature.cpu-thermal.celsius").unwrap();
+    assert_eq!((t["min"].clone(), t["max"].clone()), (live_temperature.clone(), live_temperature.clone()), "{t}");
+    assert!(t["samples"].as_u64().unwrap() >= 2);
+
     // Too many points, or an unknown name: refused, saying what to ask instead.
     let r = server.call_tool("metrics.query", json!({"since": "30d", "step": "1"}));
     assert_eq!(r["isError"], true);

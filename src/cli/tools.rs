@@ -18,6 +18,9 @@ pub const RUNBOOK_TOOLS: &[(&str, &str)] = &[
     ("system get-capabilities", "system.get_capabilities"),
     ("system get-network-info", "system.get_network_info"),
     ("metrics get-snapshot", "metrics.get_snapshot"),
+    ("metrics get-status", "metrics.get_status"),
+    ("metrics start-sampling", "metrics.start_sampling"),
+    ("metrics stop-sampling", "metrics.stop_sampling"),
 ];
 
 /// The tool a runbook command (`system get-health`) calls.
@@ -47,6 +50,37 @@ pub enum SystemCommand {
 pub enum MetricsCommand {
     /// CPU, memory, disk, network and temperature now (metrics.get_snapshot).
     GetSnapshot(Connection),
+    /// Whether the sampler records, the series and samples kept, the database's size,
+    /// retention, the last error (metrics.get_status).
+    GetStatus(Connection),
+    /// The history of some series over a range, downsampled (metrics.query).
+    Query(QueryArgs),
+    /// Switch the sampler on, and keep it on across restarts (metrics.start_sampling).
+    StartSampling(Connection),
+    /// Switch the sampler off, and keep it off across restarts (metrics.stop_sampling).
+    StopSampling(Connection),
+}
+
+/// `mcp-raspi metrics query`.
+#[derive(Debug, ClapArgs)]
+pub struct QueryArgs {
+    /// Series names or prefixes: cpu.percent, temperature, disk./boot, net.eth* (none: all).
+    #[arg(value_name = "NAME")]
+    pub names: Vec<String>,
+    /// Start: an RFC 3339 time or a duration before now (30m, 24h, 7d).
+    #[arg(long, value_name = "WHEN", default_value = "1h")]
+    pub since: String,
+    /// End, in the same forms (default now).
+    #[arg(long, value_name = "WHEN")]
+    pub until: Option<String>,
+    /// Length of a step: 60, 5m, 1h (default: the range in about 300 steps).
+    #[arg(long, value_name = "STEP")]
+    pub step: Option<String>,
+    /// avg, min, max or last.
+    #[arg(long, value_name = "HOW", default_value = "avg")]
+    pub aggregation: String,
+    #[command(flatten)]
+    pub connection: Connection,
 }
 
 /// `mcp-raspi call TOOL --args JSON`.
@@ -73,8 +107,23 @@ pub fn run_system(command: SystemCommand, out: &mut dyn Write) -> Result<(), Cli
 }
 
 pub fn run_metrics(command: MetricsCommand, out: &mut dyn Write) -> Result<(), CliError> {
-    let MetricsCommand::GetSnapshot(connection) = command;
-    call_runbook("metrics get-snapshot", &connection, out)
+    let (words, connection) = match command {
+        MetricsCommand::GetSnapshot(c) => ("metrics get-snapshot", c),
+        MetricsCommand::GetStatus(c) => ("metrics get-status", c),
+        MetricsCommand::StartSampling(c) => ("metrics start-sampling", c),
+        MetricsCommand::StopSampling(c) => ("metrics stop-sampling", c),
+        MetricsCommand::Query(q) => {
+            let mut arguments = serde_json::json!({"names": q.names, "since": q.since, "aggregation": q.aggregation});
+            if let Some(until) = q.until {
+                arguments["until"] = until.into();
+            }
+            if let Some(step) = q.step {
+                arguments["step"] = step.into();
+            }
+            return call("metrics.query", arguments, &q.connection, out);
+        }
+    };
+    call_runbook(words, &connection, out)
 }
 
 fn call_runbook(words: &str, connection: &Connection, out: &mut dyn Write) -> Result<(), CliError> {

@@ -45,7 +45,7 @@ struct ResourceDef {
     min_role: Role,
 }
 
-const RESOURCES: [ResourceDef; 4] = [
+const RESOURCES: [ResourceDef; 5] = [
     ResourceDef {
         uri: "raspi://system/info",
         name: "system-info",
@@ -58,6 +58,13 @@ const RESOURCES: [ResourceDef; 4] = [
         name: "metrics-snapshot",
         title: "Metrics snapshot",
         description: "Current CPU, memory, disk, temperature and network values (metrics.get_snapshot).",
+        min_role: Role::Viewer,
+    },
+    ResourceDef {
+        uri: "raspi://metrics/last-24h",
+        name: "metrics-last-24h",
+        title: "Last 24 hours at a glance",
+        description: "Each recorded series' minimum, average, maximum and last value over the last 24 hours, from the metrics history.",
         min_role: Role::Viewer,
     },
     ResourceDef {
@@ -155,6 +162,18 @@ async fn resource_content(cx: &Cx, uri: &str, version: Version) -> Result<Value,
             let args = crate::tools::SampleArguments { sample_ms: 0 };
             serde_json::to_value(crate::tools::metrics_snapshot(&cx, args).await.map_err(tool_error)?)
         }
+        "raspi://metrics/last-24h" => {
+            let summary = off_worker(move || {
+                cx.app.metrics.summary(86_400).map_err(|e| match e {
+                    crate::metrics::QueryError::Invalid(m) | crate::metrics::QueryError::Unavailable(m) => {
+                        crate::tools::ToolError::unavailable(m)
+                    }
+                })
+            })
+            .await
+            .map_err(tool_error)?;
+            Ok(json!({"range": "24h", "series": summary}))
+        }
         "raspi://logs/app" => serde_json::to_value(
             off_worker(move || crate::tools::app_entries(&cx, &LogFilter::default(), 100)).await.map_err(tool_error)?,
         ),
@@ -198,9 +217,10 @@ const PROMPTS: [PromptDef; 3] = [
         template: "Run the daily health check of this Raspberry Pi and report in a short table with a verdict per line.\n\
 1. Call system.get_health_snapshot: report the verdict and every reason; flag under-voltage or throttling (check the power supply) and any temperature above 70 °C.\n\
 2. Check disk use per mount: anything above 80% needs attention (logs, metrics retention, old releases).\n\
-3. Call logs.get_recent_app_logs with level \"warn\" and since \"24h\": summarise the errors and warnings, grouped by cause.\n\
-4. Call manage.get_server_status: report the version, the last update result and whether the ops agent is connected.\n\
-5. Finish with the actions you recommend, most urgent first. Do not change anything.",
+3. Call metrics.get_status: confirm the sampler records (state sampling, a recent last_round, no last_error); read raspi://metrics/last-24h for the day's peaks of temperature, CPU and memory.\n\
+4. Call logs.get_recent_app_logs with level \"warn\" and since \"24h\": summarise the errors and warnings, grouped by cause.\n\
+5. Call manage.get_server_status: report the version, the last update result and whether the ops agent is connected.\n\
+6. Finish with the actions you recommend, most urgent first. Do not change anything.",
     },
     PromptDef {
         name: "troubleshoot_service",

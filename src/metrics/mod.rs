@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{Config, RetentionConfig};
 use crate::host::Roots;
 use collect::Collector;
-pub use query::{Aggregation, Query, QueryError, Reader, Series, MAX_POINTS};
+pub use query::{Aggregation, Query, QueryError, Reader, Series, Summary, MAX_POINTS};
 use store::{Store, WriteError};
 
 /// The database's file name in the state directory.
@@ -277,6 +277,31 @@ impl History {
         self.shared.retention.max_age_days
     }
 
+    /// Every series' minimum, average, maximum and last value over the last `seconds`.
+    pub fn summary(&self, seconds: i64) -> Result<Vec<Summary>, QueryError> {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs() as i64;
+        if lock(&self.shared.status).state == State::Starting || !self.shared.path.exists() {
+            return Ok(Vec::new());
+        }
+        self.with_reader(|r| r.summary(now - seconds, now))
+    }
+
+    /// Runs `read` on the reading connection (opened on first use, and again after the
+    /// database was replaced or failed).
+    fn with_reader<T>(&self, read: impl FnOnce(&Reader) -> Result<T, QueryError>) -> Result<T, QueryError> {
+        let generation = self.shared.generation.load(Ordering::Acquire);
+        let mut reader = lock(&self.shared.reader);
+        if reader.as_ref().is_none_or(|(g, _)| *g != generation) {
+            *reader = Some((generation, Reader::open(&self.shared.path)?));
+        }
+        let Some((_, r)) = reader.as_ref() else { return Err(QueryError::Unavailable("no reader".into())) };
+        let result = read(r);
+        if matches!(result, Err(QueryError::Unavailable(_))) {
+            *reader = None;
+        }
+        result
+    }
+
     /// Answers a query on the reading connection (opened on first use, and again after
     /// the database was replaced). Blocking: call it off the async workers.
     pub fn query(&self, q: &Query) -> Result<Vec<Series>, QueryError> {
@@ -289,16 +314,7 @@ impl History {
                 ))),
             };
         }
-        let generation = self.shared.generation.load(Ordering::Acquire);
-        let mut reader = lock(&self.shared.reader);
-        if reader.as_ref().is_none_or(|(g, _)| *g != generation) {
-            *reader = Some((generation, Reader::open(&self.shared.path)?));
-        }
-        let result = reader.as_ref().map(|(_, r)| r.query(q)).unwrap_or_else(|| Ok(Vec::new()));
-        if matches!(result, Err(QueryError::Unavailable(_))) {
-            *reader = None;
-        }
-        result
+        self.with_reader(|r| r.query(q))
     }
 }
 

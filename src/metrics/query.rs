@@ -131,40 +131,18 @@ impl Reader {
                  ask for a step of at least {step} s, a shorter range, or fewer names"
             )));
         }
-        let mut index: HashMap<i64, usize> = HashMap::new();
-        let mut out: Vec<(Unit, Vec<Bucket>)> = Vec::with_capacity(chosen.len());
-        for (i, (id, _, unit)) in chosen.iter().enumerate() {
-            index.insert(*id, i);
-            out.push((*unit, Vec::new()));
-        }
-        let one = (chosen.len() == 1).then(|| chosen[0].0);
-        let sql = if one.is_some() {
-            "SELECT start, series, data FROM samples WHERE start > ?1 AND start <= ?2 AND series = ?3"
-        } else {
-            "SELECT start, series, data FROM samples WHERE start > ?1 AND start <= ?2 AND ?3 IS NULL"
-        };
-        let mut stmt = self.conn.prepare(sql)?;
-        let mut rows = stmt.query(rusqlite::params![q.since - SPAN_SECONDS, q.until, one])?;
-        while let Some(row) = rows.next()? {
-            let series: i64 = row.get(1)?;
-            let Some(&i) = index.get(&series) else { continue };
-            let start: i64 = row.get(0)?;
-            let data = row.get_ref(2)?.as_blob().map_err(|e| QueryError::Unavailable(e.to_string()))?;
+        let units: Vec<Unit> = chosen.iter().map(|(_, _, unit)| *unit).collect();
+        let mut out: Vec<(Unit, Vec<Bucket>)> = units.iter().map(|u| (*u, Vec::new())).collect();
+        let ids: Vec<i64> = chosen.iter().map(|(id, _, _)| *id).collect();
+        self.scan(&ids, q.since, q.until, |i, t, v| {
+            let at = t.div_euclid(q.step) * q.step;
             let buckets = &mut out[i].1;
-            for sample in decode(start, data) {
-                // A damaged chunk gives what it holds up to the damage.
-                let Ok((t, v)) = sample else { break };
-                if t < q.since || t > q.until {
-                    continue;
-                }
-                let at = t.div_euclid(q.step) * q.step;
-                match buckets.last_mut() {
-                    Some(b) if b.at == at => b.add(v),
-                    // Chunks of one series come in time order, and so do their samples.
-                    _ => buckets.push(Bucket::new(at, v)),
-                }
+            match buckets.last_mut() {
+                Some(b) if b.at == at => b.add(v),
+                // Chunks of one series come in time order, and so do their samples.
+                _ => buckets.push(Bucket::new(at, v)),
             }
-        }
+        })?;
         Ok(chosen
             .iter()
             .zip(out)
@@ -175,6 +153,82 @@ impl Reader {
             })
             .collect())
     }
+}
+
+impl Reader {
+    /// Calls `each(index in ids, time, stored value)` for every sample of the series `ids`
+    /// from `since` to `until`, each series' samples in time order.
+    fn scan(
+        &self,
+        ids: &[i64],
+        since: i64,
+        until: i64,
+        mut each: impl FnMut(usize, i64, i64),
+    ) -> Result<(), QueryError> {
+        let index: HashMap<i64, usize> = ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
+        let one = (ids.len() == 1).then(|| ids[0]);
+        let sql = if one.is_some() {
+            "SELECT start, series, data FROM samples WHERE start > ?1 AND start <= ?2 AND series = ?3"
+        } else {
+            "SELECT start, series, data FROM samples WHERE start > ?1 AND start <= ?2 AND ?3 IS NULL"
+        };
+        let mut stmt = self.conn.prepare(sql)?;
+        let mut rows = stmt.query(rusqlite::params![since - SPAN_SECONDS, until, one])?;
+        while let Some(row) = rows.next()? {
+            let series: i64 = row.get(1)?;
+            let Some(&i) = index.get(&series) else { continue };
+            let start: i64 = row.get(0)?;
+            let data = row.get_ref(2)?.as_blob().map_err(|e| QueryError::Unavailable(e.to_string()))?;
+            for sample in decode(start, data) {
+                // A damaged chunk gives what it holds up to the damage.
+                let Ok((t, v)) = sample else { break };
+                if (since..=until).contains(&t) {
+                    each(i, t, v);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Every series' minimum, average, maximum and last value from `since` to `until`.
+    pub fn summary(&self, since: i64, until: i64) -> Result<Vec<Summary>, QueryError> {
+        let all = self.series()?;
+        let ids: Vec<i64> = all.iter().map(|(id, _, _)| *id).collect();
+        let mut buckets: Vec<Option<Bucket>> = (0..ids.len()).map(|_| None).collect();
+        self.scan(&ids, since, until, |i, _, v| match &mut buckets[i] {
+            Some(b) => b.add(v),
+            none => *none = Some(Bucket::new(0, v)),
+        })?;
+        Ok(all
+            .into_iter()
+            .zip(buckets)
+            .filter_map(|((_, name, unit), b)| {
+                let b = b?;
+                let value = |a| round(unit, unit.from_stored(b.value(a)));
+                Some(Summary {
+                    name,
+                    unit: unit.name().to_string(),
+                    min: value(Aggregation::Min),
+                    avg: value(Aggregation::Avg),
+                    max: value(Aggregation::Max),
+                    last: value(Aggregation::Last),
+                    samples: b.count,
+                })
+            })
+            .collect())
+    }
+}
+
+/// One series over a range, in a line.
+#[derive(Clone, Debug, Serialize, JsonSchema)]
+pub struct Summary {
+    pub name: String,
+    pub unit: String,
+    pub min: f64,
+    pub avg: f64,
+    pub max: f64,
+    pub last: f64,
+    pub samples: u32,
 }
 
 /// A value to the precision it was stored with (and one digit more for averages).

@@ -110,7 +110,7 @@ DESTRUCTIVE_TOOLS = {
     "manage.rollback",
 }
 
-RESOURCES = {"raspi://system/info", "raspi://metrics/snapshot", "raspi://logs/app", "raspi://logs/audit"}
+RESOURCES = {"raspi://system/info", "raspi://metrics/snapshot", "raspi://metrics/last-24h", "raspi://logs/app", "raspi://logs/audit"}
 PROCESS_TEMPLATE = "raspi://process/{pid}"
 PROMPTS = {"daily_health_check", "troubleshoot_service", "troubleshoot_update"}
 
