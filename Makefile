@@ -8,7 +8,8 @@
 #                conformance suite, and the package proof (root)
 #   make bench   memory and latency figures, those of a self-update into the package of
 #                this build, hostile load and a soak (bench/hostile.py), and the cost of
-#                checking tokens (bench/identity.py), written to BENCHMARKS.md
+#                checking tokens (bench/identity.py) and the metrics history
+#                (bench/metrics.py), written to BENCHMARKS.md
 #   make docs    regenerate docs/TOOLS.md from the tool declarations
 #   make fuzz    each fuzz target for FUZZ_SECONDS (not part of `make test`)
 
@@ -112,6 +113,9 @@ bench: release deb
 	  --out BENCHMARKS.md
 	@packaging/need.sh openssl
 	$(PYTHON) bench/identity.py --server target/release/mcp-raspi-server --out BENCHMARKS.md
+	$(CARGO) build --release --example metrics_bench
+	$(PYTHON) bench/metrics.py --example target/release/examples/metrics_bench \
+	  --server target/release/mcp-raspi-server --out BENCHMARKS.md
 
 # Delta updates between two releases' packages for this machine (bench/delta.py), e.g.
 # make bench-delta DELTA_FROM=old/mcp-raspi_0.1.0_amd64.deb DELTA_TO=target/packages/mcp-raspi_0.1.1_amd64.deb

@@ -14,7 +14,7 @@ use super::collect::Unit;
 use super::store::configure;
 
 /// Most points one query may return, over all its series.
-pub const MAX_POINTS: u64 = 20_000;
+pub const MAX_POINTS: u64 = 50_000;
 
 /// How the samples of a step become its value.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
