@@ -702,6 +702,20 @@ def check_mcp(box, port):
     declared = all(sets.get(k) == [] for k in ("effective", "permitted", "inheritable", "ambient", "bounding"))
     report.check("the agent reports the declared capability sets (all empty) and no_new_privs",
                  tool_ok(result) and declared and sets.get("no_new_privs") is True, json.dumps(agent)[:600])
+    # The sampler records under the hardened unit: its first round comes at start.
+    sampled = {}
+    for _ in range(50):
+        status, result = call_tool(port, token, "metrics.get_status", {}, timeout=10)
+        sampled = (result.get("structuredContent") or {}) if isinstance(result, dict) else {}
+        if sampled.get("samples", 0) > 0:
+            break
+        time.sleep(0.2)
+    report.check("the metrics sampler records into /var/lib/mcp-raspi/metrics.db under the server's unit",
+                 sampled.get("state") == "sampling" and sampled.get("samples", 0) > 0
+                 and sampled.get("database") == "/var/lib/mcp-raspi/metrics.db" and not sampled.get("last_error"),
+                 json.dumps(sampled)[:800])
+    owner = box.out("stat -c %U /var/lib/mcp-raspi/metrics.db")
+    report.check("metrics.db belongs to the server's user", owner == "mcp", owner)
     status, _ = initialize(port, None)
     report.check("a request without a token is refused with 401", status == 401, str(status))
     status, _ = initialize(port, "0" * 64)
