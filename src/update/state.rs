@@ -211,9 +211,22 @@ pub fn write_atomically(path: &Path, bytes: &[u8], mode: u32, owner: Option<Owne
 /// [`write_atomically`] of what `data` reads, for contents too large to hold in memory.
 pub fn write_atomically_from(
     path: &Path,
+    data: impl std::io::Read,
+    mode: u32,
+    owner: Option<Owner>,
+) -> Result<(), StateError> {
+    write_atomically_then(path, data, mode, owner, || Ok(()))
+}
+
+/// [`write_atomically_from`], running `before_rename` once the new file is written and
+/// synced and just before it replaces `path`: to remove files that belong to the old one
+/// and would be wrong beside the new one. When it fails, `path` is left as it was.
+pub fn write_atomically_then(
+    path: &Path,
     mut data: impl std::io::Read,
     mode: u32,
     owner: Option<Owner>,
+    before_rename: impl FnOnce() -> Result<(), StateError>,
 ) -> Result<(), StateError> {
     let io_err = |action| move |source| StateError::Io { action, path: path.to_path_buf(), source };
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
@@ -234,6 +247,7 @@ pub fn write_atomically_from(
         }
         file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode)).map_err(io_err("set the mode of"))?;
         file.sync_all().map_err(io_err("sync"))?;
+        before_rename()?;
         fs::rename(&tmp, path).map_err(io_err("replace"))?;
         File::open(dir).and_then(|d| d.sync_all()).map_err(io_err("sync the directory of"))
     })();

@@ -21,8 +21,13 @@ use crate::base::{hex, Hashing};
 
 /// The product a backup belongs to, as its manifest says.
 pub const PRODUCT: &str = "mcp-raspi";
-/// The layout of the archive; a newer one is refused by an older program.
-pub const FORMAT: u32 = 1;
+/// The layout of the archive; a newer one is refused by an older program. Format 2 added
+/// the metrics database (`state/metrics.db`), which a restore must put back with the
+/// write-ahead log of the database it replaces removed: a program that reads only format 1
+/// would not. An archive without it is still written in format 1, which every version reads.
+pub const FORMAT: u32 = 2;
+/// The format of an archive that holds no metrics database.
+pub const FORMAT_WITHOUT_METRICS: u32 = 1;
 pub const MANIFEST: &str = "MANIFEST.json";
 pub const CHECKSUMS: &str = "checksums.sha256";
 pub const SYSTEM_INFO: &str = "system-info.txt";
@@ -121,10 +126,15 @@ pub struct StagingDir(PathBuf);
 
 impl StagingDir {
     pub fn create(parent: &Path) -> Result<StagingDir, String> {
+        StagingDir::create_for(parent, "restore")
+    }
+
+    /// A staging directory named after what it is for (`.mcp-raspi-backup-…`).
+    pub fn create_for(parent: &Path, purpose: &str) -> Result<StagingDir, String> {
         use std::os::unix::fs::DirBuilderExt;
         let mut random = [0u8; 8];
         getrandom::fill(&mut random).map_err(|e| format!("cannot name a staging directory: {e}"))?;
-        let path = parent.join(format!(".mcp-raspi-restore-{}", hex(&random)));
+        let path = parent.join(format!(".mcp-raspi-{purpose}-{}", hex(&random)));
         fs::DirBuilder::new()
             .mode(0o700)
             .create(&path)

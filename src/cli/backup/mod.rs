@@ -3,11 +3,12 @@
 //! card, in one verified archive.
 //!
 //! A backup saves the configuration directory with its secrets and keys, the state files
-//! (`version.json` and the other records at the top of the state directory), the audit log
-//! with all its rotated copies, the application logs of the last seven days, the
-//! administrator's units and drop-ins of the product's services, and a description of the
-//! system. It is written under a temporary name, read back and checked against its manifest,
-//! and only then given its name; old backups are removed after the retention period.
+//! (`version.json` and the other records at the top of the state directory), a consistent
+//! copy of the metrics database (`metrics.rs`), the audit log with all its rotated copies,
+//! the application logs of the last seven days, the administrator's units and drop-ins of
+//! the product's services, and a description of the system. It is written under a temporary
+//! name, read back and checked against its manifest, and only then given its name; old
+//! backups are removed after the retention period.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -24,13 +25,14 @@ use crate::base::{hex, Hashing, VERSION};
 use crate::config::Config;
 
 pub mod archive;
+mod metrics;
 mod restore;
 #[cfg(test)]
 mod tests;
 
 pub use restore::{run_restore, RestoreArgs};
 
-use archive::{Entry, Kind, Manifest, CHECKSUMS, FORMAT, MANIFEST, PRODUCT, SYSTEM_INFO};
+use archive::{Entry, Kind, Manifest, CHECKSUMS, FORMAT, FORMAT_WITHOUT_METRICS, MANIFEST, PRODUCT, SYSTEM_INFO};
 
 /// Where backups go unless told otherwise (Debian's place for them).
 pub const DEFAULT_DEST: &str = "/var/backups/mcp-raspi";
@@ -108,8 +110,9 @@ fn is_product_unit(name: &str) -> bool {
     name.starts_with("mcp-raspi") || name.starts_with("raspi-ops-agent")
 }
 
-/// Whether a file of the state directory is saved: the records at its top. The metrics
-/// database is left to its own backup (a copy of a live SQLite file can be torn).
+/// Whether a file of the state directory is saved as it is: the records at its top. The
+/// metrics database is saved apart, as a consistent copy (a copy of the live files can be
+/// torn); its write-ahead files and the copies kept beside it are not saved.
 fn is_saved_state(name: &str) -> bool {
     !name.starts_with('.') && !name.starts_with("metrics.db")
 }
@@ -293,6 +296,8 @@ pub struct Written {
     pub current_version: Option<String>,
     pub removed: Vec<PathBuf>,
     pub skipped: Vec<String>,
+    /// The copy of the metrics database saved, if any (when it was left out, `skipped` says why).
+    pub metrics_db: Option<metrics::SavedDb>,
 }
 
 pub fn run_backup(args: BackupArgs, out: &mut dyn Write) -> Result<(), CliError> {
@@ -321,6 +326,13 @@ pub fn run_backup(args: BackupArgs, out: &mut dyn Write) -> Result<(), CliError>
         written.bytes as f64 / 1e6,
         written.current_version.as_deref().unwrap_or("unknown")
     );
+    if let Some(db) = &written.metrics_db {
+        text.push_str(&format!(
+            "  metrics database: {}, a consistent copy that passed SQLite's integrity check ({})\n",
+            crate::cli::storage::human_bytes(db.bytes),
+            db.archived
+        ));
+    }
     for s in &written.skipped {
         text.push_str(&format!("  left out: {s}\n"));
     }
@@ -344,6 +356,31 @@ pub fn write_backup(places: &Places, dest: &Path, retention_days: u64) -> Result
             .mode(0o700)
             .create(dest)
             .map_err(|e| format!("cannot create {}: {e}", dest.display()))?;
+    }
+    // The metrics database: a copy made and checked beside the archive, saved with the owner
+    // and mode of the live file, after the other state files.
+    let mut db = if places.state_dir.is_dir() {
+        metrics::copy(&places.state_dir, dest).unwrap_or_else(|why| {
+            skipped.push(why);
+            None
+        })
+    } else {
+        None
+    };
+    let live = db.as_ref().map(|snapshot| fs::metadata(&snapshot.source));
+    match (live, &db) {
+        (Some(Ok(meta)), Some(snapshot)) => {
+            let mut saved = source(&snapshot.path, metrics::ARCHIVED.into(), &meta);
+            saved.entry.size = snapshot.bytes;
+            let in_state = |s: &Source| s.entry.path == "state" || s.entry.path.starts_with("state/");
+            let at = sources.iter().rposition(in_state).map_or(sources.len(), |i| i + 1);
+            sources.insert(at, saved);
+        }
+        (Some(Err(e)), Some(snapshot)) => {
+            skipped.push(format!("{}: {e} after it was copied; it was left out", snapshot.source.display()));
+            db = None;
+        }
+        _ => {}
     }
     // Named by the second it was taken; a second backup within that second gets a suffix.
     let base = format!("mcp-raspi-{}-{}", hostname(), stamp());
@@ -427,7 +464,7 @@ pub fn write_backup(places: &Places, dest: &Path, retention_days: u64) -> Result
         .collect();
     let manifest = Manifest {
         product: PRODUCT.into(),
-        format: FORMAT,
+        format: if entries.iter().any(|e| e.path == metrics::ARCHIVED) { FORMAT } else { FORMAT_WITHOUT_METRICS },
         written_by: VERSION.into(),
         created: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
         hostname: hostname(),
@@ -462,13 +499,23 @@ pub fn write_backup(places: &Places, dest: &Path, retention_days: u64) -> Result
         return Err("the backup did not verify after writing: its manifest reads back differently".into());
     }
     drop(staged);
+    let metrics_db = db.as_ref().map(metrics::Snapshot::saved);
+    drop(db);
     fs::rename(&partial_path, &archive).map_err(|e| write_error(dest, &e))?;
     partial.1 = true;
     fs::File::open(dest).and_then(|d| d.sync_all()).map_err(|e| write_error(dest, &e))?;
     point_latest_at(dest, &archive).map_err(|e| write_error(dest, &e))?;
     let bytes = fs::metadata(&archive).map(|m| m.len()).unwrap_or(0);
     let removed = apply_retention(dest, retention_days, &archive);
-    Ok(Written { archive, bytes, files: manifest.files().count(), current_version: current, removed, skipped })
+    Ok(Written {
+        archive,
+        bytes,
+        files: manifest.files().count(),
+        current_version: current,
+        removed,
+        skipped,
+        metrics_db,
+    })
 }
 
 /// The name of the newest backup in a destination, a symlink (`mcp-raspi-restore

@@ -2,7 +2,9 @@
 //! before anything changes; then the services are stopped, each file is written atomically
 //! with its saved mode and its owner and group looked up by name (user ids differ between
 //! installations), `version.json` is reconciled with the `current` link, and the services
-//! are started again and must answer their health check.
+//! are started again and must answer their health check. The metrics database is put back
+//! with its old write-ahead files removed, and only when no process has it open
+//! (`metrics.rs`).
 
 use std::fs;
 use std::io::{self, Write};
@@ -16,7 +18,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::archive::{self, Entry, Kind, Staged};
-use super::{default_config, load_config, Places, UNITS_DIR};
+use super::{default_config, load_config, metrics, Places, UNITS_DIR};
 use crate::base::hex;
 use crate::cli::{CliError, DEFAULT_CONFIG};
 use crate::config::Config;
@@ -170,9 +172,12 @@ fn apply(step: &Step, staged: &Staged, as_root: bool, notes: &mut Vec<String>) -
                 .map_err(|err| format!("cannot set the mode of {}: {err}", step.path.display()))
         }
         Kind::File => {
+            let owner = as_root.then(|| Owner { uid: uid.unwrap_or(0), gid: gid.unwrap_or(0) });
+            if e.path == metrics::ARCHIVED {
+                return metrics::put_back(&step.path, &staged.path_of(e), e.mode, owner);
+            }
             let from =
                 fs::File::open(staged.path_of(e)).map_err(|err| format!("cannot read the staged {}: {err}", e.path))?;
-            let owner = as_root.then(|| Owner { uid: uid.unwrap_or(0), gid: gid.unwrap_or(0) });
             write_atomically_from(&step.path, from, e.mode, owner).map_err(|err| err.to_string())
         }
     }
@@ -213,7 +218,24 @@ pub fn run_restore(args: RestoreArgs, out: &mut dyn Write) -> Result<(), CliErro
     let staged = archive::read_and_verify(&args.archive, &std::env::temp_dir())?;
     let mut notes = Vec::new();
     let places = places_for(&args, &staged, &mut notes);
-    let steps = plan(&staged, &places)?;
+    let systemd = !args.no_restart && crate::cli::update::under_systemd();
+    // Asked before anything else here opens the file (see `in_use`).
+    let db = places.state_dir.join(crate::metrics::DB_NAME);
+    let db_open = staged.manifest.files().any(|e| e.path == metrics::ARCHIVED) && db_in_use(&db)?;
+    let mut steps = plan(&staged, &places)?;
+    vet_metrics_db(&staged, &mut steps, &mut notes);
+    let replaces_db = steps.iter().any(|s| s.entry.path == metrics::ARCHIVED);
+    if replaces_db && db_open {
+        if args.dry_run {
+            notes.push(format!("{} is open (is mcp-raspi-server running?): {}", db.display(), stop_first(systemd)));
+        } else if !systemd {
+            return Err(CliError::from(format!(
+                "{} is open (is mcp-raspi-server running?): {}; nothing was changed",
+                db.display(),
+                stop_first(false)
+            )));
+        }
+    }
     let list = |c: Change| steps.iter().filter(|s| s.change == c).map(|s| s.path.clone()).collect::<Vec<_>>();
     let mut report = Report {
         archive: args.archive.clone(),
@@ -229,7 +251,6 @@ pub fn run_restore(args: RestoreArgs, out: &mut dyn Write) -> Result<(), CliErro
         healthy: None,
         seconds: 0.0,
     };
-    let systemd = !args.no_restart && crate::cli::update::under_systemd();
     if !args.dry_run {
         let as_root = nix::unistd::geteuid().is_root();
         if systemd {
@@ -239,6 +260,16 @@ pub fn run_restore(args: RestoreArgs, out: &mut dyn Write) -> Result<(), CliErro
                     staged.manifest.current_version.as_deref().unwrap_or("VERSION")
                 ))
             })?;
+            // Something else than the services may hold the metrics database.
+            if replaces_db && db_in_use(&db)? {
+                let started = systemctl(&["start", "raspi-ops-agent.service", "mcp-raspi-server.service"]);
+                return Err(CliError::from(format!(
+                    "{} is still open with the services stopped (another program, such as sqlite3?): close it and \
+                     run the restore again; nothing was changed{}",
+                    db.display(),
+                    started.err().map(|e| format!(", but the services did not start again: {e}")).unwrap_or_default()
+                )));
+            }
         }
         for step in &steps {
             apply(step, &staged, as_root, &mut notes)?;
@@ -275,6 +306,42 @@ pub fn run_restore(args: RestoreArgs, out: &mut dyn Write) -> Result<(), CliErro
         return Err(CliError::from("the files were restored, but the server is not healthy: see above"));
     }
     Ok(())
+}
+
+/// Whether the metrics database is open in some process, as a restore error.
+fn db_in_use(db: &Path) -> Result<bool, CliError> {
+    metrics::in_use(db).map_err(|e| {
+        CliError::from(format!("cannot tell whether {} is in use: {e}; nothing was changed", db.display()))
+    })
+}
+
+/// What to do when the metrics database is open and the restore would replace it.
+fn stop_first(systemd: bool) -> &'static str {
+    if systemd {
+        "the restore stops the services first, and refuses if it is still open then"
+    } else {
+        "replacing it under the server would lose what the server writes and may damage it; stop the server \
+         (sudo systemctl stop mcp-raspi-server) and run the restore again"
+    }
+}
+
+/// Checks the metrics database of the archive before anything changes: one that fails
+/// SQLite's integrity check is not put back (the one here is left as it is), and a newer
+/// schema than this version's is noted.
+fn vet_metrics_db(staged: &Staged, steps: &mut Vec<Step>, notes: &mut Vec<String>) {
+    let Some(i) = steps.iter().position(|s| s.entry.path == metrics::ARCHIVED) else { return };
+    match metrics::check_staged(&staged.path_of(&steps[i].entry)) {
+        Ok(None) => {}
+        Ok(Some(note)) => notes.push(note),
+        Err(found) => {
+            notes.push(format!(
+                "{} of the backup fails SQLite's integrity check ({found}): it is not restored, and {} is left as it is",
+                metrics::ARCHIVED,
+                steps[i].path.display()
+            ));
+            steps.remove(i);
+        }
+    }
 }
 
 /// Brings version.json in line with the `current` link (which names the release that is

@@ -7,14 +7,43 @@ use std::path::{Path, PathBuf};
 
 use super::*;
 
-/// An installation under a temporary directory: configuration with secrets, state, logs
-/// and a drop-in of the server's unit.
-struct Install {
+/// An installation under a temporary directory: configuration with secrets, state (with a
+/// metrics database of 10 rows, and the copies kept beside it), logs and a drop-in of the
+/// server's unit.
+pub(super) struct Install {
     dir: tempfile::TempDir,
 }
 
+/// A metrics database in write-ahead-log mode, as the server keeps it, with a table `t` of
+/// `rows` rows; closed.
+pub(super) fn metrics_db(path: &Path, rows: i64) {
+    let conn = writer(path);
+    conn.execute_batch("CREATE TABLE IF NOT EXISTS t (i INTEGER NOT NULL, pad TEXT NOT NULL)").unwrap();
+    insert(&conn, 0..rows);
+}
+
+/// A connection to `path` set up as the server's.
+pub(super) fn writer(path: &Path) -> rusqlite::Connection {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    crate::metrics::store::configure(&conn, std::time::Duration::from_secs(2)).unwrap();
+    conn
+}
+
+/// Inserts rows `range` into `t`, committed.
+pub(super) fn insert(conn: &rusqlite::Connection, range: std::ops::Range<i64>) {
+    for i in range {
+        conn.execute("INSERT INTO t (i, pad) VALUES (?1, ?2)", rusqlite::params![i, "x".repeat(200)]).unwrap();
+    }
+}
+
+/// The rows of `t` in the database at `path`.
+pub(super) fn rows(path: &Path) -> i64 {
+    let conn = rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    conn.query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0)).unwrap()
+}
+
 impl Install {
-    fn new() -> Install {
+    pub(super) fn new() -> Install {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
         for d in ["etc/keys", "state/downloads", "log", "units/mcp-raspi-server.service.d", "dest"] {
@@ -31,7 +60,9 @@ impl Install {
         fs::write(root.join("etc/keys/release.pub"), "key").unwrap();
         fs::write(root.join("state/version.json"), r#"{"current_version":"0.1.0"}"#).unwrap();
         fs::write(root.join("state/downloads/mcp-raspi.deb"), "not saved").unwrap();
-        fs::write(root.join("state/metrics.db"), "saved by its own backup").unwrap();
+        metrics_db(&root.join("state/metrics.db"), 10);
+        fs::write(root.join("state/metrics.db.backup"), "kept before a migration").unwrap();
+        fs::write(root.join("state/metrics.db.corrupt-20261203T134500Z"), "set aside by a recovery").unwrap();
         fs::write(root.join("log/audit.log"), "{\"tool\":\"a\"}\n").unwrap();
         fs::write(root.join("log/audit.log.1"), "{\"tool\":\"b\"}\n").unwrap();
         fs::write(root.join("log/app.log"), "{}\n").unwrap();
@@ -41,24 +72,24 @@ impl Install {
         Install { dir }
     }
 
-    fn root(&self) -> &Path {
+    pub(super) fn root(&self) -> &Path {
         self.dir.path()
     }
 
-    fn config(&self) -> PathBuf {
+    pub(super) fn config(&self) -> PathBuf {
         self.root().join("etc/config.yml")
     }
 
-    fn places(&self) -> Places {
+    pub(super) fn places(&self) -> Places {
         let config = load_config(&self.config()).unwrap();
         Places::of(&self.config(), &config, &self.root().join("units"))
     }
 
-    fn backup(&self) -> Written {
+    pub(super) fn backup(&self) -> Written {
         write_backup(&self.places(), &self.root().join("dest"), 30).unwrap()
     }
 
-    fn restore(&self, archive: &Path, dry_run: bool) -> Result<String, CliError> {
+    pub(super) fn restore(&self, archive: &Path, dry_run: bool) -> Result<String, CliError> {
         let args = RestoreArgs {
             archive: archive.to_path_buf(),
             dry_run,
@@ -73,7 +104,7 @@ impl Install {
     }
 
     /// Every file under the installation but the backups, with its mode and contents.
-    fn snapshot(&self) -> Vec<(PathBuf, u32, Vec<u8>)> {
+    pub(super) fn snapshot(&self) -> Vec<(PathBuf, u32, Vec<u8>)> {
         let mut all = Vec::new();
         let mut stack = vec![self.root().to_path_buf()];
         while let Some(dir) = stack.pop() {
@@ -97,7 +128,7 @@ impl Install {
     }
 }
 
-fn members(archive: &Path) -> Vec<String> {
+pub(super) fn members(archive: &Path) -> Vec<String> {
     let file = fs::File::open(archive).unwrap();
     let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(file));
     tar.entries().unwrap().map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned()).collect()
@@ -141,6 +172,7 @@ fn a_backup_holds_configuration_secrets_state_logs_and_units_with_a_manifest() {
         "config/secrets.env",
         "config/keys/release.pub",
         "state/version.json",
+        "state/metrics.db",
         "logs/audit.log",
         "logs/audit.log.1",
         "logs/app.log",
@@ -151,7 +183,7 @@ fn a_backup_holds_configuration_secrets_state_logs_and_units_with_a_manifest() {
     ] {
         assert!(listed.contains(&format!("{top}/{want}")), "{want} missing from {listed:?}");
     }
-    for not in ["downloads", "metrics.db", "other.log", "nginx.service"] {
+    for not in ["downloads", "metrics.db-", "metrics.db.", "other.log", "nginx.service"] {
         assert!(!listed.iter().any(|m| m.contains(not)), "{not} saved: {listed:?}");
     }
     // Nothing but the archive and the link to the newest one is left in the destination.
@@ -182,13 +214,19 @@ fn a_restore_puts_back_what_was_lost_with_its_modes_and_a_dry_run_changes_nothin
     let done = install.restore(&install.root().join("dest").join(LATEST), false).unwrap();
     assert!(done.starts_with("restored"), "{done}");
     let mut after = install.snapshot();
-    // The downloads directory was not saved, and the metrics database is saved separately.
-    let unsaved = |p: &PathBuf| p.to_string_lossy().contains("downloads") || p.ends_with("metrics.db");
+    // The downloads directory and the copies beside the metrics database were not saved; the
+    // database itself comes back as a copy (one file, its own bytes), checked below.
+    let db = install.root().join("state/metrics.db");
+    let unsaved = |p: &PathBuf| p.to_string_lossy().contains("downloads") || p.to_string_lossy().contains("metrics.db");
+    let db_mode = |files: &[(PathBuf, u32, Vec<u8>)]| files.iter().find(|(p, _, _)| *p == db).map(|(_, mode, _)| *mode);
+    assert_eq!(db_mode(&after), db_mode(&before));
     after.retain(|(p, _, _)| !unsaved(p));
     let mut expected = before.clone();
     expected.retain(|(p, _, _)| !unsaved(p));
     // Staging directories are gone, nothing half-written is left beside the files.
     assert_eq!(after, expected);
+    assert_eq!(rows(&db), 10);
+    assert_eq!(metrics::integrity(&db), Ok(()));
 }
 
 #[test]
