@@ -14,6 +14,8 @@ use serde::Serialize;
 use super::{CliError, DEFAULT_CONFIG, DEFAULT_ROOT};
 use crate::config::Config;
 use crate::host::{disk, Roots};
+use crate::metrics::store::WAL_LIMIT_BYTES;
+use crate::metrics::DB_NAME;
 use crate::update::activate::Installation;
 
 /// Exit status when something is over its limit or the root file system is over 80 %.
@@ -34,7 +36,8 @@ const MIB: u64 = 1024 * 1024;
     limit or the root file system is over 80 % full, 2 when the configuration cannot be used.")]
 pub struct StorageCheckArgs {
     /// Configuration file: log paths and sizes (logging.*), state and install directories
-    /// (paths.*), updates.keep_versions and updates.max_download_mb.
+    /// (paths.*), metrics.retention.max_size_mb, updates.keep_versions and
+    /// updates.max_download_mb.
     #[arg(long, value_name = "FILE", default_value = DEFAULT_CONFIG)]
     pub config: PathBuf,
     /// Print one JSON object instead of the table.
@@ -239,14 +242,7 @@ fn items(config: &Config) -> Vec<Item> {
         items.push(sized(name, format!("{shown}[.N]"), numbered, Some(log_limit.clone())));
         items.push(sized(dated, format!("{shown}-*"), log_files(path, LogCopy::Dated), None));
     }
-    // The metrics database and its write-ahead log; it has no size setting in this version.
-    let db = config.paths.state_dir.join("metrics.db");
-    let db_files = ["", "-wal", "-shm"].iter().map(|s| PathBuf::from(format!("{}{s}", db.display()))).collect();
-    let mut metrics = sized("metrics database", db.display().to_string(), Ok(db_files), None);
-    if metrics.count == 0 && metrics.note.is_none() {
-        metrics.note = Some("not present".into());
-    }
-    items.push(metrics);
+    items.extend(metrics_items(config));
     items.push(releases(config));
     let downloads = config.paths.state_dir.join("downloads");
     let limit = Limit {
@@ -256,6 +252,47 @@ fn items(config: &Config) -> Vec<Item> {
     };
     items.push(sized("downloads", downloads.display().to_string(), all_files(&downloads), Some(limit)));
     items
+}
+
+/// The metrics database and its write-ahead log, against `metrics.retention.max_size_mb`,
+/// and the damaged databases a recovery set aside (`metrics.db.corrupt-*`, with their own
+/// write-ahead files), which nothing removes.
+fn metrics_items(config: &Config) -> [Item; 2] {
+    let state = &config.paths.state_dir;
+    let db = state.join(DB_NAME);
+    // The server trims the database's pages to the setting; the log beside it is cut back
+    // to WAL_LIMIT_BYTES at each checkpoint and is about that size while the server runs,
+    // so it is allowed on top. (The log's index, `-shm`, is a small map rebuilt from the log.)
+    let limit = Limit {
+        unit: "bytes",
+        value: config.metrics.retention.max_size_mb.saturating_mul(MIB).saturating_add(WAL_LIMIT_BYTES),
+        setting: format!("metrics.retention.max_size_mb + {} of write-ahead log", human_bytes(WAL_LIMIT_BYTES)),
+    };
+    let db_files = ["", "-wal"].iter().map(|s| PathBuf::from(format!("{}{s}", db.display()))).collect();
+    let mut metrics = sized("metrics database", db.display().to_string(), Ok(db_files), Some(limit));
+    if metrics.count == 0 && metrics.note.is_none() {
+        metrics.note = Some("not present".into());
+    }
+    let prefix = format!("{DB_NAME}.corrupt-");
+    let corrupt = std::fs::read_dir(state).map(|read| {
+        let mut files: Vec<PathBuf> = read
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_str().is_some_and(|n| n.starts_with(&prefix)))
+            .map(|e| e.path())
+            .collect();
+        files.sort();
+        files
+    });
+    let corrupt = match corrupt {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        other => other,
+    };
+    let mut damaged =
+        sized("metrics database, damaged copies", format!("{}*", state.join(&prefix).display()), corrupt, None);
+    if damaged.count > 0 && damaged.note.is_none() {
+        damaged.note = Some("set aside when the server found the database damaged; delete them once looked at".into());
+    }
+    [metrics, damaged]
 }
 
 /// The installed releases: over when pruning would remove some, as it does after an update
@@ -351,10 +388,19 @@ pub fn build_report(config: &Config, config_path: &Path, root: Result<disk::Moun
     let everything = root_state == "critical";
     let mut suggestions = Vec::new();
     if everything || over("metrics") {
-        suggestions.push(
-            "Reduce metrics retention: metrics.retention.max_age_days (or MCP_RASPI_METRICS__RETENTION__MAX_AGE_DAYS)"
-                .to_string(),
-        );
+        suggestions.push(format!(
+            "Reduce metrics retention: metrics.retention.max_age_days (or MCP_RASPI_METRICS__RETENTION__MAX_AGE_DAYS) \
+             and metrics.retention.max_size_mb in {}; the server trims the database to them as it samples",
+            config_path.display()
+        ));
+    }
+    if let Some(damaged) = items.iter().find(|i| i.name == "metrics database, damaged copies" && i.count > 0) {
+        suggestions.push(format!(
+            "Delete the damaged metrics databases set aside by a recovery ({}) once you have looked at them: \
+             sudo rm {}",
+            human_bytes(damaged.bytes),
+            damaged.path
+        ));
     }
     if everything || over("app log") || over("audit log") {
         suggestions.push(format!(

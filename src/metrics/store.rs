@@ -46,16 +46,21 @@ impl From<rusqlite::Error> for WriteError {
     }
 }
 
+/// What the write-ahead log is cut back to after a checkpoint. SQLite checkpoints it at
+/// about this size (1000 pages of 4 KiB), so a database in use keeps a log of about this
+/// much at most beside it.
+pub const WAL_LIMIT_BYTES: u64 = 4 * 1024 * 1024;
+
 /// Sets a connection up: write-ahead log (readers never wait for the sampler), `NORMAL`
 /// syncing (a power cut may lose the last rounds, never the database), a small page cache.
 pub fn configure(conn: &Connection, busy: Duration) -> rusqlite::Result<()> {
     conn.busy_timeout(busy)?;
-    conn.execute_batch(
+    conn.execute_batch(&format!(
         "PRAGMA journal_mode = WAL;
          PRAGMA synchronous = NORMAL;
          PRAGMA cache_size = -256;
-         PRAGMA journal_size_limit = 4194304;",
-    )
+         PRAGMA journal_size_limit = {WAL_LIMIT_BYTES};"
+    ))
 }
 
 /// A damaged or foreign database that was moved aside and replaced by a new one.

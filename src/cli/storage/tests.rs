@@ -20,10 +20,15 @@ fn mount(used_percent: f64) -> disk::Mount {
 /// A configuration with everything under `dir` and small limits: logs 1 MiB × 2,
 /// downloads 1 MiB, one release kept.
 fn config(dir: &Path) -> Config {
+    config_with(dir, "")
+}
+
+/// [`config`] with more settings (YAML at the top level).
+fn config_with(dir: &Path, more: &str) -> Config {
     let yaml = format!(
         "config_version: \"1.2\"\nlogging:\n  app_path: {0}/log/app.log\n  audit_path: {0}/log/audit.log\n  \
          file:\n    max_size_mb: 1\n    backup_count: 1\npaths:\n  state_dir: {0}/state\n  install_dir: {0}/opt\n\
-         updates:\n  keep_versions: 1\n  max_download_mb: 1\n",
+         updates:\n  keep_versions: 1\n  max_download_mb: 1\n{more}",
         dir.display()
     );
     Config::from_yaml(&yaml, "test").unwrap()
@@ -65,11 +70,21 @@ fn a_fresh_installation_is_within_every_limit() {
             "audit log",
             "audit log, logrotate copies",
             "metrics database",
+            "metrics database, damaged copies",
             "releases",
             "downloads"
         ]
     );
-    assert_eq!(item(&report, "metrics database").note.as_deref(), Some("not present"));
+    let metrics = item(&report, "metrics database");
+    assert_eq!(metrics.note.as_deref(), Some("not present"));
+    // The default metrics.retention.max_size_mb (100), and the write-ahead log's allowance.
+    let limit = metrics.limit.as_ref().unwrap();
+    assert_eq!(
+        (limit.value, limit.setting.as_str()),
+        (104 * MIB, "metrics.retention.max_size_mb + 4.0 MiB of write-ahead log")
+    );
+    let damaged = item(&report, "metrics database, damaged copies");
+    assert_eq!((damaged.count, damaged.bytes, damaged.note.is_none()), (0, 0, true));
     assert_eq!(item(&report, "app log").limit.as_ref().unwrap().value, 2 * MIB);
 }
 
@@ -119,6 +134,79 @@ fn logs_releases_and_downloads_over_their_limits_are_named_with_what_to_do() {
     let table = String::from_utf8(table).unwrap();
     assert!(table.starts_with("Root file system (/dev/mmcblk0p2): 50.0% used, 500.0 MiB of 1000.0 MiB"), "{table}");
     assert!(table.contains("\nwhat ") && table.contains("OVER") && table.contains("Suggested cleanup:"), "{table}");
+}
+
+#[test]
+fn the_metrics_database_and_its_log_are_held_to_metrics_retention_max_size_mb() {
+    let dir = tempfile::tempdir().unwrap();
+    // 1 MiB, and 4 MiB of write-ahead log on top: 5 MiB.
+    let config = config_with(dir.path(), "metrics:\n  retention:\n    max_size_mb: 1\n");
+    let state = dir.path().join("state");
+    write(&state.join("metrics.db"), 4 * MIB);
+    write(&state.join("metrics.db-wal"), MIB);
+    // The log's index is not data the setting bounds.
+    write(&state.join("metrics.db-shm"), 32 * 1024);
+    let report = build_report(&config, Path::new("/etc/mcp-raspi/config.yml"), Ok(mount(50.0)));
+    let metrics = item(&report, "metrics database");
+    assert_eq!((metrics.count, metrics.bytes, metrics.over), (2, 5 * MIB, false));
+    assert_eq!(metrics.limit.as_ref().unwrap().value, 5 * MIB);
+    assert_eq!(report.exit_status, 0, "{:?}", report.problems);
+    assert!(report.suggestions.is_empty(), "{:?}", report.suggestions);
+
+    write(&state.join("metrics.db"), 6 * MIB);
+    let report = build_report(&config, Path::new("/etc/mcp-raspi/config.yml"), Ok(mount(50.0)));
+    let metrics = item(&report, "metrics database");
+    assert_eq!((metrics.bytes, metrics.over), (7 * MIB, true));
+    assert_eq!(
+        (report.exit_status, report.problems.as_slice()),
+        (EXIT_OVER, &["metrics database is over its limit: 7.0 MiB > 5.0 MiB".to_string()][..])
+    );
+    let suggestion = report.suggestions.join("\n");
+    for named in [
+        "metrics.retention.max_size_mb",
+        "metrics.retention.max_age_days",
+        "MCP_RASPI_METRICS__RETENTION__MAX_AGE_DAYS",
+        "/etc/mcp-raspi/config.yml",
+    ] {
+        assert!(suggestion.contains(named), "{named} missing from {suggestion}");
+    }
+    let mut table = Vec::new();
+    write_table(&report, &mut table).unwrap();
+    let table = String::from_utf8(table).unwrap();
+    assert!(
+        table.contains("metrics database from metrics.retention.max_size_mb + 4.0 MiB of write-ahead log"),
+        "{table}"
+    );
+}
+
+#[test]
+fn damaged_metrics_databases_left_by_a_recovery_are_counted_with_what_to_do_about_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path());
+    let state = dir.path().join("state");
+    write(&state.join("metrics.db"), 8192);
+    write(&state.join("metrics.db.corrupt-20261203T134500Z"), 3000);
+    write(&state.join("metrics.db.corrupt-20261203T134500Z-wal"), 100);
+    // The copy kept before a migration is not a damaged one.
+    write(&state.join("metrics.db.backup"), 500);
+    let report = build_report(&config, Path::new("/etc/mcp-raspi/config.yml"), Ok(mount(50.0)));
+    let damaged = item(&report, "metrics database, damaged copies");
+    assert_eq!((damaged.count, damaged.bytes, damaged.over, damaged.limit.is_none()), (2, 3100, false, true));
+    assert_eq!(damaged.path, format!("{}/metrics.db.corrupt-*", state.display()));
+    assert!(damaged.note.as_deref().unwrap().contains("delete them once looked at"), "{:?}", damaged.note);
+    assert_eq!(item(&report, "metrics database").bytes, 8192);
+    // Nothing is over a limit, but the leftovers are worth a line.
+    assert_eq!(report.exit_status, 0);
+    assert_eq!(report.suggestions.len(), 1, "{:?}", report.suggestions);
+    assert!(
+        report.suggestions[0].contains(&format!("sudo rm {}/metrics.db.corrupt-*", state.display())),
+        "{:?}",
+        report.suggestions
+    );
+    let json = serde_json::to_value(&report).unwrap();
+    let listed =
+        json["items"].as_array().unwrap().iter().find(|i| i["name"] == "metrics database, damaged copies").unwrap();
+    assert_eq!(listed["bytes"], 3100);
 }
 
 #[test]
