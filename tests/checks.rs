@@ -182,6 +182,13 @@ fn storage_check_measures_the_servers_logs_and_says_so_in_its_exit_status() {
     assert!(app["count"].as_u64().unwrap() >= 1 && app["bytes"].as_u64().unwrap() > 0, "{report}");
     assert_eq!(app["limit"]["value"], 50 * 1024 * 1024 * 6);
     assert_eq!(app["over"], false);
+    // The server's metrics database, against metrics.retention.max_size_mb (100 by default)
+    // and the 4 MiB its write-ahead log may take.
+    let metrics = items.iter().find(|i| i["name"] == "metrics database").unwrap();
+    assert_eq!(metrics["limit"]["value"], 104 * 1024 * 1024, "{report}");
+    assert_eq!(metrics["over"], false);
+    let damaged = items.iter().find(|i| i["name"] == "metrics database, damaged copies").unwrap();
+    assert_eq!(damaged["count"], 0, "{report}");
     let out = run(cli(), &["storage-check", "--config", config.to_str().unwrap()]);
     let text = stdout(&out);
     assert!(text.starts_with("Root file system ("), "{text}");

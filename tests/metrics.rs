@@ -1,6 +1,7 @@
 //! The metrics history over MCP: the sampler's rounds read back with metrics.query, its
 //! switch kept across a restart, a damaged database replaced at start, a full disk pausing
-//! it, and a database held by another process blocking no request.
+//! it, a database held by another process blocking no request, and the history saved by
+//! `mcp-raspi backup` while the server writes it and brought back by `mcp-raspi restore`.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -209,4 +210,74 @@ fn a_full_disk_pauses_sampling_while_every_tool_answers_and_it_resumes_when_spac
     let log = std::fs::read_to_string(server.log_dir().join("app.log")).unwrap();
     assert!(log.contains("is full") && log.contains("sampling paused"), "{log}");
     assert!(log.contains("sampling resumed"), "{log}");
+}
+
+/// `mcp-raspi backup` or `restore` with `args`, on the test server's configuration.
+fn operator(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_mcp-raspi"))
+        .args(args)
+        .env("TEST_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("TEST_VIEWER_TOKEN", VIEWER_TOKEN)
+        .output()
+        .unwrap()
+}
+
+/// The samples of the metrics database at `path`, after SQLite's integrity check passed.
+fn checked_samples(path: &Path) -> u64 {
+    let conn = rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    let verdict: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
+    assert_eq!(verdict, "ok");
+    let samples: i64 = conn.query_row("SELECT COALESCE(SUM(n), 0) FROM samples", [], |r| r.get(0)).unwrap();
+    samples as u64
+}
+
+#[test]
+fn a_backup_taken_while_the_server_samples_holds_its_history_and_a_restore_brings_it_back() {
+    let mut server = Server::with_config(Some(&fixture()), &sampling_config());
+    let before = wait_for(&server, "rounds", |s| s["samples"].as_u64().unwrap() > 0)["samples"].as_u64().unwrap();
+    let config = server.config_path();
+    let units = server.dir.path().join("units");
+    std::fs::create_dir_all(&units).unwrap();
+    let backups = tempfile::tempdir().unwrap();
+    let place = |p: &Path| p.to_str().unwrap().to_string();
+    let (config, units, dest) = (place(&config), place(&units), place(backups.path()));
+
+    // The server goes on sampling while the backup copies its database.
+    let out = operator(&["backup", "--config", &config, "--dest", &dest, "--units-dir", &units, "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let written: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(written["skipped"], json!([]), "{written}");
+    assert_eq!(written["metrics_db"]["archived"], "state/metrics.db", "{written}");
+    let after = status(&server)["samples"].as_u64().unwrap();
+    let archive = Path::new(written["archive"].as_str().unwrap()).to_path_buf();
+    let extracted = tempfile::tempdir().unwrap();
+    let gz = flate2::read::GzDecoder::new(std::fs::File::open(&archive).unwrap());
+    tar::Archive::new(gz).unpack(extracted.path()).unwrap();
+    let top = archive.file_name().unwrap().to_str().unwrap().trim_end_matches(".tar.gz");
+    let copy = extracted.path().join(top).join("state/metrics.db");
+    assert!(!extracted.path().join(top).join("state/metrics.db-wal").exists());
+    let saved = checked_samples(&copy);
+    assert!((before..=after).contains(&saved), "{before} <= {saved} <= {after}");
+
+    // Not under the running server: its database is open.
+    let out = operator(&["restore", &place(&archive), "--config", &config, "--units-dir", &units, "--no-restart"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("is open (is mcp-raspi-server running?)") && err.contains("nothing was changed"), "{err}");
+    server.assert_alive();
+
+    // The server stopped and its database lost: the restore brings back the saved rounds.
+    assert!(server.terminate().is_some(), "the server did not stop");
+    let state = server.dir.path().join("state");
+    for name in ["metrics.db", "metrics.db-wal", "metrics.db-shm"] {
+        let _ = std::fs::remove_file(state.join(name));
+    }
+    let out = operator(&["restore", &place(&archive), "--config", &config, "--units-dir", &units, "--no-restart"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains(&format!("new      {}", state.join("metrics.db").display())), "{text}");
+    assert_eq!(checked_samples(&state.join("metrics.db")), saved);
+    let server = server.restart();
+    let s = wait_for(&server, "a round in the restored database", |s| s["samples"].as_u64().unwrap() > saved);
+    assert!(s["recovered"].is_null(), "the restored database was set aside: {s:#}");
 }
