@@ -49,6 +49,18 @@ pub struct RestoreArgs {
     /// Print one JSON object describing the restore instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Put back only this part of the backup, leaving everything else as it is here:
+    /// `metrics`, the metrics database (into the state directory of this installation's
+    /// configuration; the services are stopped and started around it as for a whole restore).
+    #[arg(long, value_name = "PART", value_enum)]
+    pub only: Option<Part>,
+}
+
+/// A part of a backup that can be restored alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Part {
+    /// The metrics database.
+    Metrics,
 }
 
 /// What happens to one entry.
@@ -86,8 +98,17 @@ struct Report {
 }
 
 /// Where each saved area goes on this system: the configuration directory of this
-/// installation, and the state and log directories the restored configuration names.
+/// installation, and the state and log directories the restored configuration names (or,
+/// when the configuration is not restored, this installation's).
 fn places_for(args: &RestoreArgs, staged: &Staged, notes: &mut Vec<String>) -> Places {
+    if args.only.is_some() {
+        let config = load_config(&args.config).unwrap_or_else(|e| {
+            notes
+                .push(format!("{} does not load ({e}): the state directory is the default one", args.config.display()));
+            default_config()
+        });
+        return Places::of(&args.config, &config, &args.units_dir);
+    }
     let config_name = args.config.file_name().map(|n| n.to_os_string()).unwrap_or_else(|| "config.yml".into());
     let restored = staged.dir.path().join("config").join(&config_name);
     let config = match load_config(&restored) {
@@ -223,8 +244,25 @@ pub fn run_restore(args: RestoreArgs, out: &mut dyn Write) -> Result<(), CliErro
     let db = places.state_dir.join(crate::metrics::DB_NAME);
     let db_open = staged.manifest.files().any(|e| e.path == metrics::ARCHIVED) && db_in_use(&db)?;
     let mut steps = plan(&staged, &places)?;
+    if args.only == Some(Part::Metrics) {
+        // The database, and its directory should it be missing.
+        steps.retain(|s| s.entry.path == metrics::ARCHIVED || s.entry.path == "state");
+        if !steps.iter().any(|s| s.entry.path == metrics::ARCHIVED) {
+            let why = staged.manifest.skipped.iter().find(|s| s.contains(crate::metrics::DB_NAME));
+            return Err(CliError::from(format!(
+                "{} holds no metrics database ({}); nothing was changed",
+                args.archive.display(),
+                why.map_or("it was written before backups saved it, or there was none".into(), |w| format!(
+                    "it was left out: {w}"
+                ))
+            )));
+        }
+    }
     vet_metrics_db(&staged, &mut steps, &mut notes);
     let replaces_db = steps.iter().any(|s| s.entry.path == metrics::ARCHIVED);
+    if args.only.is_some() && !replaces_db {
+        return Err(CliError::from(format!("{}; nothing was changed", notes.join("; "))));
+    }
     if replaces_db && db_open {
         if args.dry_run {
             notes.push(format!("{} is open (is mcp-raspi-server running?): {}", db.display(), stop_first(systemd)));
@@ -274,16 +312,25 @@ pub fn run_restore(args: RestoreArgs, out: &mut dyn Write) -> Result<(), CliErro
         for step in &steps {
             apply(step, &staged, as_root, &mut notes)?;
         }
+        // A part restored alone changed nothing else: no configuration, version, units or
+        // rule to bring in line.
+        let whole = args.only.is_none();
         let config = load_config(&args.config).unwrap_or_else(|e| {
-            notes.push(format!("the restored configuration does not load: {e}"));
+            if whole {
+                notes.push(format!("the restored configuration does not load: {e}"));
+            }
             default_config()
         });
-        report.version = reconcile(&config, &staged, &mut notes);
+        if whole {
+            report.version = reconcile(&config, &staged, &mut notes);
+        }
         if systemd {
-            // Units and drop-ins may have come back, or changed with the package reinstalled
-            // before the restore: systemd reads them again before the start.
-            systemctl(&["daemon-reload"])?;
-            refresh_polkit_rule(&args.config, &mut notes);
+            if whole {
+                // Units and drop-ins may have come back, or changed with the package
+                // reinstalled before the restore: systemd reads them again before the start.
+                systemctl(&["daemon-reload"])?;
+                refresh_polkit_rule(&args.config, &mut notes);
+            }
             systemctl(&["start", "raspi-ops-agent.service", "mcp-raspi-server.service"])?;
             match wait_healthy(&config, Duration::from_secs(args.health_timeout)) {
                 Ok(version) => {

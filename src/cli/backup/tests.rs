@@ -90,7 +90,18 @@ impl Install {
     }
 
     pub(super) fn restore(&self, archive: &Path, dry_run: bool) -> Result<String, CliError> {
+        self.restore_only(archive, dry_run, None)
+    }
+
+    /// [`Install::restore`] of a part of the archive (`--only`).
+    pub(super) fn restore_only(
+        &self,
+        archive: &Path,
+        dry_run: bool,
+        only: Option<restore::Part>,
+    ) -> Result<String, CliError> {
         let args = RestoreArgs {
+            only,
             archive: archive.to_path_buf(),
             dry_run,
             config: self.config(),

@@ -10,7 +10,7 @@ use std::os::unix::fs::PermissionsExt;
 
 use crate::cli::backup::archive;
 use crate::cli::backup::tests::{insert, members, metrics_db, rows, writer, Install};
-use crate::cli::backup::{run_backup, BackupArgs, Written};
+use crate::cli::backup::{restore, run_backup, BackupArgs, Written};
 
 fn state(install: &Install) -> PathBuf {
     install.root().join("state")
@@ -280,6 +280,37 @@ fn a_restore_refuses_to_replace_a_database_that_is_open_and_changes_nothing() {
     install.restore(&written.archive, false).unwrap();
     assert_eq!(rows(&db), 10);
     assert!(!in_use(&Path::new("/nonexistent").join(DB_NAME)).unwrap());
+}
+
+#[test]
+fn only_the_metrics_database_is_restored_with_only_metrics_and_nothing_else_changes() {
+    let install = Install::new();
+    let db = state(&install).join(DB_NAME);
+    let written = install.backup();
+    // Since the backup: more rounds, a new audit record, a changed configuration.
+    insert(&writer(&db), 10..30);
+    fs::write(install.root().join("log/audit.log"), "{\"tool\":\"a\"}\n{\"tool\":\"c\"}\n").unwrap();
+    let config = fs::read_to_string(install.config()).unwrap() + "# changed since\n";
+    fs::write(install.config(), &config).unwrap();
+    let mut others = install.snapshot();
+    others.retain(|(p, _, _)| !p.starts_with(state(&install)));
+
+    let plan = install.restore_only(&written.archive, true, Some(restore::Part::Metrics)).unwrap();
+    assert!(plan.contains("0 new, 1 replaced, 1 unchanged") && plan.contains("replace  "), "{plan}");
+    let done = install.restore_only(&written.archive, false, Some(restore::Part::Metrics)).unwrap();
+    assert!(done.contains(&format!("replace  {}", db.display())), "{done}");
+    assert_eq!(rows(&db), 10);
+    let mut after = install.snapshot();
+    after.retain(|(p, _, _)| !p.starts_with(state(&install)));
+    assert_eq!(after, others, "something else than the metrics database was restored");
+    assert_eq!(fs::read_to_string(state(&install).join("version.json")).unwrap(), r#"{"current_version":"0.1.0"}"#);
+
+    // A backup that left the database out has none to restore.
+    fs::write(&db, "not a database").unwrap();
+    let without = install.backup();
+    let e = install.restore_only(&without.archive, false, Some(restore::Part::Metrics)).unwrap_err();
+    assert!(e.message.contains("holds no metrics database (it was left out: "), "{e}");
+    assert!(e.message.ends_with("nothing was changed"), "{e}");
 }
 
 #[test]
