@@ -281,3 +281,49 @@ fn a_backup_taken_while_the_server_samples_holds_its_history_and_a_restore_bring
     let s = wait_for(&server, "a round in the restored database", |s| s["samples"].as_u64().unwrap() > saved);
     assert!(s["recovered"].is_null(), "the restored database was set aside: {s:#}");
 }
+
+/// The backup unit sees the state directory read-only (`ProtectSystem=strict`): the copy of
+/// the running server's database is made all the same, through its write-ahead log and
+/// index as they are. Needs root (a mount namespace of the backup's own).
+#[test]
+fn a_backup_that_sees_the_state_directory_read_only_as_the_unit_does_saves_the_running_servers_history() {
+    if !is_root() {
+        eprintln!("skipped: a read-only view of the state directory needs root");
+        return;
+    }
+    let server = Server::with_config(Some(&fixture()), &sampling_config());
+    let before = wait_for(&server, "rounds", |s| s["samples"].as_u64().unwrap() > 0)["samples"].as_u64().unwrap();
+    let state = server.dir.path().join("state");
+    let units = server.dir.path().join("units");
+    std::fs::create_dir_all(&units).unwrap();
+    let backups = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+        .arg(
+            "mount --bind \"$1\" \"$1\" && mount -o remount,bind,ro \"$1\" && ! touch \"$1/probe\" 2>/dev/null && \
+             shift && exec \"$@\"",
+        )
+        .arg("sh")
+        .arg(&state)
+        .arg(env!("CARGO_BIN_EXE_mcp-raspi"))
+        .args(["backup", "--json", "--config"])
+        .arg(server.config_path())
+        .arg("--dest")
+        .arg(backups.path())
+        .arg("--units-dir")
+        .arg(&units)
+        .env("TEST_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("TEST_VIEWER_TOKEN", VIEWER_TOKEN)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let written: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(written["skipped"], json!([]), "{written}");
+    let archive = Path::new(written["archive"].as_str().unwrap()).to_path_buf();
+    let extracted = tempfile::tempdir().unwrap();
+    let gz = flate2::read::GzDecoder::new(std::fs::File::open(&archive).unwrap());
+    tar::Archive::new(gz).unpack(extracted.path()).unwrap();
+    let top = archive.file_name().unwrap().to_str().unwrap().trim_end_matches(".tar.gz");
+    assert!(checked_samples(&extracted.path().join(top).join("state/metrics.db")) >= before);
+    server.assert_alive();
+}
