@@ -163,7 +163,7 @@ pub fn copy(state_dir: &Path, work: &Path) -> Result<Option<Snapshot>, String> {
     let left_out = |why: String| format!("{}: {why}; it was left out", db.display());
     let (conn, immutable) =
         open_source(&db).map_err(|e| left_out(format!("the metrics database cannot be read ({e})")))?;
-    let dir = StagingDir::create_for(work, "backup")?;
+    let dir = StagingDir::create_for(work, "backup").map_err(left_out)?;
     let path = dir.path().join(DB_NAME);
     schema::copy_to(&conn, &path).map_err(|e| left_out(format!("the metrics database cannot be copied ({e})")))?;
     drop(conn);
@@ -177,8 +177,8 @@ pub fn copy(state_dir: &Path, work: &Path) -> Result<Option<Snapshot>, String> {
     }
     integrity(&path).map_err(|found| {
         left_out(format!(
-            "the copy of the metrics database fails SQLite's integrity check ({found}); the server sets a damaged \
-             database aside when it finds one"
+            "the copy of the metrics database fails SQLite's integrity check ({found}); the server checks the \
+             database when it starts and sets a damaged one aside"
         ))
     })?;
     let bytes = fs::metadata(&path).map(|m| m.len()).map_err(|e| left_out(format!("cannot read the copy ({e})")))?;
