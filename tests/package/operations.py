@@ -136,6 +136,11 @@ def check_backup_and_restore(p, box, port, token, version):
                  out + err + box.out("journalctl -u mcp-raspi-backup.service --no-pager -n 20", check=False))
     mode = box.out(f"stat -c '%a %U' {BACKUPS}/mcp-raspi-*.tar.gz | head -1", check=False)
     report.check(f"the archive is readable by root only ({mode})", mode == "600 root", mode)
+    # The hardened backup unit reads the live metrics history through SQLite's online backup.
+    unit_files = box.out(f"tar tzf $(ls -t {BACKUPS}/mcp-raspi-*.tar.gz | head -1)", check=False)
+    report.check("the backup unit's archive holds the metrics database, without its write-ahead log",
+                 "/state/metrics.db\n" in unit_files + "\n" and "metrics.db-wal" not in unit_files,
+                 unit_files[-1500:])
 
     code, out, err = cli(box, "mcp-raspi-backup --dest /root/backups --json", timeout=300)
     try:
