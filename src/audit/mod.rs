@@ -131,6 +131,11 @@ impl AuditLog {
         self.file.path()
     }
 
+    /// How many writes to the file failed since it was opened (each is also logged).
+    pub fn write_failures(&self) -> u64 {
+        self.file.failures()
+    }
+
     /// Appends a record before returning, after every record waiting before it. Audit
     /// failures are logged loudly but do not fail the call: the operator sees them in the
     /// application log and journald.
@@ -343,6 +348,19 @@ mod tests {
         log.with(Urgency::MayWait).write(&record("process.list", Outcome::Ok));
         drop(log);
         assert_eq!(tools_in(&path), ["system.get_info", "process.list"]);
+    }
+
+    #[test]
+    fn failed_writes_are_counted_whether_written_at_once_or_after_waiting() {
+        // Every write to /dev/full fails with ENOSPC, as on a full disk.
+        for delay in [Duration::ZERO, Duration::from_millis(1)] {
+            let log = AuditLog::open(Path::new("/dev/full"), u64::MAX, 1, delay).unwrap();
+            assert_eq!(log.write_failures(), 0);
+            log.write(&record("gpio.write_pin", Outcome::Ok));
+            log.with(Urgency::MayWait).write(&record("system.get_info", Outcome::Ok));
+            log.flush();
+            assert!(log.write_failures() >= 2, "{delay:?}: {}", log.write_failures());
+        }
     }
 
     #[test]

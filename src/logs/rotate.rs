@@ -20,6 +20,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -269,6 +270,8 @@ pub struct GroupedFile {
     writer: Option<JoinHandle<()>>,
     /// What the file is, in error messages: `audit` for "the audit log".
     name: &'static str,
+    /// Writes that failed (of a line, of lines that waited, of a flush), for monitoring.
+    failures: Arc<AtomicU64>,
 }
 
 impl GroupedFile {
@@ -282,16 +285,17 @@ impl GroupedFile {
         delay: Duration,
     ) -> io::Result<GroupedFile> {
         let file = Arc::new(RotatingFile::open(path, max_bytes, backups)?);
+        let failures = Arc::new(AtomicU64::new(0));
         let writer = if delay.is_zero() {
             None
         } else {
-            let shared = file.clone();
+            let (shared, failed) = (file.clone(), failures.clone());
             let thread = std::thread::Builder::new()
                 .name(format!("{name}-writer"))
-                .spawn(move || write_later(&shared, delay, name))?;
+                .spawn(move || write_later(&shared, delay, name, &failed))?;
             Some(thread)
         };
-        Ok(GroupedFile { file, writer, name })
+        Ok(GroupedFile { file, writer, name, failures })
     }
 
     pub fn path(&self) -> &Path {
@@ -303,16 +307,29 @@ impl GroupedFile {
     /// waits for it. Without a delay, lines are written as [`RotatingFile::write_line`]
     /// writes them.
     pub fn write_line(&self, line: &[u8], urgency: Urgency) -> io::Result<()> {
-        match (urgency, &self.writer) {
+        let written = match (urgency, &self.writer) {
             (_, None) => self.file.write_line(line),
             (Urgency::MayWait, Some(_)) => self.file.write_line_later(line),
             (Urgency::Immediate, Some(_)) => self.file.write_line_and_wait(line),
-        }
+        };
+        self.counted(written)
     }
 
     /// Writes every line waiting, and returns once they are in the file.
     pub fn flush(&self) -> io::Result<()> {
-        self.file.flush()
+        self.counted(self.file.flush())
+    }
+
+    /// How many writes failed since the file was opened.
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    fn counted(&self, result: io::Result<()>) -> io::Result<()> {
+        if result.is_err() {
+            self.failures.fetch_add(1, Ordering::Relaxed);
+        }
+        result
     }
 }
 
@@ -336,7 +353,7 @@ impl Drop for GroupedFile {
 /// The delayed writer of a [`GroupedFile`]: sleeps until a line waits, lets `delay` pass
 /// so that others can join it, and writes them all (unless a thread writing meanwhile
 /// took them along).
-fn write_later(file: &RotatingFile, delay: Duration, name: &str) {
+fn write_later(file: &RotatingFile, delay: Duration, name: &str, failures: &AtomicU64) {
     let stopped = || log::error!("the {name} log writer stopped: its lock is poisoned");
     let mut state = match file.lock() {
         Ok(state) => state,
@@ -365,6 +382,7 @@ fn write_later(file: &RotatingFile, delay: Duration, name: &str) {
             continue;
         }
         if let Err(e) = file.write_pending(state) {
+            failures.fetch_add(1, Ordering::Relaxed);
             log::error!("cannot write the {name} log {}: {e}", file.path.display());
         }
         state = match file.lock() {

@@ -194,7 +194,7 @@ impl Telemetry {
         out.family(
             "mcp_raspi_tool_duration_seconds",
             Kind::Histogram,
-            "How long tool calls took, from the role check to the audit record, by tool.",
+            "How long tool calls took (role check, arguments and handler), by tool.",
         );
         for (tool, h) in self.tools.iter().zip(self.tool_durations.iter()) {
             if h.count() == 0 {
