@@ -78,9 +78,15 @@ impl HttpServer {
     }
 }
 
+/// Scrapes written at once. The loopback needs no credential and has no rate limit: a
+/// flood of scrapes from any local user waits here, on the async side, instead of taking
+/// the blocking pool's threads from the tools.
+static RENDERING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+
 /// The page, read and written on the blocking pool.
 pub async fn render(app: &Arc<App>) -> Result<String, String> {
     let agent_up = app.agent.is_up().await;
+    let _turn = RENDERING.acquire().await.map_err(|e| format!("the page could not be written: {e}"))?;
     let app = app.clone();
     tokio::task::spawn_blocking(move || page(&app, agent_up))
         .await
