@@ -5,7 +5,9 @@
 //!
 //! Everything here reads files: call it off the async workers.
 
-use std::sync::OnceLock;
+use std::path::PathBuf;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use super::text::{Exposition, Kind};
 use crate::host::{self, Roots};
@@ -86,7 +88,7 @@ pub fn write_host(out: &mut Exposition, roots: &Roots) {
             out.sample(WRITTEN, &[("device", &d.device)], d.written_bytes);
         }
     }
-    if let Some(interfaces) = read("network interfaces", host::net::read_interfaces(roots)) {
+    if let Some(interfaces) = read("network counters", host::net::read_counters(roots)) {
         let counted = || interfaces.iter().filter(|i| i.name != "lo");
         const RX: &str = "raspi_network_receive_bytes_total";
         out.family(RX, Kind::Counter, "Bytes received on each network interface (loopback left out).");
@@ -106,7 +108,7 @@ pub fn write_host(out: &mut Exposition, roots: &Roots) {
             out.sample(NAME, &[("sensor", sensor)], t.celsius);
         }
     }
-    if let Some(Some(t)) = read("throttling flags", host::thermal::read_throttling(roots)) {
+    if let Some(t) = throttling(roots) {
         const NAME: &str = "raspi_throttled";
         out.family(
             NAME,
@@ -130,6 +132,29 @@ pub fn write_host(out: &mut Exposition, roots: &Roots) {
         const NAME: &str = "raspi_uptime_seconds";
         out.family(NAME, Kind::Gauge, "Seconds since the machine booted.").sample(NAME, &[], uptime);
     }
+}
+
+/// A board without the firmware's driver has no throttling flags, and finding that out
+/// walks a few hundred sysfs directories, most of what a scrape would cost: the answer
+/// "none" is kept for [`NO_THROTTLING_KEPT`], for the sys root it was found in.
+static NO_THROTTLING: Mutex<Option<(PathBuf, Instant)>> = Mutex::new(None);
+const NO_THROTTLING_KEPT: Duration = Duration::from_secs(300);
+
+/// The firmware's throttling flags, when the board has them.
+fn throttling(roots: &Roots) -> Option<host::thermal::Throttling> {
+    let known_absent = |kept: &Option<(PathBuf, Instant)>| {
+        kept.as_ref().is_some_and(|(sys, at)| *sys == roots.sys && at.elapsed() < NO_THROTTLING_KEPT)
+    };
+    if NO_THROTTLING.lock().is_ok_and(|kept| known_absent(&kept)) {
+        return None;
+    }
+    let found = read("throttling flags", host::thermal::read_throttling(roots))?;
+    if found.is_none() {
+        if let Ok(mut kept) = NO_THROTTLING.lock() {
+            *kept = Some((roots.sys.clone(), Instant::now()));
+        }
+    }
+    found
 }
 
 /// The `sensor` label of each zone: its type, or its zone name when it has none. A type
@@ -256,6 +281,16 @@ mod tests {
             page.lines().filter(|l| !l.starts_with('#')).collect::<Vec<_>>(),
             ["raspi_load1 0.5", "raspi_load5 0.25", "raspi_load15 0.1"]
         );
+    }
+
+    #[test]
+    fn a_board_without_throttling_flags_does_not_hide_those_of_another_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        let bare = Roots::under(dir.path());
+        std::fs::create_dir_all(bare.sys.join("devices/platform/soc")).unwrap();
+        assert!(throttling(&bare).is_none());
+        assert!(throttling(&fixture("pi4")).is_some(), "another tree is read, not taken for the bare one");
+        assert!(throttling(&bare).is_none());
     }
 
     #[test]
