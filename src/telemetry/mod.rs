@@ -6,8 +6,8 @@
 //! tools of its catalogue), so a request finds its counter by index. Whatever method or tool
 //! name a client sends, it can only add to `other` or `unknown`, never create a series.
 //!
-//! This module depends on nothing of the server's, so that the transports, the catalogue
-//! and authentication can all count into it.
+//! It depends on nothing of the server's but the readers of the host (`crate::host`), so
+//! that the transports, the catalogue and authentication can all count into it.
 
 pub mod host;
 pub mod text;
