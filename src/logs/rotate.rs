@@ -48,6 +48,8 @@ pub struct RotatingFile {
     wake: Condvar,
     /// Wakes the threads that wait for the writing thread to finish.
     written: Condvar,
+    /// Lines whose write failed, for monitoring (the errors themselves are returned).
+    lost: AtomicU64,
 }
 
 struct State {
@@ -90,6 +92,7 @@ impl RotatingFile {
             state: Mutex::new(state),
             wake: Condvar::new(),
             written: Condvar::new(),
+            lost: AtomicU64::new(0),
         })
     }
 
@@ -99,6 +102,12 @@ impl RotatingFile {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Lines lost to failed writes since the file was opened (a full disk, a file that
+    /// cannot be rotated).
+    pub fn lost_lines(&self) -> u64 {
+        self.lost.load(Ordering::Relaxed)
     }
 
     fn lock(&self) -> io::Result<MutexGuard<'_, State>> {
@@ -195,8 +204,14 @@ impl RotatingFile {
                 }
                 Err(e) => Some(e),
             };
-            if let (Some(e), Ok(())) = (error, &result) {
-                result = Err(e);
+            if let Some(e) = error {
+                // Every line of the failed write is counted, though a write cut short by a
+                // full disk may have stored the first of them.
+                let lines = buf.iter().filter(|&&b| b == b'\n').count() as u64;
+                self.lost.fetch_add(lines, Ordering::Relaxed);
+                if result.is_ok() {
+                    result = Err(e);
+                }
             }
         }
         state.writing = false;
@@ -270,8 +285,6 @@ pub struct GroupedFile {
     writer: Option<JoinHandle<()>>,
     /// What the file is, in error messages: `audit` for "the audit log".
     name: &'static str,
-    /// Writes that failed (of a line, of lines that waited, of a flush), for monitoring.
-    failures: Arc<AtomicU64>,
 }
 
 impl GroupedFile {
@@ -285,17 +298,16 @@ impl GroupedFile {
         delay: Duration,
     ) -> io::Result<GroupedFile> {
         let file = Arc::new(RotatingFile::open(path, max_bytes, backups)?);
-        let failures = Arc::new(AtomicU64::new(0));
         let writer = if delay.is_zero() {
             None
         } else {
-            let (shared, failed) = (file.clone(), failures.clone());
+            let shared = file.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("{name}-writer"))
-                .spawn(move || write_later(&shared, delay, name, &failed))?;
+                .spawn(move || write_later(&shared, delay, name))?;
             Some(thread)
         };
-        Ok(GroupedFile { file, writer, name, failures })
+        Ok(GroupedFile { file, writer, name })
     }
 
     pub fn path(&self) -> &Path {
@@ -307,29 +319,21 @@ impl GroupedFile {
     /// waits for it. Without a delay, lines are written as [`RotatingFile::write_line`]
     /// writes them.
     pub fn write_line(&self, line: &[u8], urgency: Urgency) -> io::Result<()> {
-        let written = match (urgency, &self.writer) {
+        match (urgency, &self.writer) {
             (_, None) => self.file.write_line(line),
             (Urgency::MayWait, Some(_)) => self.file.write_line_later(line),
             (Urgency::Immediate, Some(_)) => self.file.write_line_and_wait(line),
-        };
-        self.counted(written)
+        }
     }
 
     /// Writes every line waiting, and returns once they are in the file.
     pub fn flush(&self) -> io::Result<()> {
-        self.counted(self.file.flush())
+        self.file.flush()
     }
 
-    /// How many writes failed since the file was opened.
-    pub fn failures(&self) -> u64 {
-        self.failures.load(Ordering::Relaxed)
-    }
-
-    fn counted(&self, result: io::Result<()>) -> io::Result<()> {
-        if result.is_err() {
-            self.failures.fetch_add(1, Ordering::Relaxed);
-        }
-        result
+    /// Lines lost to failed writes since the file was opened: see [`RotatingFile::lost_lines`].
+    pub fn lost_lines(&self) -> u64 {
+        self.file.lost_lines()
     }
 }
 
@@ -353,7 +357,7 @@ impl Drop for GroupedFile {
 /// The delayed writer of a [`GroupedFile`]: sleeps until a line waits, lets `delay` pass
 /// so that others can join it, and writes them all (unless a thread writing meanwhile
 /// took them along).
-fn write_later(file: &RotatingFile, delay: Duration, name: &str, failures: &AtomicU64) {
+fn write_later(file: &RotatingFile, delay: Duration, name: &str) {
     let stopped = || log::error!("the {name} log writer stopped: its lock is poisoned");
     let mut state = match file.lock() {
         Ok(state) => state,
@@ -382,7 +386,6 @@ fn write_later(file: &RotatingFile, delay: Duration, name: &str, failures: &Atom
             continue;
         }
         if let Err(e) = file.write_pending(state) {
-            failures.fetch_add(1, Ordering::Relaxed);
             log::error!("cannot write the {name} log {}: {e}", file.path.display());
         }
         state = match file.lock() {

@@ -111,8 +111,12 @@ fn page(app: &App, agent_up: bool) -> String {
     );
     app.telemetry.write(&mut out);
     const AUDIT: &str = "mcp_raspi_audit_write_failures_total";
-    out.family(AUDIT, Kind::Counter, "Writes to the audit log that failed (each is in the application log too).")
-        .sample(AUDIT, &[], app.audit.write_failures());
+    out.family(
+        AUDIT,
+        Kind::Counter,
+        "Audit records that could not be written (each failure is in the application log too).",
+    )
+    .sample(AUDIT, &[], app.audit.unwritten_records());
     const AGENT: &str = "mcp_raspi_agent_up";
     out.family(
         AGENT,
