@@ -2,7 +2,7 @@
 //! Cloudflare, closed to others without a credential, and a page `promtool check metrics`
 //! accepts, whose label values no client can add to.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
@@ -90,6 +90,37 @@ fn series(page: &str) -> BTreeSet<String> {
         .collect()
 }
 
+/// Series names and the label names each of their samples carries.
+fn labels_by_name(page: &str) -> BTreeMap<String, BTreeSet<Vec<String>>> {
+    let mut names: BTreeMap<String, BTreeSet<Vec<String>>> = BTreeMap::new();
+    for line in page.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+        let end = line.find(['{', ' ']).unwrap();
+        let mut labels = Vec::new();
+        if line[end..].starts_with('{') {
+            // name="value" pairs, the values escaped: read up to each unescaped quote.
+            let mut rest = &line[end + 1..];
+            while !rest.starts_with('}') {
+                let (label, value) = rest.split_once("=\"").unwrap();
+                labels.push(label.trim_start_matches(',').to_string());
+                let mut escaped = false;
+                let close = value
+                    .char_indices()
+                    .find(|&(_, c)| {
+                        let quote = c == '"' && !escaped;
+                        escaped = c == '\\' && !escaped;
+                        quote
+                    })
+                    .unwrap()
+                    .0;
+                rest = value[close + 1..].trim_start_matches(',');
+            }
+        }
+        labels.sort();
+        names.entry(line[..end].to_string()).or_default().insert(labels);
+    }
+    names
+}
+
 /// Runs `promtool check metrics` on `page`; fails when promtool is missing (`make unit`
 /// installs it) or says anything at all, lint warnings included.
 fn promtool_check(page: &str) {
@@ -109,6 +140,33 @@ fn promtool_check(page: &str) {
     let out = child.wait_with_output().unwrap();
     let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success() && said.trim().is_empty(), "promtool check metrics: {}\n{said}\n{page}", out.status);
+}
+
+/// Holds `page` to `packaging/prometheus/metric-names.txt`, which the alerting rules and
+/// dashboards are held to: every series listed is on the page with exactly the labels
+/// listed, and every series of the page is listed.
+fn check_against_the_list(page: &str) {
+    // Series Prometheus adds to every scrape itself.
+    const PROMETHEUS_OWN: &[&str] = &["up", "scrape_duration_seconds", "scrape_samples_scraped"];
+    let text = std::fs::read_to_string(repo().join("packaging/prometheus/metric-names.txt")).unwrap();
+    let mut listed = BTreeMap::new();
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+        let mut fields = line.split_whitespace();
+        let name = fields.next().unwrap();
+        let mut labels: Vec<String> =
+            fields.next().map(|l| l.split(',').map(String::from).collect()).unwrap_or_default();
+        labels.sort();
+        if !PROMETHEUS_OWN.contains(&name) {
+            listed.insert(name.to_string(), labels);
+        }
+    }
+    let exported = labels_by_name(page);
+    for (name, labels) in &listed {
+        let found = exported.get(name).unwrap_or_else(|| panic!("{name} is listed but not exported:\n{page}"));
+        assert_eq!(found, &BTreeSet::from([labels.clone()]), "{name}: labels exported against those listed");
+    }
+    let unlisted: Vec<&String> = exported.keys().filter(|n| !listed.contains_key(*n)).collect();
+    assert!(unlisted.is_empty(), "exported but not in metric-names.txt: {unlisted:?}");
 }
 
 #[test]
@@ -182,6 +240,7 @@ fn loopback_reads_every_family_without_a_token_and_promtool_accepts_the_page() {
     assert!(count("raspi_filesystem_size_bytes{mountpoint=\"/\"}") > 0.0);
     assert!(count("process_resident_memory_bytes") > 1e6);
     promtool_check(&text);
+    check_against_the_list(&text);
     // HEAD: the same answer without the page.
     let r = server.request_from(next_source(), "HEAD", "/metrics", &[], b"");
     assert_eq!(
