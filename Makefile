@@ -70,7 +70,9 @@ lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
 
+# promtool (Debian's prometheus package): tests/prometheus.rs checks the /metrics page with it.
 unit:
+	@packaging/need.sh prometheus
 	$(CARGO) test
 
 # The Prometheus and Grafana examples the package ships (packaging/prometheus/check.sh):

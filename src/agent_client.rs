@@ -93,10 +93,15 @@ pub struct AgentClient {
     next_id: AtomicU64,
     state: tokio::sync::Mutex<State>,
     status: Mutex<AgentStatus>,
+    /// The last answer of [`AgentClient::is_up`], and when it was found.
+    probed: tokio::sync::Mutex<Option<(Instant, bool)>>,
 }
 
 const FIRST_RETRY: Duration = Duration::from_millis(100);
 const MAX_RETRY: Duration = Duration::from_secs(5);
+/// How long [`AgentClient::is_up`] waits for an answer, and how long it keeps one.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+const PROBE_MAX_AGE: Duration = Duration::from_secs(5);
 
 impl AgentClient {
     /// A client of the agent on `config.socket_path`; `start_hint` says how to start an agent
@@ -112,7 +117,25 @@ impl AgentClient {
                 socket_path: config.socket_path.display().to_string(),
                 ..AgentStatus::default()
             }),
+            probed: tokio::sync::Mutex::new(None),
         }
+    }
+
+    /// Whether the agent answers a request (its capabilities, which cost it nothing) within
+    /// half a second, for monitoring. The answer is kept for five seconds: scrapes never
+    /// wait long on a stuck agent, nor ask a healthy one more often than that. Concurrent
+    /// callers share one check.
+    pub async fn is_up(&self) -> bool {
+        let mut probed = self.probed.lock().await;
+        if let Some((at, up)) = *probed {
+            if at.elapsed() < PROBE_MAX_AGE {
+                return up;
+            }
+        }
+        let asked = self.call_with_timeout(Request::GetCapabilities, PROBE_TIMEOUT);
+        let up = matches!(tokio::time::timeout(PROBE_TIMEOUT, asked).await, Ok(Ok(_)));
+        *probed = Some((Instant::now(), up));
+        up
     }
 
     /// What is known about the agent, without contacting it.

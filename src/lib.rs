@@ -22,5 +22,6 @@ pub mod metrics;
 pub mod platform;
 pub mod selfcheck;
 pub mod server;
+pub mod telemetry;
 pub mod tools;
 pub mod update;

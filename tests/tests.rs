@@ -17,5 +17,6 @@ mod malformed;
 mod metrics;
 mod operator;
 mod ops;
+mod prometheus;
 mod self_update;
 mod update;

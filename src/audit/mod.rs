@@ -131,6 +131,12 @@ impl AuditLog {
         self.file.path()
     }
 
+    /// Records that could not be written since the log was opened (each failure is also
+    /// in the application log).
+    pub fn unwritten_records(&self) -> u64 {
+        self.file.lost_lines()
+    }
+
     /// Appends a record before returning, after every record waiting before it. Audit
     /// failures are logged loudly but do not fail the call: the operator sees them in the
     /// application log and journald.
@@ -343,6 +349,21 @@ mod tests {
         log.with(Urgency::MayWait).write(&record("process.list", Outcome::Ok));
         drop(log);
         assert_eq!(tools_in(&path), ["system.get_info", "process.list"]);
+    }
+
+    #[test]
+    fn records_that_cannot_be_written_are_counted_whether_written_at_once_or_after_waiting() {
+        // Every write to /dev/full fails with ENOSPC, as on a full disk.
+        for delay in [Duration::ZERO, Duration::from_millis(1)] {
+            let log = AuditLog::open(Path::new("/dev/full"), u64::MAX, 1, delay).unwrap();
+            assert_eq!(log.unwritten_records(), 0);
+            log.write(&record("gpio.write_pin", Outcome::Ok));
+            for _ in 0..3 {
+                log.with(Urgency::MayWait).write(&record("system.get_info", Outcome::Ok));
+            }
+            log.flush();
+            assert_eq!(log.unwritten_records(), 4, "{delay:?}");
+        }
     }
 
     #[test]

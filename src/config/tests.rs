@@ -329,3 +329,14 @@ fn oidc_needs_an_issuer_and_this_servers_resource_and_refuses_hmac() {
         assert!(e.contains(expected), "{to}: {e}");
     }
 }
+
+#[test]
+fn the_prometheus_export_is_off_by_default_and_an_environment_override_turns_it_on() {
+    let c = Config::from_yaml("config_version: \"1.2\"\n", "t").unwrap();
+    assert!(!c.metrics.prometheus.enabled);
+    let on = c.clone().with_env_overrides(&env(&[("MCP_RASPI_METRICS__PROMETHEUS__ENABLED", "true")])).unwrap();
+    assert!(on.metrics.prometheus.enabled);
+    on.validate().unwrap();
+    let e = c.with_env_overrides(&env(&[("MCP_RASPI_METRICS__PROMETHEUS__ENABLED", "sometimes")])).unwrap_err();
+    assert!(e.to_string().contains("MCP_RASPI_METRICS__PROMETHEUS__ENABLED"), "{e}");
+}

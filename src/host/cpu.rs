@@ -77,6 +77,17 @@ fn parse_stat(text: &str, path: &Path) -> Result<CpuTimes> {
     Ok(CpuTimes { total, cores })
 }
 
+/// When the machine booted, in seconds since the Unix epoch: the `btime` line of
+/// `<proc>/stat`.
+pub fn read_boot_time(roots: &Roots) -> Result<u64> {
+    let path = roots.proc.join("stat");
+    let text = read_text(&path)?;
+    text.lines()
+        .find_map(|line| line.strip_prefix("btime "))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .ok_or_else(|| parse_error(&path, "no \"btime\" line"))
+}
+
 /// The share of time spent busy between two samples, 0 to 100; 0 when no time passed.
 ///
 /// Counters are compared with saturation because iowait is known to step backwards on some
@@ -227,6 +238,11 @@ mod tests {
         let busy_sum: u64 = times.cores.iter().map(|c| c.busy).sum();
         let idle_sum: u64 = times.cores.iter().map(|c| c.idle).sum();
         assert_eq!(times.total, CoreTimes { busy: busy_sum, idle: idle_sum });
+    }
+
+    #[test]
+    fn the_boot_time_is_the_btime_line() {
+        assert_eq!(read_boot_time(&fixture("pi4")).unwrap(), 1717401600);
     }
 
     #[test]

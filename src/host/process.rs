@@ -215,6 +215,34 @@ fn parse_passwd(text: &str) -> HashMap<u32, String> {
     users
 }
 
+/// What this process has used so far, for its own `process_*` metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OwnUsage {
+    /// CPU time (user + system) in clock ticks.
+    pub cpu_ticks: u64,
+    pub rss_bytes: u64,
+    /// When it started, in clock ticks after boot.
+    pub start_ticks: u64,
+}
+
+/// Reads `<proc>/self/stat`: one small file, cheap enough for every scrape.
+pub fn read_own_usage(proc: &Path) -> Result<OwnUsage> {
+    let path = proc.join("self/stat");
+    let stat = parse_pid_stat(&read_bytes_lossy(&path)?, &path)?;
+    Ok(OwnUsage {
+        cpu_ticks: stat.utime.saturating_add(stat.stime),
+        rss_bytes: stat.rss_pages.saturating_mul(page_size()),
+        start_ticks: stat.start_ticks,
+    })
+}
+
+/// How many file descriptors this process has open (the directory being read included).
+pub fn count_own_fds(proc: &Path) -> Result<u64> {
+    let path = proc.join("self/fd");
+    let entries = fs::read_dir(&path).map_err(|source| HostError::Read { path: path.clone(), source })?;
+    Ok(entries.count() as u64)
+}
+
 /// Clock ticks per second (USER_HZ) that `cpu_ticks` and `start_ticks` count; 100 when the
 /// system does not say, the value Linux has used on every architecture for decades.
 pub fn clock_ticks_per_second() -> u64 {

@@ -267,6 +267,8 @@ fn sample_responses() -> Vec<ResponseFrame> {
                 }),
                 failed_starts: 0,
                 reconciled: None,
+                rollbacks: 1,
+                consecutive_failures: 0,
             },
         },
         Response::Done,

@@ -20,6 +20,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -47,6 +48,8 @@ pub struct RotatingFile {
     wake: Condvar,
     /// Wakes the threads that wait for the writing thread to finish.
     written: Condvar,
+    /// Lines whose write failed, for monitoring (the errors themselves are returned).
+    lost: AtomicU64,
 }
 
 struct State {
@@ -89,6 +92,7 @@ impl RotatingFile {
             state: Mutex::new(state),
             wake: Condvar::new(),
             written: Condvar::new(),
+            lost: AtomicU64::new(0),
         })
     }
 
@@ -98,6 +102,12 @@ impl RotatingFile {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Lines lost to failed writes since the file was opened (a full disk, a file that
+    /// cannot be rotated).
+    pub fn lost_lines(&self) -> u64 {
+        self.lost.load(Ordering::Relaxed)
     }
 
     fn lock(&self) -> io::Result<MutexGuard<'_, State>> {
@@ -194,8 +204,14 @@ impl RotatingFile {
                 }
                 Err(e) => Some(e),
             };
-            if let (Some(e), Ok(())) = (error, &result) {
-                result = Err(e);
+            if let Some(e) = error {
+                // Every line of the failed write is counted, though a write cut short by a
+                // full disk may have stored the first of them.
+                let lines = buf.iter().filter(|&&b| b == b'\n').count() as u64;
+                self.lost.fetch_add(lines, Ordering::Relaxed);
+                if result.is_ok() {
+                    result = Err(e);
+                }
             }
         }
         state.writing = false;
@@ -313,6 +329,11 @@ impl GroupedFile {
     /// Writes every line waiting, and returns once they are in the file.
     pub fn flush(&self) -> io::Result<()> {
         self.file.flush()
+    }
+
+    /// Lines lost to failed writes since the file was opened: see [`RotatingFile::lost_lines`].
+    pub fn lost_lines(&self) -> u64 {
+        self.file.lost_lines()
     }
 }
 

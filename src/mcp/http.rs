@@ -1,4 +1,5 @@
-//! MCP over Streamable HTTP on `/mcp`, plus `/healthz` for supervisors.
+//! MCP over Streamable HTTP on `/mcp`, plus `/healthz` for supervisors and `/metrics` for
+//! Prometheus (see [`metrics`]).
 //!
 //! Order of checks on `/mcp`: Host and Origin (DNS rebinding), authentication, rate
 //! limit, body size, JSON, JSON-RPC envelope, protocol era and version, session. Each
@@ -25,6 +26,7 @@ use super::throttle::AuthThrottle;
 use guard::ProtectedResource;
 
 mod guard;
+mod metrics;
 use super::{
     batch_response, dispatch, initialize_result, response, Call, Incoming, Json, Meta, Outgoing, Progress, RpcError,
     Session, Sessions, Version,
@@ -198,6 +200,7 @@ impl HttpServer {
                 return json_reply(200, Json::of(&json!({"status": "ok", "version": crate::base::VERSION})));
             }
             ("/mcp", _) => {}
+            ("/metrics", _) => return self.metrics(&method, &headers, peer).await,
             (p, Method::GET)
                 if p.strip_prefix(guard::METADATA_PREFIX)
                     .is_some_and(|rest| rest.is_empty() || rest.starts_with('/')) =>
@@ -315,18 +318,12 @@ impl HttpServer {
             },
         };
         if let Err(wait) = self.app.rate_limiter.check(&identity.principal) {
-            let secs = wait.ceil().max(1.0) as u64;
             let id = match &message {
                 Ok(Incoming::Request { id, .. }) => id.clone(),
                 Ok(_) => Value::Null,
                 Err(value) => value.get("id").cloned().unwrap_or(Value::Null),
             };
-            let e = RpcError::new(rmcp::model::ErrorCode(-32000), format!("Rate limit exceeded: retry in {secs} s"))
-                .data(json!({"reason": "rate_limited", "retry_after_seconds": secs}))
-                .status(429);
-            let mut r = error_reply(&id, &e);
-            r.headers_mut().insert("retry-after", HeaderValue::from(secs));
-            return r;
+            return self.rate_limited(&id, wait);
         }
         let accepts_sse = headers.accept.is_some_and(|a| a.contains("text/event-stream"));
         match message {
@@ -337,6 +334,18 @@ impl HttpServer {
                 Ok(msg) => self.single(identity, headers, msg, accepts_sse).await,
             },
         }
+    }
+
+    /// The 429 answer to a caller over its rate limit, who may retry in `wait` seconds.
+    fn rate_limited(&self, id: &Value, wait: f64) -> Reply {
+        self.app.telemetry.rate_limited.inc();
+        let secs = wait.ceil().max(1.0) as u64;
+        let e = RpcError::new(rmcp::model::ErrorCode(-32000), format!("Rate limit exceeded: retry in {secs} s"))
+            .data(json!({"reason": "rate_limited", "retry_after_seconds": secs}))
+            .status(429);
+        let mut r = error_reply(id, &e);
+        r.headers_mut().insert("retry-after", HeaderValue::from(secs));
+        r
     }
 
     /// Finds the session named by the headers, checking the protocol version header.
@@ -386,19 +395,25 @@ impl HttpServer {
             }
             Incoming::Request { id, method, params, meta } => (id, method, params, meta),
         };
+        let counted = super::counted_method(&self.app, &method);
+        self.app.telemetry.request(counted);
+        let refuse = |e: &RpcError| {
+            self.app.telemetry.request_error(counted);
+            error_reply(&id, e)
+        };
         let stateless = header_version == Some("2026-07-28") || meta.protocol_version.is_some();
 
         if method == "initialize" && !stateless {
             if let Some(hv) = header_version {
                 if Version::parse(hv).is_none() {
-                    return error_reply(&id, &RpcError::unsupported_version(hv));
+                    return refuse(&RpcError::unsupported_version(hv));
                 }
             }
             let requested = params.as_ref().and_then(|p| p.get("protocolVersion")).and_then(Value::as_str);
             let version = Version::negotiate(requested);
             let session = match self.sessions.create(version, &identity.principal) {
                 Ok(s) => s,
-                Err(e) => return error_reply(&id, &RpcError::internal(e)),
+                Err(e) => return refuse(&RpcError::internal(e)),
             };
             log::debug!("session {} opened by {} at protocol {}", &session.id[..8], identity.name, version.as_str());
             let mut r = json_reply(200, response(&id, Ok(initialize_result(version))));
@@ -411,12 +426,12 @@ impl HttpServer {
         let (version, session) = if stateless {
             match self.check_stateless(headers, &method, params.as_ref(), &meta) {
                 Ok(v) => (v, None),
-                Err(e) => return error_reply(&id, &e),
+                Err(e) => return refuse(&e),
             }
         } else {
             match self.legacy_session(headers, &identity) {
                 Ok(s) => (s.version, Some(s)),
-                Err(e) => return error_reply(&id, &e),
+                Err(e) => return refuse(&e),
             }
         };
         let log_level = if version.is_stateless() {
@@ -445,6 +460,9 @@ impl HttpServer {
             tokio::spawn(Abortable::new(
                 async move {
                     let result = dispatch(&app, &call, &method, params).await;
+                    if result.is_err() {
+                        app.telemetry.request_error(counted);
+                    }
                     let _ = tx.send(Outgoing::Response(response(&call.request_id, result)));
                 },
                 registration,
@@ -470,11 +488,9 @@ impl HttpServer {
             None => Ok(work.await),
         };
         match outcome {
-            Ok(result) => {
-                let status = result.as_ref().err().map(|e| e.http_status).unwrap_or(200);
-                json_reply(status, response(&id, result))
-            }
-            Err(Aborted) => error_reply(&id, &RpcError::new(rmcp::model::ErrorCode(-32800), "Request cancelled")),
+            Ok(Ok(result)) => json_reply(200, response(&id, Ok(result))),
+            Ok(Err(e)) => refuse(&e),
+            Err(Aborted) => refuse(&RpcError::new(rmcp::model::ErrorCode(-32800), "Request cancelled")),
         }
     }
 
@@ -557,11 +573,18 @@ impl HttpServer {
             async move {
                 match Incoming::parse(item) {
                     Err((id, e)) => Some(response(&id, Err(e))),
-                    Ok(Incoming::Request { id, method, .. }) if method == "initialize" => Some(response(
-                        &id,
-                        Err(RpcError::invalid_request("Invalid request: initialize must not be part of a batch")),
-                    )),
+                    Ok(Incoming::Request { id, method, .. }) if method == "initialize" => {
+                        let counted = super::counted_method(&app, &method);
+                        app.telemetry.request(counted);
+                        app.telemetry.request_error(counted);
+                        Some(response(
+                            &id,
+                            Err(RpcError::invalid_request("Invalid request: initialize must not be part of a batch")),
+                        ))
+                    }
                     Ok(Incoming::Request { id, method, params, .. }) => {
+                        let counted = super::counted_method(&app, &method);
+                        app.telemetry.request(counted);
                         let call = Call {
                             identity,
                             version: session.version,
@@ -570,7 +593,11 @@ impl HttpServer {
                             transport: "http",
                             request_id: id.clone(),
                         };
-                        Some(response(&id, dispatch(&app, &call, &method, params).await))
+                        let result = dispatch(&app, &call, &method, params).await;
+                        if result.is_err() {
+                            app.telemetry.request_error(counted);
+                        }
+                        Some(response(&id, result))
                     }
                     Ok(Incoming::Notification { method, params, .. }) => {
                         if method == "notifications/cancelled" {

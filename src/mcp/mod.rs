@@ -105,6 +105,30 @@ pub mod meta {
     pub const SERVER_INFO: &str = "io.modelcontextprotocol/serverInfo";
 }
 
+/// The JSON-RPC requests this server answers, as `mcp_raspi_requests_total` counts them.
+pub const METHODS: &[&str] = &[
+    "initialize",
+    "ping",
+    "server/discover",
+    "logging/setLevel",
+    "tools/list",
+    "tools/call",
+    "resources/list",
+    "resources/templates/list",
+    "resources/read",
+    "prompts/list",
+    "prompts/get",
+];
+
+/// The counter of a request for `method`: a tool's name used as the method is the
+/// `tools/call` it stands for, and any other name is `other`.
+pub fn counted_method(app: &App, method: &str) -> crate::telemetry::MethodId {
+    let t = &app.telemetry;
+    t.method(method)
+        .or_else(|| app.catalogue.get(method).and_then(|_| t.method("tools/call")))
+        .unwrap_or_else(|| t.other_method())
+}
+
 /// A JSON-RPC error, with the HTTP status the Streamable HTTP transport answers with.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RpcError {

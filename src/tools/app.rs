@@ -29,6 +29,8 @@ pub struct App {
     pub catalogue: Catalogue,
     /// The metrics sampler and its history.
     pub metrics: crate::metrics::History,
+    /// The server's own counters, exported with the host's figures at `GET /metrics`.
+    pub telemetry: crate::telemetry::Telemetry,
     pub started: Instant,
     pub started_at: SystemTime,
     /// CPU times at the previous snapshot, so a snapshot can report usage since then
@@ -73,6 +75,7 @@ impl App {
             rate_limiter: RateLimiter::new(&config.security.rate_limit),
             catalogue: Catalogue::new(),
             metrics,
+            telemetry: crate::telemetry::Telemetry::new(crate::mcp::METHODS, super::tool_names()),
             config,
             config_origin: loaded.origin,
             config_sha256: loaded.sha256,

@@ -36,6 +36,7 @@ use crate::audit::{self, Outcome, Record};
 use crate::auth::Identity;
 use crate::config::Role;
 use crate::mcp::{Json, Progress};
+use crate::telemetry::ToolOutcome;
 
 pub use app::App;
 pub use docs::tools_markdown;
@@ -375,7 +376,12 @@ impl Catalogue {
     }
 
     pub fn get(&self, name: &str) -> Option<&Entry> {
-        self.entries.iter().find(|e| e.tool.spec().name == name)
+        self.find(name).map(|(_, e)| e)
+    }
+
+    /// The tool `name` with its index in the catalogue (which is [`tool_names`]' order).
+    fn find(&self, name: &str) -> Option<(usize, &Entry)> {
+        self.entries.iter().enumerate().find(|(_, e)| e.tool.spec().name == name)
     }
 
     /// Calls a tool for `cx.identity`: checks the role, parses the arguments, runs the
@@ -390,7 +396,8 @@ impl Catalogue {
     ) -> Option<ToolResult> {
         let started = Instant::now();
         let audited_args = audit::summarize(&arguments);
-        let Some(entry) = self.get(name) else {
+        let Some((index, entry)) = self.find(name) else {
+            cx.app.telemetry.tool_call(None, ToolOutcome::Error, started.elapsed());
             cx.app.audit.write(&Record {
                 time: std::time::SystemTime::now(),
                 request_id,
@@ -438,6 +445,12 @@ impl Catalogue {
             Err(e) if e.code == "permission_denied" => (Outcome::Denied, Some(e)),
             Err(e) => (Outcome::Error, Some(e)),
         };
+        let counted = match outcome {
+            Outcome::Ok => ToolOutcome::Ok,
+            Outcome::Error => ToolOutcome::Error,
+            Outcome::Denied => ToolOutcome::Denied,
+        };
+        app.telemetry.tool_call(Some(index), counted, started.elapsed());
         app.audit.with(audit::urgency(outcome, spec.read_only)).write(&Record {
             time: std::time::SystemTime::now(),
             request_id,

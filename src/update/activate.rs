@@ -173,6 +173,8 @@ impl Installation {
             if previous.is_some() {
                 state.previous_good_version = previous.clone();
             }
+            // A package installed is an update that succeeded.
+            state.consecutive_failures = 0;
         }
         state.current_version = Some(version.to_string());
         state.saw_installed(version);
@@ -502,6 +504,12 @@ mod tests {
         assert_eq!(state.current_version.as_deref(), Some("0.1.0"));
         // The failed release stays installed, but the highest version ever installed is kept.
         assert_eq!(state.highest_installed.as_deref(), Some("0.2.0"));
+        // Counted in version.json, for monitoring; the next package install clears the failures.
+        let stored = inst.state().unwrap();
+        assert_eq!((stored.rollbacks, stored.consecutive_failures), (1, 1));
+        inst.record_package_install("0.2.0").unwrap();
+        let stored = inst.state().unwrap();
+        assert_eq!((stored.rollbacks, stored.consecutive_failures), (1, 0));
     }
 
     #[test]

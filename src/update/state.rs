@@ -112,6 +112,19 @@ pub struct VersionState {
     /// What the last start found when `current` and this file disagreed, and what it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reconciled: Option<String>,
+    // The two counts are left out while 0, so files without them (written before they were
+    // counted) read as 0; a release that does not know them drops them when it rewrites
+    // the file, and counting starts again from 0.
+    /// Rollbacks recorded in this file, automatic ones and operators'.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub rollbacks: u64,
+    /// Updates in a row that ended failed or rolled back; 0 again once one succeeds.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub consecutive_failures: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Why `version.json` could not be read or written.
@@ -189,9 +202,21 @@ impl VersionState {
         }
     }
 
-    /// Marks the update in progress as ended.
+    /// Marks the update in progress as ended, and counts how it ended.
     pub fn finish(&mut self, status: UpdateStatus, reason: Option<String>) {
         if let Some(update) = self.last_update.as_mut() {
+            // Counted once per update: only the end of one that was under way.
+            if update.status == UpdateStatus::InProgress {
+                match status {
+                    UpdateStatus::Succeeded => self.consecutive_failures = 0,
+                    UpdateStatus::Failed => self.consecutive_failures = self.consecutive_failures.saturating_add(1),
+                    UpdateStatus::RolledBack => {
+                        self.rollbacks = self.rollbacks.saturating_add(1);
+                        self.consecutive_failures = self.consecutive_failures.saturating_add(1);
+                    }
+                    UpdateStatus::InProgress => {}
+                }
+            }
             update.status = status;
             update.phase = None;
             update.finished_at = Some(now());
@@ -425,6 +450,9 @@ mod tests {
         let state: VersionState = serde_json::from_str(text).unwrap();
         assert_eq!(state.current_version.as_deref(), Some("0.1.0"));
         assert_eq!(state.failed_starts, 0);
+        assert_eq!((state.rollbacks, state.consecutive_failures), (0, 0));
+        let written = serde_json::to_string(&state).unwrap();
+        assert!(!written.contains("rollbacks") && !written.contains("consecutive_failures"), "{written}");
     }
 
     #[test]
@@ -491,6 +519,25 @@ mod tests {
         assert!(matches!(action, Reconciled::Corrected(_)), "{action:?}");
         assert_eq!(state.last_update.as_ref().unwrap().status, UpdateStatus::Failed);
         assert_eq!(state.current_version.as_deref(), Some("0.3.0"));
+    }
+
+    #[test]
+    fn rollbacks_and_failures_in_a_row_are_counted_once_per_update_and_a_success_clears_the_failures() {
+        let mut state = pending(Phase::HealthCheck);
+        state.finish(UpdateStatus::RolledBack, Some("unhealthy".into()));
+        // Finishing again what already ended counts nothing.
+        state.finish(UpdateStatus::RolledBack, Some("unhealthy".into()));
+        assert_eq!((state.rollbacks, state.consecutive_failures), (1, 1));
+        state.last_update = Some(update(UpdateStatus::InProgress, Some(Phase::Installing)));
+        state.finish(UpdateStatus::Failed, Some("bad signature".into()));
+        assert_eq!((state.rollbacks, state.consecutive_failures), (1, 2));
+        state.last_update = Some(update(UpdateStatus::InProgress, Some(Phase::HealthCheck)));
+        state.finish(UpdateStatus::Succeeded, None);
+        assert_eq!((state.rollbacks, state.consecutive_failures), (1, 0));
+        // Both are written when set, and read back.
+        let text = serde_json::to_string(&state).unwrap();
+        assert!(text.contains("\"rollbacks\":1") && !text.contains("consecutive_failures"), "{text}");
+        assert_eq!(serde_json::from_str::<VersionState>(&text).unwrap(), state);
     }
 
     #[test]

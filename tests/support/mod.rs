@@ -201,6 +201,15 @@ impl Server {
         Server::spawn(dir, Some(agent))
     }
 
+    /// [`Server::with_agent`] with extra YAML appended to the configuration.
+    pub fn with_agent_and_config(extra: &str) -> Server {
+        let dir = temp_dir();
+        let config = dir.path().join("config.yml");
+        std::fs::write(&config, config_yaml(dir.path(), None, extra)).unwrap();
+        let agent = start_agent(&config);
+        Server::spawn(dir, Some(agent))
+    }
+
     /// The server and its agent as a release installed under an install root runs them:
     /// from `bin` (e.g. `<root>/current/bin`), on the configuration file `config`.
     pub fn from_release(bin: &Path, config: &Path) -> Server {

@@ -115,6 +115,7 @@ impl HttpServer {
         match failure.retry_after {
             None => Err(Box::new(self.unauthorized(&e))),
             Some(secs) => {
+                self.app.telemetry.rate_limited.inc();
                 let e = RpcError::new(
                     rmcp::model::ErrorCode(-32000),
                     format!("Too many failed authentications from {}: retry in {secs} s", peer.ip()),
@@ -165,6 +166,7 @@ impl HttpServer {
     }
 
     fn unauthorized(&self, e: &AuthError) -> Reply {
+        self.app.telemetry.auth_failures.inc();
         let error = RpcError::new(rmcp::model::ErrorCode(-32000), e.to_string())
             .data(json!({"reason": "unauthorized", "cause": e.code()}))
             .status(401);
