@@ -389,18 +389,7 @@ impl Sampler {
         match Store::open(&self.shared.path, schema::MIGRATIONS) {
             Ok((store, recovered)) => {
                 if let Some(r) = recovered {
-                    log::error!(
-                        "metrics: {} could not be used ({}); moved it to {} and started a new database",
-                        self.shared.path.display(),
-                        r.reason,
-                        r.moved_to.display()
-                    );
-                    lock(&self.shared.status).recovered = Some(RecoveredReport {
-                        at: now_text(),
-                        moved_to: r.moved_to.display().to_string(),
-                        reason: r.reason,
-                    });
-                    self.shared.generation.fetch_add(1, Ordering::AcqRel);
+                    self.recovered(r);
                 }
                 self.publish(&store);
                 self.set_state(if self.enabled { State::Sampling } else { State::Stopped });
@@ -415,6 +404,20 @@ impl Sampler {
                 self.error(e);
             }
         }
+    }
+
+    /// Says that a damaged (or newer) database was set aside for a new one, in the log and
+    /// the status, and sends readers to the new file.
+    fn recovered(&self, r: store::Recovered) {
+        log::error!(
+            "metrics: {} could not be used ({}); moved it to {} and started a new database",
+            self.shared.path.display(),
+            r.reason,
+            r.moved_to.display()
+        );
+        lock(&self.shared.status).recovered =
+            Some(RecoveredReport { at: now_text(), moved_to: r.moved_to.display().to_string(), reason: r.reason });
+        self.shared.generation.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Copies what the status reports from the store.
@@ -491,18 +494,9 @@ impl Sampler {
             }
             Err(WriteError::Corrupt(e)) => {
                 let Some(store) = self.store.take() else { return };
-                match store.recover(e.clone()) {
+                match store.recover(e) {
                     Ok((store, r)) => {
-                        log::error!(
-                            "metrics: the database is damaged ({e}); moved it to {} and started a new one",
-                            r.moved_to.display()
-                        );
-                        lock(&self.shared.status).recovered = Some(RecoveredReport {
-                            at: now_text(),
-                            moved_to: r.moved_to.display().to_string(),
-                            reason: r.reason,
-                        });
-                        self.shared.generation.fetch_add(1, Ordering::AcqRel);
+                        self.recovered(r);
                         self.publish(&store);
                         self.store = Some(store);
                     }
