@@ -160,7 +160,9 @@ impl Collector {
             }
             Err(e) => errors.push(e.to_string()),
         }
-        match net::read_interfaces(roots) {
+        // The counters of /proc/net/dev alone: the interfaces' attributes and addresses are
+        // not sampled.
+        match net::read_counters(roots) {
             Ok(interfaces) => {
                 for i in interfaces.into_iter().filter(|i| i.name != "lo") {
                     rate(&mut push, format!("net.{}.rx_bytes_per_second", i.name), i.rx_bytes);
