@@ -170,7 +170,8 @@ fn now_text() -> String {
     crate::logs::timestamp(SystemTime::now())
 }
 
-fn time_text(seconds: i64) -> String {
+/// A time in seconds since the epoch, as RFC 3339.
+pub fn time_text(seconds: i64) -> String {
     let t = UNIX_EPOCH + Duration::from_secs(seconds.max(0) as u64);
     crate::logs::timestamp(t)
 }
@@ -277,10 +278,15 @@ impl History {
         self.shared.retention.max_age_days
     }
 
+    /// Whether there is a database to read: the sampler has opened (and migrated) it.
+    fn written(&self) -> bool {
+        lock(&self.shared.status).state != State::Starting && self.shared.path.exists()
+    }
+
     /// Every series' minimum, average, maximum and last value over the last `seconds`.
     pub fn summary(&self, seconds: i64) -> Result<Vec<Summary>, QueryError> {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs() as i64;
-        if lock(&self.shared.status).state == State::Starting || !self.shared.path.exists() {
+        if !self.written() {
             return Ok(Vec::new());
         }
         self.with_reader(|r| r.summary(now - seconds, now))
@@ -305,8 +311,7 @@ impl History {
     /// Answers a query on the reading connection (opened on first use, and again after
     /// the database was replaced). Blocking: call it off the async workers.
     pub fn query(&self, q: &Query) -> Result<Vec<Series>, QueryError> {
-        let starting = lock(&self.shared.status).state == State::Starting;
-        if starting || !self.shared.path.exists() {
+        if !self.written() {
             return match q.names.first() {
                 None => Ok(Vec::new()),
                 Some(name) => Err(QueryError::Invalid(format!(

@@ -94,6 +94,8 @@ pub struct Store {
     path: PathBuf,
     series: HashMap<String, (i64, Unit)>,
     open: HashMap<i64, Chunk>,
+    /// Bytes of a page, fixed when the database was made.
+    page_size: u64,
     pub totals: Totals,
 }
 
@@ -190,7 +192,9 @@ impl Store {
             conn = open_checked(path).map_err(OpenError::message)?;
         }
         schema::migrate(&mut conn, migrations, &backup)?;
+        let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0)).map_err(|e| e.to_string())?;
         let mut store = Store {
+            page_size: page_size.max(0) as u64,
             conn,
             path: path.to_path_buf(),
             series: HashMap::new(),
@@ -302,12 +306,17 @@ impl Store {
         Ok(())
     }
 
-    /// Bytes the database's pages hold, free pages left out (SQLite reuses them first).
-    pub fn used_bytes(&self) -> rusqlite::Result<u64> {
+    /// The database's pages, and how many of them are free.
+    fn pages(&self) -> rusqlite::Result<(u64, u64)> {
         let pages: i64 = self.conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
         let free: i64 = self.conn.query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
-        let size: i64 = self.conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
-        Ok((pages - free).max(0) as u64 * size.max(0) as u64)
+        Ok((pages.max(0) as u64, free.max(0) as u64))
+    }
+
+    /// Bytes the database's pages hold, free pages left out (SQLite reuses them first).
+    pub fn used_bytes(&self) -> rusqlite::Result<u64> {
+        let (pages, free) = self.pages()?;
+        Ok(pages.saturating_sub(free) * self.page_size)
     }
 
     /// Removes the oldest hour of chunks at a time while samples are older than `max_age`
@@ -347,18 +356,16 @@ impl Store {
                 self.totals.newest = None;
             }
         }
-        let free: i64 = self.conn.query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
-        let pages: i64 = self.conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+        let (pages, free) = self.pages()?;
         // Free pages are reused by the next rounds; only a file well over what it uses, or
         // over the limit, gives some back (256 pages, 1 MiB, per round).
-        let page_size: i64 = self.conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
-        if free > 0 && (free * 4 > pages || (pages * page_size) as u64 > max_bytes) {
+        if free > 0 && (free * 4 > pages || pages * self.page_size > max_bytes) {
             let released = free.min(256);
             // Stepped to completion: each step of this pragma frees one page.
             let mut vacuum = self.conn.prepare(&format!("PRAGMA incremental_vacuum({released})"))?;
             let mut rows = vacuum.query([])?;
             while rows.next()?.is_some() {}
-            pass.released_pages = released as u64;
+            pass.released_pages = released;
         }
         pass.took = started.elapsed();
         Ok(pass)

@@ -11,7 +11,7 @@ use super::system::{read_only_spec, sample_cpu, SampleArguments};
 use super::{Cx, NoArguments, Tool, ToolError, ToolSpec};
 use crate::config::Role;
 use crate::host::{disk, memory, net, os, thermal};
-use crate::metrics::{Aggregation, Query, QueryError, Series, Status};
+use crate::metrics::{time_text, Aggregation, Query, QueryError, Series, Status};
 
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct Sample {
@@ -163,10 +163,6 @@ impl Tool for QueryHistory {
 
 fn seconds(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
-}
-
-fn time_text(seconds: i64) -> String {
-    crate::logs::timestamp(UNIX_EPOCH + std::time::Duration::from_secs(seconds.max(0) as u64))
 }
 
 /// Checks a query's arguments and fills in what was left out.
