@@ -101,6 +101,7 @@ pub struct Verifier {
 
 impl Verifier {
     pub fn new(issuer: String, audience: String, algorithms: Vec<JwtAlgorithm>, keys: Arc<KeyCache>) -> Verifier {
+        super::jwt_crypto::install();
         let validations = algorithms
             .iter()
             .map(|&algorithm| {

@@ -4,6 +4,7 @@
 
 pub mod jwks;
 pub mod jwt;
+mod jwt_crypto;
 mod verified;
 
 use std::collections::{BTreeMap, HashMap};

@@ -209,7 +209,7 @@ impl Endpoint {
             "jsonrpc": "2.0", "id": 1, "method": "tools/call",
             "params": {"name": tool, "arguments": arguments, "_meta": meta},
         });
-        let client = reqwest::Client::builder()
+        let client = crate::update::download::http_client()
             .connect_timeout(Duration::from_secs(5))
             .timeout(self.timeout)
             .build()
@@ -317,7 +317,7 @@ pub fn get_healthz(addr: std::net::SocketAddr, timeout: Duration) -> Result<(u16
         error_chain(&e)
     };
     runtime.block_on(async {
-        let client = reqwest::Client::builder()
+        let client = crate::update::download::http_client()
             .timeout(timeout)
             .user_agent(format!("mcp-raspi/{VERSION}"))
             .build()

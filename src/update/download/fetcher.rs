@@ -277,7 +277,7 @@ impl Fetcher {
         // can then name the package to install.
         let user_agent = HeaderValue::from_str(&self.settings.user_agent)
             .map_err(|_| DownloadError::InvalidUserAgent { user_agent: self.settings.user_agent.clone() })?;
-        reqwest::Client::builder()
+        crate::update::download::http_client()
             .user_agent(user_agent)
             .connect_timeout(self.settings.connect_timeout)
             .read_timeout(self.settings.read_timeout)

@@ -30,6 +30,19 @@ mod part;
 #[cfg(test)]
 mod tests;
 
+/// The builder of every HTTP client of the programs (downloads, key sets, the CLI's calls to
+/// the server). rustls is built with ring rather than its default library, aws-lc, which
+/// would add about a megabyte of code to each program; ring must therefore be installed as
+/// the process's provider before the first client is built.
+pub fn http_client() -> reqwest::ClientBuilder {
+    static PROVIDER: std::sync::Once = std::sync::Once::new();
+    PROVIDER.call_once(|| {
+        // Only fails when a provider is already installed, which can only be this one.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+    reqwest::Client::builder()
+}
+
 use std::error::Error as StdError;
 use std::fmt;
 use std::io;
