@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 
+use super::json::{self as wire, Json};
 use super::{Call, RpcError, Version};
 use crate::config::Role;
 use crate::logs::LogFilter;
@@ -21,20 +22,34 @@ fn parse_cursor(params: &Value) -> Result<usize, RpcError> {
     }
 }
 
-pub fn list_tools(app: &Arc<App>, params: &Value) -> Result<Value, RpcError> {
+/// One page of the tools the caller's configuration enables, written from the listings
+/// the catalogue keeps serialized.
+pub fn list_tools(app: &Arc<App>, version: Version, params: &Value) -> Result<Json, RpcError> {
     let offset = parse_cursor(params)?;
     let page = app.config.server.page_size;
-    let visible: Vec<&rmcp::model::Tool> =
+    let visible: Vec<&Json> =
         app.catalogue.entries().iter().filter(|e| app.tool_enabled(e.tool.spec())).map(|e| &e.listed).collect();
     if offset > visible.len() {
         return Err(RpcError::invalid_params("Invalid params: cursor is past the end of the list"));
     }
     let end = (offset + page).min(visible.len());
-    let mut result = json!({ "tools": &visible[offset..end] });
-    if end < visible.len() {
-        result["nextCursor"] = json!(format!("offset:{end}"));
+    let mut result = wire::Object::with_capacity(visible[offset..end].iter().map(|t| t.len() + 1).sum::<usize>() + 256);
+    // The members in the order of every other answer's, which are sorted.
+    let stateless = version.is_stateless();
+    if stateless {
+        result.json("_meta", super::stateless_meta_json()).value("cacheScope", "private");
     }
-    Ok(result)
+    if end < visible.len() {
+        result.value("nextCursor", &format!("offset:{end}"));
+    }
+    if stateless {
+        result.value("resultType", "complete");
+    }
+    result.json("tools", &wire::array(&visible[offset..end]));
+    if stateless {
+        result.value("ttlMs", &super::LISTING_TTL_MS);
+    }
+    Ok(result.finish())
 }
 
 struct ResourceDef {

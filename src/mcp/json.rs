@@ -6,6 +6,7 @@
 //! is valid JSON by construction: it comes from serde, or from an [`Object`] or [`array`]
 //! whose members are serde output or other [`Json`] texts.
 
+use std::borrow::Borrow;
 use std::fmt;
 
 use serde::Serialize;
@@ -26,6 +27,12 @@ impl Json {
         let mut buf = Vec::with_capacity(capacity);
         write_value(&mut buf, value);
         Json(buf)
+    }
+
+    /// This text without the spare capacity of its buffer, for one kept for long.
+    pub fn shrunk(mut self) -> Json {
+        self.0.shrink_to_fit();
+        self
     }
 
     /// The text. (The fallbacks here and in [`Json::into_string`] keep the promise of valid
@@ -253,15 +260,15 @@ impl Object {
     }
 }
 
-/// A JSON array of serialized values.
-pub fn array(items: &[Json]) -> Json {
-    let mut buf = Vec::with_capacity(items.iter().map(|j| j.len() + 1).sum::<usize>() + 2);
+/// A JSON array of serialized values (`Json`s or references to them).
+pub fn array<J: Borrow<Json>>(items: &[J]) -> Json {
+    let mut buf = Vec::with_capacity(items.iter().map(|j| j.borrow().len() + 1).sum::<usize>() + 2);
     buf.push(b'[');
     for (i, item) in items.iter().enumerate() {
         if i > 0 {
             buf.push(b',');
         }
-        buf.extend_from_slice(item.as_bytes());
+        buf.extend_from_slice(item.borrow().as_bytes());
     }
     buf.push(b']');
     Json(buf)
@@ -341,7 +348,7 @@ mod tests {
 
     #[test]
     fn arrays_join_their_items() {
-        assert_eq!(array(&[]).as_str(), "[]");
+        assert_eq!(array::<Json>(&[]).as_str(), "[]");
         let items = [Json::of(&1), Json::of("two"), Json::of(&json!({"three": 3}))];
         assert_eq!(parse(&array(&items)), json!([1, "two", {"three": 3}]));
     }

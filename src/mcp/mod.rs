@@ -541,6 +541,9 @@ fn stateless_meta_json() -> &'static Json {
     META.get_or_init(|| Json::of(stateless_meta()))
 }
 
+/// How long a stateless client may keep a listing, in milliseconds.
+const LISTING_TTL_MS: u64 = 60_000;
+
 /// Adapts a result to the version: the stateless revision wants `resultType`, server info
 /// and caching hints; older versions have no `resultType`.
 fn finish(version: Version, method: &str, mut result: Value) -> Value {
@@ -553,7 +556,7 @@ fn finish(version: Version, method: &str, mut result: Value) -> Value {
         }
         if cacheable(method) {
             // Listings depend on the caller's role, so they are private to the caller.
-            let ttl = if method == "resources/read" { 0 } else { 60_000 };
+            let ttl = if method == "resources/read" { 0 } else { LISTING_TTL_MS };
             obj.insert("ttlMs".into(), json!(ttl));
             obj.insert("cacheScope".into(), json!("private"));
         }
@@ -573,7 +576,7 @@ pub async fn dispatch(app: &Arc<App>, call: &Call, method: &str, params: Option<
         "ping" if !version.is_stateless() => Ok(json!({})),
         "server/discover" => Ok(discover_result()),
         "logging/setLevel" if !version.is_stateless() => set_level(call, &params),
-        "tools/list" => catalog::list_tools(app, &params),
+        "tools/list" => return catalog::list_tools(app, version, &params),
         "tools/call" => {
             let mut params = params;
             let arguments = params.as_object_mut().and_then(|p| p.remove("arguments")).unwrap_or(Value::Null);
