@@ -185,13 +185,15 @@ PKG_VERSION := $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' Cargo.toml | head -
 # Not target/debian: cargo-deb deletes every other version of the package found there.
 DEB_DIR := target/packages
 DEBS := $(foreach arch,amd64 arm64 armhf,$(DEB_DIR)/mcp-raspi_$(PKG_VERSION)_$(arch).deb)
+# The operator's workstation package (Cargo.toml's `fleet` variant), for the same three.
+FLEET_DEBS := $(foreach arch,amd64 arm64 armhf,$(DEB_DIR)/mcp-fleet_$(PKG_VERSION)_$(arch).deb)
 # The targets of the three packages: amd64, and Raspberry Pi OS 64-bit and 32-bit.
 TRIPLES := x86_64-unknown-linux-gnu aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf
 CROSS_TOOLS := gcc-aarch64-linux-gnu libc6-dev-arm64-cross gcc-arm-linux-gnueabihf libc6-dev-armhf-cross
 APT_REPO := target/apt-repo
 UPDATE_REPO := target/update-repo
 
-.PHONY: deb deb-arm64 deb-armhf packages lintian apt-repo update-repo proof-releases test-package cargo-deb generated
+.PHONY: deb deb-arm64 deb-armhf deb-fleet packages lintian apt-repo update-repo proof-releases test-package cargo-deb generated
 
 cargo-deb:
 	@if [ "$$($(CARGO) deb --version 2>/dev/null)" != "cargo-deb $(CARGO_DEB_VERSION)" ]; then \
@@ -199,10 +201,12 @@ cargo-deb:
 
 # Man pages and shell completions, generated from the clap definitions by the host's build.
 generated:
-	$(CARGO) build --bin mcp-raspi
+	$(CARGO) build --bin mcp-raspi --bin mcp-fleet
 	rm -rf target/generated
 	target/debug/mcp-raspi man --out target/generated/man
 	target/debug/mcp-raspi completions --out target/generated/completions
+	target/debug/mcp-fleet man --out target/generated/fleet/man
+	target/debug/mcp-fleet completions --out target/generated/fleet/completions
 
 deb: cargo-deb generated
 	@packaging/need.sh xz-utils
@@ -221,6 +225,10 @@ deb-armhf: cargo-deb generated
 	$(CARGO) deb --target armv7-unknown-linux-gnueabihf --output $(DEB_DIR)/
 	packaging/deb-recompress.py $(DEB_DIR)/mcp-raspi_$(PKG_VERSION)_armhf.deb
 
+# mcp-fleet alone, for an operator's workstation of this machine's architecture.
+deb-fleet: cargo-deb generated
+	$(CARGO) deb --variant fleet --output $(DEB_DIR)/
+
 # The three packages from one cargo invocation: one job server keeps both cores busy across
 # the three graphs (each ends in long single-threaded LTO links), and the host's build
 # scripts and proc macros are compiled once.
@@ -229,6 +237,7 @@ packages: cargo-deb generated
 	rustup target add aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf
 	$(CARGO) build --release --bins $(foreach t,$(TRIPLES),--target $(t))
 	$(foreach t,$(TRIPLES),$(CARGO) deb --no-build --target $(t) --output $(DEB_DIR)/ &&) true
+	$(foreach t,$(TRIPLES),$(CARGO) deb --no-build --variant fleet --target $(t) --output $(DEB_DIR)/ &&) true
 	packaging/deb-recompress.py $(DEBS)
 
 lintian: packages
@@ -238,7 +247,7 @@ lintian: packages
 apt-repo: packages
 	@packaging/need.sh apt-utils gnupg
 	rm -rf $(APT_REPO)
-	packaging/apt-repo.sh $(APT_REPO) $(DEBS)
+	packaging/apt-repo.sh $(APT_REPO) $(DEBS) $(FLEET_DEBS)
 
 # The self-update repository (packaging/update-repo.sh): the three packages and a signed
 # manifest per channel, for any static HTTP server; devices point updates.server_url at it.

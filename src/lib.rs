@@ -12,6 +12,7 @@ pub mod auto_update;
 pub mod base;
 pub mod cli;
 pub mod config;
+pub mod fleet;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod host;

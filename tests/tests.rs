@@ -9,6 +9,7 @@ mod checks;
 mod cli;
 mod config;
 mod fixtures;
+mod fleet;
 mod golden;
 mod hostile;
 mod http;

@@ -13,14 +13,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args as ClapArgs;
-use serde_json::{json, Value};
+use serde_json::Value;
 
+use super::call::{self, CallFailure};
+pub use super::call::{OnProgress, ToolAnswer};
 use super::{CliError, DEFAULT_CONFIG, EXIT_FAILURE, EXIT_NOPERM, EXIT_UNAVAILABLE};
 use crate::base::VERSION;
 use crate::config::{parse_env_file, AuthMode, Config, Loaded};
-
-/// The protocol revision the command line speaks: stateless, one request per call.
-const PROTOCOL: &str = "2026-07-28";
 
 /// Where the server is and how to authenticate to it.
 #[derive(Debug, Clone, ClapArgs)]
@@ -53,17 +52,6 @@ pub struct Endpoint {
     pub url: String,
     token: Option<String>,
     timeout: Duration,
-}
-
-/// Shows a tool's progress notifications: progress, total, message.
-pub type OnProgress<'a> = &'a mut dyn FnMut(f64, Option<f64>, Option<&str>);
-
-/// A tool's answer: its structured result (or text), and whether it is an error.
-#[derive(Debug)]
-pub struct ToolAnswer {
-    pub structured: Option<Value>,
-    pub text: String,
-    pub is_error: bool,
 }
 
 fn load_config(connection: &Connection) -> Result<Loaded, CliError> {
@@ -195,83 +183,23 @@ impl Endpoint {
         &self,
         tool: &str,
         arguments: Value,
-        mut on_progress: Option<OnProgress<'_>>,
+        on_progress: Option<OnProgress<'_>>,
     ) -> Result<ToolAnswer, CliError> {
-        let mut meta = json!({
-            crate::mcp::meta::PROTOCOL_VERSION: PROTOCOL,
-            crate::mcp::meta::CLIENT_CAPABILITIES: {},
-            crate::mcp::meta::CLIENT_INFO: {"name": "mcp-raspi", "version": VERSION},
-        });
-        if on_progress.is_some() {
-            meta["progressToken"] = json!("cli");
-        }
-        let body = json!({
-            "jsonrpc": "2.0", "id": 1, "method": "tools/call",
-            "params": {"name": tool, "arguments": arguments, "_meta": meta},
-        });
         let client = crate::update::download::http_client()
             .connect_timeout(Duration::from_secs(5))
             .timeout(self.timeout)
             .build()
             .map_err(|e| CliError::from(format!("cannot set up the HTTP client: {e}")))?;
-        let mut request = client
-            .post(&self.url)
-            .header("content-type", "application/json")
-            .header("accept", "application/json, text/event-stream")
-            .header("mcp-protocol-version", PROTOCOL)
-            .header("mcp-method", "tools/call")
-            .header("mcp-name", tool)
-            .body(body.to_string());
+        let mut request = client.post(&self.url);
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
         }
-        let mut response = request.send().await.map_err(|e| self.unreachable(&e))?;
-        let status = response.status();
-        let is_sse = response
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("text/event-stream"));
-        let mut answer = None;
-        if is_sse {
-            let mut events = SseLines::default();
-            while let Some(chunk) = response.chunk().await.map_err(|e| self.unreachable(&e))? {
-                for data in events.push(&chunk) {
-                    let Ok(message) = serde_json::from_str::<Value>(&data) else { continue };
-                    if message.get("method").and_then(Value::as_str) == Some("notifications/progress") {
-                        if let Some(show) = on_progress.as_mut() {
-                            let p = &message["params"];
-                            show(p["progress"].as_f64().unwrap_or(0.0), p["total"].as_f64(), p["message"].as_str());
-                        }
-                    } else if message.get("id").is_some() {
-                        answer = Some(message);
-                    }
-                }
+        call::tool_call(request, "mcp-raspi", tool, arguments, on_progress).await.map_err(|e| match e {
+            CallFailure::Unreachable(e) => self.unreachable(&e),
+            CallFailure::Answered { status, message } => http_failure(status, &message),
+            CallFailure::NoResult => {
+                CliError::from(format!("the server at {} ended the answer without a result", self.url))
             }
-        } else {
-            let bytes = response.bytes().await.map_err(|e| self.unreachable(&e))?;
-            answer = serde_json::from_slice::<Value>(&bytes).ok();
-            if answer.is_none() {
-                let text = String::from_utf8_lossy(&bytes);
-                return Err(http_failure(status.as_u16(), text.trim()));
-            }
-        }
-        let Some(answer) = answer else {
-            return Err(CliError::from(format!("the server at {} ended the answer without a result", self.url)));
-        };
-        if let Some(error) = answer.get("error") {
-            let message = error["message"].as_str().unwrap_or("unknown error");
-            return Err(http_failure(status.as_u16(), message));
-        }
-        let result = &answer["result"];
-        let text = result["content"]
-            .as_array()
-            .map(|items| items.iter().filter_map(|c| c["text"].as_str()).collect::<Vec<_>>().join("\n"))
-            .unwrap_or_default();
-        Ok(ToolAnswer {
-            structured: result.get("structuredContent").cloned(),
-            text,
-            is_error: result["isError"].as_bool().unwrap_or(false),
         })
     }
 
@@ -330,7 +258,7 @@ pub fn get_healthz(addr: std::net::SocketAddr, timeout: Duration) -> Result<(u16
 }
 
 /// An I/O error without its `(os error N)` tail, which says nothing to an operator.
-pub(super) fn io_message(e: &std::io::Error) -> String {
+pub fn io_message(e: &std::io::Error) -> String {
     let text = e.to_string();
     match text.find(" (os error") {
         Some(i) => text[..i].to_lowercase(),
@@ -350,7 +278,7 @@ fn http_failure(status: u16, message: &str) -> CliError {
     }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
@@ -359,37 +287,6 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
-}
-
-/// Splits a `text/event-stream` body into the data of its events.
-#[derive(Debug, Default)]
-struct SseLines {
-    pending: Vec<u8>,
-    data: String,
-}
-
-impl SseLines {
-    /// Feeds `chunk`; returns the data of the events it completed.
-    fn push(&mut self, chunk: &[u8]) -> Vec<String> {
-        self.pending.extend_from_slice(chunk);
-        let mut events = Vec::new();
-        while let Some(end) = self.pending.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = self.pending.drain(..=end).collect();
-            let line = String::from_utf8_lossy(&line);
-            let line = line.trim_end_matches(['\n', '\r']);
-            if line.is_empty() {
-                if !self.data.is_empty() {
-                    events.push(std::mem::take(&mut self.data));
-                }
-            } else if let Some(value) = line.strip_prefix("data:") {
-                if !self.data.is_empty() {
-                    self.data.push('\n');
-                }
-                self.data.push_str(value.strip_prefix(' ').unwrap_or(value));
-            }
-        }
-        events
-    }
 }
 
 /// A progress bar on a terminal for a tool's progress notifications; nothing elsewhere.
@@ -410,17 +307,6 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-
-    #[test]
-    fn event_stream_data_is_split_into_events_across_chunks() {
-        let mut sse = SseLines::default();
-        assert!(sse.push(b"event: message\ndata: {\"a\"").is_empty());
-        assert_eq!(sse.push(b":1}\n\ndata: x\r\n"), vec![r#"{"a":1}"#.to_string()]);
-        assert_eq!(sse.push(b"\r\n"), vec!["x".to_string()]);
-        assert!(sse.push(b"").is_empty());
-        let mut sse = SseLines::default();
-        assert_eq!(sse.push(b"data: x\r\n\r\ndata: y\ndata: z\n\n"), vec!["x".to_string(), "y\nz".to_string()]);
-    }
 
     #[test]
     fn refused_credentials_have_their_own_exit_status() {

@@ -28,7 +28,10 @@ use crate::config::Config;
 
 mod audit;
 mod backup;
+pub mod call;
 mod client;
+pub(crate) use client::error_chain;
+pub use client::io_message;
 mod config;
 mod healthcheck;
 mod os_upgrade;
@@ -40,6 +43,7 @@ mod tools;
 mod update;
 
 pub use releases::ReleaseCommand;
+pub use render::render;
 pub use tools::{runbook_tool, RUNBOOK_TOOLS};
 pub use update::{ManageCommand, UpdateCommand};
 
@@ -307,11 +311,7 @@ fn programs() -> [clap::Command; 3] {
 
 /// Writes NAME.1 for each program and NAME-SUBCOMMAND.1 for each of their subcommands.
 pub fn write_man_pages(dir: &Path) -> Result<(), String> {
-    fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    for command in programs() {
-        let name = command.get_name().to_string();
-        clap_mangen::generate_to(command, dir).map_err(|e| format!("cannot write the man pages of {name}: {e}"))?;
-    }
+    write_man_pages_of(programs(), dir)?;
     // The other names of mcp-raspi: `mcp-raspi-backup` is the page of `mcp-raspi backup`,
     // which has that name already; `mcp-raspi-cli` shows the page of the whole program.
     for (alias, _) in ALIASES {
@@ -323,11 +323,26 @@ pub fn write_man_pages(dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// Writes NAME.1 for each of `commands` and NAME-SUBCOMMAND.1 for each of their subcommands.
+pub fn write_man_pages_of(commands: impl IntoIterator<Item = clap::Command>, dir: &Path) -> Result<(), String> {
+    fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    for command in commands {
+        let name = command.get_name().to_string();
+        clap_mangen::generate_to(command, dir).map_err(|e| format!("cannot write the man pages of {name}: {e}"))?;
+    }
+    Ok(())
+}
+
 /// Writes DIR/bash/NAME, DIR/zsh/_NAME and DIR/fish/NAME.fish for each program: the names
 /// and places bash-completion, zsh and fish load completions from.
 pub fn write_completions(dir: &Path) -> Result<(), String> {
+    write_completions_of(programs(), dir)
+}
+
+/// [`write_completions`] for `commands`.
+pub fn write_completions_of(commands: impl IntoIterator<Item = clap::Command>, dir: &Path) -> Result<(), String> {
     use clap_complete::Shell;
-    for mut command in programs() {
+    for mut command in commands {
         let name = command.get_name().to_string();
         for (shell, sub, file) in [
             (Shell::Bash, "bash", name.clone()),
