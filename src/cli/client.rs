@@ -291,11 +291,16 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
 
 /// A progress bar on a terminal for a tool's progress notifications; nothing elsewhere.
 pub fn progress_bar() -> Option<indicatif::ProgressBar> {
+    progress_bar_drawn("{spinner} [{bar:30}] {pos}/{len} {msg}")
+}
+
+/// A progress bar drawn by `template` (indicatif's), on a terminal only.
+pub fn progress_bar_drawn(template: &str) -> Option<indicatif::ProgressBar> {
     if !std::io::stderr().is_terminal() {
         return None;
     }
     let bar = indicatif::ProgressBar::new(0);
-    let style = indicatif::ProgressStyle::with_template("{spinner} [{bar:30}] {pos}/{len} {msg}")
+    let style = indicatif::ProgressStyle::with_template(template)
         .map(|s| s.progress_chars("=> "))
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
     bar.set_style(style);

@@ -31,7 +31,7 @@ mod backup;
 pub mod call;
 mod client;
 pub(crate) use client::error_chain;
-pub use client::io_message;
+pub use client::{io_message, progress_bar_drawn};
 mod config;
 mod healthcheck;
 mod os_upgrade;

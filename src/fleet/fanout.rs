@@ -61,15 +61,10 @@ where
 
 /// A progress bar of devices on a terminal; nothing when stderr is not one, or for `--json`.
 pub fn bar(what: &str, json: bool) -> Option<indicatif::ProgressBar> {
-    use std::io::IsTerminal;
-    if json || !std::io::stderr().is_terminal() {
+    if json {
         return None;
     }
-    let bar = indicatif::ProgressBar::new(0);
-    let style = indicatif::ProgressStyle::with_template("{spinner} {msg} [{bar:30}] {pos}/{len} devices")
-        .map(|s| s.progress_chars("=> "))
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
-    bar.set_style(style);
+    let bar = crate::cli::progress_bar_drawn("{spinner} {msg} [{bar:30}] {pos}/{len} devices")?;
     bar.set_message(what.to_string());
     Some(bar)
 }
