@@ -7,15 +7,12 @@
 //! `/healthz` checks none of them: supervisors and load balancers reach it by whatever name
 //! they know the device by, and it tells only that the server is up and its version.
 
-use std::borrow::Cow;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, Bytes};
 use futures_util::future::{AbortHandle, Abortable, Aborted};
-use futures_util::{Stream, StreamExt};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use warp::http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
@@ -23,9 +20,13 @@ use warp::Filter;
 
 use super::conn::{Limits, Peer};
 use super::throttle::AuthThrottle;
+use body::{read_limited, sse_reply, AbortOnDrop, BodyStream, ReadError, Untrack};
 use guard::ProtectedResource;
+use headers::{decode_header_value, host_of, host_part, is_loopback_name, Headers};
 
+mod body;
 mod guard;
+mod headers;
 mod metrics;
 use super::{
     batch_response, dispatch, initialize_result, response, Call, Incoming, Json, Meta, Outgoing, Progress, RpcError,
@@ -64,71 +65,6 @@ fn empty(status: StatusCode) -> Reply {
     let mut r = Response::new(Bytes::new().into());
     *r.status_mut() = status;
     r
-}
-
-/// The request headers this transport reads, found in one pass over the request's
-/// headers. Each is the first value of its name, `None` when absent or not visible ASCII.
-#[derive(Default)]
-struct Headers<'a> {
-    host: Option<&'a str>,
-    origin: Option<&'a str>,
-    authorization: Option<&'a str>,
-    content_type: Option<&'a str>,
-    accept: Option<&'a str>,
-    session_id: Option<&'a str>,
-    protocol_version: Option<&'a str>,
-    method: Option<&'a str>,
-    name: Option<&'a str>,
-    access_assertion: Option<&'a str>,
-    cookie: Option<&'a str>,
-    cf_ray: Option<&'a str>,
-}
-
-impl<'a> Headers<'a> {
-    fn read(map: &'a HeaderMap) -> Headers<'a> {
-        let mut h = Headers::default();
-        let mut seen = 0u16;
-        for (name, value) in map {
-            let (bit, slot) = match name.as_str() {
-                "host" => (1, &mut h.host),
-                "origin" => (2, &mut h.origin),
-                "authorization" => (4, &mut h.authorization),
-                "content-type" => (8, &mut h.content_type),
-                "accept" => (16, &mut h.accept),
-                "mcp-session-id" => (32, &mut h.session_id),
-                "mcp-protocol-version" => (64, &mut h.protocol_version),
-                "mcp-method" => (128, &mut h.method),
-                "mcp-name" => (256, &mut h.name),
-                "cf-access-jwt-assertion" => (512, &mut h.access_assertion),
-                "cookie" => (1024, &mut h.cookie),
-                "cf-ray" => (2048, &mut h.cf_ray),
-                _ => continue,
-            };
-            if seen & bit == 0 {
-                seen |= bit;
-                *slot = value.to_str().ok();
-            }
-        }
-        h
-    }
-}
-
-/// The host part of a `Host` header or origin authority, without port.
-fn host_of(authority: &str) -> &str {
-    let a = authority.trim();
-    if let Some(rest) = a.strip_prefix('[') {
-        return rest.split(']').next().unwrap_or("");
-    }
-    a.rsplit_once(':').filter(|(_, p)| p.bytes().all(|c| c.is_ascii_digit())).map_or(a, |(h, _)| h)
-}
-
-/// [`host_of`], lower case.
-fn host_part(authority: &str) -> String {
-    host_of(authority).to_ascii_lowercase()
-}
-
-fn is_loopback_name(host: &str) -> bool {
-    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 impl HttpServer {
@@ -622,85 +558,6 @@ impl HttpServer {
     }
 }
 
-/// Header values that are not plain ASCII arrive as `=?base64?...?=`.
-fn decode_header_value(v: &str) -> Option<Cow<'_, str>> {
-    match v.strip_prefix("=?base64?").and_then(|r| r.strip_suffix("?=")) {
-        Some(b64) => {
-            use base64::Engine;
-            let bytes = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
-            String::from_utf8(bytes).ok().map(Cow::Owned)
-        }
-        None => Some(Cow::Borrowed(v)),
-    }
-}
-
-/// Aborts a request's task when the client goes away before it finishes.
-struct AbortOnDrop(AbortHandle);
-
-/// Removes a request from its session's table of running requests.
-struct Untrack(Arc<Session>, String);
-
-impl Drop for Untrack {
-    fn drop(&mut self) {
-        self.0.untrack(&self.1);
-    }
-}
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-/// Streams a request's notifications and then its response as server-sent events.
-/// `guards` live as long as the stream: dropping it (the client went away) aborts the
-/// request and untracks it.
-fn sse_reply<G: Send + Sync + 'static>(rx: mpsc::UnboundedReceiver<Outgoing>, guards: G) -> Reply {
-    let events = futures_util::stream::unfold((rx, Some(guards)), |(mut rx, guards)| async move {
-        guards.as_ref()?;
-        let msg = rx.recv().await?;
-        // The response is the last event: end the stream after it.
-        let last = matches!(msg, Outgoing::Response(_));
-        let event = warp::sse::Event::default().event("message").data(msg.into_json().into_string());
-        Some((Ok::<_, Infallible>(event), (rx, if last { None } else { guards })))
-    });
-    let mut r = warp::reply::Reply::into_response(warp::sse::reply(events));
-    r.headers_mut().insert("x-accel-buffering", HeaderValue::from_static("no"));
-    r
-}
-
-type BodyStream = std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, warp::Error>> + Send>>;
-
-enum ReadError {
-    TooLarge,
-    Broken(String),
-}
-
-/// Reads the body, refusing more than `limit` bytes. A body that arrives in one chunk, as
-/// small ones do, is returned as it came, without a copy.
-async fn read_limited(mut body: BodyStream, limit: usize) -> Result<Bytes, ReadError> {
-    let mut first: Option<Bytes> = None;
-    let mut joined = BytesMut::new();
-    let mut len = 0;
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| ReadError::Broken(e.to_string()))?;
-        len += chunk.len();
-        if len > limit {
-            return Err(ReadError::TooLarge);
-        }
-        // From the second chunk on, the chunks are joined.
-        if let Some(earlier) = first.take() {
-            joined.extend_from_slice(&earlier);
-        }
-        if joined.is_empty() {
-            first = Some(chunk);
-        } else {
-            joined.extend_from_slice(&chunk);
-        }
-    }
-    Ok(first.unwrap_or_else(|| joined.freeze()))
-}
-
 /// Serves HTTP on `listener` until `shutdown` completes.
 pub async fn serve(
     app: Arc<App>,
@@ -776,40 +633,4 @@ fn too_large(limit: u64) -> Reply {
 /// Binds the listen address, naming it in the error.
 pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, String> {
     tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn host_parts_drop_ports_and_brackets() {
-        assert_eq!(host_part("LocalHost:8000"), "localhost");
-        assert_eq!(host_part("[::1]:8000"), "::1");
-        assert_eq!(host_part("evil.example"), "evil.example");
-        assert!(is_loopback_name("127.0.0.2"));
-        assert!(!is_loopback_name("evil.example"));
-    }
-
-    #[test]
-    fn each_header_read_is_the_first_value_of_its_name() {
-        let mut map = HeaderMap::new();
-        map.append("Host", HeaderValue::from_bytes(b"caf\xe9").unwrap_or_else(|_| unreachable!()));
-        map.append("host", HeaderValue::from_static("localhost"));
-        map.append("MCP-Protocol-Version", HeaderValue::from_static("2025-11-25"));
-        map.append("mcp-protocol-version", HeaderValue::from_static("2026-07-28"));
-        map.append("Mcp-Name", HeaderValue::from_static("system.get_info"));
-        map.append("x-other", HeaderValue::from_static("ignored"));
-        let h = Headers::read(&map);
-        assert_eq!(h.host, None, "the first Host is not ASCII: the second is not read instead");
-        assert_eq!(h.protocol_version, Some("2025-11-25"));
-        assert_eq!(h.name, Some("system.get_info"));
-        assert_eq!((h.origin, h.method, h.session_id), (None, None, None));
-    }
-
-    #[test]
-    fn encoded_header_values_are_decoded() {
-        assert_eq!(decode_header_value("=?base64?w6lsw6k=?=").as_deref(), Some("élé"));
-        assert_eq!(decode_header_value("plain").as_deref(), Some("plain"));
-    }
 }

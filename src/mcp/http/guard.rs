@@ -84,7 +84,7 @@ impl HttpServer {
     /// [`crate::mcp::throttle`]). Failures are audited per address.
     pub(super) async fn authenticate(
         &self,
-        headers: &super::Headers<'_>,
+        headers: &super::headers::Headers<'_>,
         peer: Option<SocketAddr>,
     ) -> Result<Identity, Box<Reply>> {
         let presented = Presented {

@@ -51,7 +51,7 @@ impl HttpServer {
         if !self.app.config.metrics.prometheus.enabled {
             return plain(StatusCode::NOT_FOUND, DISABLED);
         }
-        let headers = super::Headers::read(headers);
+        let headers = super::headers::Headers::read(headers);
         if let Err(why) = self.check_origin(&headers) {
             return plain(StatusCode::FORBIDDEN, format!("{why}\n"));
         }
