@@ -8,6 +8,8 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use schemars::JsonSchema;
 use serde::Serialize;
@@ -111,13 +113,35 @@ pub fn decode_throttled(raw: u32, source: &str) -> Throttling {
 /// Reads the firmware's throttling flags; `None` on machines without the Raspberry Pi
 /// firmware driver.
 pub fn read_throttling(roots: &Roots) -> Result<Option<Throttling>> {
-    let Some(path) = find_get_throttled(&roots.sys.join("devices/platform")) else {
+    let Some(path) = locate_get_throttled(roots) else {
         return Ok(None);
     };
     let Some(text) = read_attr(&path)? else {
         return Ok(None);
     };
     Ok(Some(decode_throttled(parse_throttled(&text, &path)?, &path.to_string_lossy())))
+}
+
+/// Where `get_throttled` is below a sys root, or that it is nowhere, as last found: on a
+/// board without the firmware driver the search walks a few hundred sysfs directories, most
+/// of what a metrics round or a scrape would cost, so an answer is kept for
+/// [`LOCATION_KEPT`] (a driver loaded later is seen within that time).
+static LOCATION: Mutex<Option<(PathBuf, Option<PathBuf>, Instant)>> = Mutex::new(None);
+const LOCATION_KEPT: Duration = Duration::from_secs(300);
+
+fn locate_get_throttled(roots: &Roots) -> Option<PathBuf> {
+    if let Ok(kept) = LOCATION.lock() {
+        if let Some((sys, found, at)) = kept.as_ref() {
+            if *sys == roots.sys && at.elapsed() < LOCATION_KEPT {
+                return found.clone();
+            }
+        }
+    }
+    let found = find_get_throttled(&roots.sys.join("devices/platform"));
+    if let Ok(mut kept) = LOCATION.lock() {
+        *kept = Some((roots.sys.clone(), found.clone(), Instant::now()));
+    }
+    found
 }
 
 fn parse_throttled(text: &str, path: &Path) -> Result<u32> {
@@ -243,6 +267,19 @@ mod tests {
         let throttling = read_throttling(&Roots::under(dir.path())).unwrap().unwrap();
         assert!(throttling.soft_temperature_limit_now && throttling.soft_temperature_limit_occurred);
         assert!(!throttling.under_voltage_now);
+    }
+
+    #[test]
+    fn a_board_without_throttling_flags_does_not_hide_those_of_another_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        let bare = Roots::under(dir.path());
+        std::fs::create_dir_all(bare.sys.join("devices/platform/soc")).unwrap();
+        assert_eq!(read_throttling(&bare).unwrap(), None);
+        assert!(
+            read_throttling(&fixture("pi4")).unwrap().is_some(),
+            "another tree is read, not taken for the bare one"
+        );
+        assert_eq!(read_throttling(&bare).unwrap(), None);
     }
 
     #[test]

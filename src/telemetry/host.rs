@@ -5,9 +5,7 @@
 //!
 //! Everything here reads files: call it off the async workers.
 
-use std::path::PathBuf;
-use std::sync::{Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::OnceLock;
 
 use super::text::{Exposition, Kind};
 use crate::host::{self, Roots};
@@ -134,27 +132,9 @@ pub fn write_host(out: &mut Exposition, roots: &Roots) {
     }
 }
 
-/// A board without the firmware's driver has no throttling flags, and finding that out
-/// walks a few hundred sysfs directories, most of what a scrape would cost: the answer
-/// "none" is kept for [`NO_THROTTLING_KEPT`], for the sys root it was found in.
-static NO_THROTTLING: Mutex<Option<(PathBuf, Instant)>> = Mutex::new(None);
-const NO_THROTTLING_KEPT: Duration = Duration::from_secs(300);
-
 /// The firmware's throttling flags, when the board has them.
 fn throttling(roots: &Roots) -> Option<host::thermal::Throttling> {
-    let known_absent = |kept: &Option<(PathBuf, Instant)>| {
-        kept.as_ref().is_some_and(|(sys, at)| *sys == roots.sys && at.elapsed() < NO_THROTTLING_KEPT)
-    };
-    if NO_THROTTLING.lock().is_ok_and(|kept| known_absent(&kept)) {
-        return None;
-    }
-    let found = read("throttling flags", host::thermal::read_throttling(roots))?;
-    if found.is_none() {
-        if let Ok(mut kept) = NO_THROTTLING.lock() {
-            *kept = Some((roots.sys.clone(), Instant::now()));
-        }
-    }
-    found
+    read("throttling flags", host::thermal::read_throttling(roots)).flatten()
 }
 
 /// The `sensor` label of each zone: its type, or its zone name when it has none. A type
@@ -281,16 +261,6 @@ mod tests {
             page.lines().filter(|l| !l.starts_with('#')).collect::<Vec<_>>(),
             ["raspi_load1 0.5", "raspi_load5 0.25", "raspi_load15 0.1"]
         );
-    }
-
-    #[test]
-    fn a_board_without_throttling_flags_does_not_hide_those_of_another_tree() {
-        let dir = tempfile::tempdir().unwrap();
-        let bare = Roots::under(dir.path());
-        std::fs::create_dir_all(bare.sys.join("devices/platform/soc")).unwrap();
-        assert!(throttling(&bare).is_none());
-        assert!(throttling(&fixture("pi4")).is_some(), "another tree is read, not taken for the bare one");
-        assert!(throttling(&bare).is_none());
     }
 
     #[test]
