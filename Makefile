@@ -242,7 +242,7 @@ packages: cargo-deb generated
 
 lintian: packages
 	@packaging/need.sh lintian
-	lintian --fail-on error,warning --display-info $(DEBS)
+	lintian --fail-on error,warning --display-info $(DEBS) $(FLEET_DEBS)
 
 apt-repo: packages
 	@packaging/need.sh apt-utils gnupg
@@ -275,5 +275,5 @@ test-package:
 	built=$$(date +%s); \
 	wait $$chroots || { cat target/package-test/chroots.log; exit 1; }; \
 	cat target/package-test/chroots.log; \
-	$(PYTHON) tests/package/prove.py run --version $(PKG_VERSION) --repo $(APT_REPO) $(DEBS); \
+	$(PYTHON) tests/package/prove.py run --version $(PKG_VERSION) --repo $(APT_REPO) $(DEBS) $(FLEET_DEBS); \
 	echo "test-package: $$(( $$(date +%s) - start )) s ($$(( built - start )) s building the packages and releases)"

@@ -510,7 +510,7 @@ def check_debs(debs):
     problems = [line for line in lines if line[:2] in ("E:", "W:")]
     for line in lines:
         print(f"    lintian: {line}")
-    report.check("lintian reports no error and no warning on the three packages", code == 0 and not problems,
+    report.check(f"lintian reports no error and no warning on the {len(debs)} packages", code == 0 and not problems,
                  "\n".join(problems))
 
 
@@ -1270,6 +1270,38 @@ def check_remove_and_purge(box, releases, port, token):
     report.check("no systemd enable state of the units is left", helper_state == "", helper_state)
 
 
+def check_fleet_package(box, version):
+    """mcp-fleet, the operator's package, on a machine without mcp-raspi (purged just before):
+    it installs alone, creates no user or unit, runs, and leaves nothing when purged."""
+    units_before = box.out("systemctl list-unit-files --no-legend --plain", check=False)
+    users_before = box.out("getent passwd | cut -d: -f1", check=False)
+    code, output = apt_install(box, "mcp-fleet")
+    report.require("apt installs mcp-fleet from the fleet's repository", code == 0, output[-2000:])
+    report.check("mcp-fleet brings no mcp-raspi with it",
+                 box.sh("dpkg-query -W -f '${Status}' mcp-raspi", check=False)[1] in ("", "unknown ok not-installed"))
+    report.check("mcp-fleet prints its version", box.out("mcp-fleet --version", check=False) == f"mcp-fleet {version}")
+    listed = box.out("mcp-fleet --file /usr/share/doc/mcp-fleet/examples/fleet-config.yml list --json", check=False)
+    try:
+        devices = [d["id"] for d in json.loads(listed)["devices"]]
+    except (ValueError, KeyError, TypeError):
+        devices = []
+    report.check("mcp-fleet reads the example fleet file it ships", devices == ["pi-living-room", "pi-garage"],
+                 listed)
+    refused = box.sh("mcp-fleet --file /usr/share/doc/mcp-fleet/examples/fleet-config.yml exec --all 'rm -rf /'",
+                     check=False)
+    report.check("mcp-fleet refuses a shell command with exit status 2", refused[0] == 2 and
+                 "never a shell" in refused[2], refused[2])
+    report.check("mcp-fleet's man page is installed", box.sh("test -f /usr/share/man/man1/mcp-fleet.1.gz", check=False)[0] == 0)
+    report.check("mcp-fleet creates no user and no unit",
+                 box.out("getent passwd | cut -d: -f1", check=False) == users_before
+                 and box.out("systemctl list-unit-files --no-legend --plain", check=False) == units_before)
+    code, out, err = box.sh("apt-get purge -y -q mcp-fleet", check=False)
+    report.check("apt purges mcp-fleet", code == 0, out + err)
+    leftovers = box.out("find / -xdev \\( -path /proc -o -path /sys -o -path /srv -o -path /var/lib/apt/lists "
+                        "-o -path /var/cache/apt -o -path /etc/apt \\) -prune -o -name '*mcp-fleet*' -print || true")
+    report.check("nothing of mcp-fleet is left on the file system", leftovers == "", leftovers)
+
+
 def gnupghome():
     return Path(os.environ.get("APT_REPO_GNUPGHOME", ROOT / "target/apt-repo-gnupg")).resolve()
 
@@ -1330,6 +1362,8 @@ def prove_amd64(version, releases, repo, update_repo):
         # Pruning keeps updates.keep_versions releases: the ones left are the ones remove keeps.
         kept = box.out("ls /opt/mcp-raspi/releases", check=False).split()
         check_remove_and_purge(box, kept, port, token)
+        log("mcp-fleet alone: install, run, purge")
+        check_fleet_package(box, version)
     finally:
         # For the reader of a failure: what the two programs logged.
         (WORK / "amd64-journal.log").write_text(box.out(
@@ -1399,7 +1433,10 @@ def prove(args):
     shutil.rmtree(repo, ignore_errors=True)
     shutil.copytree(repo_src, repo, symlinks=True)
     report.require("the APT repository holds amd64, arm64 and armhf", all(
-        (repo / f"dists/stable/main/binary-{a}/Packages").read_text().count("Package: mcp-raspi") == 1
+        (repo / f"dists/stable/main/binary-{a}/Packages").read_text().count("Package: mcp-raspi\n") == 1
+        for a in ("amd64", "arm64", "armhf")))
+    report.check("the APT repository holds mcp-fleet for amd64, arm64 and armhf", all(
+        (repo / f"dists/stable/main/binary-{a}/Packages").read_text().count("Package: mcp-fleet\n") == 1
         for a in ("amd64", "arm64", "armhf")))
     code, _, err = run(["gpgv", "--keyring", repo / "mcp-raspi-archive-keyring.gpg", repo / "dists/stable/InRelease"],
                        check=False)
@@ -1423,7 +1460,7 @@ def prove(args):
 
     arm64_thread = threading.Thread(target=arm64)
     arm64_thread.start()
-    update_repo = UpdateRepo(host_cli(next(d for d in debs if d.name.endswith("_amd64.deb"))))
+    update_repo = UpdateRepo(host_cli(next(d for d in debs if re.match(r"mcp-raspi_.*_amd64\.deb$", d.name))))
     try:
         prove_amd64(version, releases, repo, update_repo)
     finally:
