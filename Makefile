@@ -12,6 +12,8 @@
 #                (bench/metrics.py), written to BENCHMARKS.md
 #   make docs    regenerate docs/TOOLS.md from the tool declarations
 #   make fuzz    each fuzz target for FUZZ_SECONDS (not part of `make test`)
+#   make fleet-proof  mcp-fleet over FLEET_DEVICES simulated Pis on loopback
+#                (bench/fleet.py, not part of `make test`), written to BENCHMARKS.md
 
 SHELL := /bin/bash
 CARGO ?= cargo
@@ -21,7 +23,7 @@ DEV_LISTEN ?= 127.0.0.1:8000
 # The server refuses to run as root; as root, `make run` starts it as this user.
 RUN_AS_UID ?= 65534
 
-.PHONY: all build release run test reachable lint unit prometheus-examples pytest conformance venv bench bench-delta docs fuzz cargo-fuzz clean
+.PHONY: all build release run test reachable lint unit prometheus-examples pytest conformance venv bench bench-delta fleet-proof docs fuzz cargo-fuzz clean
 
 all: build
 
@@ -118,6 +120,13 @@ bench: release deb
 	$(CARGO) build --release --example metrics_bench
 	$(PYTHON) bench/metrics.py --example target/release/examples/metrics_bench \
 	  --server target/release/mcp-raspi-server --out BENCHMARKS.md
+
+# mcp-fleet's commands over FLEET_DEVICES devices (a server and an ops agent each), with
+# some of them stopped: wall times and per-device times (bench/fleet.py).
+FLEET_DEVICES ?= 100
+fleet-proof: release
+	$(PYTHON) bench/fleet.py --server target/release/mcp-raspi-server --agent target/release/raspi-ops-agent \
+	  --fleet target/release/mcp-fleet --devices $(FLEET_DEVICES) --out BENCHMARKS.md
 
 # Delta updates between two releases' packages for this machine (bench/delta.py), e.g.
 # make bench-delta DELTA_FROM=old/mcp-raspi_0.1.0_amd64.deb DELTA_TO=target/packages/mcp-raspi_0.1.1_amd64.deb

@@ -1482,7 +1482,8 @@ def main():
     p = sub.add_parser("run", help="prove the packages")
     p.add_argument("--version", required=True)
     p.add_argument("--repo", required=True)
-    p.add_argument("debs", nargs=3, metavar="DEB")
+    p.add_argument("debs", nargs="+", metavar="DEB",
+                   help="mcp-raspi's three packages, and mcp-fleet's (checked with them and installed alone)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("prove.py needs root (debootstrap, systemd-nspawn)", file=sys.stderr)
