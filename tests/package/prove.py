@@ -483,12 +483,23 @@ def free_port():
 # --- checks on the .deb files --------------------------------------------------------------
 
 
+def elf_files(root):
+    """The programs under `root` (regular files that start with the ELF magic)."""
+    found = []
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and not path.is_symlink():
+            with open(path, "rb") as f:
+                if f.read(4) == b"\x7fELF":
+                    found.append(path)
+    return found
+
+
 def glibc_needed(deb, scratch):
     """The highest GLIBC_x.y symbol version the package's programs need."""
     shutil.rmtree(scratch, ignore_errors=True)
     run(["dpkg-deb", "-x", deb, scratch])
     highest = (0, 0)
-    for program in (scratch / "usr/lib/mcp-raspi/bin").iterdir():
+    for program in elf_files(scratch):
         _, out, _ = run(["readelf", "-W", "--dyn-syms", program])
         for major, minor in re.findall(r"GLIBC_(\d+)\.(\d+)", out):
             highest = max(highest, (int(major), int(minor)))
