@@ -30,7 +30,7 @@ pub fn render(fleet: &Fleet, device: &Device) -> Result<Rendered, String> {
         .map_err(|e| format!("device {}: its configuration cannot be written as YAML: {e}", device.id))?;
     let text = format!(
         "# The configuration of {} in fleet {}, written by mcp-fleet from the fleet file.\n\
-         # Change the fleet file and run `mcp-fleet config deploy`: a change made here is drift.\n{body}",
+         # Change the fleet file rather than this file: `mcp-fleet drift` reports a change made here.\n{body}",
         device.id, fleet.id
     );
     let origin = format!("the configuration of device {} (fleet.config_template and its config)", device.id);
