@@ -40,7 +40,7 @@ impl Fleet {
         });
         let mut yaml = String::from(
             "fleet:\n  id: lab\n  region: loopback\n  connection:\n    url: \"http://{hostname}/mcp\"\n    \
-             credential: { token_env: LAB_TOKEN }\n    timeout_seconds: 2\n    concurrency: 4\n  devices:\n",
+             credential: { token_env: LAB_TOKEN }\n    timeout_seconds: 4\n    concurrency: 4\n  devices:\n",
         );
         for (i, addr) in addrs.iter().enumerate() {
             let parity = if i % 2 == 0 { "even" } else { "odd" };
@@ -82,8 +82,9 @@ fn health_reports_every_device_and_a_stopped_or_hung_one_costs_only_its_own_time
     let started = Instant::now();
     let (code, report) = fleet.json(&["health"]);
     let took = started.elapsed();
-    // Two seconds a device at most, and they are asked four at a time.
-    assert!(took < Duration::from_secs(6), "health took {took:?}");
+    // Four seconds a device at most (five with the margin), and they are asked four at a
+    // time: the hung device costs its own timeout, not one for each device.
+    assert!(took < Duration::from_secs(9), "health took {took:?}");
     assert_eq!(code, 1, "{report}");
     let results = report["results"].as_array().unwrap();
     assert_eq!(results.len(), 5);
@@ -97,7 +98,7 @@ fn health_reports_every_device_and_a_stopped_or_hung_one_costs_only_its_own_time
     assert!(refused["error"].as_str().unwrap().contains("connection refused"), "{refused}");
     let hung = &results[4];
     assert_eq!(hung["reachable"], Value::Bool(false));
-    assert!(hung["error"].as_str().unwrap().contains("no answer within 2 s"), "{hung}");
+    assert!(hung["error"].as_str().unwrap().contains("no answer within 4 s"), "{hung}");
     assert_eq!(report["summary"]["unreachable"], Value::from(2));
 
     // The table says the same.
@@ -133,7 +134,7 @@ fn exec_maps_the_runbooks_commands_to_tool_calls_on_each_device_and_never_runs_a
     let audited = |server: &Server| server.audit_records().iter().any(|r| r["tool"] == "system.get_info");
     // Records of read-only calls are written a moment after the answer.
     let deadline = Instant::now() + Duration::from_secs(5);
-    while !audited(&fleet.servers[2]) && Instant::now() < deadline {
+    while !(audited(&fleet.servers[0]) && audited(&fleet.servers[2])) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(audited(&fleet.servers[0]) && audited(&fleet.servers[2]));
