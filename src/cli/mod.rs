@@ -44,7 +44,7 @@ mod update;
 
 pub use releases::ReleaseCommand;
 pub use render::render;
-pub use tools::{runbook_tool, RUNBOOK_TOOLS};
+pub use tools::{runbook_tool, tool_arguments, RUNBOOK_TOOLS};
 pub use update::{ManageCommand, UpdateCommand};
 
 /// Default install root of releases and the `current` symlink.

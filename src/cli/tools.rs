@@ -132,15 +132,20 @@ fn call_runbook(words: &str, connection: &Connection, out: &mut dyn Write) -> Re
 }
 
 pub fn run_call(args: CallArgs, out: &mut dyn Write) -> Result<(), CliError> {
-    let arguments: Value = serde_json::from_str(&args.args).map_err(|e| {
-        CliError::from(format!("--args is not JSON ({e}); pass an object, e.g. --args '{{\"pin\": 17}}'"))
-    })?;
-    if !arguments.is_object() {
-        return Err(CliError::from(format!(
-            "--args must be a JSON object of the tool's arguments, e.g. '{{\"pin\": 17}}', not {arguments}"
-        )));
-    }
+    let arguments = tool_arguments(&args.args).map_err(CliError::from)?;
     call(&args.tool, arguments, &args.connection, out)
+}
+
+/// A tool's arguments as `--args` gives them: a JSON object, or an error that says so.
+pub fn tool_arguments(text: &str) -> Result<Value, String> {
+    let arguments: Value = serde_json::from_str(text)
+        .map_err(|e| format!("--args is not JSON ({e}); pass an object, e.g. --args '{{\"pin\": 17}}'"))?;
+    if !arguments.is_object() {
+        return Err(format!(
+            "--args must be a JSON object of the tool's arguments, e.g. '{{\"pin\": 17}}', not {arguments}"
+        ));
+    }
+    Ok(arguments)
 }
 
 /// Calls `tool` and prints its result; a tool's error is the command's error.

@@ -2,6 +2,7 @@
 //! `exec`: one tool call on each chosen device.
 
 use std::io::Write;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -11,7 +12,7 @@ use super::device::{Caller, Target};
 use super::fanout;
 use super::file::{Device, Fleet, Selection};
 use super::render::{render, Rendered};
-use super::{print, ExecArgs, FleetFailure, EXIT_DEVICES, EXIT_USAGE};
+use super::{print, ExecArgs, FleetFailure, EXIT_DEVICES};
 
 /// A command's view of the fleet.
 pub struct Context<'a> {
@@ -20,7 +21,8 @@ pub struct Context<'a> {
     pub json: bool,
     targets: Vec<Target>,
     /// Each device's configuration as the fleet file renders it, or why it cannot be.
-    renders: Vec<Result<Rendered, String>>,
+    /// Rendered when a command first asks: listing or calling devices needs none of it.
+    renders: OnceLock<Vec<Result<Rendered, String>>>,
 }
 
 impl<'a> Context<'a> {
@@ -31,13 +33,13 @@ impl<'a> Context<'a> {
     ) -> Result<Context<'a>, FleetFailure> {
         let caller = Caller::new(Duration::from_secs(fleet.connection.timeout_seconds))?;
         let targets = fleet.devices.iter().map(|d| Target::of(fleet, d, env)).collect();
-        let renders = fleet.devices.iter().map(|d| render(fleet, d)).collect();
-        Ok(Context { fleet, caller, json, targets, renders })
+        Ok(Context { fleet, caller, json, targets, renders: OnceLock::new() })
     }
 
     /// The configuration the fleet file renders for `device`.
     pub fn rendered(&self, device: &Device) -> &Result<Rendered, String> {
-        &self.renders[self.index_of(device)]
+        let renders = self.renders.get_or_init(|| self.fleet.devices.iter().map(|d| render(self.fleet, d)).collect());
+        &renders[self.index_of(device)]
     }
 
     fn index_of(&self, device: &Device) -> usize {
@@ -101,18 +103,10 @@ pub async fn exec(cx: &Context<'_>, args: &ExecArgs, out: &mut dyn Write) -> Res
         (None, Some(command)) => tool_of_command(command)?.to_string(),
         (None, None) => return Err(FleetFailure::from("give a command or --tool NAME".to_string())),
     };
-    let arguments: Value = match &args.args {
+    let arguments = match &args.args {
         None => Value::Object(Default::default()),
-        Some(text) => serde_json::from_str(text).map_err(|e| {
-            FleetFailure::from(format!("--args is not JSON ({e}); pass an object, e.g. --args '{{\"pin\": 17}}'"))
-        })?,
+        Some(text) => crate::cli::tool_arguments(text)?,
     };
-    if !arguments.is_object() {
-        return Err(FleetFailure {
-            code: EXIT_USAGE,
-            message: format!("--args must be a JSON object of the tool's arguments, not {arguments}"),
-        });
-    }
     let chosen = cx.chosen(&args.select.selection())?;
     let bar = fanout::bar(&tool, cx.json);
     let outcomes = fanout::each(chosen.len(), cx.concurrency(), cx.deadline(1), bar.as_ref(), |i| {
