@@ -122,7 +122,11 @@ impl AgentState {
         let verified = manifest::verify(manifest_bytes.as_bytes(), signature.as_bytes(), &keyring)
             .map_err(|e| failed(e.to_string()))?;
         let max_bytes = self.config.updates.max_download_mb.saturating_mul(1024 * 1024);
-        let policy = install::device_policy(&updates.installation, max_bytes).map_err(failed)?;
+        let mut policy = install::device_policy(&updates.installation, max_bytes).map_err(failed)?;
+        // The server picked this version: the newest of a channel, or one an operator named.
+        // Here it may be the highest ever installed (a release tried again once what failed is
+        // fixed), never lower: the server's own check refuses that again unless named.
+        policy.target_version = Some(verified.version.clone());
         let to = verified.version.to_string();
         let package = updates.downloads_dir.join(install::package_file_name(&to, &policy.architecture));
         let delta_file = updates.downloads_dir.join(delta::delta_file_name(

@@ -153,8 +153,34 @@ impl Caller {
 
     /// Calls `tool` on `target` and returns the answer as it is, error results included.
     pub async fn call_answer(&self, target: &Target, tool: &str, arguments: Value) -> Result<ToolAnswer, DeviceError> {
+        self.call_answer_within(target, tool, arguments, self.timeout).await
+    }
+
+    /// [`Self::call`] given `timeout` instead of the fleet's, for a tool that works long
+    /// before it answers (an update downloads its package first).
+    pub async fn call_within(
+        &self,
+        target: &Target,
+        tool: &str,
+        arguments: Value,
+        timeout: Duration,
+    ) -> Result<Value, DeviceError> {
+        let answer = self.call_answer_within(target, tool, arguments, timeout).await?;
+        if answer.is_error {
+            return Err(DeviceError::Failed(answer.text));
+        }
+        Ok(answer.structured.unwrap_or(Value::String(answer.text)))
+    }
+
+    async fn call_answer_within(
+        &self,
+        target: &Target,
+        tool: &str,
+        arguments: Value,
+        timeout: Duration,
+    ) -> Result<ToolAnswer, DeviceError> {
         let auth = target.auth.as_ref().map_err(|e| DeviceError::Credential(e.clone()))?;
-        let mut request = self.client.post(&target.url);
+        let mut request = self.client.post(&target.url).timeout(timeout);
         request = match auth {
             Auth::Bearer(token) => request.bearer_auth(token),
             Auth::ServiceToken { client_id, client_secret } => {
@@ -166,12 +192,12 @@ impl Caller {
         };
         let call = call::tool_call(request, "mcp-fleet", tool, arguments, None);
         // The client's timeout covers each request; this covers a stream that trickles.
-        let answer = tokio::time::timeout(self.timeout, call)
+        let answer = tokio::time::timeout(timeout, call)
             .await
-            .map_err(|_| DeviceError::Unreachable(format!("no answer within {} s", self.timeout.as_secs())))?;
+            .map_err(|_| DeviceError::Unreachable(format!("no answer within {} s", timeout.as_secs())))?;
         answer.map_err(|e| match e {
             CallFailure::Unreachable(e) if e.is_timeout() => {
-                DeviceError::Unreachable(format!("no answer within {} s", self.timeout.as_secs()))
+                DeviceError::Unreachable(format!("no answer within {} s", timeout.as_secs()))
             }
             CallFailure::Unreachable(e) => DeviceError::Unreachable(unreachable_reason(&e)),
             CallFailure::Answered { status: status @ (401 | 403), message } => {

@@ -15,6 +15,7 @@ pub mod fanout;
 pub mod file;
 mod inventory;
 pub mod render;
+mod rollout;
 mod run;
 mod targets;
 
@@ -74,6 +75,10 @@ pub enum Command {
     /// Compare each device's configuration file and version with what the fleet file
     /// renders and names (fleet.version). Exit status 1 when any device drifted or did not answer.
     Drift(SelectArgs),
+    /// Roll a release out through each device's signed self-update, batch after batch; the
+    /// first batch that does not prove healthy halts it, and its updated devices are put back.
+    /// Exit status 1 when the rollout halted.
+    Update(UpdateArgs),
     /// Write Prometheus file-based service discovery for the devices' /metrics.
     PrometheusTargets(TargetsArgs),
     /// Write the man pages into DIR (for packaging).
@@ -138,6 +143,42 @@ pub struct ExecArgs {
     /// The tool's arguments as a JSON object, e.g. '{"pin": 17}'.
     #[arg(long, value_name = "JSON", requires = "tool")]
     pub args: Option<String>,
+}
+
+/// How a release reaches the devices.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Strategy {
+    /// Batch after batch, each proven healthy before the next.
+    Rolling,
+}
+
+#[derive(Debug, ClapArgs)]
+pub struct UpdateArgs {
+    #[command(flatten)]
+    pub select: SelectArgs,
+    /// The release to roll out (default: the fleet file's fleet.version).
+    #[arg(long = "version", value_name = "VERSION")]
+    pub target: Option<String>,
+    #[arg(long, value_enum, default_value = "rolling")]
+    pub strategy: Strategy,
+    /// Devices per batch [default: 10].
+    #[arg(long, value_name = "N")]
+    pub batch_size: Option<usize>,
+    /// Devices of a batch updating, and so restarting, at one time [default: the batch size].
+    #[arg(long, value_name = "K")]
+    pub max_unavailable: Option<usize>,
+    /// Update this many devices first, in a batch of their own [default: 0].
+    #[arg(long, value_name = "N")]
+    pub canary: Option<usize>,
+    /// Continue the halted or interrupted rollout the record holds.
+    #[arg(long)]
+    pub resume: bool,
+    /// The rollout's record [default: FILE.rollout.json beside the fleet file].
+    #[arg(long, value_name = "PATH")]
+    pub state: Option<PathBuf>,
+    /// How long one device may take, from the request to its committed release and health verdict.
+    #[arg(long, value_name = "SECONDS", default_value_t = 600)]
+    pub device_timeout: u64,
 }
 
 #[derive(Debug, ClapArgs)]
@@ -218,6 +259,7 @@ pub fn run_args(args: Args, out: &mut dyn Write) -> Result<u8, FleetFailure> {
             Ok(0)
         }
         Command::Drift(select) => runtime.block_on(drift::run(&cx, &select.selection(), out)),
+        Command::Update(update) => runtime.block_on(rollout::run(&cx, &update, &args.file, out)),
         Command::PrometheusTargets(targets) => targets::write(&cx, &targets, out),
         Command::Man { .. } | Command::Completions { .. } => Ok(0),
     }

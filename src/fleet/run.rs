@@ -52,6 +52,12 @@ impl<'a> Context<'a> {
         Ok(devices.into_iter().map(|d| (d, &self.targets[self.index_of(d)])).collect())
     }
 
+    /// The target of the device `id`.
+    pub fn target(&self, id: &str) -> Result<&Target, FleetFailure> {
+        let device = self.fleet.device(id)?;
+        Ok(&self.targets[self.index_of(device)])
+    }
+
     /// The deadline of one device's work of `calls` calls made one after the other.
     pub fn deadline(&self, calls: u32) -> Duration {
         self.caller.timeout() * calls + Duration::from_secs(1)

@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 
 pub mod deb;
 pub mod file_server;
+pub mod fleet_lab;
 pub mod issuer;
 pub mod update_repo;
 

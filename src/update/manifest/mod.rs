@@ -329,7 +329,7 @@ impl fmt::Display for ManifestError {
             ManifestError::NotNewerThanHighest { offered, highest } => write!(
                 f,
                 "{offered} is not newer than {highest}, the highest version ever installed here; \
-                 to go back use manage.rollback"
+                 to go back use manage.rollback, to try {highest} again name it as target_version"
             ),
             ManifestError::TooOldToUpgrade { installed, min_upgrade_from, offered } => write!(
                 f,

@@ -57,8 +57,12 @@ pub fn check<'m>(manifest: &'m Manifest, policy: &Policy) -> Result<&'m Artifact
         }
         std::cmp::Ordering::Greater => {}
     }
+    // A release that was installed and rolled back is not offered again unattended, but an
+    // operator may name it (`target_version`) to try it again once what failed is fixed:
+    // that installs nothing older than has been here.
     if let Some(highest) = &policy.highest_installed {
-        if offered.cmp_precedence(highest).is_le() {
+        let retry = policy.target_version.as_ref().is_some_and(|wanted| wanted.cmp_precedence(highest).is_eq());
+        if offered.cmp_precedence(highest).is_le() && !retry {
             return Err(ManifestError::NotNewerThanHighest { offered: offered.clone(), highest: highest.clone() });
         }
     }
@@ -174,10 +178,15 @@ mod tests {
         assert!(matches!(err, ManifestError::NotNewerThanHighest { .. }));
         assert_eq!(
             err.to_string(),
-            "0.2.0 is not newer than 0.2.0, the highest version ever installed here; to go back use manage.rollback"
+            "0.2.0 is not newer than 0.2.0, the highest version ever installed here; to go back use manage.rollback, to try 0.2.0 again name it as target_version"
         );
-        let higher = Policy { highest_installed: Some(v("0.3.0")), ..after_rollback };
+        let higher = Policy { highest_installed: Some(v("0.3.0")), ..after_rollback.clone() };
         assert!(matches!(check(&manifest(), &higher), Err(ManifestError::NotNewerThanHighest { .. })));
+        // Named, the highest release may be tried again; nothing below it may.
+        let retry = Policy { target_version: Some(v("0.2.0")), ..after_rollback };
+        assert!(check(&manifest(), &retry).is_ok());
+        let below = Policy { target_version: Some(v("0.2.0")), ..higher };
+        assert!(matches!(check(&manifest(), &below), Err(ManifestError::NotNewerThanHighest { .. })));
     }
 
     #[test]
