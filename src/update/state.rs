@@ -100,8 +100,7 @@ pub struct VersionState {
     pub current_version: Option<String>,
     /// The release that ran well before the current one: where a rollback goes.
     pub previous_good_version: Option<String>,
-    /// The highest version ever installed here: an update must go above it, or name it
-    /// (target_version) to try it again.
+    /// The highest version ever installed here: updates go above it (or name it to retry it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub highest_installed: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
