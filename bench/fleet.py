@@ -13,7 +13,11 @@ runs the workstation's commands against them, as `make fleet-proof` does:
   the request to its answer (median, p99, slowest);
 * `health` over all of them;
 * `health` again with STOPPED devices stopped: it must finish within one device's timeout,
-  and report exactly those as unreachable.
+  and report exactly those as unreachable;
+
+and, from ROLLOUT (the JSON `tests/fleet_rollout.rs` writes when `make fleet-proof` runs it
+over as many devices), the rolling update that halts at the batch of the broken devices and
+the `--resume` that finishes it, with the halted run's report.
 """
 
 import argparse
@@ -76,6 +80,7 @@ def main():
     p.add_argument("--agent", required=True)
     p.add_argument("--fleet", required=True)
     p.add_argument("--devices", type=int, default=100)
+    p.add_argument("--rollout", help="the rolling update's figures (JSON)")
     p.add_argument("--out", required=True)
     a = p.parse_args()
     server_bin, agent_bin, fleet = (str(Path(x).resolve()) for x in (a.server, a.agent, a.fleet))
@@ -143,6 +148,25 @@ def main():
         f"| The same, devices reported unreachable | {', '.join(unreachable) or 'none'} | exactly the stopped ones | "
         f"{yes(unreachable == wanted)} |",
     ]
+    rollout = []
+    if a.rollout:
+        r = json.loads(Path(a.rollout).read_text())
+        report = "\n".join(line for line in r["halted_report"].splitlines() if not line.startswith("the record is"))
+        rows += [
+            f"| Rolling update, {r['devices']} devices in batches of {r['batch_size']}, {', '.join(r['broken'])} "
+            f"broken: until it halted | {r['halted_seconds']:.1f} s ({r['batches_before_halt']} batches passed) | – | – |",
+            f"| The same, `--resume` once fixed, to the end | {r['resumed_seconds']:.1f} s "
+            f"({r['batches_after_resume']} batches) | – | – |",
+        ]
+        rollout = [
+            "The rolling update's report when it halted (`mcp-fleet update --version V --strategy rolling "
+            f"--batch-size {r['batch_size']}`):",
+            "",
+            "```",
+            report,
+            "```",
+            "",
+        ]
     section = "\n".join([
         SECTION,
         "",
@@ -155,6 +179,7 @@ def main():
         "",
         *rows,
         "",
+        *rollout,
     ])
     out = Path(a.out)
     existing = out.read_text() if out.exists() else ""
