@@ -2,6 +2,8 @@
 //! layer above shares (configuration, platform, logs, IPC). It imports nothing of the crate,
 //! so that dependencies run one way, from the binaries down to here.
 
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+
 use serde::{Deserialize, Serialize};
 
 /// The package version, shared by every binary of the package and by the IPC handshake.
@@ -156,6 +158,16 @@ impl std::str::FromStr for LogLevel {
             "error" => LogLevel::Error,
             _ => return Err(format!("{text:?} is not a log level: use trace, debug, info, warn or error")),
         })
+    }
+}
+
+/// The address to reach a listener bound to `addr`: a wildcard address is reached on the
+/// loopback address of its family.
+pub fn loopback_for(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V4(a) if a.ip().is_unspecified() => SocketAddr::from((Ipv4Addr::LOCALHOST, a.port())),
+        SocketAddr::V6(a) if a.ip().is_unspecified() => SocketAddr::from((Ipv6Addr::LOCALHOST, a.port())),
+        other => other,
     }
 }
 

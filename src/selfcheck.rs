@@ -71,15 +71,7 @@ pub async fn run(app: Arc<App>, addr: SocketAddr) {
     }
 }
 
-/// The address to reach a listener bound to `addr`: a wildcard address is reached on the
-/// loopback address of its family.
-pub fn loopback_for(addr: SocketAddr) -> SocketAddr {
-    match addr {
-        SocketAddr::V4(a) if a.ip().is_unspecified() => SocketAddr::from(([127, 0, 0, 1], a.port())),
-        SocketAddr::V6(a) if a.ip().is_unspecified() => SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, a.port())),
-        other => other,
-    }
-}
+pub use crate::base::loopback_for;
 
 /// `/healthz`, then `initialize` and `tools/call system.get_info` in a session.
 async fn check(addr: SocketAddr, token: &str) -> Result<String, String> {

@@ -14,6 +14,8 @@ use crate::platform::{CaptureRequest, PinMode, Platform, SpiSettings};
 /// Everything a request needs, shared by all connections.
 pub struct AgentState {
     pub config: Config,
+    /// The configuration file it read (`None` with --dev): what a deployment replaces.
+    pub config_path: Option<PathBuf>,
     pub platform: Platform,
     pub capabilities: AgentCapabilities,
     pub updates: super::update::Updates,
@@ -141,6 +143,7 @@ impl AgentState {
             Request::UpdateHealth { version, healthy, detail } => {
                 self.update_health(super::update::HealthReport { version, healthy, detail })
             }
+            Request::ConfigDeploy { deployment, signature } => self.config_deploy(&deployment, &signature)?,
         })
     }
 
@@ -254,6 +257,7 @@ mod tests {
         Arc::new(AgentState {
             updates: crate::agent::update::Updates::new(&config),
             config,
+            config_path: None,
             platform: Platform::select(Backend::Simulated, &Roots::system()),
             capabilities: AgentCapabilities::default(),
         })
@@ -265,6 +269,7 @@ mod tests {
         Arc::new(AgentState {
             updates: crate::agent::update::Updates::new(&config),
             config,
+            config_path: None,
             platform: Platform::select(Backend::Simulated, &Roots::system()),
             capabilities: AgentCapabilities::default(),
         })

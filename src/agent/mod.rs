@@ -3,6 +3,7 @@
 //! not need, and answers typed requests from the server over a Unix socket whose peers it
 //! checks with SO_PEERCRED.
 
+mod config_deploy;
 mod dispatch;
 pub mod privileges;
 mod serve;
@@ -100,7 +101,8 @@ pub fn main() -> ExitCode {
     );
     let socket = config.ops_agent.socket_path.clone();
     let updates = update::Updates::new(&config);
-    let state = Arc::new(AgentState { config, platform, capabilities, updates });
+    let config_path = (!args.dev).then(|| args.config.clone());
+    let state = Arc::new(AgentState { config, config_path, platform, capabilities, updates });
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => return fail(format!("cannot start the runtime: {e}")),

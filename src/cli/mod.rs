@@ -33,6 +33,7 @@ mod client;
 pub(crate) use client::error_chain;
 pub use client::{io_message, progress_bar_drawn};
 mod config;
+mod config_apply;
 mod healthcheck;
 mod os_upgrade;
 mod publish;
@@ -173,6 +174,10 @@ pub enum Command {
     /// mcp-raspi-os-upgrade.service, which os.apply_updates starts), recording the outcome
     /// in the state directory.
     OsUpgrade(os_upgrade::OsUpgradeArgs),
+    /// Install the configuration deployment the ops agent staged, as root (the program of
+    /// mcp-raspi-config-apply.service, which manage.deploy_config starts): checked against
+    /// updates.config.keys_dir, loaded, swapped in, proven healthy or put back.
+    ConfigApply(config_apply::ConfigApplyArgs),
     /// Write the man pages of mcp-raspi, mcp-raspi-server and raspi-ops-agent.
     Man {
         /// Directory that receives the pages (section 1).
@@ -237,6 +242,7 @@ pub fn run_command(command: Command, out: &mut dyn Write) -> Result<u8, CliError
         Command::Audit(command) => audit::run(command, out),
         // A refusal (77) has its own status, apart from a failed upgrade (1).
         Command::OsUpgrade(args) => os_upgrade::run(args, out).map(|()| 0),
+        Command::ConfigApply(args) => config_apply::run(args, out),
         other => run(other, out).map(|()| 0).map_err(CliError::from),
     }
 }
@@ -271,12 +277,14 @@ fn run(command: Command, out: &mut dyn Write) -> Result<(), String> {
         | Command::Healthcheck(_)
         | Command::StorageCheck(_)
         | Command::Audit(_)
-        | Command::OsUpgrade(_) => Err("this command has an exit status of its own: run it with run_command".into()),
+        | Command::OsUpgrade(_)
+        | Command::ConfigApply(_) => Err("this command has an exit status of its own: run it with run_command".into()),
     }
 }
 
 /// The polkit rule for the configuration at `path`: its allowlisted units, plus the OS
-/// upgrade unit when upgrades may be applied, and power actions when either is enabled.
+/// upgrade unit when upgrades may be applied, the configuration deployment's unit when
+/// deployments are on, and power actions when either is enabled.
 /// Environment overrides are ignored: the rule must not depend on who runs the generator.
 pub fn polkit_rules_for(path: &Path, agent_user: &str) -> Result<String, String> {
     let config = match Config::load(path, &BTreeMap::new()) {
@@ -294,6 +302,9 @@ fn polkit_rules_of(config: &Config, agent_user: &str) -> String {
     let mut units = config.services.allowed_units.clone();
     if config.updates.os.apply_enabled && !units.contains(&config.updates.os.upgrade_unit) {
         units.push(config.updates.os.upgrade_unit.clone());
+    }
+    if config.updates.config.enabled && !units.contains(&config.updates.config.apply_unit) {
+        units.push(config.updates.config.apply_unit.clone());
     }
     let allow_power = config.power.reboot_enabled || config.power.shutdown_enabled;
     crate::platform::polkit_rules(agent_user, &units, allow_power)

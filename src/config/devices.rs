@@ -178,6 +178,8 @@ pub struct UpdatesConfig {
     /// Checking for and installing updates by themselves.
     pub auto: AutoUpdateConfig,
     pub os: OsUpdatesConfig,
+    /// Configuration files deployed by the fleet's operator (`mcp-fleet config deploy`).
+    pub config: ConfigUpdatesConfig,
 }
 
 /// Automatic updates: the server checks the channel every `check_interval_hours` and
@@ -259,6 +261,34 @@ impl Default for UpdatesConfig {
             remote_enabled: true,
             auto: AutoUpdateConfig::default(),
             os: OsUpdatesConfig::default(),
+            config: ConfigUpdatesConfig::default(),
+        }
+    }
+}
+
+/// Configuration deployments: a configuration file signed with a key of `keys_dir`, which
+/// the root one-shot `apply_unit` checks, installs and proves healthy, or puts back.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConfigUpdatesConfig {
+    /// manage.deploy_config may stage a signed configuration and start `apply_unit`.
+    pub enabled: bool,
+    /// Directory of the keys (`*.pub`) a deployment must be signed with: the fleet's, not the
+    /// release keys.
+    pub keys_dir: PathBuf,
+    /// The root one-shot unit that installs a staged configuration (shipped by the package).
+    pub apply_unit: UnitName,
+    /// Seconds the restarted server has to answer /healthz before the old file is put back.
+    pub health_timeout_seconds: u64,
+}
+
+impl Default for ConfigUpdatesConfig {
+    fn default() -> Self {
+        ConfigUpdatesConfig {
+            enabled: false,
+            keys_dir: PathBuf::from("/etc/mcp-raspi/config-keys"),
+            apply_unit: UnitName::parse("mcp-raspi-config-apply.service").unwrap_or_else(|_| unreachable!()),
+            health_timeout_seconds: 60,
         }
     }
 }

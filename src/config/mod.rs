@@ -4,6 +4,7 @@
 //! newtypes that check their value while deserializing) so that every mistake is reported
 //! with the key, the line and what is allowed, before the server does anything else.
 
+pub mod deploy;
 mod devices;
 mod features;
 mod identity;
@@ -25,8 +26,9 @@ use sha2::{Digest, Sha256};
 pub use crate::base::hex;
 pub use crate::base::{Backend, LogLevel, Tristate};
 pub use devices::{
-    AutoUpdateConfig, CameraConfig, GpioConfig, I2cBusRule, I2cConfig, OpsAgentConfig, OsUpdatesConfig, PinRule,
-    PowerConfig, ServicesConfig, SpiConfig, SpiDeviceRule, UartConfig, UartPortRule, UpdatesConfig, Window, CHANNELS,
+    AutoUpdateConfig, CameraConfig, ConfigUpdatesConfig, GpioConfig, I2cBusRule, I2cConfig, OpsAgentConfig,
+    OsUpdatesConfig, PinRule, PowerConfig, ServicesConfig, SpiConfig, SpiDeviceRule, UartConfig, UartPortRule,
+    UpdatesConfig, Window, CHANNELS,
 };
 pub use features::{
     feature_names, ExperimentalConfig, ExperimentalReport, Feature, FeatureFlag, FeatureStatus, FlagStatus, FlagTarget,

@@ -170,6 +170,12 @@ impl Config {
                 format!("{} is outside 5 to 3600", updates.health_timeout_seconds),
             );
         }
+        if !(5..=3600).contains(&updates.config.health_timeout_seconds) {
+            return invalid(
+                "updates.config.health_timeout_seconds",
+                format!("{} is outside 5 to 3600", updates.config.health_timeout_seconds),
+            );
+        }
         if !(1..=720).contains(&updates.auto.check_interval_hours) {
             return invalid(
                 "updates.auto.check_interval_hours",

@@ -43,6 +43,10 @@ pub struct Fleet {
     /// The configuration every device gets, before its own `config`.
     #[serde(default)]
     pub config_template: Option<Value>,
+    /// The secret half of the fleet's configuration key (`mcp-fleet config keygen`; mode
+    /// 0600), which signs what `config deploy` sends; relative to the fleet file.
+    #[serde(default)]
+    pub config_key_file: Option<std::path::PathBuf>,
 }
 
 /// How the fleet's devices are reached.

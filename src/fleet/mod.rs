@@ -9,6 +9,7 @@
 //! Exit status: 0 when every device did what was asked (and, for `health`, is healthy), 1 when
 //! any device failed, 2 when the command could not run at all (a bad fleet file or argument).
 
+mod deploy;
 pub mod device;
 mod drift;
 pub mod fanout;
@@ -104,6 +105,28 @@ pub enum ConfigCommand {
         #[arg(value_name = "ID")]
         id: String,
     },
+    /// Give each device the configuration file the fleet file renders for it: checked and
+    /// diffed by the device, signed with the fleet's key, installed by the device's root unit,
+    /// kept only if the restarted server answers. Exit status 1 when any device did not take it.
+    Deploy(DeployArgs),
+    /// Create the fleet's configuration key: DIR/ID.secret (for fleet.config_key_file) and
+    /// DIR/ID.pub (for each device's updates.config.keys_dir). No fleet file is needed.
+    Keygen {
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+}
+
+#[derive(Debug, ClapArgs)]
+pub struct DeployArgs {
+    #[command(flatten)]
+    pub select: SelectArgs,
+    /// Show each device's diff and its own check of the file; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// How long one device may take, from the check to the restarted server on the new file.
+    #[arg(long, value_name = "SECONDS", default_value_t = 300)]
+    pub device_timeout: u64,
 }
 
 /// Which devices: all (the default), those with a tag, or some by id.
@@ -233,6 +256,7 @@ pub fn run_args(args: Args, out: &mut dyn Write) -> Result<u8, FleetFailure> {
         Command::Completions { out: dir } => {
             return crate::cli::write_completions_of([Args::command()], dir).map(|()| 0).map_err(Into::into)
         }
+        Command::Config(ConfigCommand::Keygen { out: dir }) => return deploy::keygen(dir, args.json, out),
         _ => {}
     }
     let fleet = Fleet::load(&args.file)?;
@@ -258,6 +282,8 @@ pub fn run_args(args: Args, out: &mut dyn Write) -> Result<u8, FleetFailure> {
             }
             Ok(0)
         }
+        Command::Config(ConfigCommand::Deploy(deploy)) => runtime.block_on(deploy::run(&cx, &deploy, &args.file, out)),
+        Command::Config(ConfigCommand::Keygen { .. }) => Ok(0),
         Command::Drift(select) => runtime.block_on(drift::run(&cx, &select.selection(), out)),
         Command::Update(update) => runtime.block_on(rollout::run(&cx, &update, &args.file, out)),
         Command::PrometheusTargets(targets) => targets::write(&cx, &targets, out),

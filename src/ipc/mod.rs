@@ -168,6 +168,15 @@ pub enum Request {
         to_version: Option<String>,
         reason: String,
     },
+    /// Stage a configuration deployment signed with the fleet's key and start the root unit
+    /// that installs it (`updates.config.apply_unit`). The agent checks the signature and
+    /// the text first; the unit's program checks everything again.
+    ConfigDeploy {
+        /// The exact bytes of the deployment (JSON).
+        deployment: String,
+        /// The exact bytes of its signature file.
+        signature: String,
+    },
     /// The server's report, after a start into a release under update, of its own check:
     /// `/healthz` and a `tools/call` answered over its HTTP listener.
     UpdateHealth {
@@ -212,6 +221,7 @@ impl Request {
             Request::UpdateApply { .. } => "update_apply",
             Request::UpdateRollback { .. } => "update_rollback",
             Request::UpdateHealth { .. } => "update_health",
+            Request::ConfigDeploy { .. } => "config_deploy",
         }
     }
 
@@ -280,6 +290,9 @@ impl Request {
             Request::UpdateRollback { to_version, reason } => write!(s, " to_version={to_version:?} reason={reason:?}"),
             Request::UpdateHealth { version, healthy, detail } => {
                 write!(s, " version={version:?} healthy={healthy} detail={detail:?}")
+            }
+            Request::ConfigDeploy { deployment, signature } => {
+                write!(s, " deployment=<{} bytes> signature=<{} bytes>", deployment.len(), signature.len())
             }
         };
         s

@@ -81,9 +81,10 @@ fn request_variant(r: &Request) -> usize {
         Request::UpdateApply { .. } => 23,
         Request::UpdateRollback { .. } => 24,
         Request::UpdateHealth { .. } => 25,
+        Request::ConfigDeploy { .. } => 26,
     }
 }
-const REQUEST_VARIANTS: usize = 26;
+const REQUEST_VARIANTS: usize = 27;
 
 fn response_variant(r: &Response) -> usize {
     match r {
@@ -141,6 +142,10 @@ fn sample_requests() -> Vec<RequestFrame> {
         },
         Request::UpdateRollback { to_version: Some("0.1.0".into()), reason: "operator".into() },
         Request::UpdateHealth { version: "0.2.0".into(), healthy: true, detail: "/healthz 200; tools/call ok".into() },
+        Request::ConfigDeploy {
+            deployment: "{\"format\":\"mcp-raspi-config-deployment/1\"}".into(),
+            signature: "{}".into(),
+        },
     ];
     requests
         .into_iter()

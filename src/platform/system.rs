@@ -121,6 +121,11 @@ pub trait Services: Send + Sync {
     fn restart_without_waiting(&self, units: &[UnitName]) -> Result<(), PlatformError> {
         units.iter().try_for_each(|u| self.control(u, UnitAction::Restart).map(drop))
     }
+    /// Asks for the one-shot `unit` to start and returns at once: its program restarts the
+    /// caller (the configuration deployment's unit).
+    fn start_without_waiting(&self, unit: &UnitName) -> Result<(), PlatformError> {
+        self.control(unit, UnitAction::Start).map(drop)
+    }
     /// The newest `lines` journal entries of a unit, oldest first, optionally since a
     /// time (`journalctl --since` syntax, validated by the caller).
     fn journal(&self, unit: &UnitName, lines: usize, since: Option<&str>) -> Result<Vec<JournalEntry>, PlatformError>;

@@ -6,6 +6,7 @@ use serde::Serialize;
 use super::system::read_only_spec;
 use super::{Cx, NoArguments, Tool, ToolError, ToolSpec};
 use crate::agent_client::AgentStatus;
+use crate::config::deploy::{self, ApplyRecord};
 use crate::update::state::{LastUpdate, VersionState, STATE_FILE};
 
 #[derive(Debug, Serialize, JsonSchema)]
@@ -42,6 +43,9 @@ pub struct ServerStatus {
     pub agent: AgentStatus,
     /// `raspberry_pi` or `simulated`.
     pub backend: String,
+    /// The last configuration deployment (manage.deploy_config): `running`, `applied`,
+    /// `refused` or `rolled_back`, the file's SHA-256, when, and why it was refused.
+    pub config_deploy: Option<ApplyRecord>,
 }
 
 pub struct GetServerStatus;
@@ -75,6 +79,7 @@ impl Tool for GetServerStatus {
             config: ConfigStatus { path: app.config_origin.clone(), sha256: app.config_sha256.clone() },
             agent: app.agent.refresh().await,
             backend: app.platform.backend.into(),
+            config_deploy: ApplyRecord::load(&app.config.paths.state_dir.join(deploy::RECORD_FILE)),
         })
     }
 }

@@ -5,6 +5,7 @@
 mod app;
 mod bus;
 mod camera;
+mod config_deploy;
 mod docs;
 mod gpio;
 mod i2c;
@@ -298,6 +299,8 @@ static TOOLS: &[&dyn DynTool] = &[
     &os::CheckUpdates,
     &os::ApplyUpdates,
     &manage::GetServerStatus,
+    &config_deploy::CheckConfig,
+    &config_deploy::DeployConfig,
     &update::UpdateServer,
     &update::Rollback,
     &update::ListVersions,

@@ -148,6 +148,15 @@ impl Services for SystemdServices {
         }
     }
 
+    fn start_without_waiting(&self, unit: &UnitName) -> Result<(), PlatformError> {
+        require_systemd()?;
+        let output = run("systemctl", &["--no-ask-password", "--no-block", "start", "--", unit.as_str()])?;
+        if !output.status.success() {
+            return Err(systemctl_failure("start", unit, &output));
+        }
+        Ok(())
+    }
+
     fn journal(&self, unit: &UnitName, lines: usize, since: Option<&str>) -> Result<Vec<JournalEntry>, PlatformError> {
         // Validated before the systemd check so that a bad value is reported as such anywhere.
         let since = since.map(parse_since).transpose()?;
