@@ -127,7 +127,7 @@ bench: release deb
 FLEET_DEVICES ?= 100
 fleet-proof: release
 	MCP_RASPI_FLEET_DEVICES=$(FLEET_DEVICES) MCP_RASPI_FLEET_FIGURES=$(CURDIR)/target/fleet-rollout.json \
-	  $(CARGO) test --release --test tests fleet_rollout -- --nocapture
+	  $(CARGO) test --release --test tests -- fleet_rollout fleet_config --nocapture
 	$(PYTHON) bench/fleet.py --server target/release/mcp-raspi-server --agent target/release/raspi-ops-agent \
 	  --fleet target/release/mcp-fleet --devices $(FLEET_DEVICES) --rollout target/fleet-rollout.json \
 	  --out BENCHMARKS.md

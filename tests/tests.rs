@@ -10,6 +10,7 @@ mod cli;
 mod config;
 mod fixtures;
 mod fleet;
+mod fleet_config;
 mod fleet_rollout;
 mod golden;
 mod hostile;

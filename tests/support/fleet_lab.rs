@@ -3,9 +3,13 @@
 //! loopback, and all of them updating from one signed repository that publishes this build
 //! as the next release.
 //!
+//! The fleet file gives each device its whole configuration, and each device starts with the
+//! file it renders, trusting the fleet's configuration key (`config deploy`).
+//!
 //! Each device has a supervisor thread standing in for systemd: it runs the device's ops
 //! agent and server from `current/bin`, and restarts both when `current` changes (the agent
-//! switched it for an update or a rollback and asked for the restart). A device marked
+//! switched it for an update or a rollback and asked for the restart) or when the
+//! configuration file changes (a hand edit and its restart, or a deployment's). A device marked
 //! broken cannot run the new release: its new server never comes up, as on hardware the
 //! release does not support, so its agent rolls the update back.
 
@@ -16,6 +20,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use mcp_raspi::fleet::render::render;
+use mcp_raspi::fleet::Fleet;
 use mcp_raspi::update::{deb, release};
 
 use super::deb::DebSpec;
@@ -95,6 +101,9 @@ impl Lab {
         deb::extract_payload(&base.join("publisher").join(deb_name(OLD, arch())), &payload, &info, Default::default())
             .unwrap();
         let key_file = format!("{}.pub", scene.key.id());
+        std::fs::create_dir_all(base.join("fleet-keys")).unwrap();
+        let config_key = mcp_raspi::update::manifest::keygen(&base.join("fleet-keys")).unwrap();
+        let config_key_file = config_key.public_path.file_name().unwrap().to_owned();
         let width = if count > 100 { 3 } else { 2 };
         let mut prepared = Vec::new();
         for i in 0..count {
@@ -106,10 +115,31 @@ impl Lab {
             std::fs::copy(scene.keys_dir.join(&key_file), layout.keys_dir.join(&key_file)).unwrap();
             release::install_release(&payload, &layout.install_root, OLD).unwrap();
             layout.installation().record_package_install(OLD).unwrap();
+            std::fs::create_dir_all(dir.join("config-keys")).unwrap();
+            std::fs::copy(&config_key.public_path, dir.join("config-keys").join(&config_key_file)).unwrap();
             let port = free_port();
-            let config = dir.join("config.yml");
-            std::fs::write(&config, device_config(&dir, &layout, port)).unwrap();
-            prepared.push((id, layout, config, port));
+            prepared.push((id, layout, dir.join("config.yml"), port));
+        }
+        // The fleet file gives each device its whole configuration (the template only what
+        // they share), and each device starts with the file it renders.
+        let mut yaml = String::from(
+            "fleet:\n  id: lab\n  region: loopback\n  config_key_file: {key}\n  connection:\n    \
+             url: \"http://{hostname}/mcp\"\n    credential: { token_env: LAB_TOKEN }\n    timeout_seconds: 5\n    \
+             concurrency: 16\n  config_template:\n    logging: { level: info }\n  devices:\n",
+        )
+        .replace("{key}", &config_key.secret_path.strip_prefix(&base).unwrap().display().to_string());
+        for (id, layout, config, port) in &prepared {
+            let overrides = device_config(config.parent().unwrap(), layout, *port);
+            let overrides: serde_json::Value = serde_saphyr::from_str(&overrides).unwrap();
+            yaml.push_str(&format!(
+                "    - {{ id: {id}, hostname: \"127.0.0.1:{port}\", model: pi4, role: sensor, config: {overrides} }}\n"
+            ));
+        }
+        let fleet_file = base.join("fleet-config.yml");
+        std::fs::write(&fleet_file, &yaml).unwrap();
+        let fleet = Fleet::parse(&yaml, "fleet-config.yml").unwrap();
+        for (device, (_, _, config, _)) in fleet.devices.iter().zip(&prepared) {
+            std::fs::write(config, render(&fleet, device).unwrap().text).unwrap();
         }
         if is_root() {
             chown_tree(&base, UNPRIVILEGED);
@@ -133,15 +163,6 @@ impl Lab {
                 supervisor: Some(supervisor),
             });
         }
-        let mut yaml = String::from(
-            "fleet:\n  id: lab\n  region: loopback\n  connection:\n    url: \"http://{hostname}/mcp\"\n    \
-             credential: { token_env: LAB_TOKEN }\n    timeout_seconds: 5\n    concurrency: 16\n  devices:\n",
-        );
-        for d in &devices {
-            yaml.push_str(&format!("    - {{ id: {}, hostname: \"{}\", model: pi4, role: sensor }}\n", d.id, d.addr));
-        }
-        let fleet_file = base.join("fleet-config.yml");
-        std::fs::write(&fleet_file, yaml).unwrap();
         Lab { devices, fleet_file, scene }
     }
 }
@@ -160,52 +181,60 @@ fn device_config(dir: &Path, layout: &Device, port: u16) -> String {
         layout.install_root.display()
     );
     let updates = format!(
-        "updates:\n  server_url: \"{}\"\n  keys_dir: {}\n  health_timeout_seconds: {HEALTH_TIMEOUT_SECONDS}\n",
+        "updates:\n  server_url: \"{}\"\n  keys_dir: {}\n  health_timeout_seconds: {HEALTH_TIMEOUT_SECONDS}\n  \
+         config: {{ enabled: true, keys_dir: {}, health_timeout_seconds: {HEALTH_TIMEOUT_SECONDS} }}\n",
         layout.server_url,
-        layout.keys_dir.display()
+        layout.keys_dir.display(),
+        dir.join("config-keys").display()
     );
     // The test configuration has an `updates` section already (its OS updates): extend it.
     config_yaml(dir, None, &extra).replacen("updates:\n", &updates, 1)
 }
 
-/// What runs on a device: its agent and server, or its agent alone when the server cannot
-/// start on this release.
-enum Running {
-    Both(Server),
-    AgentOnly(Child),
+/// What runs on a device: its agent, and its server unless it could not start (this
+/// release cannot run here, or its configuration does not let it listen).
+struct Running {
+    agent: Child,
+    _server: Option<Server>,
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
-        if let Running::AgentOnly(agent) = self {
-            let _ = agent.kill();
-            let _ = agent.wait();
-        }
+        let _ = self.agent.kill();
+        let _ = self.agent.wait();
     }
+}
+
+/// What the device runs: the release `current` names and the configuration file's bytes.
+fn what_runs(current: &Path, config: &Path) -> Option<(String, Vec<u8>)> {
+    let release = std::fs::read_link(current).ok()?.file_name()?.to_string_lossy().into_owned();
+    Some((release, std::fs::read(config).ok()?))
 }
 
 /// systemd's part for one device: start the programs of `current`, and start them again
 /// when `current` names another release, until `stop`.
 fn supervise(root: &Path, config: &Path, broken: &AtomicBool, stop: &AtomicBool, started: std::sync::mpsc::Sender<()>) {
     let current = root.join("current");
-    let release = || std::fs::read_link(&current).ok().map(|l| l.file_name().unwrap().to_string_lossy().into_owned());
-    let mut running: Option<(String, Running)> = None;
+    let mut running: Option<((String, Vec<u8>), Running)> = None;
     while !stop.load(Ordering::SeqCst) {
-        let now = release();
-        if now.is_some() && now.as_deref() != running.as_ref().map(|(r, _)| r.as_str()) {
-            if running.is_some() {
+        let now = what_runs(&current, config);
+        if now.is_some() && now.as_ref() != running.as_ref().map(|(w, _)| w) {
+            let release_changed = running.as_ref().is_some_and(|((r, _), _)| Some(r) != now.as_ref().map(|(r, _)| r));
+            if release_changed {
                 // The agent asks for the restart a moment after it switched `current`.
                 std::thread::sleep(RESTART_AFTER);
             }
             running = None;
-            let Some(now) = release() else { continue };
+            let Some(now) = what_runs(&current, config) else { continue };
             let bin = current.join("bin");
-            let programs = if now == NEW && broken.load(Ordering::SeqCst) {
-                Running::AgentOnly(start_agent_program(&bin.join("raspi-ops-agent"), config))
+            let agent = start_agent_program(&bin.join("raspi-ops-agent"), config);
+            let server = if now.0 == NEW && broken.load(Ordering::SeqCst) {
+                None
             } else {
-                Running::Both(Server::from_release(&bin, config))
+                let start = std::panic::AssertUnwindSafe(|| Server::from_release_alone(&bin, config));
+                std::panic::catch_unwind(start).ok()
             };
-            running = Some((now, programs));
+            running = Some((now, Running { agent, _server: server }));
             let _ = started.send(());
         }
         std::thread::sleep(Duration::from_millis(100));
