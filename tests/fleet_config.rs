@@ -90,8 +90,8 @@ fn drift_finds_files_changed_by_hand_and_config_deploy_brings_them_back() {
         let wanted = if names.contains(&device) { "applied" } else { "unchanged" };
         assert_eq!(outcome, wanted, "{device}: {report}");
     }
-    for i in 0..count {
-        assert_eq!(std::fs::read_to_string(config(i)).unwrap(), rendered[i], "{}", lab.devices[i].id);
+    for (i, text) in rendered.iter().enumerate() {
+        assert_eq!(&std::fs::read_to_string(config(i)).unwrap(), text, "{}", lab.devices[i].id);
     }
     let previous = config(edited[0]).with_file_name("config.yml.previous");
     assert!(std::fs::read_to_string(previous).unwrap().contains("level: warning"));
