@@ -279,7 +279,7 @@ proof-releases: cargo-deb generated
 # chroots wait on the network, and the two cargo builds use different profiles, so they do
 # not wait for each other's locks.
 test-package:
-	@packaging/need.sh debootstrap systemd-container qemu-user-static binutils lintian apt-utils gnupg $(CROSS_TOOLS)
+	@packaging/need.sh debootstrap systemd-container qemu-user-static binutils lintian apt-utils gnupg python3-yaml $(CROSS_TOOLS)
 	rustup target add aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf
 	@mkdir -p target/package-test
 	@set -e; start=$$(date +%s); \

@@ -129,7 +129,7 @@ fn tools_list_pages_through_the_whole_catalogue() {
             None => break,
         }
     }
-    assert_eq!(names.len(), 45, "{names:?}");
+    assert_eq!(names.len(), 47, "{names:?}");
     let bad = server.rpc(&session, "2025-11-25", "tools/list", json!({"cursor": "nonsense"}));
     assert_eq!(bad["error"]["code"], -32602);
 }

@@ -133,11 +133,7 @@ impl HttpServer {
                     let body = json!({"status": "unhealthy", "version": crate::base::VERSION});
                     return json_reply(503, Json::of(&body));
                 }
-                // How long it has run tells a supervisor which server answered: the one it
-                // just restarted, or one from before (config-apply waits for the former).
-                let uptime = self.app.started_at.elapsed().unwrap_or_default().as_secs_f64();
-                let body = json!({"status": "ok", "version": crate::base::VERSION, "uptime_seconds": uptime});
-                return json_reply(200, Json::of(&body));
+                return json_reply(200, Json::of(&json!({"status": "ok", "version": crate::base::VERSION})));
             }
             ("/mcp", _) => {}
             ("/metrics", _) => return self.metrics(&method, &headers, peer).await,

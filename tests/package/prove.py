@@ -46,6 +46,7 @@ from http.client import HTTPException
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import config_deploy
 import operations
 import os_upgrade
 
@@ -1358,6 +1359,8 @@ def prove_amd64(version, releases, repo, update_repo):
         token = check_mcp(box, port)
         check_real_backends(box, port, token, update_repo.url)
         os_upgrade.prove(sys.modules[__name__], box, port, token)
+        log("configuration deployment: mcp-fleet config deploy from the host")
+        config_deploy.prove(sys.modules[__name__], box, port, token, repo)
         operations.check_operations(sys.modules[__name__], box, port, token, version)
         log(f"self-update over MCP: {version} to {v2}")
         check_update_over_mcp(box, port, token, update_repo, version, v2, v2_deb)

@@ -36,7 +36,7 @@ impl Services for Fake {
         Ok(())
     }
 
-    fn healthy(&mut self, _: &Config, _: Instant) -> Result<(), String> {
+    fn healthy(&mut self, _: &Config) -> Result<(), String> {
         if self.healthy {
             Ok(())
         } else {
