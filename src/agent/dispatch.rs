@@ -210,11 +210,19 @@ fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::DirBuilder::new().recursive(true).mode(0o750).create(dir)
 }
 
+/// When a media file was made, to the millisecond, from its name (`capture-<ms>.jpg`): a
+/// file's modification time only has the kernel's clock tick, which two files may share.
+fn made_at(path: &Path) -> u128 {
+    let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    name.rsplit('-').next().and_then(|ms| ms.parse().ok()).unwrap_or(0)
+}
+
 /// Deletes the oldest captures and videos until the directory is within both limits; never
-/// the one just made.
+/// the one just made. The oldest is the least recently written, and of two written in the
+/// same clock tick the one made first.
 fn enforce_retention(dir: &Path, max_files: usize, max_bytes: u64, keep: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else { return };
-    let mut files: Vec<(SystemTime, u64, PathBuf)> = entries
+    let mut files: Vec<(SystemTime, u128, u64, PathBuf)> = entries
         .filter_map(Result::ok)
         .filter(|e| {
             let name = e.file_name();
@@ -223,13 +231,14 @@ fn enforce_retention(dir: &Path, max_files: usize, max_bytes: u64, keep: &Path) 
         })
         .filter_map(|e| {
             let meta = e.metadata().ok()?;
-            Some((meta.modified().ok()?, meta.len(), e.path()))
+            let path = e.path();
+            Some((meta.modified().ok()?, made_at(&path), meta.len(), path))
         })
         .collect();
     files.sort();
-    let mut total: u64 = files.iter().map(|f| f.1).sum();
+    let mut total: u64 = files.iter().map(|f| f.2).sum();
     let mut count = files.len();
-    for (_, size, path) in files {
+    for (_, _, size, path) in files {
         if (count <= max_files && total <= max_bytes) || path == keep {
             continue;
         }
@@ -464,5 +473,22 @@ mod tests {
         enforce_retention(dir.path(), 10, 150, &keep);
         assert!(keep.exists());
         assert!(!dir.path().join("capture-3.jpg").exists());
+    }
+
+    #[test]
+    fn of_two_files_written_in_the_same_clock_tick_the_one_made_first_goes() {
+        let dir = tempfile::tempdir().unwrap();
+        let tick = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000);
+        // A large video made first, a small capture after it, both with the same time.
+        for (name, size) in [("video-1796402603124.mjpeg", 5000), ("capture-1796402603157.jpg", 100)] {
+            let p = dir.path().join(name);
+            std::fs::write(&p, vec![0u8; size]).unwrap();
+            std::fs::File::options().write(true).open(&p).unwrap().set_modified(tick).unwrap();
+        }
+        let keep = dir.path().join("capture-1796402603999.jpg");
+        std::fs::write(&keep, b"new").unwrap();
+        enforce_retention(dir.path(), 2, u64::MAX, &keep);
+        assert!(!dir.path().join("video-1796402603124.mjpeg").exists());
+        assert!(dir.path().join("capture-1796402603157.jpg").exists());
     }
 }

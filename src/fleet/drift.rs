@@ -103,7 +103,7 @@ pub async fn run(cx: &Context<'_>, selection: &Selection, out: &mut dyn Write) -
                             "drifted": drifted, "results": results});
         print(out, &format!("{}\n", serde_json::to_string_pretty(&report).unwrap_or_default()))?;
     } else {
-        let mut text = super::inventory::table(&["DEVICE", "CONFIG", "VERSION", "RELEASE"], &rows);
+        let mut text = super::table::table(&["DEVICE", "CONFIG", "VERSION", "RELEASE"], &rows);
         for r in &results {
             let mut why: Vec<String> = Vec::new();
             if let Some(e) = r["error"].as_str() {

@@ -18,6 +18,7 @@ mod inventory;
 pub mod render;
 mod rollout;
 mod run;
+mod table;
 mod targets;
 
 use std::io::Write;
