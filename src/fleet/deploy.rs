@@ -183,14 +183,14 @@ async fn deploy(
     if check["unchanged"] == true {
         return Outcome::Unchanged;
     }
-    let Some(key) = key else {
-        return Outcome::WouldChange { diff: check["diff"].as_str().unwrap_or_default().to_string() };
-    };
     if check["deployments_enabled"] != true {
         return Outcome::Refused {
             reason: "configuration deployments are off there (updates.config.enabled: false)".into(),
         };
     }
+    let Some(key) = key else {
+        return Outcome::WouldChange { diff: check["diff"].as_str().unwrap_or_default().to_string() };
+    };
     let Some(replaces) = check["current_sha256"].as_str() else {
         return Outcome::Failed { reason: "manage.check_config did not say which file the device has".into() };
     };

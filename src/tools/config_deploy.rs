@@ -64,6 +64,11 @@ impl Tool for CheckConfig {
                 args.text.len()
             )));
         }
+        if app.config_origin == crate::config::DEV_ORIGIN {
+            return Err(ToolError::unavailable(
+                "this server runs the built-in development configuration (--dev): there is no file to compare with",
+            ));
+        }
         let current = std::fs::read_to_string(&app.config_origin).map_err(|e| {
             ToolError::unavailable(format!("cannot read the configuration file {}: {e}", app.config_origin))
         })?;

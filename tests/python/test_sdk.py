@@ -66,6 +66,8 @@ TOOLS = {
     "os.check_updates",
     "os.apply_updates",
     "manage.get_server_status",
+    "manage.check_config",
+    "manage.deploy_config",
     "manage.update_server",
     "manage.rollback",
     "manage.list_versions",
@@ -96,6 +98,10 @@ TOOL_CALLS: dict[str, tuple[dict[str, Any], set[str]]] = {
     "logs.get_recent_audit_logs": ({"limit": 20}, {"count", "entries", "source"}),
     "manage.get_server_status": ({}, {"version", "pid", "started_at", "uptime_seconds", "backend", "config", "agent"}),
     "manage.list_versions": ({}, {"releases", "keep_versions"}),
+    "manage.check_config": (
+        {"text": 'config_version: "1.2"\n'},
+        {"valid", "sha256", "current_sha256", "running_sha256", "unchanged", "diff", "deployments_enabled"},
+    ),
 }
 # The tools above that only read: they need no ops agent, so this suite calls each of them.
 READ_ONLY_TOOLS = set(TOOL_CALLS)
@@ -108,6 +114,7 @@ DESTRUCTIVE_TOOLS = {
     "os.apply_updates",
     "manage.update_server",
     "manage.rollback",
+    "manage.deploy_config",
 }
 
 RESOURCES = {"raspi://system/info", "raspi://metrics/snapshot", "raspi://metrics/last-24h", "raspi://logs/app", "raspi://logs/audit"}
