@@ -123,14 +123,16 @@ bench: release deb
 
 # mcp-fleet's commands over FLEET_DEVICES devices (a server and an ops agent each), with
 # some of them stopped: wall times and per-device times (bench/fleet.py); and the rolling
-# update of tests/fleet_rollout.rs over as many (batches of 10, devices 35-37 broken).
+# update of tests/fleet_rollout.rs (batches of 10, devices 35-37 broken) and the drift and
+# config deploy of tests/fleet_config.rs over as many.
 FLEET_DEVICES ?= 100
 fleet-proof: release
 	MCP_RASPI_FLEET_DEVICES=$(FLEET_DEVICES) MCP_RASPI_FLEET_FIGURES=$(CURDIR)/target/fleet-rollout.json \
+	  MCP_RASPI_FLEET_CONFIG_FIGURES=$(CURDIR)/target/fleet-config.json \
 	  $(CARGO) test --release --test tests -- fleet_rollout fleet_config --nocapture
 	$(PYTHON) bench/fleet.py --server target/release/mcp-raspi-server --agent target/release/raspi-ops-agent \
 	  --fleet target/release/mcp-fleet --devices $(FLEET_DEVICES) --rollout target/fleet-rollout.json \
-	  --out BENCHMARKS.md
+	  --config target/fleet-config.json --out BENCHMARKS.md
 
 # Delta updates between two releases' packages for this machine (bench/delta.py), e.g.
 # make bench-delta DELTA_FROM=old/mcp-raspi_0.1.0_amd64.deb DELTA_TO=target/packages/mcp-raspi_0.1.1_amd64.deb

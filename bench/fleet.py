@@ -17,7 +17,9 @@ runs the workstation's commands against them, as `make fleet-proof` does:
 
 and, from ROLLOUT (the JSON `tests/fleet_rollout.rs` writes when `make fleet-proof` runs it
 over as many devices), the rolling update that halts at the batch of the broken devices and
-the `--resume` that finishes it, with the halted run's report.
+the `--resume` that finishes it, with the halted run's report; from CONFIG (written by
+`tests/fleet_config.rs`), `drift` finding three files edited by hand and the `config deploy`
+that brings them back.
 """
 
 import argparse
@@ -81,6 +83,7 @@ def main():
     p.add_argument("--fleet", required=True)
     p.add_argument("--devices", type=int, default=100)
     p.add_argument("--rollout", help="the rolling update's figures (JSON)")
+    p.add_argument("--config", help="the drift and config deploy figures (JSON)")
     p.add_argument("--out", required=True)
     a = p.parse_args()
     server_bin, agent_bin, fleet = (str(Path(x).resolve()) for x in (a.server, a.agent, a.fleet))
@@ -166,6 +169,16 @@ def main():
             report,
             "```",
             "",
+        ]
+    if a.config:
+        c = json.loads(Path(a.config).read_text())
+        rows += [
+            f"| `drift`, {c['devices']} devices, {len(c['edited'])} edited by hand ({', '.join(c['edited'])}) | "
+            f"{c['drift_seconds']:.2f} s, exactly those drifted | – | – |",
+            f"| `config deploy --dry-run` (each device checks its file and answers the diff) | "
+            f"{c['dry_run_seconds']:.2f} s | – | – |",
+            f"| `config deploy`, until the {len(c['edited'])} devices run their files again | "
+            f"{c['deploy_seconds']:.2f} s | – | – |",
         ]
     section = "\n".join([
         SECTION,

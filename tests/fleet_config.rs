@@ -3,12 +3,13 @@
 //! key, which each device's own apply program installs and keeps only when the restarted
 //! server answers; a file whose server does not come up is put back.
 //!
-//! `MCP_RASPI_FLEET_DEVICES` sets the fleet's size (10 by default).
+//! `MCP_RASPI_FLEET_DEVICES` sets the fleet's size (10 by default); with
+//! `MCP_RASPI_FLEET_CONFIG_FIGURES` set, the commands' times are written there as JSON.
 
 use std::process::{Command, Output};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use crate::support::fleet_lab::{wait_until, Lab};
 use crate::support::ADMIN_TOKEN;
@@ -71,7 +72,12 @@ fn drift_finds_files_changed_by_hand_and_config_deploy_brings_them_back() {
     assert!(wait_until(Duration::from_secs(30), || drifted(&lab) == names), "drifted: {:?}", drifted(&lab));
 
     // The dry run shows those three diffs and changes nothing.
+    let started = Instant::now();
+    let (_, _) = json(&lab, &["drift"]);
+    let drift_seconds = started.elapsed().as_secs_f64();
+    let started = Instant::now();
     let (code, report) = json(&lab, &["config", "deploy", "--dry-run"]);
+    let dry_run_seconds = started.elapsed().as_secs_f64();
     assert_eq!(code, 0, "{report}");
     for (device, outcome) in outcomes(&report) {
         let wanted = if names.contains(&device) { "would_change" } else { "unchanged" };
@@ -84,7 +90,9 @@ fn drift_finds_files_changed_by_hand_and_config_deploy_brings_them_back() {
     }
 
     // The deployment puts the rendered files back, and the devices run them.
+    let started = Instant::now();
     let (code, report) = json(&lab, &["config", "deploy"]);
+    let deploy_seconds = started.elapsed().as_secs_f64();
     assert_eq!(code, 0, "{report}");
     for (device, outcome) in outcomes(&report) {
         let wanted = if names.contains(&device) { "applied" } else { "unchanged" };
@@ -116,4 +124,12 @@ fn drift_finds_files_changed_by_hand_and_config_deploy_brings_them_back() {
     drop(taken);
     let (code, status) = json(&lab, &["status", &first.id]);
     assert_eq!(code, 0, "the device answers on its old file again: {status}");
+
+    if let Ok(path) = std::env::var("MCP_RASPI_FLEET_CONFIG_FIGURES") {
+        let figures = json!({
+            "devices": count, "edited": names, "drift_seconds": drift_seconds, "dry_run_seconds": dry_run_seconds,
+            "deploy_seconds": deploy_seconds,
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&figures).unwrap()).unwrap();
+    }
 }
