@@ -167,9 +167,20 @@ impl Lab {
     }
 }
 
-/// A port on loopback nobody listens on now.
+/// A port on loopback for a device, its own for the life of the test process: below the
+/// kernel's ephemeral range (32768 and up), so that no client connection takes it while its
+/// server restarts, and never handed to two devices of labs running side by side.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    use std::sync::atomic::AtomicU16;
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let _ = NEXT.compare_exchange(0, 20_000 + (std::process::id() % 4000) as u16, Ordering::SeqCst, Ordering::SeqCst);
+    loop {
+        let port = NEXT.fetch_add(1, Ordering::SeqCst);
+        assert!(port < 32_768, "the lab ran out of ports below the ephemeral range");
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// The test configuration on a fixed port, with the device's install root, state and keys,
