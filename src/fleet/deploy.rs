@@ -272,3 +272,34 @@ pub fn keygen(dir: &Path, json: bool, out: &mut dyn Write) -> Result<u8, FleetFa
     }
     Ok(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(device: &str, outcome: Outcome) -> DeviceResult<'_> {
+        DeviceResult { device, sha256: None, outcome }
+    }
+
+    #[test]
+    fn the_report_shows_diffs_and_reasons_and_counts_every_device() {
+        let results = vec![
+            result("pi-a", Outcome::Unchanged),
+            result("pi-b", Outcome::WouldChange { diff: "-  level: debug\n+  level: info\n".into() }),
+            result("pi-c", Outcome::Refused { reason: "the device's own check refuses it: server.listen".into() }),
+            result("pi-d", Outcome::Unchanged),
+        ];
+        let text = text_report(&results, true);
+        assert_eq!(
+            text,
+            "== pi-b: would change\n-  level: debug\n+  level: info\n\
+             == pi-c: REFUSED: the device's own check refuses it: server.listen\n\
+             config deploy --dry-run (nothing changed): 2 unchanged, 1 would change, 1 REFUSED of 4 devices\n"
+        );
+        let applied = text_report(&[result("pi-a", Outcome::Applied)], false);
+        assert_eq!(applied, "== pi-a: applied\nconfig deploy: 1 applied of 1 devices\n");
+        let json = serde_json::to_value(&results[2]).unwrap();
+        assert_eq!(json["outcome"], "refused");
+        assert!(json["reason"].as_str().unwrap().contains("server.listen"));
+    }
+}

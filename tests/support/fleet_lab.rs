@@ -242,8 +242,9 @@ fn supervise(root: &Path, config: &Path, broken: &AtomicBool, stop: &AtomicBool,
             let server = if now.0 == NEW && broken.load(Ordering::SeqCst) {
                 None
             } else {
-                let start = std::panic::AssertUnwindSafe(|| Server::from_release_alone(&bin, config));
-                std::panic::catch_unwind(start).ok()
+                // A server that cannot start (its configuration does not let it listen) is
+                // what systemd would see fail: the agent runs on, the device waits.
+                Server::try_from_release_alone(&bin, config).ok()
             };
             running = Some((now, Running { agent, _server: server }));
             let _ = started.send(());

@@ -235,7 +235,19 @@ impl Server {
     }
 
     /// The server `cmd` starts (with the test tokens in its environment), once it listens.
-    pub fn from_command(mut cmd: Command, dir: tempfile::TempDir, agent: Option<Child>) -> Server {
+    pub fn from_command(cmd: Command, dir: tempfile::TempDir, agent: Option<Child>) -> Server {
+        Server::try_from_command(cmd, dir, agent).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`Server::from_release_alone`], or why the server did not start (it exited).
+    pub fn try_from_release_alone(bin: &Path, config: &Path) -> Result<Server, String> {
+        let mut cmd = program_command(&bin.join("mcp-raspi-server"));
+        cmd.arg("--config").arg(config);
+        Server::try_from_command(cmd, temp_dir(), None)
+    }
+
+    /// [`Server::from_command`], or why the server did not start.
+    pub fn try_from_command(mut cmd: Command, dir: tempfile::TempDir, agent: Option<Child>) -> Result<Server, String> {
         let mut child = cmd
             .env("TEST_ADMIN_TOKEN", ADMIN_TOKEN)
             .env("TEST_VIEWER_TOKEN", VIEWER_TOKEN)
@@ -248,7 +260,8 @@ impl Server {
         let Some(url) = line.trim().strip_prefix("listening on http://") else {
             let mut err = String::new();
             child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
-            panic!("server did not start: {line:?} {err}");
+            let _ = child.wait();
+            return Err(format!("server did not start: {line:?} {err}"));
         };
         let addr = url.trim_end_matches("/mcp").to_string();
         // What the server writes to standard error (its log at debug level) is read and
@@ -256,7 +269,7 @@ impl Server {
         if let Some(mut stderr) = child.stderr.take() {
             std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
         }
-        Server { child, addr, dir, agent }
+        Ok(Server { child, addr, dir, agent })
     }
 
     /// Stops this server and starts the server binary again on the same directory and
