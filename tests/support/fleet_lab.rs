@@ -32,8 +32,9 @@ use super::{config_yaml, is_root, start_agent_program, Server, UNPRIVILEGED};
 pub const OLD: &str = "0.0.1";
 /// The release the repository publishes: this build.
 pub const NEW: &str = env!("CARGO_PKG_VERSION");
-/// How long a new release has to prove healthy before its agent rolls it back.
-const HEALTH_TIMEOUT_SECONDS: u64 = 5;
+/// How long a new release (or configuration) has to prove healthy before it is rolled back:
+/// a broken device waits this long, and a healthy one on a loaded machine needs the margin.
+const HEALTH_TIMEOUT_SECONDS: u64 = 10;
 /// The agent restarts the services this long after switching `current` (its RESTART_DELAY),
 /// and the supervisor a little after that.
 const RESTART_AFTER: Duration = Duration::from_millis(1200);
