@@ -6,26 +6,14 @@
 //! `MCP_RASPI_FLEET_DEVICES` sets the fleet's size (10 by default); with
 //! `MCP_RASPI_FLEET_CONFIG_FIGURES` set, the commands' times are written there as JSON.
 
-use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
 use crate::support::fleet_lab::{wait_until, Lab};
-use crate::support::ADMIN_TOKEN;
-
-fn fleet(lab: &Lab, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mcp-fleet"))
-        .arg("--file")
-        .arg(&lab.fleet_file)
-        .args(args)
-        .env("LAB_TOKEN", ADMIN_TOKEN)
-        .output()
-        .unwrap()
-}
 
 fn json(lab: &Lab, args: &[&str]) -> (i32, Value) {
-    let out = fleet(lab, &[args, &["--json"]].concat());
+    let out = lab.fleet(&[args, &["--json"]].concat());
     let value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!("not JSON ({e}): {} {}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
     });

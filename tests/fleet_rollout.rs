@@ -7,23 +7,11 @@
 //! 100, in batches of 10 with devices 35–37 broken); with `MCP_RASPI_FLEET_FIGURES` set, the
 //! run's times are written there as JSON.
 
-use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
 use crate::support::fleet_lab::{wait_until, Lab, NEW, OLD};
-use crate::support::ADMIN_TOKEN;
-
-fn fleet(lab: &Lab, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mcp-fleet"))
-        .arg("--file")
-        .arg(&lab.fleet_file)
-        .args(args)
-        .env("LAB_TOKEN", ADMIN_TOKEN)
-        .output()
-        .unwrap()
-}
 
 fn text(out: &[u8]) -> String {
     String::from_utf8_lossy(out).into_owned()
@@ -96,7 +84,7 @@ fn a_rolling_update_halts_at_the_first_unhealthy_batch_puts_it_back_and_resumes_
         "60",
     ];
     let started = Instant::now();
-    let out = fleet(&lab, &args);
+    let out = lab.fleet(&args);
     let halted_seconds = started.elapsed().as_secs_f64();
     let report = text(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{report} {}", text(&out.stderr));
@@ -144,7 +132,7 @@ fn a_rolling_update_halts_at_the_first_unhealthy_batch_puts_it_back_and_resumes_
     }
 
     // A new rollout is refused while this one is halted.
-    let refused = fleet(&lab, &["update", "--version", NEW]);
+    let refused = lab.fleet(&["update", "--version", NEW]);
     assert_eq!(refused.status.code(), Some(2));
     assert!(text(&refused.stderr).contains("--resume"), "{}", text(&refused.stderr));
 
@@ -154,7 +142,7 @@ fn a_rolling_update_halts_at_the_first_unhealthy_batch_puts_it_back_and_resumes_
         lab.devices[i].set_broken(false);
     }
     let started = Instant::now();
-    let out = fleet(&lab, &["update", "--resume", "--json"]);
+    let out = lab.fleet(&["update", "--resume", "--json"]);
     let resumed_seconds = started.elapsed().as_secs_f64();
     let resumed: Value = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("not JSON ({e}): {} {}", text(&out.stdout), text(&out.stderr)));
@@ -168,7 +156,7 @@ fn a_rolling_update_halts_at_the_first_unhealthy_batch_puts_it_back_and_resumes_
         assert!(wait_until(Duration::from_secs(10), || device.current() == NEW), "{}", device.id);
         assert_eq!(device.state()["last_update"]["status"], "succeeded", "{}", device.id);
     }
-    let done = fleet(&lab, &["update", "--resume"]);
+    let done = lab.fleet(&["update", "--resume"]);
     assert_eq!(done.status.code(), Some(2));
     assert!(text(&done.stderr).contains("nothing to resume"), "{}", text(&done.stderr));
 

@@ -16,7 +16,7 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clap::Args as ClapArgs;
 
@@ -108,7 +108,20 @@ impl Services for System<'_> {
         Ok(())
     }
 
+    /// The restarted server answers `/healthz` on its address (loopback when it listens on
+    /// all) within the timeout.
     fn healthy(&mut self, config: &Config) -> Result<(), String> {
-        deploy::wait_for_server(config, self.timeout)
+        let started = Instant::now();
+        let addr = crate::base::loopback_for(config.listen_addr());
+        let mut last = String::from("no answer");
+        while started.elapsed() < self.timeout {
+            match super::client::get_healthz(addr, Duration::from_secs(2)) {
+                Ok((200, _)) => return Ok(()),
+                Ok((status, _)) => last = format!("/healthz on {addr} answered {status}"),
+                Err(e) => last = format!("{e} on {addr}"),
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        Err(format!("{last} within {} s", self.timeout.as_secs()))
     }
 }

@@ -23,7 +23,6 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Read;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -180,6 +179,18 @@ impl ApplyPaths {
         self.state_dir.join(RECORD_FILE)
     }
 
+    /// The keys a deployment may be signed with; none is an error that says where they go.
+    fn trusted_keys(&self) -> Result<Keyring, String> {
+        let keyring = Keyring::load(&self.keys_dir).map_err(|e| e.to_string())?;
+        if keyring.is_empty() {
+            return Err(format!(
+                "{} holds no key (*.pub): put the fleet's configuration key there",
+                self.keys_dir.display()
+            ));
+        }
+        Ok(keyring)
+    }
+
     /// The file kept beside the configuration while a new one is tried, and after.
     pub fn previous(&self) -> PathBuf {
         let mut name = self.config.file_name().unwrap_or_default().to_os_string();
@@ -211,16 +222,7 @@ pub fn apply(paths: &ApplyPaths, services: &mut dyn Services) -> ApplyRecord {
         .and_then(|bytes| read_bounded(&staged.join(SIGNATURE_FILE), 4096).map(|sig| (bytes, sig)));
     let _ = fs::remove_file(staged.join(DEPLOYMENT_FILE));
     let _ = fs::remove_file(staged.join(SIGNATURE_FILE));
-    let outcome = read.and_then(|(bytes, signature)| {
-        let keyring = Keyring::load(&paths.keys_dir).map_err(|e| e.to_string())?;
-        if keyring.is_empty() {
-            return Err(format!(
-                "{} holds no key (*.pub): put the fleet's configuration key there",
-                paths.keys_dir.display()
-            ));
-        }
-        Deployment::verify(&bytes, &signature, &keyring)
-    });
+    let outcome = read.and_then(|(bytes, signature)| Deployment::verify(&bytes, &signature, &paths.trusted_keys()?));
     let deployment = match outcome {
         Ok(d) => d,
         Err(reason) => return finish(paths, record, ApplyStatus::Refused, Some(reason)),
@@ -317,44 +319,10 @@ fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>, String> {
     Ok(bytes)
 }
 
-/// Waits until the server `config` starts answers `/healthz` on its address (loopback when
-/// it listens on all), at most `timeout`. The caller has restarted it.
-pub fn wait_for_server(config: &Config, timeout: Duration) -> Result<(), String> {
-    let started = Instant::now();
-    let addr = crate::base::loopback_for(config.listen_addr());
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the runtime: {e}"))?;
-    runtime.block_on(async {
-        let client = crate::update::download::http_client()
-            .timeout(Duration::from_secs(2))
-            .build()
-            .map_err(|e| format!("cannot set up the HTTP client: {e}"))?;
-        let mut last = String::from("no answer");
-        while started.elapsed() < timeout {
-            match client.get(format!("http://{addr}/healthz")).send().await {
-                Ok(response) if response.status().as_u16() == 200 => return Ok(()),
-                Ok(response) => last = format!("/healthz on {addr} answered {}", response.status().as_u16()),
-                Err(e) => last = format!("no answer on {addr} ({e})"),
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-        Err(format!("{last} within {} s", timeout.as_secs()))
-    })
-}
-
 /// Stages a signed deployment for [`apply`] (the agent's part): checked first, so that
 /// nothing is staged that the root program would refuse for its signature or its text.
 pub fn stage(paths: &ApplyPaths, bytes: &[u8], signature: &[u8]) -> Result<Deployment, String> {
-    let keyring = Keyring::load(&paths.keys_dir).map_err(|e| e.to_string())?;
-    if keyring.is_empty() {
-        return Err(format!(
-            "{} holds no key (*.pub): put the fleet's configuration key there",
-            paths.keys_dir.display()
-        ));
-    }
-    let deployment = Deployment::verify(bytes, signature, &keyring)?;
+    let deployment = Deployment::verify(bytes, signature, &paths.trusted_keys()?)?;
     check_text(&deployment.text, "the deployed file").map_err(|e| format!("the new file does not load: {e}"))?;
     let staged = paths.staged();
     fs::create_dir_all(&staged).map_err(|e| format!("cannot create {}: {e}", staged.display()))?;

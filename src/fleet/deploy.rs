@@ -10,7 +10,6 @@
 //! rendered one are left alone.
 
 use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -84,12 +83,7 @@ fn signing_key(cx: &Context<'_>, fleet_file: &Path) -> Result<SecretKey, FleetFa
         Some(dir) if name.is_relative() => dir.join(name),
         _ => name.clone(),
     };
-    let shown = path.display();
-    let meta = std::fs::metadata(&path)
-        .map_err(|e| format!("fleet.config_key_file: cannot read {shown}: {}", crate::cli::io_message(&e)))?;
-    if meta.permissions().mode() & 0o077 != 0 {
-        return Err(format!("fleet.config_key_file: {shown} may be read by others; chmod 600 {shown}").into());
-    }
+    super::device::check_private(&path, "the fleet's configuration key (fleet.config_key_file)")?;
     SecretKey::read(&path).map_err(|e| FleetFailure::from(format!("fleet.config_key_file: {e}")))
 }
 

@@ -51,18 +51,23 @@ pub fn resolve(credential: &Credential, env: &dyn Fn(&str) -> Option<String>) ->
     Err("the credential names no secret".into())
 }
 
-/// A file holding one secret, which only its owner may read (as ssh requires of keys).
-fn secret_file(path: &std::path::Path) -> Result<String, String> {
+/// Checks that only its owner may read the file at `path` (as ssh requires of keys); `what`
+/// names it in errors.
+pub fn check_private(path: &std::path::Path, what: &str) -> Result<(), String> {
     let shown = path.display();
-    let metadata = std::fs::metadata(path)
-        .map_err(|e| format!("cannot read the credential file {shown}: {}", crate::cli::io_message(&e)))?;
+    let metadata =
+        std::fs::metadata(path).map_err(|e| format!("cannot read {what} {shown}: {}", crate::cli::io_message(&e)))?;
     let mode = metadata.permissions().mode();
     if mode & 0o077 != 0 {
-        return Err(format!(
-            "the credential file {shown} may be read by others (mode {:o}); chmod 600 {shown}",
-            mode & 0o777
-        ));
+        return Err(format!("{what} {shown} may be read by others (mode {:o}); chmod 600 {shown}", mode & 0o777));
     }
+    Ok(())
+}
+
+/// A file holding one secret, which only its owner may read.
+fn secret_file(path: &std::path::Path) -> Result<String, String> {
+    let shown = path.display();
+    check_private(path, "the credential file")?;
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read the credential file {shown}: {}", crate::cli::io_message(&e)))?;
     let secret = text.trim();

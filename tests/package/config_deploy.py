@@ -11,7 +11,6 @@ configuration file is as it was at the end, so that the checks after this one fi
 """
 
 import json
-import re
 import shutil
 import socket
 import subprocess
@@ -19,7 +18,6 @@ import subprocess
 import yaml
 
 UNIT = "mcp-raspi-config-apply.service"
-UNIT_FILE = f"/usr/lib/systemd/system/{UNIT}"
 # The unit reads and writes little (see its comments): it is sandboxed to match.
 EXPOSURE_LIMIT = 2.5
 CONFIG = "/etc/mcp-raspi/config.yml"
@@ -29,25 +27,6 @@ RECORD = "/var/lib/mcp-raspi/config-apply.json"
 HEALTH_TIMEOUT = 10
 TOKEN_ENV = "BOX_FLEET_TOKEN"
 
-
-def check_unit(p, box):
-    """The shipped unit: its exposure, systemd's verdict, what it runs, and that the package
-    neither enables nor starts it."""
-    path = p.ROOT / "systemd" / UNIT
-    code, out, err = p.run(["systemd-analyze", "security", "--offline=true", "--no-pager", path], check=False)
-    score = re.search(r"Overall exposure level for \S+: ([0-9.]+)", out + err)
-    value = float(score.group(1)) if score else 99.0
-    p.report.check(f"{UNIT} exposure {value} is at most {EXPOSURE_LIMIT}", value <= EXPOSURE_LIMIT,
-                   (out + err)[-2000:])
-    code, out, err = box.sh(f"systemd-analyze verify --man=no {UNIT_FILE}", check=False)
-    p.report.check(f"systemd-analyze verify passes for {UNIT}", code == 0 and "mcp-raspi" not in out + err, out + err)
-    exec_start = box.out(f"systemctl show -p ExecStart --value {UNIT}")
-    p.report.check(f"{UNIT} runs the dpkg-owned `mcp-raspi config-apply`, nothing under /opt",
-                   "path=/usr/lib/mcp-raspi/bin/mcp-raspi " in exec_start and "/opt/" not in exec_start
-                   and "config-apply --config /etc/mcp-raspi/config.yml" in exec_start, exec_start)
-    state = box.out(f"systemctl is-enabled {UNIT}; systemctl is-active {UNIT}", check=False).split()
-    p.report.check(f"the package installs {UNIT} static and does not start it", state == ["static", "inactive"],
-                   str(state))
 
 
 def packaged_fleet(p, repo):
@@ -96,7 +75,7 @@ def box_file(box, path):
 
 def prove(p, box, port, token, repo):
     report = p.report
-    check_unit(p, box)
+    p.check_oneshot_unit(box, UNIT, EXPOSURE_LIMIT, "config-apply")
     original = box_file(box, CONFIG)
     program = packaged_fleet(p, repo)
     keys = p.WORK / "config-deploy-keys"

@@ -750,6 +750,27 @@ Environment=MCP_RASPI_SERVER__LISTEN=127.0.0.1:{port}
 """
 
 
+def check_oneshot_unit(box, unit, exposure_limit, command):
+    """A root one-shot unit the package ships for the agent to start: its exposure, systemd's
+    verdict, that it runs the dpkg-owned `mcp-raspi COMMAND` on the configuration (nothing
+    under /opt), and that the package neither enables nor starts it."""
+    path = ROOT / "systemd" / unit
+    code, out, err = run(["systemd-analyze", "security", "--offline=true", "--no-pager", path], check=False)
+    score = re.search(r"Overall exposure level for \S+: ([0-9.]+)", out + err)
+    value = float(score.group(1)) if score else 99.0
+    report.check(f"{unit} exposure {value} is at most {exposure_limit}", value <= exposure_limit,
+                 (out + err)[-2000:])
+    code, out, err = box.sh(f"systemd-analyze verify --man=no /usr/lib/systemd/system/{unit}", check=False)
+    report.check(f"systemd-analyze verify passes for {unit}", code == 0 and "mcp-raspi" not in out + err, out + err)
+    exec_start = box.out(f"systemctl show -p ExecStart --value {unit}")
+    report.check(f"{unit} runs the dpkg-owned `mcp-raspi {command}`, nothing under /opt",
+                 "path=/usr/lib/mcp-raspi/bin/mcp-raspi " in exec_start and "/opt/" not in exec_start
+                 and f"{command} --config /etc/mcp-raspi/config.yml" in exec_start, exec_start)
+    state = box.out(f"systemctl is-enabled {unit}; systemctl is-active {unit}", check=False).split()
+    report.check(f"the package installs {unit} static and does not start it", state == ["static", "inactive"],
+                 str(state))
+
+
 def test_config(box, port, update_url):
     """The packaged configuration with the test's changes: the port, the real backends (the
     device tree of this container names no Raspberry Pi), the test unit on the allowlist and

@@ -14,7 +14,7 @@
 //! release does not support, so its agent rolls the update back.
 
 use std::path::{Path, PathBuf};
-use std::process::Child;
+use std::process::{Child, Command, Output};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -26,7 +26,7 @@ use mcp_raspi::update::{deb, release};
 
 use super::deb::DebSpec;
 use super::update_repo::{arch, chown_tree, deb_name, Device, Scene};
-use super::{config_yaml, is_root, start_agent_program, Server, UNPRIVILEGED};
+use super::{config_yaml, is_root, start_agent_program, Server, ADMIN_TOKEN, UNPRIVILEGED};
 
 /// The release every device runs at the start.
 pub const OLD: &str = "0.0.1";
@@ -165,6 +165,19 @@ impl Lab {
             });
         }
         Lab { devices, fleet_file, scene }
+    }
+}
+
+impl Lab {
+    /// Runs `mcp-fleet` on the lab's fleet file with `args`, as a workstation would.
+    pub fn fleet(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_mcp-fleet"))
+            .arg("--file")
+            .arg(&self.fleet_file)
+            .args(args)
+            .env("LAB_TOKEN", ADMIN_TOKEN)
+            .output()
+            .unwrap()
     }
 }
 
